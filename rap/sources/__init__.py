@@ -1,0 +1,1 @@
+"""Data sources: each converts one external format into rap.scene types."""

@@ -1,0 +1,1 @@
+"""Headless OpenGL rasterizer of 3D primitives (no driving semantics)."""
