@@ -1,0 +1,234 @@
+"""Scene → rasterizer primitives, and rendering a scene's rig from any agent's seat.
+
+The map is tessellated once per scene (:func:`map_mesh`) and uploaded once; each frame only the
+agent and traffic-light boxes are rebuilt (:func:`frame_boxes`) and re-uploaded. All geometry is
+shifted by a per-scene ``origin`` (world coordinates of the ego at the current step) before it
+reaches the GPU, so float32 keeps millimetre precision on large world coordinates.
+
+Instance ids (in the ``instance`` output) identify what a pixel shows: ``id >> 20`` is the
+:class:`InstanceKind`, ``id & 0xFFFFF`` the index within that kind (for agents: the row of
+``scene.tracks``; for lights: the row of ``scene.traffic_lights``; for map elements: the row in
+their element set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Sequence
+
+import numpy as np
+
+from rap.scene import AgentType, LightColor, MapElements, RoadLineType, Scene
+from rap.style import RasterClass
+from rasterizer.camera import OrthoCamera, Rig
+from rasterizer.primitives import Boxes, TriangleMesh, concat_meshes, polygons, ribbons
+from rasterizer.renderer import Renderer, View, ViewOutput
+
+
+class InstanceKind(IntEnum):
+    """High bits (``id >> 20``) of instance ids."""
+
+    AGENT = 0
+    TRAFFIC_LIGHT = 1
+    LANE = 2
+    ROAD_LINE = 3
+    ROAD_EDGE = 4
+    STOP_LINE = 5
+    CROSSWALK = 6
+    SPEED_BUMP = 7
+    DRIVEWAY = 8
+    DRIVABLE_AREA = 9
+
+
+def instance_id(kind: InstanceKind, index) -> np.ndarray:
+    """Instance ids of elements ``index`` of ``kind`` (agents: row + 1, so 0 stays background)."""
+    index = np.asarray(index, dtype=np.uint32)
+    return (np.uint32(int(kind) << 20) | (index + (1 if kind == InstanceKind.AGENT else 0))).astype(np.uint32)
+
+
+@dataclass(frozen=True)
+class RasterConfig:
+    """Line widths [m], ground-layer lifts [m] and light-box size of the scene raster.
+
+    Lifts keep painted layers above the road surface in the depth test: lanes and edges are
+    polylines with their own z while the drivable area is triangulated between its outline
+    points, so the two surfaces are not exactly coplanar.
+    """
+
+    lane_centerline_width: float = 0.25  # [m]
+    road_line_width: float = 0.15  # [m]
+    road_edge_width: float = 0.3  # [m]
+    stop_line_width: float = 0.5  # [m]
+    draw_drivable_area: bool = True
+    draw_lane_centerlines: bool = True
+    lift_area: float = 0.0  # [m]
+    lift_marking: float = 0.03  # [m] crosswalks, speed bumps
+    lift_line: float = 0.06  # [m] lanes, road lines, edges, stop lines
+    light_length: float = 0.6  # [m] along the lane
+    light_height: float = 0.6  # [m]
+    light_width_fraction: float = 0.9  # of the lane width
+    draw_ego_box: bool = False  # draw the viewer's own box in camera views (BEV views always do)
+
+
+_YELLOW_LINES = {
+    RoadLineType.BROKEN_SINGLE_YELLOW,
+    RoadLineType.BROKEN_DOUBLE_YELLOW,
+    RoadLineType.SOLID_SINGLE_YELLOW,
+    RoadLineType.SOLID_DOUBLE_YELLOW,
+    RoadLineType.PASSING_DOUBLE_YELLOW,
+}
+
+AGENT_CLASS = {
+    AgentType.UNSET: RasterClass.OTHER_AGENT,
+    AgentType.VEHICLE: RasterClass.VEHICLE,
+    AgentType.PEDESTRIAN: RasterClass.PEDESTRIAN,
+    AgentType.CYCLIST: RasterClass.CYCLIST,
+    AgentType.OTHER: RasterClass.OTHER_AGENT,
+}
+
+LIGHT_CLASS = {
+    LightColor.UNKNOWN: RasterClass.LIGHT_UNKNOWN,
+    LightColor.RED: RasterClass.LIGHT_RED,
+    LightColor.YELLOW: RasterClass.LIGHT_YELLOW,
+    LightColor.GREEN: RasterClass.LIGHT_GREEN,
+}
+
+
+def _shifted(points: np.ndarray, origin: np.ndarray, lift: float) -> np.ndarray:
+    out = points - origin
+    out[:, 2] += lift
+    return out
+
+
+def map_mesh(map_elements: MapElements, origin: np.ndarray, config: RasterConfig = RasterConfig()) -> TriangleMesh:
+    """Tessellate the static map, in draw order (areas, markings, lines).
+
+    Args:
+        map_elements: the scene's map (world frame).
+        origin: (3,) world point subtracted from every vertex [m].
+        config: widths and lifts.
+
+    Returns:
+        TriangleMesh in the local frame (world - origin).
+    """
+    origin = np.asarray(origin, dtype=np.float64)
+    m = map_elements
+    meshes = []
+
+    def area(pset, cls, kind, lift):
+        if not len(pset):
+            return
+        rings = [[_shifted(pset.rings[i], origin, lift)] for i in range(len(pset))]
+        meshes.append(polygons(rings, cls, instance_id(kind, np.arange(len(pset)))))
+
+    if config.draw_drivable_area:
+        area(m.drivable_area, RasterClass.DRIVABLE_AREA, InstanceKind.DRIVABLE_AREA, config.lift_area)
+    area(m.driveways, RasterClass.DRIVEWAY, InstanceKind.DRIVEWAY, config.lift_area + 0.01)
+    area(m.crosswalks, RasterClass.CROSSWALK, InstanceKind.CROSSWALK, config.lift_marking)
+    area(m.speed_bumps, RasterClass.SPEED_BUMP, InstanceKind.SPEED_BUMP, config.lift_marking)
+
+    def lines(polys, widths, classes, kind, lift):
+        if not len(polys):
+            return
+        meshes.append(ribbons(_shifted(polys.points, origin, lift), polys.offsets, widths, classes, instance_id(kind, np.arange(len(polys)))))
+
+    if config.draw_lane_centerlines:
+        lines(m.lanes.centerlines, config.lane_centerline_width, RasterClass.LANE_CENTERLINE, InstanceKind.LANE, config.lift_line)
+    yellow = np.isin(m.road_lines.types, [int(t) for t in _YELLOW_LINES])
+    line_classes = np.where(yellow, int(RasterClass.ROAD_LINE_YELLOW), int(RasterClass.ROAD_LINE_WHITE))
+    lines(m.road_lines.lines, config.road_line_width, line_classes, InstanceKind.ROAD_LINE, config.lift_line)
+    lines(m.road_edges.lines, config.road_edge_width, RasterClass.ROAD_EDGE, InstanceKind.ROAD_EDGE, config.lift_line)
+    lines(m.stop_lines.lines, config.stop_line_width, RasterClass.STOP_LINE, InstanceKind.STOP_LINE, config.lift_line + 0.01)
+    return concat_meshes(meshes)
+
+
+def _light_headings_and_widths(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) heading [rad] of each light's lane at its stop point and (K,) lane width [m]."""
+    lights, lanes = scene.traffic_lights, scene.map.lanes
+    headings = np.zeros(len(lights))
+    widths = np.full(len(lights), 3.7)
+    for k, lane_id in enumerate(lights.lane_ids):
+        try:
+            li = lanes.index_of(int(lane_id))
+        except (KeyError, ValueError):
+            continue
+        pts = lanes.centerlines[li]
+        widths[k] = float(lanes.width[li])
+        if len(pts) < 2:
+            continue
+        j = int(np.argmin(np.sum((pts[:, :2] - lights.stop_points[k, :2]) ** 2, axis=1)))
+        j = min(j, len(pts) - 2)
+        d = pts[j + 1, :2] - pts[j, :2]
+        headings[k] = np.arctan2(d[1], d[0])
+    return headings, widths
+
+
+class SceneRasterizer:
+    """Renders one scene: uploads its map once, then any step from any agent's seat.
+
+    Args:
+        renderer: an open :class:`rasterizer.renderer.Renderer` (not owned).
+        scene: the scene (world frame).
+        config: raster options.
+    """
+
+    def __init__(self, renderer: Renderer, scene: Scene, config: RasterConfig = RasterConfig()) -> None:
+        self.renderer = renderer
+        self.scene = scene
+        self.config = config
+        pose = scene.ego_pose(scene.current_index)
+        self.origin = pose[:3].copy()
+        self._light_heading, self._light_width = _light_headings_and_widths(scene)
+        renderer.set_static(map_mesh(scene.map, self.origin, config))
+
+    def frame_boxes(self, step: int, viewer_index: int | None, draw_viewer: bool = False) -> Boxes:
+        """Boxes of every agent valid at ``step`` and of every light with a state. The viewer's
+        own box is drawn (with the EGO class) only if ``draw_viewer``."""
+        scene = self.scene
+        cfg = self.config
+        tr = scene.tracks
+        valid = tr.valid[:, step].copy()
+        if viewer_index is not None and not draw_viewer:
+            valid[viewer_index] = False
+        rows = np.flatnonzero(valid)
+        centers = np.stack([tr.x[rows, step], tr.y[rows, step], tr.z[rows, step]], axis=1) - self.origin
+        sizes = np.stack([tr.length[rows, step], tr.width[rows, step], tr.height[rows, step]], axis=1)
+        classes = np.array([int(AGENT_CLASS.get(AgentType(int(t)), RasterClass.OTHER_AGENT)) for t in tr.types[rows]], dtype=np.uint32)
+        if viewer_index is not None and draw_viewer:
+            classes[rows == viewer_index] = RasterClass.EGO
+        agents = Boxes(centers, sizes, tr.heading[rows, step], classes, instance_id(InstanceKind.AGENT, rows))
+
+        lights = scene.traffic_lights
+        lrows = np.flatnonzero(lights.valid[:, step]) if len(lights) else np.zeros(0, dtype=np.int64)
+        colors = lights.colors[lrows, step] if len(lrows) else np.zeros(0, dtype=np.int64)
+        lcls = np.array([int(LIGHT_CLASS[LightColor(int(c))]) for c in colors], dtype=np.uint32)
+        stop = lights.stop_points[lrows] - self.origin
+        stop[:, 2] += cfg.light_height / 2
+        lsize = np.stack(
+            [np.full(len(lrows), cfg.light_length), self._light_width[lrows] * cfg.light_width_fraction, np.full(len(lrows), cfg.light_height)],
+            axis=1,
+        )
+        light_boxes = Boxes(stop, lsize, self._light_heading[lrows], lcls, instance_id(InstanceKind.TRAFFIC_LIGHT, lrows))
+        return Boxes.concat([agents, light_boxes])
+
+    def viewer_pose(self, step: int, viewer_index: int) -> np.ndarray:
+        """(4, 4) body-to-local transform of an agent's frame (rear axle, ground) at ``step``."""
+        x, y, z, h = self.scene.agent_pose(viewer_index, step)
+        c, s = np.cos(h), np.sin(h)
+        pose = np.eye(4)
+        pose[:3, :3] = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
+        pose[:3, 3] = np.array([x, y, z]) - self.origin
+        return pose
+
+    def render(self, step: int, rig: Rig, viewer_index: int | None = None, outputs: Sequence[str] = ("rgb",)) -> list[ViewOutput]:
+        """Render ``rig`` mounted on ``viewer_index`` (default: the ego) at ``step``.
+
+        Raises:
+            ValueError: the viewer is not valid at ``step``.
+        """
+        viewer = self.scene.ego_index if viewer_index is None else viewer_index
+        body_to_local = self.viewer_pose(step, viewer)
+        draw_viewer = self.config.draw_ego_box or all(isinstance(cam, OrthoCamera) for cam in rig)
+        self.renderer.set_boxes(self.frame_boxes(step, viewer, draw_viewer))
+        return self.renderer.render([View(cam, body_to_local) for cam in rig], outputs=outputs)

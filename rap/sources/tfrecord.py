@@ -1,0 +1,230 @@
+"""TFRecord files read and written without TensorFlow, with CRC checks.
+
+A TFRecord file is a sequence of records, each framed as (all little-endian)::
+
+    uint64 length
+    uint32 masked_crc32c(length bytes)
+    byte   payload[length]
+    uint32 masked_crc32c(payload)
+
+where ``masked_crc32c(b) = (((c >> 15) | (c << 17)) + 0xA282EAD8) mod 2**32`` with
+``c = crc32c(b)`` (CRC-32C, Castagnoli). See tensorflow/core/lib/io/record_writer.cc and
+tensorflow/tsl/lib/hash/crc32c.h. CRC-32C comes from the ``google-crc32c`` package.
+
+Corruption is reported as :class:`TFRecordError`, naming the file, the record index and the
+byte offset where that record starts.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import google_crc32c
+
+__all__ = [
+    "TFRecordError",
+    "masked_crc32c",
+    "encode_record",
+    "iter_records",
+    "read_records",
+    "write_records",
+]
+
+_MASK_DELTA = 0xA282EAD8
+_HEADER = struct.Struct("<QI")  # length, masked CRC of the 8 length bytes.
+_FOOTER = struct.Struct("<I")  # masked CRC of the payload.
+
+PathLike = str | os.PathLike
+
+
+class TFRecordError(ValueError):
+    """A TFRecord file is corrupt or truncated.
+
+    Attributes:
+        path: The file, as given.
+        record: Index of the record being read (0-based).
+        offset: Byte offset of the start of that record in the file.
+        reason: What is wrong, without the location prefix.
+    """
+
+    def __init__(self, path: PathLike, record: int, offset: int, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.record = record
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{self.path}: record {record} at byte {offset}: {reason}")
+
+    def __reduce__(self):  # Keep the attributes when pickled across processes.
+        return (type(self), (self.path, self.record, self.offset, self.reason))
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of ``data`` (an unsigned 32-bit int)."""
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def encode_record(payload: bytes) -> bytes:
+    """One framed record: header, payload and footer."""
+    length = struct.pack("<Q", len(payload))
+    return (
+        length
+        + struct.pack("<I", masked_crc32c(length))
+        + payload
+        + _FOOTER.pack(masked_crc32c(payload))
+    )
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = f.read(n)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def iter_records(
+    path: PathLike,
+    *,
+    skip_corrupt: bool = False,
+    on_skip: Callable[[TFRecordError], None] | None = None,
+) -> Iterator[bytes]:
+    """Yields the payloads of a TFRecord file in order, checking both CRCs of every record.
+
+    Args:
+        path: The TFRecord file.
+        skip_corrupt: Instead of raising, report a bad record and go on: after a payload CRC
+            mismatch (the framing is intact) reading continues with the next record; after a
+            bad length CRC or a truncation the framing cannot be recovered and reading stops.
+        on_skip: Called with each skipped record's :class:`TFRecordError`; when None, a
+            ``RuntimeWarning`` carrying the error message is issued instead, so nothing is
+            dropped silently.
+
+    Yields:
+        Each record's payload bytes.
+
+    Raises:
+        TFRecordError: A corrupt or truncated record (when not ``skip_corrupt``).
+        OSError: The file cannot be read.
+    """
+
+    def report(err: TFRecordError) -> None:
+        if not skip_corrupt:
+            raise err
+        if on_skip is not None:
+            on_skip(err)
+        else:
+            warnings.warn(f"skipped corrupt TFRecord record: {err}", RuntimeWarning, stacklevel=3)
+
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        record = 0
+        offset = 0
+        while True:
+            header = _read_exact(f, _HEADER.size)
+            if not header:
+                return
+            if len(header) < _HEADER.size:
+                report(
+                    TFRecordError(
+                        path, record, offset,
+                        f"truncated header ({len(header)} of {_HEADER.size} bytes)",
+                    )
+                )  # fmt: skip
+                return
+            length, length_crc = _HEADER.unpack(header)
+            expected = masked_crc32c(header[:8])
+            if length_crc != expected:
+                report(
+                    TFRecordError(
+                        path, record, offset,
+                        f"length CRC mismatch (expected {expected:#010x}, got {length_crc:#010x})",
+                    )
+                )  # fmt: skip
+                return
+            remaining = file_size - offset - _HEADER.size
+            if length > remaining:
+                report(
+                    TFRecordError(
+                        path, record, offset,
+                        f"truncated payload ({remaining} of {length} bytes)",
+                    )
+                )  # fmt: skip
+                return
+            payload = _read_exact(f, length)
+            if len(payload) < length:  # The file shrank while we read it.
+                report(
+                    TFRecordError(
+                        path, record, offset, f"truncated payload ({len(payload)} of {length} bytes)"
+                    )
+                )
+                return
+            footer = _read_exact(f, _FOOTER.size)
+            if len(footer) < _FOOTER.size:
+                report(
+                    TFRecordError(
+                        path, record, offset,
+                        f"truncated payload CRC ({len(footer)} of {_FOOTER.size} bytes)",
+                    )
+                )  # fmt: skip
+                return
+            (payload_crc,) = _FOOTER.unpack(footer)
+            expected = masked_crc32c(payload)
+            if payload_crc != expected:
+                report(
+                    TFRecordError(
+                        path, record, offset,
+                        f"payload CRC mismatch (expected {expected:#010x}, got {payload_crc:#010x})",
+                    )
+                )  # fmt: skip
+            else:
+                yield payload
+            record += 1
+            offset += _HEADER.size + length + _FOOTER.size
+
+
+def read_records(path: PathLike) -> list[bytes]:
+    """All payloads of a TFRecord file; raises :class:`TFRecordError` on any corruption."""
+    return list(iter_records(path))
+
+
+def write_records(path: PathLike, records: Iterable[bytes]) -> int:
+    """Writes payloads as a TFRecord file, atomically.
+
+    The data goes to a temporary file in the same directory, which is flushed, fsynced and then
+    renamed over ``path`` with ``os.replace``: readers see the old file or the whole new one.
+
+    Args:
+        path: Destination file; its directory must exist.
+        records: Payloads (bytes-like).
+
+    Returns:
+        The number of records written.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    count = 0
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0o600 files; give the usual permissions.
+        with os.fdopen(fd, "wb") as f:
+            for payload in records:
+                f.write(encode_record(bytes(payload)))
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return count

@@ -1,0 +1,619 @@
+"""Batched headless rendering of triangle meshes and boxes into many camera views.
+
+One :meth:`Renderer.render` call draws every view into one atlas framebuffer (views side by side,
+each with its own viewport) and reads each requested output back once for the whole atlas.
+Static geometry (the map) is uploaded once with :meth:`Renderer.set_static`; per-frame geometry
+(agent boxes, light boxes) goes through :meth:`Renderer.set_boxes`, which only rewrites one small
+instance buffer — the GPU expands a unit cube per box.
+
+Outputs per view (any subset, in one pass):
+
+* ``rgb``: (H, W, 3) uint8 semantic raster (style colour x depth decay),
+* ``class_id``: (H, W) uint8 style class, 0 where nothing was drawn,
+* ``instance``: (H, W) uint32 instance id, 0 where nothing was drawn,
+* ``depth``: (H, W) float32 depth along the optical axis [m], 0 where nothing was drawn.
+
+Rows come back top row first: the projection maps image row v to window row v, so no flip is
+needed after ``glReadPixels`` (this mirrors the image in GL's eyes; culling is off, so the
+changed winding does not matter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import moderngl
+import numpy as np
+
+from rasterizer.camera import Camera, OrthoCamera, PinholeCamera
+from rasterizer.primitives import FACE_NAMES, Boxes, TriangleMesh, unit_cube
+
+OUTPUTS = ("rgb", "class_id", "instance", "depth")
+MAX_ATLAS_WIDTH = 16384
+# Largest undistorted intermediate image, as a multiple of the output size per axis.
+MAX_UNDISTORT_SCALE = 3.0
+
+_GL_OUT = {
+    "rgb": ("vec4", "out_rgb"),
+    "class_id": ("uint", "out_class"),
+    "instance": ("uint", "out_instance"),
+    "depth": ("float", "out_depth"),
+}
+# (components, dtype) of each output's attachment.
+_ATTACHMENT = {"rgb": (4, "f1"), "class_id": (1, "u1"), "instance": (1, "u4"), "depth": (1, "f4")}
+
+
+@dataclass(frozen=True)
+class Style:
+    """Colours of classes: data, not code.
+
+    Attributes:
+        colors: (C, 3) uint8 flat colour of each class (ribbons, polygons).
+        face_colors: (C, 6, 3) uint8 colour of each cuboid face of each class, in
+            :data:`rasterizer.primitives.FACE_NAMES` order (front, back, left, right, top, bottom).
+        depth_decay_m: colours are scaled by max(0, 1 - d / depth_decay_m), d the distance from
+            the camera centre [m]; 0 disables decay. Orthographic views never decay.
+        background: (3,) uint8 clear colour.
+        names: optional (C,) class names, for legends.
+    """
+
+    colors: np.ndarray
+    face_colors: np.ndarray
+    depth_decay_m: float = 120.0
+    background: tuple[int, int, int] = (0, 0, 0)
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        colors = np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3)
+        faces = np.asarray(self.face_colors, dtype=np.uint8).reshape(-1, len(FACE_NAMES), 3)
+        if len(faces) != len(colors):
+            raise ValueError(f"Style: {len(colors)} class colours but {len(faces)} face-colour rows")
+        if not 0 < len(colors) <= 256:
+            raise ValueError(f"Style: need 1..256 classes, got {len(colors)}")
+        if self.names and len(self.names) != len(colors):
+            raise ValueError(f"Style: {len(self.names)} names for {len(colors)} classes")
+        if self.depth_decay_m < 0:
+            raise ValueError("Style: depth_decay_m must be >= 0")
+        object.__setattr__(self, "colors", colors)
+        object.__setattr__(self, "face_colors", faces)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.colors)
+
+    def table(self) -> np.ndarray:
+        """(C, 7, 3) uint8: column 0 the flat colour, columns 1..6 the face colours."""
+        return np.concatenate([self.colors[:, None], self.face_colors], axis=1)
+
+    @staticmethod
+    def default(num_classes: int = 16) -> "Style":
+        """A neutral style: distinct hues per class, darker shades per face."""
+        hues = (np.arange(num_classes) * 0.618034) % 1.0
+        rgb = np.stack([_hsv(h, 0.8, 1.0) for h in hues])
+        rgb[0] = 0.5
+        shades = np.array([1.0, 0.45, 0.8, 0.65, 0.9, 0.3])
+        faces = rgb[:, None, :] * shades[None, :, None]
+        return Style((rgb * 255).round(), (faces * 255).round())
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+@dataclass(frozen=True, eq=False)
+class View:
+    """One camera placed in the world: the camera's body is at ``body_to_world`` (4, 4)."""
+
+    camera: Camera
+    body_to_world: np.ndarray = field(default_factory=lambda: np.eye(4))
+
+    def world_to_camera(self) -> np.ndarray:
+        """(4, 4) float64 transform from world to the camera's (OpenCV) axes."""
+        return np.linalg.inv(np.asarray(self.body_to_world, dtype=np.float64) @ self.camera.cam_to_body)
+
+
+@dataclass
+class ViewOutput:
+    """What one view rendered; fields not requested are None. See the module docstring."""
+
+    camera_name: str
+    rgb: np.ndarray | None = None
+    class_id: np.ndarray | None = None
+    instance: np.ndarray | None = None
+    depth: np.ndarray | None = None
+
+
+def pinhole_projection(cam: PinholeCamera) -> np.ndarray:
+    """(4, 4) float64 GL projection of an (undistorted) pinhole camera, image row v → window row v."""
+    w, h, n, f = cam.width, cam.height, cam.near, cam.far
+    return np.array(
+        [
+            [2 * cam.fx / w, 0.0, 2 * (cam.cx + 0.5) / w - 1.0, 0.0],
+            [0.0, 2 * cam.fy / h, 2 * (cam.cy + 0.5) / h - 1.0, 0.0],
+            [0.0, 0.0, (f + n) / (f - n), -2 * f * n / (f - n)],
+            [0.0, 0.0, 1.0, 0.0],
+        ]
+    )
+
+
+def ortho_projection(cam: OrthoCamera) -> np.ndarray:
+    """(4, 4) float64 GL projection of a BEV camera (camera axes from ``OrthoCamera.cam_to_body``)."""
+    depth = cam.z_range[1] - cam.z_range[0]
+    return np.array(
+        [
+            [2.0 / cam.extent_y, 0.0, 0.0, 0.0],
+            [0.0, 2.0 / cam.extent_x, 0.0, 0.0],
+            [0.0, 0.0, 2.0 / depth, -1.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class _Undistortion:
+    """Intermediate pinhole camera and the per-pixel lookup from the distorted output into it."""
+
+    camera: PinholeCamera
+    lookup: np.ndarray  # (H, W, 2) int16 source texel (x, y), -1 where no source
+
+
+def undistortion_for(cam: PinholeCamera) -> _Undistortion:
+    """Build the intermediate undistorted camera and lookup table of a distorted camera."""
+    u, v = np.meshgrid(np.arange(cam.width, dtype=np.float64), np.arange(cam.height, dtype=np.float64))
+    xd = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy], axis=-1)
+    xy, ok = cam.undistort_normalized(xd)
+    # Bound the intermediate image: covers the distorted field of view, at most 3x the size.
+    lim_x = (MAX_UNDISTORT_SCALE * cam.width / 2) / cam.fx
+    lim_y = (MAX_UNDISTORT_SCALE * cam.height / 2) / cam.fy
+    cx_n, cy_n = cam.cx / cam.fx, cam.cy / cam.fy
+    ok &= (np.abs(xy[..., 0] + cx_n - cam.width / 2 / cam.fx) <= lim_x) & (np.abs(xy[..., 1] + cy_n - cam.height / 2 / cam.fy) <= lim_y)
+    if not np.any(ok):
+        raise ValueError(f"camera {cam.name}: distortion model has no valid pixels")
+    x0, x1 = xy[..., 0][ok].min(), xy[..., 0][ok].max()
+    y0, y1 = xy[..., 1][ok].min(), xy[..., 1][ok].max()
+    width = int(np.ceil((x1 - x0) * cam.fx)) + 3
+    height = int(np.ceil((y1 - y0) * cam.fy)) + 3
+    cx, cy = -x0 * cam.fx + 1.0, -y0 * cam.fy + 1.0
+    inter = dataclasses.replace(cam, name=cam.name + ":undistorted", width=width, height=height, cx=cx, cy=cy, distortion=(0.0,) * 5)
+    src = np.stack([np.rint(xy[..., 0] * cam.fx + cx), np.rint(xy[..., 1] * cam.fy + cy)], axis=-1)
+    src[~ok] = -1
+    if width > 32767 or height > 32767:
+        raise ValueError(f"camera {cam.name}: undistorted intermediate image too large ({width}x{height})")
+    return _Undistortion(inter, src.astype(np.int16))
+
+
+def pack_tiles(sizes: Sequence[tuple[int, int]], max_width: int = MAX_ATLAS_WIDTH) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Shelf-pack (w, h) tiles left to right, wrapping at ``max_width``.
+
+    Returns:
+        (origins, atlas_size): per tile its (x, y) origin, and the atlas (width, height).
+    """
+    origins, x, y, shelf_h, atlas_w = [], 0, 0, 0, 0
+    for w, h in sizes:
+        if w > max_width:
+            raise ValueError(f"view width {w} exceeds the maximum framebuffer width {max_width}")
+        if x + w > max_width:
+            x, y, shelf_h = 0, y + shelf_h, 0
+        origins.append((x, y))
+        x += w
+        shelf_h = max(shelf_h, h)
+        atlas_w = max(atlas_w, x)
+    return origins, (atlas_w, y + shelf_h)
+
+
+# Vertex buffer layouts: (attribute name, moderngl format, size in bytes).
+STATIC_LAYOUT = (("in_pos", "3f", 12), ("in_class", "1u", 4), ("in_instance", "1u", 4))
+CUBE_LAYOUT = (("in_corner", "3f", 12), ("in_face", "1u", 4))
+BOX_LAYOUT = (("in_center", "3f", 12), ("in_size", "3f", 12), ("in_yaw", "1f", 4), ("in_class", "1u", 4), ("in_instance", "1u", 4))
+
+
+def _binding(prog: moderngl.Program, buffer: moderngl.Buffer, layout, suffix: str = "") -> tuple:
+    """A vertex-array binding that skips attributes the shader compiler optimised away."""
+    formats, names = [], []
+    for name, fmt, size in layout:
+        if name in prog:
+            formats.append(fmt)
+            names.append(name)
+        else:
+            formats.append(f"{size}x")
+    return (buffer, " ".join(formats) + suffix, *names)
+
+
+def _fragment_outputs(outputs: Sequence[str]) -> str:
+    return "\n".join(f"layout(location={i}) out {_GL_OUT[o][0]} {_GL_OUT[o][1]};" for i, o in enumerate(outputs))
+
+
+_SCENE_VS_STATIC = """
+#version 330
+in vec3 in_pos; in uint in_class; in uint in_instance;
+uniform mat4 u_proj; uniform mat4 u_view;
+flat out uint v_class; flat out uint v_instance; flat out uint v_face; out vec3 v_cam;
+void main() {
+    vec4 cam = u_view * vec4(in_pos, 1.0);
+    v_cam = cam.xyz; v_class = in_class; v_instance = in_instance; v_face = 0u;
+    gl_Position = u_proj * cam;
+}
+"""
+
+_SCENE_VS_BOXES = """
+#version 330
+in vec3 in_corner; in uint in_face;
+in vec3 in_center; in vec3 in_size; in float in_yaw; in uint in_class; in uint in_instance;
+uniform mat4 u_proj; uniform mat4 u_view;
+flat out uint v_class; flat out uint v_instance; flat out uint v_face; out vec3 v_cam;
+void main() {
+    vec3 p = in_corner * in_size;
+    float c = cos(in_yaw), s = sin(in_yaw);
+    vec3 world = vec3(c * p.x - s * p.y, s * p.x + c * p.y, p.z) + in_center;
+    vec4 cam = u_view * vec4(world, 1.0);
+    v_cam = cam.xyz; v_class = in_class; v_instance = in_instance; v_face = in_face;
+    gl_Position = u_proj * cam;
+}
+"""
+
+_SCENE_FS = """
+#version 330
+flat in uint v_class; flat in uint v_instance; flat in uint v_face; in vec3 v_cam;
+uniform sampler2D u_style; uniform float u_decay;
+{outputs}
+void main() {{
+    vec3 color = texelFetch(u_style, ivec2(int(v_face), int(v_class)), 0).rgb;
+    if (u_decay > 0.0) color *= max(0.0, 1.0 - length(v_cam) / u_decay);
+{writes}
+}}
+"""
+
+_SCENE_WRITES = {
+    "rgb": "    out_rgb = vec4(color, 1.0);",
+    "class_id": "    out_class = v_class;",
+    "instance": "    out_instance = v_instance;",
+    "depth": "    out_depth = v_cam.z;",
+}
+
+_REMAP_VS = """
+#version 330
+void main() {
+    vec2 p = vec2((gl_VertexID << 1) & 2, gl_VertexID & 2);
+    gl_Position = vec4(p * 2.0 - 1.0, 0.0, 1.0);
+}
+"""
+
+_REMAP_FS = """
+#version 330
+uniform isampler2D u_lookup; uniform ivec2 u_dst_origin; uniform ivec2 u_src_origin;
+uniform vec3 u_background;
+uniform sampler2D u_rgb; uniform usampler2D u_class; uniform usampler2D u_instance; uniform sampler2D u_depth;
+{outputs}
+void main() {{
+    ivec2 src = texelFetch(u_lookup, ivec2(gl_FragCoord.xy) - u_dst_origin, 0).xy;
+    bool hit = src.x >= 0;
+    ivec2 q = src + u_src_origin;
+{writes}
+}}
+"""
+
+_REMAP_WRITES = {
+    "rgb": "    out_rgb = hit ? texelFetch(u_rgb, q, 0) : vec4(u_background, 1.0);",
+    "class_id": "    out_class = hit ? texelFetch(u_class, q, 0).r : 0u;",
+    "instance": "    out_instance = hit ? texelFetch(u_instance, q, 0).r : 0u;",
+    "depth": "    out_depth = hit ? texelFetch(u_depth, q, 0).r : 0.0;",
+}
+
+
+class Renderer:
+    """Owns every GL resource it creates; ``close()`` frees them and may be called twice.
+
+    Args:
+        ctx: a context from :func:`rasterizer.context.create_context`. The renderer does not
+            own the context.
+        style: class colours and depth decay.
+
+    Example::
+
+        with Renderer(create_context(), style) as r:
+            r.set_static(map_mesh)
+            r.set_boxes(boxes)
+            out = r.render([View(camera, body_to_world)], outputs=("rgb", "depth"))
+    """
+
+    def __init__(self, ctx: moderngl.Context, style: Style) -> None:
+        self.ctx = ctx
+        self._closed = False
+        self._resources: list = []  # every GL object created, for close()
+        self._programs: dict = {}
+        self._targets: dict = {}
+        self._lookups: dict = {}
+        self._style_tex = None
+        self.set_style(style)
+        self._cube = self._own(ctx.buffer(unit_cube().tobytes()))
+        self._static_vbo = None
+        self._static_count = 0
+        self._box_vbo = None
+        self._box_capacity = 0
+        self._box_count = 0
+        self._vaos: dict = {}
+        self._empty_vao_prog = None
+
+    # -- resources ---------------------------------------------------------------------------
+    def _own(self, obj):
+        self._resources.append(obj)
+        return obj
+
+    def _free(self, obj) -> None:
+        if obj is not None:
+            obj.release()
+            if obj in self._resources:
+                self._resources.remove(obj)
+
+    def close(self) -> None:
+        """Release every GL object this renderer created. Safe to call more than once."""
+        if self._closed:
+            return
+        for obj in reversed(self._resources):
+            obj.release()
+        self._resources.clear()
+        self._programs.clear()
+        self._targets.clear()
+        self._lookups.clear()
+        self._vaos.clear()
+        self._closed = True
+
+    def __enter__(self) -> "Renderer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def num_live_objects(self) -> int:
+        """How many GL objects this renderer currently holds (for leak checks)."""
+        return len(self._resources)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("Renderer is closed")
+
+    # -- inputs ------------------------------------------------------------------------------
+    def set_style(self, style: Style) -> None:
+        """Use ``style`` for subsequent renders (uploads a tiny table texture)."""
+        self._check_open()
+        self.style = style
+        self._free(self._style_tex)
+        table = np.ascontiguousarray(style.table())  # (C, 7, 3): texture rows = classes
+        tex = self.ctx.texture((table.shape[1], table.shape[0]), 3, table.tobytes())
+        tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        self._style_tex = self._own(tex)
+
+    def set_static(self, mesh: TriangleMesh) -> None:
+        """Upload the static geometry (drawn first, in order). Replaces any earlier mesh."""
+        self._check_open()
+        self._check_classes(mesh.class_ids, "static mesh")
+        self._drop_vaos("static")
+        self._free(self._static_vbo)
+        self._static_vbo = None
+        self._static_count = len(mesh.positions)
+        if self._static_count:
+            self._static_vbo = self._own(self.ctx.buffer(mesh.interleaved().tobytes()))
+
+    def set_boxes(self, boxes: Boxes) -> None:
+        """Upload this frame's boxes; the buffer is rewritten in place while it is big enough."""
+        self._check_open()
+        self._check_classes(boxes.class_ids, "boxes")
+        records = boxes.instance_records()
+        self._box_count = len(records)
+        if not len(records):
+            return
+        if len(records) > self._box_capacity:
+            self._drop_vaos("boxes")
+            self._free(self._box_vbo)
+            self._box_capacity = max(64, 1 << int(np.ceil(np.log2(len(records)))))
+            self._box_vbo = self._own(self.ctx.buffer(reserve=self._box_capacity * records.itemsize * 9))
+        self._box_vbo.write(records.tobytes())
+
+    def _check_classes(self, class_ids: np.ndarray, what: str) -> None:
+        if len(class_ids) and int(class_ids.max()) >= self.style.num_classes:
+            raise ValueError(f"{what}: class id {int(class_ids.max())} is not in the style table ({self.style.num_classes} classes)")
+
+    def _drop_vaos(self, kind: str) -> None:
+        for key in [k for k in self._vaos if k[0] == kind]:
+            self._free(self._vaos.pop(key))
+
+    # -- programs and targets ----------------------------------------------------------------
+    def _scene_programs(self, outputs: tuple[str, ...]):
+        key = ("scene", outputs)
+        if key not in self._programs:
+            fs = _SCENE_FS.format(outputs=_fragment_outputs(outputs), writes="\n".join(_SCENE_WRITES[o] for o in outputs))
+            static = self._own(self.ctx.program(vertex_shader=_SCENE_VS_STATIC, fragment_shader=fs))
+            boxes = self._own(self.ctx.program(vertex_shader=_SCENE_VS_BOXES, fragment_shader=fs))
+            for prog in (static, boxes):
+                prog["u_style"] = 0
+            self._programs[key] = (static, boxes)
+        return self._programs[key]
+
+    def _remap_program(self, outputs: tuple[str, ...]):
+        key = ("remap", outputs)
+        if key not in self._programs:
+            fs = _REMAP_FS.format(outputs=_fragment_outputs(outputs), writes="\n".join(_REMAP_WRITES[o] for o in outputs))
+            prog = self._own(self.ctx.program(vertex_shader=_REMAP_VS, fragment_shader=fs))
+            for unit, name in enumerate(("u_lookup", "u_rgb", "u_class", "u_instance", "u_depth")):
+                if name in prog:
+                    prog[name] = unit
+            vao = self._own(self.ctx.vertex_array(prog, []))
+            self._programs[key] = (prog, vao)
+        return self._programs[key]
+
+    def _scene_vaos(self, outputs: tuple[str, ...]):
+        static_prog, box_prog = self._scene_programs(outputs)
+        static_vao = box_vao = None
+        if self._static_vbo is not None:
+            key = ("static", outputs)
+            if key not in self._vaos:
+                self._vaos[key] = self._own(self.ctx.vertex_array(static_prog, [_binding(static_prog, self._static_vbo, STATIC_LAYOUT)]))
+            static_vao = self._vaos[key]
+        if self._box_vbo is not None:
+            key = ("boxes", outputs)
+            if key not in self._vaos:
+                self._vaos[key] = self._own(
+                    self.ctx.vertex_array(
+                        box_prog,
+                        [_binding(box_prog, self._cube, CUBE_LAYOUT), _binding(box_prog, self._box_vbo, BOX_LAYOUT, "/i")],
+                    )
+                )
+            box_vao = self._vaos[key]
+        return static_prog, box_prog, static_vao, box_vao
+
+    def _target(self, size: tuple[int, int], outputs: tuple[str, ...], textures: bool):
+        """A framebuffer with one attachment per output (+ depth), cached by size."""
+        key = (size, outputs, textures)
+        if key not in self._targets:
+            make = self.ctx.texture if textures else self.ctx.renderbuffer
+            attachments = []
+            for name in outputs:
+                comps, dtype = _ATTACHMENT[name]
+                att = self._own(make(size, comps, dtype=dtype))
+                if textures:
+                    att.filter = (moderngl.NEAREST, moderngl.NEAREST)
+                attachments.append(att)
+            depth = self._own(self.ctx.depth_renderbuffer(size))
+            fbo = self._own(self.ctx.framebuffer(attachments, depth))
+            self._targets[key] = (fbo, dict(zip(outputs, attachments)))
+        return self._targets[key]
+
+    def _lookup_texture(self, cam: PinholeCamera):
+        key = id(cam)
+        entry = self._lookups.get(key)
+        if entry is None or entry[0] is not cam:
+            und = undistortion_for(cam)
+            tex = self._own(self.ctx.texture((cam.width, cam.height), 2, und.lookup.tobytes(), dtype="i2"))
+            tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+            if entry is not None:
+                self._free(entry[2])
+            entry = (cam, und, tex)
+            self._lookups[key] = entry
+        return entry[1], entry[2]
+
+    # -- drawing -----------------------------------------------------------------------------
+    def _draw(self, view: View, camera: Camera, viewport: tuple[int, int, int, int], programs) -> None:
+        static_prog, box_prog, static_vao, box_vao = programs
+        proj = ortho_projection(camera) if isinstance(camera, OrthoCamera) else pinhole_projection(camera)
+        world_to_cam = np.linalg.inv(np.asarray(view.body_to_world, dtype=np.float64) @ camera.cam_to_body)
+        decay = 0.0 if isinstance(camera, OrthoCamera) else float(self.style.depth_decay_m)
+        self.ctx.viewport = viewport
+        for prog, vao, count in ((static_prog, static_vao, None), (box_prog, box_vao, self._box_count)):
+            if vao is None or count == 0:
+                continue
+            prog["u_proj"].write(proj.T.astype(np.float32).tobytes())
+            prog["u_view"].write(world_to_cam.T.astype(np.float32).tobytes())
+            prog["u_decay"].value = decay
+            if count is None:
+                vao.render(moderngl.TRIANGLES, vertices=self._static_count)
+            else:
+                vao.render(moderngl.TRIANGLES, vertices=36, instances=count)
+
+    def render(self, views: Sequence[View], outputs: Sequence[str] = ("rgb",)) -> list[ViewOutput]:
+        """Draw the static mesh and current boxes into every view; one readback per output.
+
+        Args:
+            views: cameras with their body poses. Distorted pinhole cameras are rendered
+                undistorted into an intermediate image and remapped per pixel.
+            outputs: subset of :data:`OUTPUTS`.
+
+        Returns:
+            One :class:`ViewOutput` per view, arrays as documented in the module docstring.
+            Arrays of different views may share memory with one atlas array.
+        """
+        self._check_open()
+        outputs = tuple(dict.fromkeys(outputs))
+        unknown = [o for o in outputs if o not in OUTPUTS]
+        if unknown or not outputs:
+            raise ValueError(f"unknown or empty outputs {list(outputs)}; choose from {list(OUTPUTS)}")
+        if not views:
+            return []
+        ctx = self.ctx
+        origins, atlas_size = pack_tiles([v.camera.size for v in views])
+        fbo, _ = self._target(atlas_size, outputs, textures=False)
+        programs = self._scene_vaos(outputs)
+        bg = np.asarray(self.style.background, dtype=np.float32) / 255.0
+        self._style_tex.use(0)
+
+        distorted = [i for i, v in enumerate(views) if isinstance(v.camera, PinholeCamera) and v.camera.is_distorted]
+        ctx.enable_only(moderngl.DEPTH_TEST)
+        ctx.depth_func = "<="
+        if distorted:
+            unds = {i: self._lookup_texture(views[i].camera) for i in distorted}
+            src_origins, src_size = pack_tiles([unds[i][0].camera.size for i in distorted])
+            scratch, scratch_tex = self._target(src_size, outputs, textures=True)
+            scratch.use()
+            scratch.clear(*bg, 1.0, depth=1.0)
+            self._clear_ids(scratch, outputs)
+            for j, i in enumerate(distorted):
+                inter = unds[i][0].camera
+                x, y = src_origins[j]
+                self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
+
+        fbo.use()
+        fbo.clear(*bg, 1.0, depth=1.0)
+        self._clear_ids(fbo, outputs)
+        for i, view in enumerate(views):
+            if i in distorted:
+                continue
+            x, y = origins[i]
+            self._draw(view, view.camera, (x, y, view.camera.width, view.camera.height), programs)
+
+        if distorted:
+            ctx.disable(moderngl.DEPTH_TEST)
+            prog, vao = self._remap_program(outputs)
+            for unit, name in enumerate(("rgb", "class_id", "instance", "depth"), start=1):
+                if name in scratch_tex:
+                    scratch_tex[name].use(unit)
+            if "u_background" in prog:
+                prog["u_background"].value = tuple(bg)
+            for j, i in enumerate(distorted):
+                cam = views[i].camera
+                _, lookup_tex = unds[i]
+                lookup_tex.use(0)
+                x, y = origins[i]
+                prog["u_dst_origin"].value = (x, y)
+                prog["u_src_origin"].value = src_origins[j]
+                ctx.viewport = (x, y, cam.width, cam.height)
+                vao.render(moderngl.TRIANGLES, vertices=3)
+            ctx.enable(moderngl.DEPTH_TEST)
+
+        atlas = {}
+        for k, name in enumerate(outputs):
+            comps, dtype = _ATTACHMENT[name]
+            if name == "rgb":
+                data = fbo.read(components=3, attachment=k, alignment=1)
+                atlas[name] = np.frombuffer(data, np.uint8).reshape(atlas_size[1], atlas_size[0], 3)
+            else:
+                data = fbo.read(components=1, attachment=k, dtype=dtype, alignment=1)
+                np_dtype = {"u1": np.uint8, "u4": np.uint32, "f4": np.float32}[dtype]
+                atlas[name] = np.frombuffer(data, np_dtype).reshape(atlas_size[1], atlas_size[0])
+        results = []
+        for view, (x, y) in zip(views, origins):
+            w, h = view.camera.size
+            out = ViewOutput(view.camera.name)
+            for name, arr in atlas.items():
+                setattr(out, name, arr[y : y + h, x : x + w])
+            results.append(out)
+        return results
+
+    @staticmethod
+    def _clear_ids(fbo: moderngl.Framebuffer, outputs: tuple[str, ...]) -> None:
+        # Integer and float id/depth attachments must be cleared to 0, not to the background
+        # colour: clear each non-colour attachment through a scoped draw-buffer selection.
+        if outputs == ("rgb",):
+            return
+        # moderngl clears every colour attachment with the same value; the colour value
+        # (bg) lands in rgb, and is then overwritten for the other attachments below.
+        for k, name in enumerate(outputs):
+            if name == "rgb":
+                continue
+            fbo.color_mask = tuple((j == k,) * 4 for j in range(len(outputs)))  # type: ignore[assignment]
+            fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        fbo.color_mask = tuple((True,) * 4 for _ in outputs)  # type: ignore[assignment]
