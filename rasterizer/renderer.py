@@ -354,6 +354,9 @@ class Renderer:
         """Release every GL object this renderer created. Safe to call more than once."""
         if self._closed:
             return
+        # Bind the default framebuffer first: moderngl re-binds the last used framebuffer after
+        # creating a new one, and re-binding one of ours after release is a GL error.
+        self.ctx.detect_framebuffer(0).use()
         for obj in reversed(self._resources):
             obj.release()
         self._resources.clear()
@@ -431,7 +434,8 @@ class Renderer:
             static = self._own(self.ctx.program(vertex_shader=_SCENE_VS_STATIC, fragment_shader=fs))
             boxes = self._own(self.ctx.program(vertex_shader=_SCENE_VS_BOXES, fragment_shader=fs))
             for prog in (static, boxes):
-                prog["u_style"] = 0
+                if "u_style" in prog:  # optimised away when no rgb output is requested
+                    prog["u_style"] = 0
             self._programs[key] = (static, boxes)
         return self._programs[key]
 
@@ -509,7 +513,8 @@ class Renderer:
                 continue
             prog["u_proj"].write(proj.T.astype(np.float32).tobytes())
             prog["u_view"].write(world_to_cam.T.astype(np.float32).tobytes())
-            prog["u_decay"].value = decay
+            if "u_decay" in prog:
+                prog["u_decay"].value = decay
             if count is None:
                 vao.render(moderngl.TRIANGLES, vertices=self._static_count)
             else:
@@ -549,16 +554,14 @@ class Renderer:
             src_origins, src_size = pack_tiles([unds[i][0].camera.size for i in distorted])
             scratch, scratch_tex = self._target(src_size, outputs, textures=True)
             scratch.use()
-            scratch.clear(*bg, 1.0, depth=1.0)
-            self._clear_ids(scratch, outputs)
+            self._clear(scratch, outputs, bg)
             for j, i in enumerate(distorted):
                 inter = unds[i][0].camera
                 x, y = src_origins[j]
                 self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
 
         fbo.use()
-        fbo.clear(*bg, 1.0, depth=1.0)
-        self._clear_ids(fbo, outputs)
+        self._clear(fbo, outputs, bg)
         for i, view in enumerate(views):
             if i in distorted:
                 continue
@@ -604,16 +607,16 @@ class Renderer:
         return results
 
     @staticmethod
-    def _clear_ids(fbo: moderngl.Framebuffer, outputs: tuple[str, ...]) -> None:
-        # Integer and float id/depth attachments must be cleared to 0, not to the background
-        # colour: clear each non-colour attachment through a scoped draw-buffer selection.
-        if outputs == ("rgb",):
-            return
-        # moderngl clears every colour attachment with the same value; the colour value
-        # (bg) lands in rgb, and is then overwritten for the other attachments below.
-        for k, name in enumerate(outputs):
-            if name == "rgb":
-                continue
-            fbo.color_mask = tuple((j == k,) * 4 for j in range(len(outputs)))  # type: ignore[assignment]
-            fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-        fbo.color_mask = tuple((True,) * 4 for _ in outputs)  # type: ignore[assignment]
+    def _clear(fbo: moderngl.Framebuffer, outputs: tuple[str, ...], background: np.ndarray) -> None:
+        """Clear ids and depth to 0, the rgb attachment to the background colour, depth to 1.
+
+        moderngl clears every colour attachment with the same four floats, passing their bit
+        patterns to integer attachments, so zeros are zero everywhere; a non-black background is
+        then written to the rgb attachment alone through the colour mask.
+        """
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        if "rgb" in outputs and np.any(background > 0):
+            masks = [(name == "rgb",) * 4 for name in outputs]
+            fbo.color_mask = masks[0] if len(masks) == 1 else tuple(masks)  # type: ignore[assignment]
+            fbo.clear(*background, 1.0, depth=1.0)
+            fbo.color_mask = (True,) * 4 if len(masks) == 1 else tuple((True,) * 4 for _ in masks)  # type: ignore[assignment]

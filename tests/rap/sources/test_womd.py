@@ -72,8 +72,16 @@ def test_ego_pose_and_frame(scene):
     assert math.hypot(pose[0] - tr.x[e, t], pose[1] - tr.y[e, t]) == pytest.approx(back, rel=1e-5)
     local = scene.in_ego_frame()
     np.testing.assert_allclose(local.ego_pose(), [0, 0, 0, 0], atol=1e-6)
-    # Ego drives forward: its future is ahead (+x) in its own frame.
-    assert local.tracks.x[e, -1] > 5.0
+    # The logged SDC waits for the whole scenario: it stays at its own frame's origin.
+    np.testing.assert_allclose(local.tracks.x[e], back, atol=0.05)
+    # The fastest vehicle now drives along +x of its own frame, and moves ahead.
+    speed = np.where(tr.valid[:, t] & (tr.types == AgentType.VEHICLE), tr.speed[:, t], 0.0)
+    i = int(np.argmax(speed))
+    assert speed[i] > 5.0
+    own = scene.in_agent_frame(i, t).tracks
+    assert own.vx[i, t] == pytest.approx(speed[i], rel=1e-3)
+    assert abs(own.vy[i, t]) < 0.05 * speed[i]
+    assert own.x[i, t + 5] > own.x[i, t] + 0.4 * speed[i]
 
 
 def test_map_counts(scene):
@@ -164,6 +172,10 @@ def test_drivable_area_keeps_enclosed_blocks_out(scene):
     assert sum(len(p.interiors) for p in area.geoms) >= 1
     for ring in scene.map.drivable_area.rings:
         assert shapely.Polygon(ring[:, :2]).is_valid
+    # Outline heights follow the map (WOMD z is around -185 m here), not z = 0.
+    z = scene.map.drivable_area.rings.points[:, 2]
+    lane_z = scene.map.lanes.centerlines.points[:, 2]
+    assert lane_z.min() - 1.0 <= z.min() and z.max() <= lane_z.max() + 1.0
 
 
 def test_nan_heading_names_field(payload):
@@ -179,8 +191,7 @@ def test_nan_at_invalid_state_is_ignored(payload):
     proto = scenario_pb2.Scenario.FromString(payload)
     i, t = next((i, t) for i, tr in enumerate(proto.tracks) for t, s in enumerate(tr.states) if not s.valid)
     proto.tracks[i].states[t].center_x = float("nan")
-    scene = scene_from_webd = scene_from_womd(proto)
-    assert scene_from_webd.tracks.x[i, t] == 0.0
+    assert scene_from_womd(proto).tracks.x[i, t] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -191,10 +202,18 @@ def test_nan_at_invalid_state_is_ignored(payload):
         (lambda p: p.tracks[3].states.pop(), r"tracks\[3\]\.states has 90 entries, expected 91"),
         (lambda p: p.timestamps_seconds.__setitem__(5, 0.0), r"timestamps_seconds\[5\] is not after"),
         (
-            lambda p: setattr(p.map_features[0].lane.polyline[2], "y", float("inf")),
-            r"map_features\[0\] \(id \d+\)\.lane\.polyline\[2\]\.y is not finite",
+            lambda p: setattr(p.map_features[0].road_edge.polyline[2], "y", float("inf")),
+            r"map_features\[0\] \(id 3\)\.road_edge\.polyline\[2\]\.y is not finite",
         ),
         (lambda p: p.dynamic_map_states.pop(), r"dynamic_map_states has 90 steps, expected 91"),
+        (
+            lambda p: setattr(p.dynamic_map_states[0].lane_states[1].stop_point, "z", float("nan")),
+            r"dynamic_map_states\[0\]\.lane_states\[1\]\.stop_point\.z is not finite",
+        ),
+        (
+            lambda p: setattr(p.map_features[-1].stop_sign.position, "x", float("nan")),
+            r"map_features\[300\] \(id 601\)\.stop_sign\.position\.x is not finite",
+        ),
     ],
 )
 def test_conversion_errors_name_file_record_field(payload, mutate, match):
