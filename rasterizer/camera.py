@@ -166,16 +166,24 @@ class PinholeCamera:
         if not self.is_distorted:
             return xy_distorted.copy(), np.ones(xy_distorted.shape[:-1], dtype=bool)
         k1, k2, p1, p2, k3 = self.distortion
-        xd, yd = xy_distorted[..., 0], xy_distorted[..., 1]
+        xd, yd = xy_distorted[..., 0].ravel(), xy_distorted[..., 1].ravel()
         x, y = xd.copy(), yd.copy()
+        active = np.arange(x.size)  # points still moving; converged ones drop out
         for _ in range(iterations):
-            r2 = x * x + y * y
+            xa, ya = x[active], y[active]
+            r2 = xa * xa + ya * ya
             radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-            dx = 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
-            dy = p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
-            with np.errstate(divide="ignore", invalid="ignore"):
-                x = (xd - dx) / radial
-                y = (yd - dy) / radial
+            dx = 2.0 * p1 * xa * ya + p2 * (r2 + 2.0 * xa * xa)
+            dy = p1 * (r2 + 2.0 * ya * ya) + 2.0 * p2 * xa * ya
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                xn = (xd[active] - dx) / radial
+                yn = (yd[active] - dy) / radial
+                moving = ~(np.abs(xn - xa) + np.abs(yn - ya) < 1e-12)
+            x[active], y[active] = xn, yn
+            active = active[moving]
+            if not active.size:
+                break
+        x, y = x.reshape(xy_distorted.shape[:-1]), y.reshape(xy_distorted.shape[:-1])
         xy = np.stack([x, y], axis=-1)
         with np.errstate(invalid="ignore", over="ignore"):
             err = np.linalg.norm(self.distort_normalized(xy) - xy_distorted, axis=-1)

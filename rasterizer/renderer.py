@@ -21,6 +21,7 @@ changed winding does not matter).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -158,12 +159,26 @@ def ortho_projection(cam: OrthoCamera) -> np.ndarray:
 class _Undistortion:
     """Intermediate pinhole camera and the per-pixel lookup from the distorted output into it."""
 
-    camera: PinholeCamera
+    width: int
+    height: int
+    cx: float
+    cy: float
     lookup: np.ndarray  # (H, W, 2) int16 source texel (x, y), -1 where no source
+
+    def intermediate(self, cam: PinholeCamera) -> PinholeCamera:
+        """The undistorted pinhole (same pose and focal length) that ``cam`` is remapped from."""
+        return dataclasses.replace(cam, name=cam.name + ":undistorted", width=self.width, height=self.height, cx=self.cx, cy=self.cy, distortion=(0.0,) * 5)
 
 
 def undistortion_for(cam: PinholeCamera) -> _Undistortion:
-    """Build the intermediate undistorted camera and lookup table of a distorted camera."""
+    """Build the intermediate undistorted camera and lookup table of a distorted camera
+    (memoised on the intrinsics, distortion and size)."""
+    return _undistortion_cached(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy, cam.distortion, cam.near, cam.far, cam.name)
+
+
+@functools.lru_cache(maxsize=64)
+def _undistortion_cached(width, height, fx, fy, cx, cy, distortion, near, far, name) -> _Undistortion:
+    cam = PinholeCamera(name, width, height, fx, fy, cx, cy, distortion=distortion, near=near, far=far)
     u, v = np.meshgrid(np.arange(cam.width, dtype=np.float64), np.arange(cam.height, dtype=np.float64))
     xd = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy], axis=-1)
     xy, ok = cam.undistort_normalized(xd)
@@ -179,12 +194,13 @@ def undistortion_for(cam: PinholeCamera) -> _Undistortion:
     width = int(np.ceil((x1 - x0) * cam.fx)) + 3
     height = int(np.ceil((y1 - y0) * cam.fy)) + 3
     cx, cy = -x0 * cam.fx + 1.0, -y0 * cam.fy + 1.0
-    inter = dataclasses.replace(cam, name=cam.name + ":undistorted", width=width, height=height, cx=cx, cy=cy, distortion=(0.0,) * 5)
     src = np.stack([np.rint(xy[..., 0] * cam.fx + cx), np.rint(xy[..., 1] * cam.fy + cy)], axis=-1)
     src[~ok] = -1
     if width > 32767 or height > 32767:
         raise ValueError(f"camera {cam.name}: undistorted intermediate image too large ({width}x{height})")
-    return _Undistortion(inter, src.astype(np.int16))
+    lookup = src.astype(np.int16)
+    lookup.flags.writeable = False
+    return _Undistortion(width, height, cx, cy, lookup)
 
 
 def pack_tiles(sizes: Sequence[tuple[int, int]], max_width: int = MAX_ATLAS_WIDTH) -> tuple[list[tuple[int, int]], tuple[int, int]]:
@@ -489,17 +505,17 @@ class Renderer:
         return self._targets[key]
 
     def _lookup_texture(self, cam: PinholeCamera):
-        key = id(cam)
-        entry = self._lookups.get(key)
-        if entry is None or entry[0] is not cam:
-            und = undistortion_for(cam)
+        """The (memoised) undistortion of ``cam`` and its lookup texture, one per intrinsics."""
+        und = undistortion_for(cam)
+        entry = self._lookups.get(id(und))
+        if entry is None or entry[0] is not und:
             tex = self._own(self.ctx.texture((cam.width, cam.height), 2, und.lookup.tobytes(), dtype="i2"))
             tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
             if entry is not None:
-                self._free(entry[2])
-            entry = (cam, und, tex)
-            self._lookups[key] = entry
-        return entry[1], entry[2]
+                self._free(entry[1])
+            entry = (und, tex)
+            self._lookups[id(und)] = entry
+        return entry
 
     # -- drawing -----------------------------------------------------------------------------
     def _draw(self, view: View, camera: Camera, viewport: tuple[int, int, int, int], programs) -> None:
@@ -551,12 +567,13 @@ class Renderer:
         ctx.depth_func = "<="
         if distorted:
             unds = {i: self._lookup_texture(views[i].camera) for i in distorted}
-            src_origins, src_size = pack_tiles([unds[i][0].camera.size for i in distorted])
+            inters = {i: unds[i][0].intermediate(views[i].camera) for i in distorted}
+            src_origins, src_size = pack_tiles([inters[i].size for i in distorted])
             scratch, scratch_tex = self._target(src_size, outputs, textures=True)
             scratch.use()
             self._clear(scratch, outputs, bg)
             for j, i in enumerate(distorted):
-                inter = unds[i][0].camera
+                inter = inters[i]
                 x, y = src_origins[j]
                 self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
 
