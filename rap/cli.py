@@ -71,6 +71,7 @@ def render(
     agent: Optional[int] = typer.Option(None, "--agent", help="render from this agent's seat (track id); default the ego"),
     outputs: str = typer.Option("rgb", "--outputs", help="comma-separated subset of rgb,class_id,instance,depth"),
     record: int = typer.Option(0, "--record", help="record index inside the source file"),
+    distortion: bool = typer.Option(False, "--distortion", help="apply the rig's calibrated lens distortion (default: ideal pinholes, as the RAP reference renderer)"),
 ) -> None:
     """Render one step of a scene: one PNG per camera plus a contact sheet."""
     from rap.render_job import render_to_dir
@@ -80,7 +81,7 @@ def render(
     wanted = _outputs(outputs)
     spec, scene = _load(source, record)
     try:
-        the_rig = get_rig(rig, (width, height))
+        the_rig = get_rig(rig, (width, height), distortion=distortion)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     step = spec.step if spec.step is not None else scene.current_index
@@ -127,23 +128,20 @@ def bench_render_cmd(
     size: str = typer.Option("1920x1080", "--size", help="WIDTHxHEIGHT of every camera"),
     frames: int = typer.Option(100, "--frames", min=1, help="frames to render (one step per frame)"),
     outputs: str = typer.Option("rgb", "--outputs", help="comma-separated subset of rgb,class_id,instance,depth"),
-    no_distortion: bool = typer.Option(False, "--no-distortion", help="render ideal pinholes (skip the remap pass)"),
+    distortion: bool = typer.Option(False, "--distortion", help="apply the rig's calibrated lens distortion (undistorted render + warp)"),
     record: int = typer.Option(0, "--record"),
 ) -> None:
     """Measure rendering throughput (upload + draw + readback); last line is JSON with views_per_s."""
     from rap.render_job import bench_render
     from rap.rigs import get_rig
-    from rasterizer.camera import PinholeCamera, Rig
 
     width, height = parse_size(size)
     wanted = _outputs(outputs)
     _, scene = _load(source, record)
     try:
-        the_rig = get_rig(rig, (width, height))
+        the_rig = get_rig(rig, (width, height), distortion=distortion)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    if no_distortion:
-        the_rig = Rig(the_rig.name, tuple(c.without_distortion() if isinstance(c, PinholeCamera) else c for c in the_rig))
     with Progress(TextColumn("bench-render"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("frames", total=frames)
         result = bench_render(scene, the_rig, frames, outputs=wanted, progress=lambda n: bar.update(task, completed=n))

@@ -221,6 +221,10 @@ class SceneRasterizer:
         if viewer_index is not None and not draw_viewer:
             valid[viewer_index] = False
         rows = np.flatnonzero(valid)
+        if viewer_index is not None:
+            # Nearest first: the depth test then rejects most fragments of boxes hidden behind.
+            d = np.hypot(tr.x[rows, step] - tr.x[viewer_index, step], tr.y[rows, step] - tr.y[viewer_index, step])
+            rows = rows[np.argsort(d, kind="stable")]
         centers = np.stack([tr.x[rows, step], tr.y[rows, step], tr.z[rows, step]], axis=1) - self.origin
         sizes = np.stack([tr.length[rows, step], tr.width[rows, step], tr.height[rows, step]], axis=1)
         classes = np.array([int(AGENT_CLASS.get(AgentType(int(t)), RasterClass.OTHER_AGENT)) for t in tr.types[rows]], dtype=np.uint32)
