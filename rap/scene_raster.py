@@ -40,6 +40,7 @@ class InstanceKind(IntEnum):
     SPEED_BUMP = 7
     DRIVEWAY = 8
     DRIVABLE_AREA = 9
+    STOP_SIGN = 10
 
 
 def instance_id(kind: InstanceKind, index) -> np.ndarray:
@@ -69,6 +70,7 @@ class RasterConfig:
     light_length: float = 0.6  # [m] along the lane
     light_height: float = 0.6  # [m]
     light_width_fraction: float = 0.9  # of the lane width
+    stop_sign_size: tuple[float, float, float] = (0.3, 0.3, 2.0)  # [m] post drawn at each stop sign
     simplify_tolerance: float = 0.05  # [m] Douglas-Peucker tolerance for map polylines and rings
     draw_ego_box: bool = False  # draw the viewer's own box in camera views (BEV views always do)
 
@@ -212,8 +214,8 @@ class SceneRasterizer:
         renderer.set_static(map_mesh(scene.map, self.origin, config))
 
     def frame_boxes(self, step: int, viewer_index: int | None, draw_viewer: bool = False) -> Boxes:
-        """Boxes of every agent valid at ``step`` and of every light with a state. The viewer's
-        own box is drawn (with the EGO class) only if ``draw_viewer``."""
+        """Boxes of every agent valid at ``step``, of every light with a state and a post at each
+        stop sign. The viewer's own box is drawn (with the EGO class) only if ``draw_viewer``."""
         scene = self.scene
         cfg = self.config
         tr = scene.tracks
@@ -243,7 +245,11 @@ class SceneRasterizer:
             axis=1,
         )
         light_boxes = Boxes(stop, lsize, self._light_heading[lrows], lcls, instance_id(InstanceKind.TRAFFIC_LIGHT, lrows))
-        return Boxes.concat([agents, light_boxes])
+        signs = scene.map.stop_signs
+        sign_centers = signs.positions - self.origin
+        sign_centers[:, 2] += cfg.stop_sign_size[2] / 2
+        sign_boxes = Boxes(sign_centers, np.tile(cfg.stop_sign_size, (len(signs), 1)), np.zeros(len(signs)), RasterClass.STOP_SIGN, instance_id(InstanceKind.STOP_SIGN, np.arange(len(signs))))
+        return Boxes.concat([agents, light_boxes, sign_boxes])
 
     def viewer_pose(self, step: int, viewer_index: int) -> np.ndarray:
         """(4, 4) body-to-local transform of an agent's frame (rear axle, ground) at ``step``."""
