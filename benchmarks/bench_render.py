@@ -1,8 +1,10 @@
 """Rendering throughput on the shipped Waymo scenario, with baselines measured in the same run.
 
 Configurations (front3 rig, frames advance one scenario step each, so agent boxes move):
-* ``batched``: rap's path — map uploaded once, boxes re-uploaded per frame, all views of a frame
-  drawn into one atlas and read back once.
+* ``stream``: rap's path (``rap bench-render``) — map uploaded once, boxes re-uploaded per frame,
+  all views of a frame drawn into one atlas and read back once, asynchronously through
+  pixel-buffer objects with 2 frames in flight.
+* ``batched``: the same with a synchronous readback per frame.
 * ``per_view``: the same renderer called once per view (one readback per view).
 * ``naive``: per-view calls that also re-tessellate and re-upload the map every frame (what a
   renderer without a static/dynamic split does).
@@ -40,6 +42,14 @@ def run_config(ctx, scene, rig, mode: str, frames: int) -> float:
     with Renderer(ctx, default_style()) as renderer:
         rast = SceneRasterizer(renderer, scene)
 
+        if mode == "stream":
+            for _ in rast.render_steps((steps[i % len(steps)] for i in range(3)), rig):
+                pass
+            start = time.perf_counter()
+            for _ in rast.render_steps((steps[i % len(steps)] for i in range(frames)), rig):
+                pass
+            return frames * len(rig) / (time.perf_counter() - start)
+
         def frame(i: int) -> None:
             step = steps[i % len(steps)]
             if mode == "batched":
@@ -75,7 +85,7 @@ def main() -> None:
         size = tuple(int(v) for v in size_text.split("x"))
         for distortion in (False, True):
             rig = get_rig("front3", size, distortion=distortion)
-            for mode in ("batched", "per_view", "naive"):
+            for mode in ("stream", "batched", "per_view", "naive"):
                 rates = [run_config(ctx, scene, rig, mode, args.frames) for _ in range(args.repeats)]
                 rows.append({"size": size_text, "distortion": distortion, "mode": mode, "views_per_s": statistics.median(rates), "runs": rates})
                 print(json.dumps(rows[-1]), flush=True)

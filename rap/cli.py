@@ -129,6 +129,7 @@ def bench_render_cmd(
     frames: int = typer.Option(100, "--frames", min=1, help="frames to render (one step per frame)"),
     outputs: str = typer.Option("rgb", "--outputs", help="comma-separated subset of rgb,class_id,instance,depth"),
     distortion: bool = typer.Option(False, "--distortion", help="apply the rig's calibrated lens distortion (undistorted render + warp)"),
+    pipeline: int = typer.Option(2, "--pipeline", min=1, help="frames in flight (asynchronous readback); 1 = synchronous"),
     record: int = typer.Option(0, "--record"),
 ) -> None:
     """Measure rendering throughput (upload + draw + readback); last line is JSON with views_per_s."""
@@ -144,7 +145,7 @@ def bench_render_cmd(
         raise _fail(str(exc)) from None
     with Progress(TextColumn("bench-render"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("frames", total=frames)
-        result = bench_render(scene, the_rig, frames, outputs=wanted, progress=lambda n: bar.update(task, completed=n))
+        result = bench_render(scene, the_rig, frames, outputs=wanted, pipeline=pipeline, progress=lambda n: bar.update(task, completed=n))
     console.print(f"{result['views_per_s']:.1f} views/s ({result['rig']} {result['size']}, {result['gl_renderer']})")
     print(json.dumps(result, sort_keys=True))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import shapely
@@ -260,14 +260,24 @@ class SceneRasterizer:
         pose[:3, 3] = np.array([x, y, z]) - self.origin
         return pose
 
+    def _frame(self, step: int, rig: Rig, viewer_index: int | None) -> tuple[Boxes, list[View]]:
+        viewer = self.scene.ego_index if viewer_index is None else viewer_index
+        body_to_local = self.viewer_pose(step, viewer)
+        draw_viewer = self.config.draw_ego_box or all(isinstance(cam, OrthoCamera) for cam in rig)
+        return self.frame_boxes(step, viewer, draw_viewer), [View(cam, body_to_local) for cam in rig]
+
+    def render_steps(self, steps: Iterable[int], rig: Rig, viewer_index: int | None = None, outputs: Sequence[str] = ("rgb",), depth: int = 2) -> Iterator[list[ViewOutput]]:
+        """Render many steps with asynchronous readback (see ``Renderer.render_stream``);
+        yields one list of views per step, in order."""
+        frames = (self._frame(step, rig, viewer_index) for step in steps)
+        return self.renderer.render_stream(frames, outputs=outputs, depth=depth)
+
     def render(self, step: int, rig: Rig, viewer_index: int | None = None, outputs: Sequence[str] = ("rgb",)) -> list[ViewOutput]:
         """Render ``rig`` mounted on ``viewer_index`` (default: the ego) at ``step``.
 
         Raises:
             ValueError: the viewer is not valid at ``step``.
         """
-        viewer = self.scene.ego_index if viewer_index is None else viewer_index
-        body_to_local = self.viewer_pose(step, viewer)
-        draw_viewer = self.config.draw_ego_box or all(isinstance(cam, OrthoCamera) for cam in rig)
-        self.renderer.set_boxes(self.frame_boxes(step, viewer, draw_viewer))
-        return self.renderer.render([View(cam, body_to_local) for cam in rig], outputs=outputs)
+        boxes, views = self._frame(step, rig, viewer_index)
+        self.renderer.set_boxes(boxes)
+        return self.renderer.render(views, outputs=outputs)

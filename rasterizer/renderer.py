@@ -20,10 +20,11 @@ changed winding does not matter).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import moderngl
 import numpy as np
@@ -356,6 +357,29 @@ _REMAP_WRITES = {
 }
 
 
+_DTYPE_BYTES = {"f1": 1, "u1": 1, "u4": 4, "f4": 4}
+_NUMPY_DTYPE = {"f1": np.uint8, "u1": np.uint8, "u4": np.uint32, "f4": np.float32}
+
+
+def _atlas_array(data: bytes, name: str, atlas_size: tuple[int, int]) -> np.ndarray:
+    """Bytes read from one attachment → (H, W, 3) uint8 for rgb, (H, W) for the others."""
+    comps, dtype = _ATTACHMENT[name]
+    arr = np.frombuffer(data, _NUMPY_DTYPE[dtype]).reshape(atlas_size[1], atlas_size[0], comps)
+    return arr[..., :3] if name == "rgb" else arr[..., 0]
+
+
+def _split(views: Sequence[View], origins, atlas: dict) -> list[ViewOutput]:
+    """Per-view windows into the atlas arrays."""
+    results = []
+    for view, (x, y) in zip(views, origins):
+        w, h = view.camera.size
+        out = ViewOutput(view.camera.name)
+        for name, arr in atlas.items():
+            setattr(out, name, arr[y : y + h, x : x + w])
+        results.append(out)
+    return results
+
+
 class Renderer:
     """Owns every GL resource it creates; ``close()`` frees them and may be called twice.
 
@@ -588,6 +612,14 @@ class Renderer:
                 vao.render(moderngl.TRIANGLES, vertices=36, instances=count)
                 self.ctx.disable(moderngl.CULL_FACE)
 
+    @staticmethod
+    def _check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
+        outputs = tuple(dict.fromkeys(outputs))
+        unknown = [o for o in outputs if o not in OUTPUTS]
+        if unknown or not outputs:
+            raise ValueError(f"unknown or empty outputs {list(outputs)}; choose from {list(OUTPUTS)}")
+        return outputs
+
     def render(self, views: Sequence[View], outputs: Sequence[str] = ("rgb",)) -> list[ViewOutput]:
         """Draw the static mesh and current boxes into every view; one readback per output.
 
@@ -601,12 +633,74 @@ class Renderer:
             Arrays of different views may share memory with one atlas array.
         """
         self._check_open()
-        outputs = tuple(dict.fromkeys(outputs))
-        unknown = [o for o in outputs if o not in OUTPUTS]
-        if unknown or not outputs:
-            raise ValueError(f"unknown or empty outputs {list(outputs)}; choose from {list(OUTPUTS)}")
+        outputs = self._check_outputs(outputs)
         if not views:
             return []
+        fbo, origins, atlas_size = self._draw_frame(views, outputs)
+        atlas = {}
+        for k, name in enumerate(outputs):
+            comps, dtype = _ATTACHMENT[name]
+            # RGB is read as RGBA: a plain copy in Mesa, where RGB needs a per-pixel repack
+            # (about 3x slower at 1080p). The alpha channel is dropped by a numpy view.
+            data = fbo.read(components=comps, attachment=k, dtype=dtype, alignment=1)
+            atlas[name] = _atlas_array(data, name, atlas_size)
+        return _split(views, origins, atlas)
+
+    def render_stream(self, frames: Iterable[tuple[Boxes, Sequence[View]]], outputs: Sequence[str] = ("rgb",), depth: int = 2) -> Iterator[list[ViewOutput]]:
+        """Render a sequence of frames with asynchronous readback.
+
+        Each frame's pixels are copied into a pixel-buffer object (``glReadPixels`` into a PBO
+        returns at once on a GPU) and mapped ``depth - 1`` frames later, so drawing frame i
+        overlaps the transfer of frame i - 1. Yields, per frame, what :meth:`render` returns
+        (arrays owned by the caller).
+
+        Args:
+            frames: (boxes, views) per frame; the static mesh stays as set.
+            outputs: subset of :data:`OUTPUTS`.
+            depth: frames in flight (>= 1; 1 means synchronous).
+        """
+        self._check_open()
+        outputs = self._check_outputs(outputs)
+        if depth < 1:
+            raise ValueError("depth must be >= 1")
+        pending: collections.deque = collections.deque()
+        slot = 0
+        for boxes, views in frames:
+            self.set_boxes(boxes)
+            fbo, origins, atlas_size = self._draw_frame(views, outputs)
+            pbos = self._pixel_buffers(slot, atlas_size, outputs)
+            for k, name in enumerate(outputs):
+                comps, dtype = _ATTACHMENT[name]
+                fbo.read_into(pbos[name], components=comps, attachment=k, dtype=dtype, alignment=1)
+            pending.append((pbos, views, origins, atlas_size))
+            slot = (slot + 1) % depth
+            if len(pending) >= depth:
+                yield self._collect(pending.popleft(), outputs)
+        while pending:
+            yield self._collect(pending.popleft(), outputs)
+
+    def _pixel_buffers(self, slot: int, atlas_size: tuple[int, int], outputs: tuple[str, ...]) -> dict:
+        key = ("pbo", slot, atlas_size, outputs)
+        if key not in self._targets:
+            # Only one set of buffers per slot: drop those made for other sizes or outputs.
+            for old in [k for k in self._targets if k[0] == "pbo" and k[1] == slot]:
+                for buf in self._targets.pop(old).values():
+                    self._free(buf)
+            w, h = atlas_size
+            self._targets[key] = {
+                name: self._own(self.ctx.buffer(reserve=w * h * _ATTACHMENT[name][0] * _DTYPE_BYTES[_ATTACHMENT[name][1]]))
+                for name in outputs
+            }
+        return self._targets[key]
+
+    @staticmethod
+    def _collect(entry, outputs: tuple[str, ...]) -> list[ViewOutput]:
+        pbos, views, origins, atlas_size = entry
+        atlas = {name: _atlas_array(pbos[name].read(), name, atlas_size) for name in outputs}
+        return _split(views, origins, atlas)
+
+    def _draw_frame(self, views: Sequence[View], outputs: tuple[str, ...]):
+        """Clear and draw every view into the atlas; returns (framebuffer, origins, atlas size)."""
         ctx = self.ctx
         origins, atlas_size = pack_tiles([v.camera.size for v in views])
         fbo, _ = self._target(atlas_size, outputs, textures=False)
@@ -652,26 +746,7 @@ class Renderer:
                 self._remap_vao(unds[i], prog).render(moderngl.TRIANGLES)
             ctx.enable(moderngl.DEPTH_TEST)
 
-        atlas = {}
-        for k, name in enumerate(outputs):
-            comps, dtype = _ATTACHMENT[name]
-            if name == "rgb":
-                # Reading all 4 channels is a plain copy in Mesa; RGB needs a per-pixel repack
-                # (about 3x slower at 1080p). The alpha channel is dropped by a numpy view.
-                data = fbo.read(components=4, attachment=k, alignment=1)
-                atlas[name] = np.frombuffer(data, np.uint8).reshape(atlas_size[1], atlas_size[0], 4)[..., :3]
-            else:
-                data = fbo.read(components=1, attachment=k, dtype=dtype, alignment=1)
-                np_dtype = {"u1": np.uint8, "u4": np.uint32, "f4": np.float32}[dtype]
-                atlas[name] = np.frombuffer(data, np_dtype).reshape(atlas_size[1], atlas_size[0])
-        results = []
-        for view, (x, y) in zip(views, origins):
-            w, h = view.camera.size
-            out = ViewOutput(view.camera.name)
-            for name, arr in atlas.items():
-                setattr(out, name, arr[y : y + h, x : x + w])
-            results.append(out)
-        return results
+        return fbo, origins, atlas_size
 
     @staticmethod
     def _clear(fbo: moderngl.Framebuffer, outputs: tuple[str, ...], background: np.ndarray) -> None:

@@ -152,3 +152,20 @@ def test_pack_tiles_wraps_rows():
     origins, size = pack_tiles([(100, 50), (100, 60), (100, 40)], max_width=250)
     assert origins == [(0, 0), (100, 0), (0, 60)]
     assert size == (200, 100)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_render_stream_matches_render(renderer, depth):
+    views = [View(camera()), View(camera(80, 60, f=40.0, distortion=(-0.2, 0.05, 0, 0, 0)))]
+    frames = [(Boxes([[5.0 + i, 0.5 * i, 1.0]], [[2, 2, 2]], [0.1 * i], [1], [i + 1]), views) for i in range(5)]
+    expected = []
+    for boxes, vs in frames:
+        renderer.set_boxes(boxes)
+        expected.append([(o.rgb.copy(), o.instance.copy()) for o in renderer.render(vs, outputs=("rgb", "instance"))])
+    streamed = list(renderer.render_stream(frames, outputs=("rgb", "instance"), depth=depth))
+    assert len(streamed) == len(frames)
+    for exp, got in zip(expected, streamed):
+        for (rgb, inst), out in zip(exp, got):
+            np.testing.assert_array_equal(out.rgb, rgb)
+            np.testing.assert_array_equal(out.instance, inst)
+    assert set(np.unique(streamed[3][0].instance)) == {0, 4}  # frame order preserved
