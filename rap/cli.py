@@ -129,7 +129,7 @@ def bench_render_cmd(
     frames: int = typer.Option(100, "--frames", min=1, help="frames to render (one step per frame)"),
     outputs: str = typer.Option("rgb", "--outputs", help="comma-separated subset of rgb,class_id,instance,depth"),
     distortion: bool = typer.Option(False, "--distortion", help="apply the rig's calibrated lens distortion (undistorted render + warp)"),
-    pipeline: int = typer.Option(2, "--pipeline", min=1, help="frames in flight (asynchronous readback); 1 = synchronous"),
+    pipeline: int = typer.Option(0, "--pipeline", min=0, help="frames in flight (asynchronous readback); 1 = synchronous; 0 = auto (2 on a GPU, 1 on llvmpipe)"),
     record: int = typer.Option(0, "--record"),
 ) -> None:
     """Measure rendering throughput (upload + draw + readback); last line is JSON with views_per_s."""

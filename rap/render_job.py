@@ -109,11 +109,13 @@ class BenchResult:
     seconds: float
 
 
-def bench_render(scene: Scene, rig: Rig, frames: int, *, outputs: Sequence[str] = ("rgb",), warmup: int = 3, pipeline: int = 2, progress: Callable[[int], None] | None = None) -> dict:
+def bench_render(scene: Scene, rig: Rig, frames: int, *, outputs: Sequence[str] = ("rgb",), warmup: int = 3, pipeline: int = 0, progress: Callable[[int], None] | None = None) -> dict:
     """Render ``frames`` frames of ``rig`` on the ego, advancing one step per frame (cycling
     through the steps where the ego is valid), so moving agents are re-uploaded every frame.
     Timing includes box upload, drawing and readback of every requested output into host
-    memory. ``pipeline`` frames are in flight (asynchronous readback; 1 = synchronous).
+    memory. ``pipeline`` frames are in flight (asynchronous readback; 1 = synchronous; 0 = auto:
+    2 on a GPU, 1 on a software renderer, where the extra pixel-buffer copy costs more than the
+    overlap gains).
 
     Returns:
         JSON-ready dict with ``views_per_s``, ``frames_per_s``, ``frames``, ``views``,
@@ -124,6 +126,8 @@ def bench_render(scene: Scene, rig: Rig, frames: int, *, outputs: Sequence[str] 
     steps = np.flatnonzero(scene.tracks.valid[scene.ego_index])
     ctx = create_context()
     try:
+        if pipeline <= 0:
+            pipeline = 1 if context_info(ctx).is_software else 2
         with Renderer(ctx, default_style()) as renderer:
             rast = SceneRasterizer(renderer, scene)
             for _ in rast.render_steps((int(steps[i % len(steps)]) for i in range(warmup)), rig, outputs=outputs, depth=pipeline):

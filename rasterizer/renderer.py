@@ -657,12 +657,17 @@ class Renderer:
         Args:
             frames: (boxes, views) per frame; the static mesh stays as set.
             outputs: subset of :data:`OUTPUTS`.
-            depth: frames in flight (>= 1; 1 means synchronous).
+            depth: frames in flight (>= 1; 1 means synchronous reads without pixel buffers).
         """
         self._check_open()
         outputs = self._check_outputs(outputs)
         if depth < 1:
             raise ValueError("depth must be >= 1")
+        if depth == 1:  # synchronous: a direct read avoids the pixel-buffer copy
+            for boxes, views in frames:
+                self.set_boxes(boxes)
+                yield self.render(views, outputs)
+            return
         pending: collections.deque = collections.deque()
         slot = 0
         for boxes, views in frames:

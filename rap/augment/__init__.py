@@ -1,0 +1,1 @@
+"""Augmentations that create samples real logs lack: recovery and cross-agent views."""

@@ -1,0 +1,1 @@
+"""Augmented dataset: sample types, sharded writer and readers."""
