@@ -211,7 +211,14 @@ class SceneRasterizer:
         pose = scene.ego_pose(scene.current_index)
         self.origin = pose[:3].copy()
         self._light_heading, self._light_width = _light_headings_and_widths(scene)
-        renderer.set_static(map_mesh(scene.map, self.origin, config))
+        self.mesh = map_mesh(scene.map, self.origin, config)
+        renderer.set_static(self.mesh)
+
+    def _ensure_map(self) -> None:
+        # Several SceneRasterizers may share one renderer: put this scene's map back if another
+        # one replaced it since.
+        if self.renderer.static_mesh is not self.mesh:
+            self.renderer.set_static(self.mesh)
 
     def frame_boxes(self, step: int, viewer_index: int | None, draw_viewer: bool = False) -> Boxes:
         """Boxes of every agent valid at ``step``, of every light with a state and a post at each
@@ -269,6 +276,7 @@ class SceneRasterizer:
     def render_steps(self, steps: Iterable[int], rig: Rig, viewer_index: int | None = None, outputs: Sequence[str] = ("rgb",), depth: int = 2) -> Iterator[list[ViewOutput]]:
         """Render many steps with asynchronous readback (see ``Renderer.render_stream``);
         yields one list of views per step, in order."""
+        self._ensure_map()
         frames = (self._frame(step, rig, viewer_index) for step in steps)
         return self.renderer.render_stream(frames, outputs=outputs, depth=depth)
 
@@ -278,6 +286,7 @@ class SceneRasterizer:
         Raises:
             ValueError: the viewer is not valid at ``step``.
         """
+        self._ensure_map()
         boxes, views = self._frame(step, rig, viewer_index)
         self.renderer.set_boxes(boxes)
         return self.renderer.render(views, outputs=outputs)

@@ -408,6 +408,8 @@ class Renderer:
         self._cube = self._own(ctx.buffer(unit_cube().tobytes()))
         self._static_vbo = None
         self._static_count = 0
+        self._static_layered = True
+        self.static_mesh: TriangleMesh | None = None  # the mesh last given to set_static
         self._box_vbo = None
         self._box_capacity = 0
         self._box_count = 0
@@ -467,9 +469,20 @@ class Renderer:
         tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
         self._style_tex = self._own(tex)
 
-    def set_static(self, mesh: TriangleMesh) -> None:
-        """Upload the static geometry (drawn first, in order). Replaces any earlier mesh."""
+    def set_static(self, mesh: TriangleMesh, layered: bool = True) -> None:
+        """Upload the static geometry. Replaces any earlier mesh.
+
+        Args:
+            mesh: triangles, drawn in order after the boxes.
+            layered: treat the mesh as surface layers (road, markings, lines): it is depth-tested
+                against the boxes but writes no depth, so later triangles paint over earlier ones
+                however close their surfaces are (painted lines and crosswalks never sink into
+                the road), while boxes still hide what is behind them and anything in front of
+                a box still hides it. With ``False`` the mesh writes depth like solid geometry.
+        """
         self._check_open()
+        self.static_mesh = mesh
+        self._static_layered = layered
         self._check_classes(mesh.class_ids, "static mesh")
         self._drop_vaos("static")
         self._free(self._static_vbo)
@@ -600,7 +613,10 @@ class Renderer:
                 if name in prog:
                     prog[name].value = value
             if count is None:
+                fbo = self.ctx.fbo
+                fbo.depth_mask = not self._static_layered
                 vao.render(moderngl.TRIANGLES, vertices=self._static_count)
+                fbo.depth_mask = True
             else:
                 # Boxes are closed: cull faces turned away from the camera (half the box
                 # fragments). The unit cube is counter-clockwise seen from outside; the projection

@@ -17,6 +17,7 @@ byte offset where that record starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import tempfile
@@ -228,3 +229,65 @@ def write_records(path: PathLike, records: Iterable[bytes]) -> int:
             pass
         raise
     return count
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordIndex:
+    """Where one record sits in a TFRecord file (from :func:`index_records`)."""
+
+    record: int
+    offset: int  # [bytes] start of the record's header
+    length: int  # [bytes] payload length
+
+
+def index_records(path: PathLike) -> list[RecordIndex]:
+    """Index a TFRecord file by reading only the headers (length CRCs checked, payloads skipped).
+
+    Stops at the first unrecoverable framing error, which :func:`read_record_at` (or
+    :func:`iter_records`) reports when that record is read.
+    """
+    entries = []
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        offset, record = 0, 0
+        while offset + _HEADER.size <= file_size:
+            f.seek(offset)
+            header = _read_exact(f, _HEADER.size)
+            length, length_crc = _HEADER.unpack(header)
+            end = offset + _HEADER.size + length + _FOOTER.size
+            if length_crc != masked_crc32c(header[:8]) or end > file_size:
+                entries.append(RecordIndex(record, offset, length))  # read_record_at reports it
+                break
+            entries.append(RecordIndex(record, offset, length))
+            offset, record = end, record + 1
+        else:
+            if offset < file_size:  # trailing bytes shorter than a header
+                entries.append(RecordIndex(record, offset, 0))
+    return entries
+
+
+def read_record_at(path: PathLike, entry: RecordIndex) -> bytes:
+    """Read and check (both CRCs) the record ``entry`` points at.
+
+    Raises:
+        TFRecordError: naming the file, the record index and the byte offset.
+    """
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        f.seek(entry.offset)
+        header = _read_exact(f, _HEADER.size)
+        if len(header) < _HEADER.size:
+            raise TFRecordError(path, entry.record, entry.offset, f"truncated header ({len(header)} of {_HEADER.size} bytes)")
+        length, length_crc = _HEADER.unpack(header)
+        expected = masked_crc32c(header[:8])
+        if length_crc != expected:
+            raise TFRecordError(path, entry.record, entry.offset, f"length CRC mismatch (expected {expected:#010x}, got {length_crc:#010x})")
+        remaining = file_size - entry.offset - _HEADER.size
+        if length + _FOOTER.size > remaining:
+            raise TFRecordError(path, entry.record, entry.offset, f"truncated payload ({max(0, remaining - _FOOTER.size)} of {length} bytes)")
+        payload = _read_exact(f, length)
+        (payload_crc,) = _FOOTER.unpack(_read_exact(f, _FOOTER.size))
+        expected = masked_crc32c(payload)
+        if payload_crc != expected:
+            raise TFRecordError(path, entry.record, entry.offset, f"payload CRC mismatch (expected {expected:#010x}, got {payload_crc:#010x})")
+        return payload

@@ -369,7 +369,6 @@ def test_stop_lines_are_drawn_where_they_are(ctx, womd_scene, bev):
         assert cls not in view.class_id
 
 
-@pytest.mark.xfail(strict=True, reason="bug: WOMD crosswalks are flat and 5-20 cm below the lane-derived drivable area, so the depth test hides them (lift_marking is 3 cm)")
 def test_drivable_area_does_not_hide_markings(ctx, womd_scene, front3, bev):
     """Painted markings (crosswalks, lane centrelines, road lines) are drawn over the drivable
     area: every pixel that shows a marking without the area still shows it with the area."""
@@ -381,6 +380,18 @@ def test_drivable_area_does_not_hide_markings(ctx, womd_scene, front3, bev):
             marked = np.isin(without[name].class_id, markings)
             hidden = marked & (with_area[name].class_id == RasterClass.DRIVABLE_AREA)
             assert hidden.sum() <= 0.01 * marked.sum(), f"{name}: {hidden.sum()} of {marked.sum()} marking pixels hidden"
+
+
+def test_two_scene_rasterizers_share_one_renderer(ctx, womd_scene, front3):
+    """Each SceneRasterizer draws its own map even after another one replaced the renderer's."""
+    from rap.style import default_style
+    from rasterizer.renderer import Renderer
+
+    with Renderer(ctx, default_style()) as r:
+        no_area = SceneRasterizer(r, womd_scene, RasterConfig(draw_drivable_area=False))
+        SceneRasterizer(r, womd_scene)  # uploads a map with the drivable area
+        views = no_area.render(STEP, front3, outputs=("class_id",))
+        assert not any((v.class_id == RasterClass.DRIVABLE_AREA).any() for v in views)
 
 
 # -- map simplification ------------------------------------------------------------------------

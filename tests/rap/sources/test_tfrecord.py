@@ -171,3 +171,24 @@ def test_write_is_atomic_on_failure(records_file):
         write_records(records_file, bad_records())
     assert read_records(records_file) == PAYLOADS  # The old file is untouched.
     assert [p.name for p in records_file.parent.iterdir()] == [records_file.name]
+
+
+def test_index_and_random_access(tmp_path):
+    from rap.sources.tfrecord import TFRecordError, index_records, read_record_at, write_records
+
+    payloads = [b"a" * 10, b"", b"xyz" * 100]
+    path = tmp_path / "r.tfrecord"
+    write_records(path, payloads)
+    index = index_records(path)
+    assert [e.record for e in index] == [0, 1, 2]
+    assert [read_record_at(path, e) for e in reversed(index)] == payloads[::-1]
+    data = bytearray(path.read_bytes())
+    data[index[2].offset + 12] ^= 0xFF  # corrupt the last payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(TFRecordError, match=r"r\.tfrecord.*record 2.*payload CRC"):
+        read_record_at(path, index_records(path)[2])
+    path.write_bytes(bytes(data[: index[2].offset + 20]))  # truncate inside record 2
+    truncated = index_records(path)
+    assert len(truncated) == 3
+    with pytest.raises(TFRecordError, match="record 2.*truncated"):
+        read_record_at(path, truncated[2])

@@ -1,0 +1,96 @@
+"""Typed configs: YAML files plus dotted ``key=value`` overrides, validated in one place.
+
+Configs are frozen pydantic models that forbid unknown keys, so a misspelt key fails loading with
+its dotted path. Override values are parsed as YAML scalars (``seed=3``, ``recovery.enabled=false``,
+``size=[512,256]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import pydantic
+import yaml
+
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file/override and the key."""
+
+
+class FrozenModel(pydantic.BaseModel):
+    """Base of every config: immutable, unknown keys rejected."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"recovery.num_samples=2"`` → (["recovery", "num_samples"], 2)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from None
+    return key.split("."), parsed
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Return a copy of ``data`` with every dotted override set (creating nested dicts)."""
+    data = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def load_config(model: type[ModelT], path: str | Path | None = None, overrides: Sequence[str] = ()) -> ModelT:
+    """Load ``model`` from an optional YAML file and dotted overrides.
+
+    Raises:
+        ConfigError: naming the file or override and the dotted key that is wrong.
+    """
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = loaded or {}
+    data = apply_overrides(data, overrides)
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{where}: {err['msg']}")
+        origin = source if not overrides else f"{source} + overrides"
+        raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
+
+
+def config_to_dict(config: pydantic.BaseModel) -> dict:
+    """JSON-ready dict of a config (for manifests)."""
+    return config.model_dump(mode="json")
