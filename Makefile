@@ -23,7 +23,7 @@ demo: install
 	$(VENV)/bin/rap demo
 
 test: install
-	$(PY) -X dev -m pytest -q
+	$(PY) -X dev -m pytest
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
