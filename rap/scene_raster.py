@@ -260,7 +260,11 @@ class SceneRasterizer:
 
     def viewer_pose(self, step: int, viewer_index: int) -> np.ndarray:
         """(4, 4) body-to-local transform of an agent's frame (rear axle, ground) at ``step``."""
-        x, y, z, h = self.scene.agent_pose(viewer_index, step)
+        return self._body_to_local(self.scene.agent_pose(viewer_index, step))
+
+    def _body_to_local(self, pose_world: np.ndarray) -> np.ndarray:
+        """(4, 4) transform of a (x, y, z_ground, heading) world pose into the local frame."""
+        x, y, z, h = (float(v) for v in pose_world)
         c, s = np.cos(h), np.sin(h)
         pose = np.eye(4)
         pose[:3, :3] = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
@@ -279,6 +283,19 @@ class SceneRasterizer:
         self._ensure_map()
         frames = (self._frame(step, rig, viewer_index) for step in steps)
         return self.renderer.render_stream(frames, outputs=outputs, depth=depth)
+
+    def render_pose(self, step: int, rig: Rig, pose_world: np.ndarray, hidden_index: int | None, outputs: Sequence[str] = ("rgb",)) -> list[ViewOutput]:
+        """Render ``rig`` mounted on an arbitrary frame (a counterfactual pose) at ``step``.
+
+        Args:
+            pose_world: (4,) (x, y, z_ground, heading) of the rig's body frame (rear axle on the
+                ground) in world coordinates.
+            hidden_index: agent row not drawn (the agent whose seat this is), or None.
+        """
+        self._ensure_map()
+        body_to_local = self._body_to_local(pose_world)
+        self.renderer.set_boxes(self.frame_boxes(step, hidden_index, draw_viewer=False))
+        return self.renderer.render([View(cam, body_to_local) for cam in rig], outputs=outputs)
 
     def render(self, step: int, rig: Rig, viewer_index: int | None = None, outputs: Sequence[str] = ("rgb",)) -> list[ViewOutput]:
         """Render ``rig`` mounted on ``viewer_index`` (default: the ego) at ``step``.
