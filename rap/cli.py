@@ -18,6 +18,8 @@ app = typer.Typer(
     help="rap: rasterize annotated driving scenes into camera views (3D rasterization augmented planning).",
 )
 console = Console(stderr=True)
+eval_app = typer.Typer(no_args_is_help=True, help="Score planners: NAVSIM-style PDMS/EPDMS, Waymo E2E rater feedback score.")
+app.add_typer(eval_app, name="eval")
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_SCENARIO = DATA_DIR / "waymo" / "womd_scenario_637f20cafde22ff8.tfrecord"
@@ -160,6 +162,32 @@ def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="output folder
         summary = run_demo(out, DEMO_SCENARIO, DEMO_FRAME, console=console)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
+    print(json.dumps(summary, sort_keys=True))
+
+
+@eval_app.command("wod-e2e")
+def eval_wod_e2e_cmd(
+    frames: Path = typer.Option(..., "--frames", help="WOD-E2E E2EDFrame TFRecord file or directory of them"),
+    predictions: Path = typer.Option(..., "--predictions", help="predictions JSON (format rap.wod_e2e.predictions/v1)"),
+    out: Path = typer.Option(Path("out/eval_wod_e2e"), "--out", help="folder for wod_e2e_eval.json"),
+) -> None:
+    """Rater feedback score and ADE at 3 s / 5 s of predicted trajectories; last line is JSON."""
+    from rap.eval_wod_e2e import evaluate_wod_e2e
+
+    for path in (frames, predictions):
+        if not path.exists():
+            raise _fail(f"{path}: no such file or directory")
+    try:
+        report = evaluate_wod_e2e(frames, predictions, out)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    summary = report["summary"]
+    table = Table(title="WOD-E2E")
+    for key in summary:
+        table.add_column(key)
+    table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in summary.values()))
+    console.print(table)
+    console.print(f"report: {Path(out) / 'wod_e2e_eval.json'}")
     print(json.dumps(summary, sort_keys=True))
 
 
