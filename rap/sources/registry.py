@@ -1,4 +1,8 @@
-"""Source specs (``KIND:PATH[@STEP]``) and the registry of source readers, imported lazily."""
+"""Source specs (``KIND:PATH[@STEP]``) and the registry of source readers, imported lazily.
+
+Kinds: ``womd:`` a Waymo Open Motion Scenario TFRecord (``--record`` picks the record),
+``scenarionet:`` a ScenarioNet/MetaDrive scenario pickle or dataset folder (record k = k-th file).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from rap.scene import Scene
 # kind -> (module, loader function taking (path, record) and returning a Scene)
 SOURCES: dict[str, tuple[str, str]] = {
     "womd": ("rap.sources.womd", "load_womd"),
+    "scenarionet": ("rap.sources.scenarionet", "load_scenarionet"),
 }
 
 
