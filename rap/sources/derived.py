@@ -7,30 +7,13 @@ any source's message classes so it imports without them. The methods are documen
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import shapely
 import shapely.ops
 
 from rap import geometry
-from rap.scene import (
-    AgentTracks,
-    AgentType,
-    Lanes,
-    LaneType,
-    LightState,
-    LineSet,
-    MapElements,
-    PolygonSet,
-    Polylines,
-    RoadEdgeType,
-    RoadLineType,
-    Scene,
-    StopLineType,
-    StopSigns,
-    TrafficLights,
-)
+from rap.scene import Lanes, LaneType, LineSet, PolygonSet, Polylines, StopLineType, StopSigns, TrafficLights
+
 REAR_AXLE_RATIO = 1.461 / 5.176  # ~0.282: NAVSIM vehicle, rear axle to box centre / length.
 DEFAULT_LANE_WIDTH = 3.7  # [m] lanes without boundary information.
 MIN_LANE_WIDTH = 2.5  # [m]
