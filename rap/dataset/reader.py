@@ -1,0 +1,511 @@
+"""Read dataset shards: plain iteration (numpy only) and torch datasets for training.
+
+* :func:`iter_shard` decodes one shard into record dicts with numpy arrays (no torch needed).
+* :func:`record_to_sample` turns a record back into a :class:`~rap.dataset.sample.Sample`.
+* :class:`ShardDataset` (``torch.utils.data.IterableDataset``) streams a dataset directory or a
+  shard list: each DataLoader worker (and each distributed rank) reads a disjoint subset of
+  shards, with an optional seeded shuffle buffer, and yields tensor dicts (see
+  :func:`record_to_tensors`); :func:`collate` batches them.
+* :class:`ShardIndexDataset` (map-style ``torch.utils.data.Dataset``) indexes every sample's
+  member offsets once, for random access with any sampler.
+
+Only complete shards are read: ``*.tar`` files (a killed writer's ``*.tar.tmp`` is ignored), or
+those a ``manifest.json`` lists. The member layout is documented in :mod:`rap.dataset.writer`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rap.dataset.codec import decode
+from rap.dataset.manifest import MANIFEST_NAME, ShardEntry, read_manifest
+from rap.dataset.sample import DrivingCommand, EgoStatus, Perturbation, Sample, SampleKind, SamplePlan
+from rap.dataset.writer import BEV_FIELD, sha256_file
+from rap.trajectory import Trajectory, TrajectorySampling
+
+try:  # torch is only needed by the dataset classes; iter_shard works without it
+    import torch
+    from torch.utils.data import Dataset as _TorchDataset
+    from torch.utils.data import IterableDataset as _TorchIterableDataset
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+    _TorchDataset = _TorchIterableDataset = object
+
+__all__ = [
+    "ShardFormatError",
+    "EGO_STATUS_FIELDS",
+    "list_shards",
+    "iter_shard_members",
+    "decode_record",
+    "iter_shard",
+    "iter_dataset",
+    "record_to_sample",
+    "summarize_shard",
+    "record_to_tensors",
+    "collate",
+    "ShardDataset",
+    "ShardIndexDataset",
+]
+
+# Order of the ``ego_status`` vector in tensor dicts.
+EGO_STATUS_FIELDS = ("speed", "velocity_lon", "velocity_lat", "accel_lon", "accel_lat")
+
+
+class ShardFormatError(ValueError):
+    """A shard that is not a valid rap shard; the message names the shard, sample and member."""
+
+
+def list_shards(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The complete shards of a dataset.
+
+    Args:
+        source: a dataset directory (its ``manifest.json`` lists the shards; without one, every
+            ``*.tar`` in it, sorted by name), a single ``.tar`` path, or a sequence of paths.
+
+    Returns:
+        Shard paths, in manifest / name order (a sequence is kept in its order).
+
+    Raises:
+        FileNotFoundError: a missing directory or a shard the manifest lists that is not there.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            if (path / MANIFEST_NAME).is_file():
+                shards = [path / e.name for e in read_manifest(path).shards]
+                missing = [str(p) for p in shards if not p.is_file()]
+                if missing:
+                    raise FileNotFoundError(f"{path / MANIFEST_NAME} lists shards that do not exist: {', '.join(missing[:5])}")
+                return shards
+            return sorted(p for p in path.glob("*.tar") if p.is_file())
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such dataset directory or shard")
+        return [path]
+    return [Path(p) for p in source]
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    key, dot, field = name.partition(".")
+    return key, field if dot else ""
+
+
+def iter_shard_members(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group a shard's members by sample.
+
+    Yields:
+        ``(key, {field: data})`` per sample, in file order; ``field`` is the member name after
+        the key (``"CAM_F0.npy.zst"``, ``"json"``, ``"npz"``).
+
+    Raises:
+        ShardFormatError: an unreadable/truncated tar, a member that is not a regular file, or a
+            key whose members are not consecutive.
+    """
+    path = Path(path)
+    seen: set[str] = set()
+    key: str | None = None
+    fields: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    raise ShardFormatError(f"{path}: member {member.name!r} is not a regular file")
+                k, field = _split_name(member.name)
+                if not field:
+                    raise ShardFormatError(f"{path}: member {member.name!r} has no '.<field>' after its key")
+                if k != key:
+                    if key is not None:
+                        yield key, fields
+                    if k in seen:
+                        raise ShardFormatError(f"{path}: members of sample {k!r} are not consecutive")
+                    seen.add(k)
+                    key, fields = k, {}
+                fh = tar.extractfile(member)
+                assert fh is not None
+                fields[field] = fh.read()
+    except tarfile.TarError as err:
+        raise ShardFormatError(f"{path}: not a readable tar ({err})") from err
+    if key is not None:
+        yield key, fields
+
+
+def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] | None = None, decode_images: bool = True, where: str = "") -> dict[str, Any]:
+    """Decode one sample's members.
+
+    Args:
+        key: the sample key.
+        fields: field → bytes, as :func:`iter_shard_members` yields.
+        cameras: cameras to decode (default: all, in the sample's ``camera_names`` order).
+        decode_images: False leaves the images encoded (``encoded`` holds them).
+        where: shard name for error messages.
+
+    Returns:
+        ``{"key", "meta" (the json document), "images" {camera: (H, W, 3) uint8},
+        "bev" (H, W, 3) uint8 | None, "target" (T, 3) float64, "history" (H, 3) float64,
+        "viewer_pose" (4,) float64, "encoded" {field: (extension, bytes)} (only when not
+        decoding)}``.
+
+    Raises:
+        ShardFormatError: a missing member or camera, or a member that does not decode.
+    """
+    at = f"{where}: sample {key!r}" if where else f"sample {key!r}"
+    for required in ("json", "npz"):
+        if required not in fields:
+            raise ShardFormatError(f"{at}: missing member {key}.{required}")
+    try:
+        meta = json.loads(fields["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardFormatError(f"{at}: {key}.json is not valid JSON ({err})") from err
+    try:
+        with np.load(io.BytesIO(fields["npz"]), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in ("target", "history", "viewer_pose")}
+    except (KeyError, ValueError, OSError) as err:
+        raise ShardFormatError(f"{at}: {key}.npz is not a valid arrays file ({err})") from err
+    image_fields = meta.get("images", {})
+    names = list(cameras) if cameras is not None else list(meta.get("camera_names", image_fields))
+    record: dict[str, Any] = {"key": key, "meta": meta, "images": {}, "bev": None, **arrays}
+    encoded = {}
+    wanted = [(cam, image_fields.get(cam)) for cam in names]
+    if meta.get("bev"):
+        wanted.append((BEV_FIELD, meta["bev"]))
+    for name, field in wanted:
+        if field is None:
+            raise ShardFormatError(f"{at}: no camera {name!r}; it has {list(image_fields)}")
+        if field not in fields:
+            raise ShardFormatError(f"{at}: missing member {key}.{field}")
+        ext = field.partition(".")[2]
+        if not decode_images:
+            encoded[name] = (ext, fields[field])
+            continue
+        try:
+            image = decode(ext, fields[field])
+        except ValueError as err:
+            raise ShardFormatError(f"{at}: member {key}.{field}: {err}") from err
+        if name == BEV_FIELD:
+            record["bev"] = image
+        else:
+            record["images"][name] = image
+    if not decode_images:
+        record["encoded"] = encoded
+    return record
+
+
+def iter_shard(path: str | Path, *, cameras: Sequence[str] | None = None, decode_images: bool = True) -> Iterator[dict[str, Any]]:
+    """Decode the samples of one shard, in file order (numpy only, no torch).
+
+    Yields:
+        Record dicts (see :func:`decode_record`).
+    """
+    path = Path(path)
+    for key, fields in iter_shard_members(path):
+        yield decode_record(key, fields, cameras=cameras, decode_images=decode_images, where=str(path))
+
+
+def iter_dataset(source: str | Path | Sequence[str | Path], **kwargs) -> Iterator[dict[str, Any]]:
+    """:func:`iter_shard` over every shard of :func:`list_shards` ``(source)``, in order."""
+    for path in list_shards(source):
+        yield from iter_shard(path, **kwargs)
+
+
+def record_to_sample(record: dict[str, Any]) -> Sample:
+    """Rebuild the :class:`Sample` a record was written from (images must be decoded)."""
+    meta = record["meta"]
+    status = meta["ego_status"]
+    sampling = TrajectorySampling(int(meta["sampling"]["num_poses"]), float(meta["sampling"]["interval_s"]))
+    pert = meta.get("perturbation")
+    plan = SamplePlan(
+        key=meta["key"],
+        scene_id=meta["scene_id"],
+        source=meta["source"],
+        step=int(meta["step"]),
+        kind=SampleKind(meta["kind"]),
+        agent_row=int(meta["agent_row"]),
+        agent_id=int(meta["agent_id"]),
+        viewer_pose=np.asarray(record["viewer_pose"], dtype=np.float64),
+        ego_status=EgoStatus(
+            speed=float(status["speed"]),
+            velocity=tuple(float(v) for v in status["velocity"]),
+            acceleration=tuple(float(v) for v in status["acceleration"]),
+            command=DrivingCommand(int(status["command"])),
+        ),
+        history=np.asarray(record["history"], dtype=np.float64),
+        target=Trajectory(record["target"], sampling),
+        perturbation=None if pert is None else Perturbation(**pert),
+    )
+    return Sample(plan=plan, images=dict(record["images"]), cameras=dict(meta["cameras"]), bev=record.get("bev"))
+
+
+def summarize_shard(path: str | Path) -> tuple[ShardEntry, Counter]:
+    """Entry and kind counts of a complete shard (what a resumed run needs for its manifest).
+
+    Reads only the tar headers and the ``.json`` members, plus the file hash.
+
+    Returns:
+        ``(ShardEntry(name, samples, sha256), Counter(kind -> samples))``.
+    """
+    path = Path(path)
+    counts: Counter = Counter()
+    samples = 0
+    for key, fields in iter_shard_members(path):
+        if "json" not in fields:
+            raise ShardFormatError(f"{path}: sample {key!r}: missing member {key}.json")
+        samples += 1
+        counts[json.loads(fields["json"])["kind"]] += 1
+    return ShardEntry(path.name, samples, sha256_file(path)), counts
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def _require_torch() -> None:
+    if torch is None:  # pragma: no cover - depends on the environment
+        raise ImportError("ShardDataset needs torch (pip install torch); iter_shard works without it")
+
+
+def record_to_tensors(record: dict[str, Any], *, cameras: Sequence[str] | None = None, image_dtype: str = "uint8") -> dict[str, Any]:
+    """Tensor dict of one decoded record.
+
+    Args:
+        record: from :func:`iter_shard`.
+        cameras: image order (default: the sample's ``camera_names``).
+        image_dtype: ``"uint8"`` (0-255) or ``"float32"`` (0-1).
+
+    Returns:
+        ``{"images": (num_cams, 3, H, W) uint8 | float32, "target": (T, 3) float32,
+        "history": (H, 3) float32, "ego_status": (5,) float32 (see EGO_STATUS_FIELDS),
+        "command": () int64 (DrivingCommand), "kind": str, "key": str}``, plus ``"bev"``
+        (3, H, W) when the sample has one.
+
+    Raises:
+        ValueError: cameras of different sizes (they cannot be stacked).
+    """
+    _require_torch()
+    if image_dtype not in ("uint8", "float32"):
+        raise ValueError(f"image_dtype must be 'uint8' or 'float32', got {image_dtype!r}")
+    meta = record["meta"]
+    names = list(cameras) if cameras is not None else list(meta["camera_names"])
+    images = [record["images"][cam] for cam in names]
+    shapes = {img.shape for img in images}
+    if len(shapes) != 1:
+        raise ValueError(f"sample {record['key']!r}: cameras {names} have different sizes {sorted(shapes)}; pick cameras of one size")
+
+    def to_chw(img: np.ndarray):
+        img = np.ascontiguousarray(img)
+        if not img.flags.writeable:
+            img = img.copy()
+        t = torch.from_numpy(img).permute(2, 0, 1)
+        return t.float().div_(255.0) if image_dtype == "float32" else t.contiguous()
+
+    status = meta["ego_status"]
+    out = {
+        # Shape: (num_cams, 3, H, W).
+        "images": torch.stack([to_chw(img) for img in images]),
+        "target": torch.from_numpy(np.array(record["target"], dtype=np.float32)),
+        "history": torch.from_numpy(np.array(record["history"], dtype=np.float32).reshape(-1, 3)),
+        "ego_status": torch.tensor([status["speed"], *status["velocity"], *status["acceleration"]], dtype=torch.float32),
+        "command": torch.tensor(int(status["command"]), dtype=torch.int64),
+        "kind": meta["kind"],
+        "key": record["key"],
+    }
+    if record.get("bev") is not None:
+        out["bev"] = to_chw(record["bev"])
+    return out
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch tensor dicts from :class:`ShardDataset` / :class:`ShardIndexDataset`.
+
+    Returns:
+        ``{"images": (B, num_cams, 3, H, W), "target": (B, T, 3), "history": (B, H_max, 3)
+        (left-padded with zeros), "history_valid": (B, H_max) bool, "ego_status": (B, 5),
+        "command": (B,) int64, "kind": list[str], "key": list[str]}``, plus ``"bev"``
+        (B, 3, H, W) when every sample has one.
+
+    Raises:
+        ValueError: an empty batch, or images / targets of different shapes (naming the keys).
+    """
+    _require_torch()
+    if not batch:
+        raise ValueError("collate: empty batch")
+    keys = [b["key"] for b in batch]
+    for field in ("images", "target"):
+        shapes = {tuple(b[field].shape) for b in batch}
+        if len(shapes) != 1:
+            raise ValueError(f"collate: {field} shapes differ within the batch {sorted(shapes)} (keys {keys})")
+    h_max = max(b["history"].shape[0] for b in batch)
+    history = torch.zeros((len(batch), h_max, 3), dtype=torch.float32)
+    valid = torch.zeros((len(batch), h_max), dtype=torch.bool)
+    for i, b in enumerate(batch):
+        h = b["history"].shape[0]
+        if h:
+            history[i, h_max - h :] = b["history"]
+            valid[i, h_max - h :] = True
+    out = {
+        "images": torch.stack([b["images"] for b in batch]),
+        "target": torch.stack([b["target"] for b in batch]),
+        "history": history,
+        "history_valid": valid,
+        "ego_status": torch.stack([b["ego_status"] for b in batch]),
+        "command": torch.stack([b["command"] for b in batch]),
+        "kind": [b["kind"] for b in batch],
+        "key": keys,
+    }
+    if all("bev" in b for b in batch):
+        out["bev"] = torch.stack([b["bev"] for b in batch])
+    return out
+
+
+def _consumer() -> tuple[int, int]:
+    """(index, count) of this DataLoader worker among all workers (1 when not in a worker)."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        return rank, world_size
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardDataset(_TorchIterableDataset):
+    """Stream samples from shards as tensor dicts (see :func:`record_to_tensors`).
+
+    Shards are split across distributed ranks and DataLoader workers: consumer
+    ``rank * num_workers + worker_id`` reads shards ``i`` with ``i % (world_size * num_workers)``
+    equal to its index, so every sample is read exactly once per epoch (a consumer with no
+    shard yields nothing: use at least as many shards as workers times ranks). With
+    ``shuffle_buffer > 0`` the shard order is permuted per epoch (the same permutation in every
+    consumer) and each consumer shuffles through a buffer of that many samples, all drawn from
+    ``numpy.random.default_rng((seed, epoch[, consumer]))``: the same seed and epoch give the same
+    order. Call :meth:`set_epoch` before each epoch (with ``persistent_workers=False``, the
+    default, workers see the new epoch).
+
+    Args:
+        source: dataset directory, shard path or list of shard paths (see :func:`list_shards`).
+        shuffle_buffer: samples held for shuffling (0: file order, no shard shuffling).
+        seed: shuffle seed.
+        cameras: image order (default: each sample's ``camera_names``).
+        image_dtype: ``"uint8"`` or ``"float32"`` (scaled to 0-1).
+        rank, world_size: distributed split (default: from ``torch.distributed`` when
+            initialised, else a single process).
+    """
+
+    def __init__(self, source, *, shuffle_buffer: int = 0, seed: int = 0, cameras: Sequence[str] | None = None, image_dtype: str = "uint8", rank: int | None = None, world_size: int | None = None) -> None:
+        _require_torch()
+        super().__init__()
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        if image_dtype not in ("uint8", "float32"):
+            raise ValueError(f"image_dtype must be 'uint8' or 'float32', got {image_dtype!r}")
+        self.shards = list_shards(source)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.cameras = None if cameras is None else list(cameras)
+        self.image_dtype = image_dtype
+        self.rank, self.world_size = _dist_rank_world(rank, world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def shards_for(self, worker_id: int, num_workers: int) -> list[Path]:
+        """The shards that DataLoader worker ``worker_id`` of ``num_workers`` reads this epoch."""
+        shards = list(self.shards)
+        if self.shuffle_buffer:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(len(shards))
+            shards = [shards[i] for i in order]
+        total = self.world_size * num_workers
+        return shards[self.rank * num_workers + worker_id :: total]
+
+    def _records(self, shards: Sequence[Path]) -> Iterator[dict[str, Any]]:
+        for path in shards:
+            yield from iter_shard(path, cameras=self.cameras)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker_id, num_workers = _consumer()
+        records = self._records(self.shards_for(worker_id, num_workers))
+        if self.shuffle_buffer:
+            consumer = self.rank * num_workers + worker_id
+            records = _shuffled(records, self.shuffle_buffer, np.random.default_rng((self.seed, self.epoch, consumer)))
+        for record in records:
+            yield record_to_tensors(record, cameras=self.cameras, image_dtype=self.image_dtype)
+
+
+def _shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """Shuffle a stream through a buffer of ``size`` items (seeded, deterministic)."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = int(rng.integers(len(buffer)))
+        yield buffer[i]
+        buffer[i] = item
+    for i in rng.permutation(len(buffer)):
+        yield buffer[i]
+
+
+class ShardIndexDataset(_TorchDataset):
+    """Map-style access to every sample of a set of shards (any sampler, e.g. shuffling).
+
+    Scans the tar headers once at construction (no image is decoded) and keeps, per sample, the
+    shard and the byte range of each member; ``dataset[i]`` reads just those bytes.
+
+    Args:
+        source: dataset directory, shard path or list of shard paths.
+        cameras, image_dtype: as :class:`ShardDataset`.
+    """
+
+    def __init__(self, source, *, cameras: Sequence[str] | None = None, image_dtype: str = "uint8") -> None:
+        _require_torch()
+        if image_dtype not in ("uint8", "float32"):
+            raise ValueError(f"image_dtype must be 'uint8' or 'float32', got {image_dtype!r}")
+        self.shards = list_shards(source)
+        self.cameras = None if cameras is None else list(cameras)
+        self.image_dtype = image_dtype
+        # Per sample: (shard index, key, ((field, offset, size), ...)).
+        self.index: list[tuple[int, str, tuple[tuple[str, int, int], ...]]] = []
+        for s, path in enumerate(self.shards):
+            try:
+                with tarfile.open(path, mode="r:") as tar:
+                    key, members = None, []
+                    for member in tar:
+                        k, field = _split_name(member.name)
+                        if k != key:
+                            if key is not None:
+                                self.index.append((s, key, tuple(members)))
+                            key, members = k, []
+                        members.append((field, member.offset_data, member.size))
+                    if key is not None:
+                        self.index.append((s, key, tuple(members)))
+            except tarfile.TarError as err:
+                raise ShardFormatError(f"{path}: not a readable tar ({err})") from err
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def record(self, i: int) -> dict[str, Any]:
+        """The decoded numpy record of sample ``i`` (as :func:`iter_shard` yields)."""
+        s, key, members = self.index[i]
+        fields = {}
+        with open(self.shards[s], "rb") as fh:
+            for field, offset, size in members:
+                fh.seek(offset)
+                fields[field] = fh.read(size)
+        return decode_record(key, fields, cameras=self.cameras, where=str(self.shards[s]))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return record_to_tensors(self.record(i), cameras=self.cameras, image_dtype=self.image_dtype)

@@ -1,0 +1,407 @@
+"""Sharded dataset writer: WebDataset-style tar shards, written atomically and deterministically.
+
+Dataset directory::
+
+    <dir>/manifest.json            see rap.dataset.manifest
+    <dir>/shard-000000.tar         complete shards (renamed into place when finished)
+    <dir>/shard-000001.tar.tmp     a shard being written, or left by a killed run: readers ignore
+                                   it and the next run (``--resume``) overwrites it
+
+Shard format: a plain POSIX tar (PAX), readable with ``tarfile`` / ``tar`` and by WebDataset. One
+sample is a run of consecutive members sharing a key (the member name up to its first dot,
+``SamplePlan.key``), sorted by name within the sample; samples follow in the order written:
+
+``<key>.<CAM>.<ext>``
+    one image per camera, (H, W, 3) uint8 semantic RGB; ``<ext>`` is ``png`` or ``npy.zst``
+    (a zstd-compressed ``.npy``; see :mod:`rap.dataset.codec`).
+``<key>.bev.<ext>``
+    the optional BEV raster, same codec.
+``<key>.json``
+    the plan's metadata, UTF-8 JSON with sorted keys::
+
+        {"format": "rap.sample/1", "key": ..., "scene_id": ..., "source": ..., "step": 10,
+         "kind": "ego" | "recovery" | "cross_agent", "agent_row": 82, "agent_id": 1234,
+         "viewer_pose": [x, y, z_ground, heading],        # world [m, m, m, rad]
+         "ego_status": {"speed": 8.1, "velocity": [vx, vy], "acceleration": [ax, ay],
+                        "command": 1},                    # 0 left, 1 straight, 2 right
+         "perturbation": null | {"dx", "dy", "dheading", "speed_scale", "accel_scale"},
+         "sampling": {"num_poses": 10, "interval_s": 0.5},
+         "camera_names": ["CAM_L0", "CAM_F0", "CAM_R0"],  # image order of the sample
+         "cameras": {"CAM_F0": {camera record: intrinsics, distortion, cam_to_body, ...}, ...},
+         "images": {"CAM_F0": "CAM_F0.npy.zst", ...},     # member suffix of each image
+         "bev": null | "bev.npy.zst"}
+
+    Camera records are :func:`rap.render_job.camera_record` documents: ``cam_to_body`` maps
+    OpenCV camera axes to the acting agent's body frame (rear axle on the ground, x forward).
+``<key>.npz``
+    the arrays, a ``numpy.load``-able zip (stored, fixed timestamps): ``target`` (T, 3) float64
+    and ``history`` (H, 3) float64 poses (x, y, heading) [m, m, rad] in the acting frame
+    (history oldest first, ending one interval before now), ``viewer_pose`` (4,) float64.
+
+Every tar header is fixed (mtime 0, uid/gid 0, empty uname/gname, mode 0o644), image codecs and
+JSON are deterministic, so the same samples give a byte-identical shard.
+
+Reading one without this toolkit::
+
+    import io, json, tarfile, numpy as np
+    from PIL import Image
+    with tarfile.open("shard-000000.tar") as tar:
+        for m in tar:
+            data = tar.extractfile(m).read()
+            key, field = m.name.split(".", 1)
+            if field == "json": meta = json.loads(data)
+            elif field == "npz": arrays = np.load(io.BytesIO(data))      # arrays["target"]
+            elif field.endswith(".png"): image = np.asarray(Image.open(io.BytesIO(data)))
+
+Encoding (the costly part) is separate from writing: :func:`sample_members` can run in worker
+processes and hand ``(name, bytes)`` lists to the one process that owns a :class:`ShardWriter`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, encode
+from rap.dataset.manifest import ShardEntry, _fsync_dir
+from rap.dataset.sample import Sample
+
+__all__ = [
+    "SAMPLE_FORMAT",
+    "TMP_SUFFIX",
+    "BEV_FIELD",
+    "shard_name",
+    "sample_metadata",
+    "sample_arrays",
+    "sample_members",
+    "ShardWriter",
+    "write_shard",
+    "sha256_file",
+    "npz_bytes",
+]
+
+SAMPLE_FORMAT = "rap.sample/1"
+TMP_SUFFIX = ".tmp"
+BEV_FIELD = "bev"
+_RESERVED_FIELDS = (BEV_FIELD, "json", "npz")
+# Keys and camera names: no dots (the key ends at the first dot), no path separators.
+_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # earliest zip timestamp: fixed so npz bytes are deterministic
+
+
+def shard_name(index: int, prefix: str = "shard") -> str:
+    """File name of shard ``index``: ``shard-000042.tar``."""
+    if index < 0:
+        raise ValueError(f"shard index must be non-negative, got {index}")
+    return f"{prefix}-{index:06d}.tar"
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _json_bytes(doc) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default).encode("utf-8")
+
+
+def sample_metadata(sample: Sample, image_members: dict[str, str] | None = None, bev_member: str | None = None) -> dict:
+    """The ``<key>.json`` document of a sample (see the module docstring).
+
+    Args:
+        sample: the sample.
+        image_members: camera → member suffix (``"CAM_F0.npy.zst"``); default: the suffixes
+            of the default codec.
+        bev_member: the BEV member suffix, or None.
+    """
+    plan = sample.plan
+    status = plan.ego_status
+    if image_members is None:
+        ext = EXTENSIONS[DEFAULT_CODEC]
+        image_members = {cam: f"{cam}.{ext}" for cam in sample.images}
+        bev_member = f"{BEV_FIELD}.{ext}" if sample.bev is not None else None
+    pert = plan.perturbation
+    return {
+        "format": SAMPLE_FORMAT,
+        "key": plan.key,
+        "scene_id": plan.scene_id,
+        "source": plan.source,
+        "step": int(plan.step),
+        "kind": plan.kind.value,
+        "agent_row": int(plan.agent_row),
+        "agent_id": int(plan.agent_id),
+        "viewer_pose": [float(v) for v in np.asarray(plan.viewer_pose, dtype=np.float64)],
+        "ego_status": {
+            "speed": float(status.speed),
+            "velocity": [float(v) for v in status.velocity],
+            "acceleration": [float(v) for v in status.acceleration],
+            "command": int(status.command),
+        },
+        "perturbation": None if pert is None else {k: float(v) for k, v in dataclasses.asdict(pert).items()},
+        "sampling": {"num_poses": int(plan.target.sampling.num_poses), "interval_s": float(plan.target.sampling.interval_s)},
+        "camera_names": list(sample.images),
+        "cameras": {name: sample.cameras[name] for name in sample.cameras},
+        "images": dict(image_members),
+        "bev": bev_member,
+    }
+
+
+def sample_arrays(sample: Sample) -> dict[str, np.ndarray]:
+    """The ``<key>.npz`` arrays: ``target`` (T, 3), ``history`` (H, 3), ``viewer_pose`` (4,), float64."""
+    plan = sample.plan
+    return {
+        "target": np.asarray(plan.target.poses, dtype=np.float64),
+        "history": np.asarray(plan.history, dtype=np.float64).reshape(-1, 3),
+        "viewer_pose": np.asarray(plan.viewer_pose, dtype=np.float64),
+    }
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A ``numpy.load``-able ``.npz`` with deterministic bytes (stored entries in name order,
+    fixed timestamps and attributes; ``numpy.savez`` stamps the current time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.create_system = 3  # unix
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_STORED
+            zf.writestr(info, npy.getvalue())
+    return buf.getvalue()
+
+
+def _check_sample(sample: Sample) -> None:
+    plan = sample.plan
+    where = f"sample {plan.key!r}"
+    if not _NAME.match(plan.key):
+        raise ValueError(f"{where}: key must match [A-Za-z0-9_-]+ (no dots or slashes)")
+    if not sample.images:
+        raise ValueError(f"{where}: no images")
+    for cam, image in sample.images.items():
+        if not _NAME.match(cam) or cam in _RESERVED_FIELDS:
+            raise ValueError(f"{where}: camera name {cam!r} must match [A-Za-z0-9_-]+ and not be one of {_RESERVED_FIELDS}")
+        if cam not in sample.cameras:
+            raise ValueError(f"{where}: images[{cam!r}] has no camera record in cameras")
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{where}: images[{cam!r}] must be (H, W, 3) uint8, got shape {image.shape} dtype {image.dtype}")
+    if sample.bev is not None:
+        bev = np.asarray(sample.bev)
+        if bev.dtype != np.uint8 or bev.ndim != 3 or bev.shape[2] != 3:
+            raise ValueError(f"{where}: bev must be (H, W, 3) uint8, got shape {bev.shape} dtype {bev.dtype}")
+    history = np.asarray(plan.history)
+    if history.ndim != 2 or history.shape[1] != 3 or not np.all(np.isfinite(history)):
+        raise ValueError(f"{where}: history must be a finite (H, 3) array, got shape {history.shape}")
+    pose = np.asarray(plan.viewer_pose)
+    if pose.shape != (4,) or not np.all(np.isfinite(pose)):
+        raise ValueError(f"{where}: viewer_pose must be a finite (4,) array, got shape {pose.shape}")
+
+
+def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> list[tuple[str, bytes]]:
+    """Encode a sample into its tar members, sorted by name (see the module docstring).
+
+    Args:
+        sample: the sample.
+        codec: image codec (``"zst"`` default, or ``"png"``).
+
+    Returns:
+        ``[(member_name, data), ...]`` sorted by member name, all names ``<key>.<field>``.
+
+    Raises:
+        ValueError: a key or camera name that is not filesystem/WebDataset safe, an image that
+            is not (H, W, 3) uint8, a camera without a record, bad history or viewer pose.
+    """
+    _check_sample(sample)
+    key = sample.plan.key
+    members: dict[str, bytes] = {}
+    image_members = {}
+    for cam, image in sample.images.items():
+        ext, data = encode(codec, image)
+        image_members[cam] = f"{cam}.{ext}"
+        members[f"{key}.{cam}.{ext}"] = data
+    bev_member = None
+    if sample.bev is not None:
+        ext, data = encode(codec, sample.bev)
+        bev_member = f"{BEV_FIELD}.{ext}"
+        members[f"{key}.{bev_member}"] = data
+    members[f"{key}.json"] = _json_bytes(sample_metadata(sample, image_members, bev_member))
+    members[f"{key}.npz"] = npz_bytes(sample_arrays(sample))
+    return sorted(members.items())
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _HashingFile:
+    """A write-only file wrapper that hashes what passes through (tarfile only writes)."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self._fh.write(data)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+class ShardWriter:
+    """Write samples into one tar shard, atomically.
+
+    Members go to ``<path>.tmp`` as they are added; :meth:`close` finishes the tar, fsyncs it,
+    renames it to ``path`` and fsyncs the directory, so a shard under its final name is always
+    complete. An exception inside ``with`` (or :meth:`abort`) removes the temporary file; a killed
+    process leaves it behind, and readers ignore it (they read ``*.tar`` only) until the next run
+    truncates and rewrites it.
+
+    Usage::
+
+        with ShardWriter(out / shard_name(3), codec="zst") as writer:
+            for sample in samples:
+                writer.add(sample)
+        entry = writer.entry          # ShardEntry(name, samples, sha256)
+        writer.counts                 # Counter of sample kinds
+
+    Args:
+        path: final shard path (``.tar``).
+        codec: image codec used by :meth:`add`.
+        fsync: fsync the file and directory on close (turn off only in tests).
+    """
+
+    def __init__(self, path: str | Path, codec: ImageCodec | str = DEFAULT_CODEC, *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        if self.path.suffix != ".tar":
+            raise ValueError(f"shard path must end in .tar, got {self.path}")
+        self.codec = ImageCodec(codec)
+        self.tmp_path = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self._fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.tmp_path, "wb")  # truncates a leftover from a killed run
+        self._hashing = _HashingFile(self._fh)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8")
+        self._keys: set[str] = set()
+        self.samples = 0
+        self.counts: Counter[str] = Counter()
+        self.entry: ShardEntry | None = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.type = tarfile.REGTYPE
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def add_members(self, key: str, members: Sequence[tuple[str, bytes]], kind: str | None = None) -> None:
+        """Append one sample's encoded members (from :func:`sample_members`).
+
+        Args:
+            key: the sample key; every member name must start with ``key + "."``.
+            members: ``(name, data)`` pairs; written sorted by name.
+            kind: the sample kind value, for :attr:`counts`.
+
+        Raises:
+            ValueError: a duplicate key in this shard or a member of another key.
+            RuntimeError: the writer is closed.
+        """
+        if self.entry is not None or self._tar is None:
+            raise RuntimeError(f"{self.path}: writer is closed")
+        if key in self._keys:
+            raise ValueError(f"{self.path}: duplicate sample key {key!r}")
+        for name, _ in members:
+            if not name.startswith(key + ".") or "/" in name:
+                raise ValueError(f"{self.path}: member {name!r} does not belong to sample {key!r}")
+        for name, data in sorted(members):
+            self._add_member(name, data)
+        self._keys.add(key)
+        self.samples += 1
+        if kind is not None:
+            self.counts[kind] += 1
+
+    def add(self, sample: Sample) -> None:
+        """Encode (with this writer's codec) and append one sample."""
+        self.add_members(sample.plan.key, sample_members(sample, self.codec), sample.plan.kind.value)
+
+    def close(self) -> ShardEntry:
+        """Finish the tar, fsync, rename to the final name.
+
+        Returns:
+            The shard's :class:`ShardEntry` (also kept in :attr:`entry`).
+        """
+        if self.entry is not None:
+            return self.entry
+        if self._tar is None:
+            raise RuntimeError(f"{self.path}: writer was aborted")
+        self._tar.close()  # writes the end-of-archive blocks and record padding
+        self._tar = None
+        self._fh.flush()
+        if self._fsync:
+            os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.chmod(self.tmp_path, 0o644)
+        os.replace(self.tmp_path, self.path)
+        if self._fsync:
+            _fsync_dir(self.path.parent)
+        self.entry = ShardEntry(self.path.name, self.samples, self._hashing.digest.hexdigest())
+        return self.entry
+
+    def abort(self) -> None:
+        """Drop the unfinished shard (removes ``<path>.tmp``)."""
+        if self.entry is not None:
+            return
+        if self._tar is not None:
+            try:
+                self._tar.close()
+            except Exception:  # the file is being thrown away
+                pass
+            self._tar = None
+        self._fh.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def write_shard(path: str | Path, samples: Iterable[Sample], codec: ImageCodec | str = DEFAULT_CODEC, *, fsync: bool = True) -> tuple[ShardEntry, Counter]:
+    """Write ``samples`` into one shard at ``path`` (atomically).
+
+    Returns:
+        ``(entry, counts_by_kind)``.
+    """
+    with ShardWriter(path, codec, fsync=fsync) as writer:
+        for sample in samples:
+            writer.add(sample)
+    assert writer.entry is not None
+    return writer.entry, writer.counts
