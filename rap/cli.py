@@ -29,7 +29,7 @@ EXIT_USAGE = 2
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> "typer.Exit":
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -163,6 +163,106 @@ def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="output folder
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     print(json.dumps(summary, sort_keys=True))
+
+
+DEFAULT_GENERATE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "generate" / "default.yaml"
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def generate(
+    ctx: typer.Context,
+    source: str = typer.Option(..., "--source", help="womd:PATH (TFRecord file or folder) or scenarionet:DIR"),
+    out: Path = typer.Option(..., "--out", help="output folder (new or empty, or a previous run's with --resume)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/generate/default.yaml)"),
+    rig: Optional[str] = typer.Option(None, "--rig", help="front3 | nuplan8 | bev (overrides the config)"),
+    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (overrides the config)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="worker processes (local) or concurrent tasks (ray)"),
+    executor: str = typer.Option("local", "--executor", help="local | ray"),
+    resume: bool = typer.Option(False, "--resume", help="continue a killed or partial run: redo only unfinished shards"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local Ray instance)"),
+) -> None:
+    """Generate the augmented dataset: ego, recovery and cross-agent samples in tar shards.
+
+    Extra arguments are dotted config overrides, e.g. seed=3 recovery.num_samples=4.
+    Exit status: 0 all inputs read; 2 usage/config error; 3 finished but some inputs were skipped.
+    """
+    from rap.config import ConfigError, load_config
+    from rap.generate import GenerateConfig, GenerateError
+    from rap.generate import generate as run_generate
+
+    overrides = list(ctx.args)
+    if rig is not None:
+        overrides.append(f"rig={rig}")
+    if size is not None:
+        width, height = parse_size(size)
+        overrides.append(f"size=[{width},{height}]")
+    if executor not in ("local", "ray"):
+        raise _fail(f"--executor must be local or ray, got {executor!r}")
+    try:
+        cfg = load_config(GenerateConfig, config or DEFAULT_GENERATE_CONFIG, overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[samples]} samples, {task.fields[rate]:.1f} samples/s"), TimeElapsedColumn(), console=console
+    )
+    state = {"samples": 0, "start": None, "task": None}
+
+    def on_start(total: int, done: int) -> None:
+        import time as _time
+
+        state["start"] = _time.perf_counter()
+        state["task"] = progress.add_task("scenes", total=total, completed=done, samples=0, rate=0.0)
+        if done:
+            console.print(f"resuming: {done} of {total} scenes already done")
+
+    def on_unit(record: dict) -> None:
+        import time as _time
+
+        state["samples"] += (record.get("shard") or {}).get("samples", 0)
+        elapsed = max(1e-9, _time.perf_counter() - state["start"])
+        progress.update(state["task"], advance=1, samples=state["samples"], rate=state["samples"] / elapsed)
+        for item in record.get("skipped", []):
+            progress.console.print(f"[yellow]skipped[/yellow] {item['source']} record {item['record']}: {item['reason']}")
+
+    try:
+        with progress:
+            result = run_generate(source, out, cfg, workers=workers, executor=executor, resume=resume, ray_address=ray_address, on_unit=on_unit, on_start=on_start)
+    except (GenerateError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    m = result.manifest
+    console.print(f"{m.num_samples} samples in {len(m.shards)} shards ({', '.join(f'{k} {v}' for k, v in sorted(m.counts.items()))}) in {out}")
+    if m.rejected:
+        console.print("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(m.rejected.items())))
+    if m.skipped:
+        console.print(f"[yellow]{len(m.skipped)} input(s) skipped[/yellow] (listed in {Path(out) / 'manifest.json'})")
+    summary = {"out": str(out), "samples": m.num_samples, "shards": len(m.shards), "counts": m.counts, "skipped": len(m.skipped), "seconds": round(result.seconds, 3)}
+    print(json.dumps(summary, sort_keys=True))
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def inspect(
+    directory: Path = typer.Argument(..., help="dataset folder written by rap generate"),
+    out: Optional[Path] = typer.Option(None, "--out", help="contact sheet PNG (default DIR/contact_sheet.png)"),
+    max_samples: int = typer.Option(10000, "--max-samples", min=1, help="read at most this many samples"),
+    per_kind: int = typer.Option(3, "--per-kind", min=1, help="contact-sheet tiles per sample kind"),
+) -> None:
+    """Counts by kind, value ranges and a contact sheet with trajectories drawn into the views
+    and onto a BEV; last line is JSON."""
+    from rap.dataset.inspect import format_report, inspect_dataset
+
+    if not directory.is_dir():
+        raise _fail(f"{directory}: no such directory")
+    sheet = out if out is not None else directory / "contact_sheet.png"
+    try:
+        result = inspect_dataset(directory, sheet, max_samples=max_samples, per_kind=per_kind)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console.print(format_report(result))
+    console.print(f"contact sheet: {sheet}")
+    print(json.dumps(result, sort_keys=True, default=str))
 
 
 @eval_app.command("wod-e2e")
