@@ -545,6 +545,9 @@ def _box(scene: Scene, row: int, step: int, pose: np.ndarray) -> shapely.Polygon
     return shapely.Polygon(corners)
 
 
+_LOCAL_RADIUS_M = 30.0  # [m] agents and drivable area further than this cannot touch a perturbed start
+
+
 @dataclasses.dataclass(eq=False)
 class _Context:
     """What every perturbation of one (scene, step) shares."""
@@ -578,14 +581,18 @@ class _Context:
         tr = scene.tracks
         others = np.zeros(0, dtype=object)
         if cfg.check_overlap:
-            rows = np.flatnonzero(tr.valid[:, step] & (np.arange(tr.num_agents) != row))
+            near = np.hypot(tr.x[:, step] - origin[0], tr.y[:, step] - origin[1]) < _LOCAL_RADIUS_M
+            rows = np.flatnonzero(tr.valid[:, step] & (np.arange(tr.num_agents) != row) & near)
             boxes = shapely.polygons(tr.corners_2d(step)[rows])
             already = shapely.area(shapely.intersection(boxes, logged_box)) > OVERLAP_MIN_AREA_M2
             others = boxes[~already]
         drivable = None
         logged_outside = 0.0
         if cfg.check_drivable:
-            poly = scene.map.drivable_polygon
+            # Only the neighbourhood matters (perturbations move the box by metres): clipping
+            # the town-sized polygon makes every later covers/difference test cheap.
+            r = _LOCAL_RADIUS_M
+            poly = shapely.clip_by_rect(scene.map.drivable_polygon, origin[0] - r, origin[1] - r, origin[0] + r, origin[1] + r)
             if not poly.is_empty:
                 drivable = poly
                 shapely.prepare(drivable)

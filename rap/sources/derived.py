@@ -132,22 +132,28 @@ def derive_drivable_area(lanes: Lanes, road_edges: LineSet, driveways: PolygonSe
     if edge_lines and not lane_union.is_empty:
         edges = shapely.union_all(edge_lines)
         noded = shapely.union_all([edges, lane_union.boundary])
-        faces = list(shapely.ops.polygonize(noded))
+        faces = np.array(list(shapely.ops.polygonize(noded)), dtype=object)
         edge_zone = edges.buffer(_SNAP)
         lane_zone = lane_union.boundary.buffer(_SNAP)
+        for geom in (lane_union, edge_zone, lane_zone):
+            shapely.prepare(geom)
         extra = []
-        for face in faces:
-            if face.area <= 0 or lane_union.contains(face.representative_point()):
-                continue
-            if not face.intersects(lane_zone):
-                continue
-            perimeter = face.exterior.length
-            on_edge = face.exterior.intersection(edge_zone).length
-            on_lane = face.exterior.intersection(lane_zone).length
-            if on_edge < _FACE_EDGE_SHARE * perimeter or on_lane < _FACE_LANE_SHARE * perimeter:
-                continue
-            if face.area <= _FACE_MAX_AREA or 2.0 * face.area / perimeter <= _FACE_MAX_WIDTH:
-                extra.append(face)
+        if faces.size:
+            # Cheap tests first (size, position), the perimeter shares only for what is left.
+            area_f = shapely.area(faces)
+            perim = shapely.length(shapely.get_exterior_ring(faces))
+            small_or_narrow = (area_f <= _FACE_MAX_AREA) | (2.0 * area_f <= _FACE_MAX_WIDTH * perim)
+            keep = (area_f > 0) & small_or_narrow
+            keep[keep] &= ~shapely.contains(lane_union, shapely.point_on_surface(faces[keep]))
+            keep[keep] &= shapely.intersects(faces[keep], lane_zone)
+            for k in np.flatnonzero(keep):
+                face, perimeter = faces[k], perim[k]
+                ring = face.exterior
+                bounds = shapely.bounds(ring) + np.array([-_SNAP, -_SNAP, _SNAP, _SNAP])
+                on_edge = ring.intersection(shapely.clip_by_rect(edge_zone, *bounds)).length
+                on_lane = ring.intersection(shapely.clip_by_rect(lane_zone, *bounds)).length
+                if on_edge >= _FACE_EDGE_SHARE * perimeter and on_lane >= _FACE_LANE_SHARE * perimeter:
+                    extra.append(face)
         if extra:
             area = shapely.union_all([area, *extra])
     if len(driveways):
