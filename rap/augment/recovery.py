@@ -30,7 +30,7 @@ Target modes (:class:`RecoveryTarget`):
   reference's choice): the target jumps back onto the logged trajectory at the first pose.
 * ``smooth_rejoin`` (default): a kinematic-bicycle rollout (rear-axle reference, state
   ``(x, y, heading, speed)``, controls curvature and longitudinal acceleration, exact arc steps
-  of ``dt <= 0.05 s`` that divide the sampling interval) from the perturbed pose and speed:
+  of ``dt <= 0.1 s`` that divide the sampling interval) from the perturbed pose and speed:
 
   - path: the expert's rear-axle positions (2 s of history through the end of the valid log),
     with stops removed (points closer than 5 cm), extended straight along the logged heading at
@@ -113,7 +113,7 @@ PATH_EXTEND_FORWARD_M = 150.0  # [m] straight extension after the last logged po
 PATH_RESAMPLE_M = 0.25  # [m] spacing of the smoothed reference path
 PATH_SMOOTH_SIGMA_M = 1.0  # [m] Gaussian smoothing of the reference path
 SPEED_HALF_WINDOW_S = 0.2  # [s] central differences of the expert's along-path speed
-ROLLOUT_MAX_DT_S = 0.05  # [s]
+ROLLOUT_MAX_DT_S = 0.1  # [s]
 SPEED_GAIN = 2.0  # [1/s] proportional speed tracking
 DECAY_AT_HORIZON = 4.74  # w * D at which (1 + w D) exp(-w D) = 0.05
 OMEGA_RANGE = (0.02, 2.0)  # [1/m] bounds of the feedback bandwidth w
@@ -454,7 +454,7 @@ def smooth_rejoin(
         start: (3,) start pose (x [m], y [m], heading [rad]) in frame L.
         speed: Start speed [m/s] (>= 0).
         sampling: Target sampling; the rollout covers ``sampling.horizon_s`` on a grid of
-            ``dt <= 0.05 s`` that divides ``sampling.interval_s``.
+            ``dt <= 0.1 s`` that divides ``sampling.interval_s``.
         cfg: Limits, rejoin horizon and tolerances.
 
     Returns:

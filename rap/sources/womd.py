@@ -505,7 +505,9 @@ def _lane_width(
             hi = min(centerline.shape[0] - 1, seg.lane_end_index)
             if hi < lo:
                 continue
-            dists.append(geometry.point_polyline_distance(centerline[lo : hi + 1, :2], line[:, :2]))
+            pts = shapely.points(centerline[lo : hi + 1, :2])
+            target = shapely.LineString(line[:, :2]) if line.shape[0] >= 2 else shapely.Point(line[0, :2])
+            dists.append(shapely.distance(pts, target))
         if dists:
             medians.append(float(np.median(np.concatenate(dists))))
     if not medians:

@@ -1,0 +1,142 @@
+"""End-to-end generation throughput (scene → shards on disk) against the raw render rate.
+
+For each size, runs ``rap generate`` on the shipped Waymo scenario repeated ``--scenes`` times
+(front3 rig, default config otherwise) with 1 and 2 worker processes, and in the same run the
+raw ``bench-render`` rate for the same rig and size. Reports samples/s, views/s, the ratio of
+end-to-end views/s to the raw render rate, where the time goes (load, plan, render, encode +
+write, measured in-process with 1 worker) and the peak memory per worker.
+
+Usage: python benchmarks/bench_generate.py [--scenes 4] [--sizes 512x256,1920x1080]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "data" / "waymo" / "womd_scenario_637f20cafde22ff8.tfrecord"
+
+WORKER_SNIPPET = """
+import json, resource, sys, time
+from rap.config import load_config
+from rap.generate import GenerateConfig, generate
+cfg = load_config(GenerateConfig, None, [f"size=[{sys.argv[3]},{sys.argv[4]}]"])
+t = time.perf_counter()
+result = generate(sys.argv[1], sys.argv[2], cfg, workers=int(sys.argv[5]))
+seconds = time.perf_counter() - t
+rss = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]
+print(json.dumps({"samples": result.samples, "seconds": seconds, "views": result.samples * 3, "rss_self_mb": rss[0], "rss_children_mb": rss[1]}))
+"""
+
+
+def run_generate(source: str, size: tuple[int, int], workers: int) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="rap_bench_gen_"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", WORKER_SNIPPET, source, str(out / "ds"), str(size[0]), str(size[1]), str(workers)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def stage_breakdown(source: str, size: tuple[int, int]) -> dict:
+    """Seconds per stage for one in-process run (1 worker)."""
+    from rap.config import load_config
+    from rap.dataset.sample import Sample, SampleKind
+    from rap.dataset.writer import sample_members
+    from rap.generate import GenerateConfig, _renderer, list_units, load_unit, plan_scene
+    from rap.render_job import camera_record
+    from rap.rigs import get_rig
+    from rap.scene_raster import SceneRasterizer
+
+    cfg = load_config(GenerateConfig, None, [f"size=[{size[0]},{size[1]}]"])
+    rig = get_rig(cfg.rig, size)
+    cams = {c.name: camera_record(c) for c in rig}
+    times = {"load": 0.0, "plan": 0.0, "render": 0.0, "encode_write": 0.0}
+    for unit in list_units(source):
+        t = time.perf_counter()
+        scene = load_unit(unit)
+        times["load"] += time.perf_counter() - t
+        t = time.perf_counter()
+        plans, _ = plan_scene(scene, cfg)
+        times["plan"] += time.perf_counter() - t
+        rast = SceneRasterizer(_renderer(), scene)
+        for plan in plans:
+            t = time.perf_counter()
+            if plan.kind == SampleKind.RECOVERY:
+                views = rast.render_pose(plan.step, rig, plan.viewer_pose, plan.agent_row)
+            else:
+                views = rast.render(plan.step, rig, plan.agent_row)
+            times["render"] += time.perf_counter() - t
+            t = time.perf_counter()
+            sample_members(Sample(plan, {v.camera_name: v.rgb for v in views}, cams), cfg.codec)
+            times["encode_write"] += time.perf_counter() - t
+    return times
+
+
+def raw_render_rate(size: tuple[int, int], frames: int = 60) -> float:
+    from rap.render_job import bench_render
+    from rap.rigs import get_rig
+    from rap.sources.womd import load_womd
+
+    return bench_render(load_womd(SCENARIO), get_rig("front3", size), frames)["views_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=4)
+    parser.add_argument("--sizes", default="512x256,1920x1080")
+    args = parser.parse_args()
+    from rap.sources.tfrecord import read_records, write_records
+
+    tmp = Path(tempfile.mkdtemp(prefix="rap_bench_src_"))
+    source_file = tmp / "scenes.tfrecord"
+    write_records(source_file, read_records(SCENARIO) * args.scenes)
+    source = f"womd:{source_file}"
+    rows = []
+    for size_text in args.sizes.split(","):
+        size = tuple(int(v) for v in size_text.split("x"))
+        raw = raw_render_rate(size)
+        stages = stage_breakdown(source, size)
+        for workers in (1, 2):
+            r = run_generate(source, size, workers)
+            rows.append({
+                "size": size_text, "workers": workers, "samples_per_s": r["samples"] / r["seconds"],
+                "views_per_s": r["views"] / r["seconds"], "raw_render_views_per_s": raw,
+                "ratio_to_raw": r["views"] / r["seconds"] / raw, "samples": r["samples"],
+                "rss_main_mb": r["rss_self_mb"], "rss_worker_mb": r["rss_children_mb"] if workers > 1 else r["rss_self_mb"],
+                "stages_s": stages,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "scenes": args.scenes}
+    out = ROOT / "benchmarks" / "results" / "generate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"\n{meta['date']}, {meta['machine']}, llvmpipe, front3, shipped scenario x {args.scenes}\n")
+    print("| size | workers | samples/s | views/s | raw bench-render views/s | ratio | peak RSS per worker |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['size']} | {r['workers']} | {r['samples_per_s']:.1f} | {r['views_per_s']:.0f} | {r['raw_render_views_per_s']:.0f} | {r['ratio_to_raw']:.2f} | {r['rss_worker_mb']:.0f} MB |")
+    print("\nwhere the time goes (1 worker, seconds over the run):")
+    for r in rows:
+        if r["workers"] == 1:
+            total = sum(r["stages_s"].values())
+            print(f"- {r['size']}: " + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in r["stages_s"].items()))
+
+
+if __name__ == "__main__":
+    main()
