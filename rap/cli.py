@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -17,7 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="rap: rasterize annotated driving scenes into camera views (3D rasterization augmented planning).",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False, highlight=False)
 eval_app = typer.Typer(no_args_is_help=True, help="Score planners: NAVSIM-style PDMS/EPDMS, Waymo E2E rater feedback score.")
 app.add_typer(eval_app, name="eval")
 
@@ -29,7 +30,7 @@ EXIT_USAGE = 2
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> "typer.Exit":
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -223,7 +224,7 @@ def generate(
         elapsed = max(1e-9, _time.perf_counter() - state["start"])
         progress.update(state["task"], advance=1, samples=state["samples"], rate=state["samples"] / elapsed)
         for item in record.get("skipped", []):
-            progress.console.print(f"[yellow]skipped[/yellow] {item['source']} record {item['record']}: {item['reason']}")
+            progress.console.print(f"[yellow]skipped[/yellow] {item['source']} record {item['record']}: {escape(item['reason'])}")
 
     try:
         with progress:

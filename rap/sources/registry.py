@@ -1,7 +1,8 @@
 """Source specs (``KIND:PATH[@STEP]``) and the registry of source readers, imported lazily.
 
 Kinds: ``womd:`` a Waymo Open Motion Scenario TFRecord (``--record`` picks the record),
-``scenarionet:`` a ScenarioNet/MetaDrive scenario pickle or dataset folder (record k = k-th file).
+``scenarionet:`` a ScenarioNet/MetaDrive scenario pickle or dataset folder (record k = k-th file),
+``synthetic:SEED`` a town and expert log from the procedural world (the embedded default).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from rap.scene import Scene
 SOURCES: dict[str, tuple[str, str]] = {
     "womd": ("rap.sources.womd", "load_womd"),
     "scenarionet": ("rap.sources.scenarionet", "load_scenarionet"),
+    "synthetic": ("rap.sources.synthetic", "load_synthetic"),
 }
+# Kinds whose "path" is not a file (synthetic:SEED is a seed of the procedural world).
+GENERATED = {"synthetic"}
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,16 @@ def load_scene(spec: SourceSpec, record: int = 0) -> Scene:
         FileNotFoundError: the path does not exist.
         ValueError: the step is outside the scene, or the reader's own errors.
     """
-    if not Path(spec.path).exists():
-        raise FileNotFoundError(f"{spec.path}: no such file")
     module_name, func_name = SOURCES[spec.kind]
     loader = getattr(importlib.import_module(module_name), func_name)
-    scene = loader(spec.path, record)
+    if spec.kind in GENERATED:
+        if not spec.path.isdigit():
+            raise ValueError(f"source {spec.kind}:{spec.path}: expected a non-negative integer seed")
+        scene = loader(int(spec.path))
+    else:
+        if not Path(spec.path).exists():
+            raise FileNotFoundError(f"{spec.path}: no such file")
+        scene = loader(spec.path, record)
     if spec.step is not None and not 0 <= spec.step < scene.num_steps:
         raise ValueError(f"{spec.path}: step {spec.step} is outside the scene's {scene.num_steps} steps")
     return scene
