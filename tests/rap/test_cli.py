@@ -173,3 +173,15 @@ def test_check_projection_missing_file(runner, tmp_path):
     result = runner.invoke(app, ["check-projection", str(tmp_path / "nope.tfrecord"), "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "nope.tfrecord: no such file" in message(result)
+
+
+def test_render_synthetic_source(runner, tmp_path):
+    out = tmp_path / "syn"
+    result = runner.invoke(app, ["render", "--source", "synthetic:3", "--rig", "bev", "--size", "128x128", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "render.json").read_text())
+    assert doc["scene_id"] == "synthetic-3" and doc["source"] == "synthetic:3"
+    bev = np.asarray(Image.open(out / "BEV.png"))
+    assert bev.shape == (128, 128, 3) and bev.any()
+    bad = runner.invoke(app, ["render", "--source", "synthetic:abc", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "synthetic:abc" in message(bad)
