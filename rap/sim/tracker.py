@@ -1,0 +1,402 @@
+"""LQR trajectory tracker and the rollout that turns planned poses into executed states.
+
+This follows nuPlan's ``LQRTracker`` as NAVSIM batches it (``BatchLQRTracker``,
+``batch_lqr_utils``, ``PDMSimulator``), vectorized over K candidate trajectories:
+
+1. The planned poses (K, T, 3) in the ego frame are prepended with the current pose (0, 0, 0),
+   moved to the world frame and interpolated to 10 Hz over the 4 s horizon (x, y linearly;
+   heading linearly after unwrapping), giving (K, 41, 3) reference poses (``interpolate_poses``).
+2. Velocity and curvature profiles are fitted to the reference by regularized least squares
+   (jerk penalty 1e-4, curvature-rate penalty 1e-2; ``fit_profiles``).
+3. Each 0.1 s step, a longitudinal one-step LQR (q 10, r 1, horizon 10 steps) picks the
+   acceleration that reaches the reference speed 1 s ahead; a lateral one-step LQR on the
+   linearized (lateral error, heading error, steering angle) system (q [1, 10, 0], r 1) picks the
+   steering rate. Below 0.2 m/s (reference and current), a P controller (gain 0.5) stops the car.
+4. The kinematic bicycle (:mod:`rap.sim.bicycle`) executes the commands.
+
+Implementation notes (numerically equivalent to NAVSIM's, much cheaper):
+
+* NAVSIM solves the velocity fit with a (2M x M) matrix per proposal. Its normal matrix does not
+  depend on the headings (each displacement row pair has unit norm), so the fit is one constant
+  (M x M) linear map applied to the displacement projected on the reference heading.
+* NAVSIM solves the curvature fit for (initial curvature, curvature rates) with a dense pseudo-
+  inverse. Substituting the curvatures themselves gives the same minimizer of a tridiagonal
+  system, solved here with the Thomas algorithm across the batch.
+* The 10 products of 3x3 matrices of the lateral LQR are written out in closed form (the
+  matrices are unit upper triangular).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import numpy as np
+
+from rap.geometry import wrap_angle
+from rap.sim.bicycle import PACIFICA, BicycleConfig, StateIndex, VehicleParameters, propagate
+from rap.trajectory import PoseIndex, TrajectorySampling
+
+__all__ = [
+    "LQRConfig",
+    "RolloutConfig",
+    "interpolate_poses",
+    "fit_profiles",
+    "track",
+    "simulate",
+    "small_matmul",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LQRConfig:
+    """Tracker constants (nuPlan/NAVSIM ``LQRTracker`` defaults)."""
+
+    q_longitudinal: float = 10.0  # weight on the speed error 1 horizon ahead
+    r_longitudinal: float = 1.0  # weight on the acceleration
+    q_lateral: tuple[float, float, float] = (1.0, 10.0, 0.0)  # lateral error, heading error, steering angle
+    r_lateral: float = 1.0  # weight on the steering rate
+    tracking_horizon: int = 10  # [steps] LQR lookahead
+    jerk_penalty: float = 1e-4  # velocity-profile fit regularization
+    curvature_rate_penalty: float = 1e-2  # curvature-profile fit regularization
+    initial_curvature_penalty: float = 1e-10  # keeps the curvature fit well-posed at zero speed
+    stopping_proportional_gain: float = 0.5  # [1/s] P controller near standstill
+    stopping_velocity: float = 0.2  # [m/s] below this (reference and current) the P controller acts
+
+    def __post_init__(self) -> None:
+        if self.tracking_horizon < 2:
+            raise ValueError(f"LQRConfig.tracking_horizon must be >= 2, got {self.tracking_horizon}")
+        if len(self.q_lateral) != 3:
+            raise ValueError(f"LQRConfig.q_lateral needs 3 weights, got {self.q_lateral}")
+        for name in ("jerk_penalty", "curvature_rate_penalty", "initial_curvature_penalty", "stopping_proportional_gain", "stopping_velocity"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"LQRConfig.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """What ``simulate`` executes: 4 s at 0.1 s (41 states including now) by default."""
+
+    horizon_s: float = 4.0  # [s]
+    dt: float = 0.1  # [s] simulation and tracking step
+    lqr: LQRConfig = dataclasses.field(default_factory=LQRConfig)
+    bicycle: BicycleConfig = dataclasses.field(default_factory=BicycleConfig)
+    vehicle: VehicleParameters = PACIFICA
+
+    def __post_init__(self) -> None:
+        if not (self.dt > 0 and self.horizon_s > 0):
+            raise ValueError(f"RolloutConfig: dt and horizon_s must be > 0, got {self.dt}, {self.horizon_s}")
+        steps = self.horizon_s / self.dt
+        if abs(steps - round(steps)) > 1e-6:
+            raise ValueError(f"RolloutConfig.horizon_s ({self.horizon_s}) must be a multiple of dt ({self.dt})")
+
+    @property
+    def num_steps(self) -> int:
+        """Number of executed states including the current one (41 by default)."""
+        return int(round(self.horizon_s / self.dt)) + 1
+
+
+def interpolate_poses(
+    proposals: np.ndarray,
+    sampling: TrajectorySampling,
+    origin: np.ndarray,
+    num_steps: int = 41,
+    dt: float = 0.1,
+) -> np.ndarray:
+    """Planned ego-frame poses -> world-frame reference poses at a fixed step.
+
+    Args:
+        proposals: (K, T, 3) x, y, heading [m, m, rad] in the ego (rear-axle) frame at now,
+            sampled as ``sampling`` says (the current pose excluded).
+        sampling: The proposals' sampling (T poses every ``interval_s``).
+        origin: (3,) current rear-axle pose x, y, heading in the world frame [m, m, rad].
+        num_steps: Output poses, the first at now.
+        dt: Output step [s].
+
+    Returns:
+        (K, num_steps, 3) world poses at t = 0, dt, ... (clipped to the last planned pose past
+        the plan's horizon, as nuPlan's ``InterpolatedTrajectory`` is queried by NAVSIM).
+    """
+    p = np.asarray(proposals, dtype=np.float64)
+    if p.ndim != 3 or p.shape[2] != 3:
+        raise ValueError(f"interpolate_poses: proposals must be (K, T, 3), got {p.shape}")
+    if p.shape[1] != sampling.num_poses:
+        raise ValueError(f"interpolate_poses: {p.shape[1]} poses but the sampling says {sampling.num_poses}")
+    k, t = p.shape[:2]
+    knots = np.zeros((k, t + 1, 3))
+    knots[:, 1:] = p
+    knots[..., PoseIndex.HEADING] = np.unwrap(knots[..., PoseIndex.HEADING], axis=1)
+    times = np.clip(np.arange(num_steps) * dt, 0.0, t * sampling.interval_s)
+    u = times / sampling.interval_s
+    lo = np.minimum(np.floor(u + 1e-12).astype(np.intp), t - 1)
+    w = (u - lo)[None, :, None]
+    local = knots[:, lo] * (1.0 - w) + knots[:, lo + 1] * w  # (K, S, 3)
+    ox, oy, oh = (float(v) for v in np.asarray(origin, dtype=np.float64)[:3])
+    c, s = np.cos(oh), np.sin(oh)
+    out = np.empty_like(local)
+    out[..., PoseIndex.X] = ox + c * local[..., PoseIndex.X] - s * local[..., PoseIndex.Y]
+    out[..., PoseIndex.Y] = oy + s * local[..., PoseIndex.X] + c * local[..., PoseIndex.Y]
+    out[..., PoseIndex.HEADING] = wrap_angle(local[..., PoseIndex.HEADING] + oh)
+    return out
+
+
+_SINGLE_THREAD_MNK = 65536 * 4
+"""OpenBLAS multithreads a GEMM above M*N*K = 65536 * GEMM_MULTITHREAD_THRESHOLD (4); its worker
+threads spin and stall when the other cores are busy (a shared 2-core host), so small products are
+kept below that size."""
+
+
+def small_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a (..., m) by (m, n) with a tall ``a``, computed in row blocks small enough
+    for a single-threaded BLAS call each (fast and immune to busy-core stalls)."""
+    a2 = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+    out = np.empty((a2.shape[0], b.shape[1]))
+    rows = max(_SINGLE_THREAD_MNK // max(a2.shape[1] * b.shape[1], 1), 1)
+    for start in range(0, a2.shape[0], rows):
+        np.matmul(a2[start : start + rows], b, out=out[start : start + rows])
+    return out.reshape(a.shape[:-1] + (b.shape[1],))
+
+
+@functools.lru_cache(maxsize=16)
+def _velocity_fit_matrix(num_displacements: int, dt: float, jerk_penalty: float) -> np.ndarray:
+    """(M, M) map from along-heading displacements to (v0, a_0 .. a_{M-2})."""
+    m = num_displacements
+    c = np.tril(np.full((m, m), dt * dt))
+    c[:, 0] = dt
+    # Jerk regularization: differences of consecutive accelerations (x[1:]).
+    r = np.zeros((max(m - 2, 0), m))
+    idx = np.arange(m - 2)
+    r[idx, idx + 1] = -1.0
+    r[idx, idx + 2] = 1.0
+    normal = c.T @ c + jerk_penalty * (r.T @ r)
+    g = np.linalg.pinv(normal) @ c.T
+    g.flags.writeable = False
+    return g
+
+
+def _solve_tridiagonal(diag: np.ndarray, off: float, rhs: np.ndarray) -> np.ndarray:
+    """Solves (K, M) symmetric tridiagonal systems with constant off-diagonal ``off``."""
+    k, m = diag.shape
+    cp = np.empty((k, m))
+    dp = np.empty((k, m))
+    denom = diag[:, 0]
+    cp[:, 0] = off / denom
+    dp[:, 0] = rhs[:, 0] / denom
+    for i in range(1, m):
+        denom = diag[:, i] - off * cp[:, i - 1]
+        cp[:, i] = off / denom
+        dp[:, i] = (rhs[:, i] - off * dp[:, i - 1]) / denom
+    x = np.empty((k, m))
+    x[:, -1] = dp[:, -1]
+    for i in range(m - 2, -1, -1):
+        x[:, i] = dp[:, i] - cp[:, i] * x[:, i + 1]
+    return x
+
+
+def fit_profiles(poses: np.ndarray, dt: float, config: LQRConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity and curvature profiles of reference poses (nuPlan's regularized least squares).
+
+    Args:
+        poses: (K, N, 3) world poses x, y, heading [m, m, rad] every ``dt`` seconds, N >= 3.
+        dt: Pose spacing [s].
+        config: Regularization weights; ``None`` means ``LQRConfig()``.
+
+    Returns:
+        velocity (K, N - 1) [m/s] and curvature (K, N - 1) [1/m] at poses 0 .. N - 2.
+    """
+    cfg = config if config is not None else LQRConfig()
+    p = np.asarray(poses, dtype=np.float64)
+    if p.ndim != 3 or p.shape[2] != 3 or p.shape[1] < 3:
+        raise ValueError(f"fit_profiles: poses must be (K, N >= 3, 3), got {p.shape}")
+    d = np.diff(p, axis=1)  # (K, M, 3)
+    m = d.shape[1]
+    heading = p[:, :-1, PoseIndex.HEADING]
+    along = np.cos(heading) * d[..., PoseIndex.X] + np.sin(heading) * d[..., PoseIndex.Y]  # (K, M)
+    sol = small_matmul(along, _velocity_fit_matrix(m, float(dt), float(cfg.jerk_penalty)).T)
+    velocity = np.empty((p.shape[0], m))
+    velocity[:, 0] = sol[:, 0]
+    velocity[:, 1:] = sol[:, :1] + np.cumsum(sol[:, 1:] * dt, axis=1)
+
+    # Curvature fit in terms of the curvatures themselves: minimize
+    #   sum_i (dh_i - v_i dt k_i)^2 + eps k_0^2 + (c / dt^2) sum_j (k_j - k_{j-1})^2.
+    dh = np.arctan2(np.sin(d[..., PoseIndex.HEADING]), np.cos(d[..., PoseIndex.HEADING]))
+    a = velocity * dt
+    w = cfg.curvature_rate_penalty / (dt * dt)
+    degree = np.full(m, 2.0)
+    degree[0] = degree[-1] = 1.0
+    diag = a * a + w * degree
+    diag[:, 0] += cfg.initial_curvature_penalty
+    curvature = _solve_tridiagonal(diag, -w, a * dh)
+    return velocity, curvature
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    """Angle wrapped to [-pi, pi) (NAVSIM's arctan2(sin, cos) up to the +-pi endpoint)."""
+    return (angle + np.pi) % (2.0 * np.pi) - np.pi
+
+
+@functools.lru_cache(maxsize=8)
+def _lateral_constants(n: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Window weights (n, 5) and scalar sums for the closed-form lateral LQR over n steps."""
+    k = np.arange(n, dtype=np.float64)
+    t = k * (k - 1) / 2  # sum_{j<k} j
+    q = (k - 1) * k * (2 * k - 1) / 6  # sum_{j<k} j^2
+    u = (n - 1) * n / 2 - k * (k + 1) / 2
+    weights = np.stack([np.ones(n), k, (n - 1 - k), u + k * (n - 1 - k), k * u], axis=1)
+    weights.flags.writeable = False
+    sums = {
+        "s1": float(k.sum()), "s2": float((k * k).sum()), "st": float(t.sum()), "skt": float((k * t).sum()),
+        "sq": float(q.sum()), "skq": float((k * q).sum()),
+    }
+    return weights, sums
+
+
+def _lateral_steering_rate(
+    lateral: np.ndarray,
+    heading_err: np.ndarray,
+    steer: np.ndarray,
+    v: np.ndarray,
+    accel: np.ndarray,
+    curvature_sums: np.ndarray,
+    horizon: int,
+    dt: float,
+    wheel_base: float,
+    cfg: LQRConfig,
+) -> np.ndarray:
+    """One-step lateral LQR: steering rate (K,) from the initial error state.
+
+    NAVSIM multiplies the ``horizon`` per-step (3 x 3) transition matrices of the linearized
+    lateral dynamics (speed v + accel * k * dt, curvature window k_0 .. k_{N-1}). The matrices are
+    unit upper triangular, so the product, input and drift terms are polynomials in (v, accel)
+    with window sums of the curvature as coefficients; this evaluates them directly.
+
+    Args:
+        lateral, heading_err, steer: (K,) initial lateral error [m], heading error [rad],
+            steering angle [rad].
+        v, accel: (K,) current speed [m/s] and LQR acceleration [m/s^2].
+        curvature_sums: (K, 5) curvature window sums with :func:`_lateral_constants` weights.
+    """
+    _, c = _lateral_constants(horizon)
+    n = horizon
+    inv_l = 1.0 / wheel_base
+    a_dt = accel * dt
+    sum_v = n * v + a_dt * c["s1"]
+    a01 = dt * sum_v
+    a12 = a01 * inv_l
+    a02 = dt * dt * inv_l * (v * v * c["s1"] + v * a_dt * (c["st"] + c["s2"]) + a_dt * a_dt * c["skt"])
+    b1 = dt * dt * inv_l * (v * c["s1"] + a_dt * c["s2"])
+    b0 = dt**3 * inv_l * (v * v * c["st"] + v * a_dt * (c["sq"] + c["skt"]) + a_dt * a_dt * c["skq"])
+    b2 = n * dt
+    w0, w1, w2, w3, w4 = (curvature_sums[:, i] for i in range(5))
+    g1 = -dt * (v * w0 + a_dt * w1)
+    g0 = -dt * dt * (v * v * w2 + v * a_dt * w3 + a_dt * a_dt * w4)
+
+    e0 = lateral + a01 * heading_err + a02 * steer + g0
+    e1 = _wrap(heading_err + a12 * steer + g1)
+    e2 = _wrap(steer)
+    q0, q1, q2 = cfg.q_lateral
+    denom = q0 * b0 * b0 + q1 * b1 * b1 + q2 * b2 * b2 + cfg.r_lateral
+    tail = q0 * b0 * e0 + q1 * b1 * e1 + q2 * b2 * e2
+    return -tail / denom
+
+
+def track(
+    reference: np.ndarray,
+    initial_states: np.ndarray,
+    config: RolloutConfig | None = None,
+) -> np.ndarray:
+    """Executes reference poses with the LQR tracker on the kinematic bicycle.
+
+    Args:
+        reference: (K, N, 3) world reference poses every ``config.dt`` seconds, the first at now.
+        initial_states: (11,) or (K, 11) current vehicle state(s) (columns :class:`StateIndex`).
+        config: Rollout constants; ``None`` means ``RolloutConfig()``.
+
+    Returns:
+        (K, N, 11) executed states; row 0 is the initial state.
+    """
+    cfg = config if config is not None else RolloutConfig()
+    lqr = cfg.lqr
+    ref = np.asarray(reference, dtype=np.float64)
+    if ref.ndim != 3 or ref.shape[2] != 3 or ref.shape[1] < 3:
+        raise ValueError(f"track: reference must be (K, N >= 3, 3), got {ref.shape}")
+    k, n = ref.shape[:2]
+    init = np.asarray(initial_states, dtype=np.float64)
+    if init.shape not in ((len(StateIndex),), (k, len(StateIndex))):
+        raise ValueError(f"track: initial_states must be (11,) or ({k}, 11), got {init.shape}")
+    dt = cfg.dt
+    velocity, curvature = fit_profiles(ref, dt, lqr)  # (K, N - 1)
+    last = n - 2
+    horizon = lqr.tracking_horizon
+    window = np.minimum(np.arange(n - 1)[:, None] + np.arange(horizon)[None, :], last)  # (N-1, H)
+    weights, _ = _lateral_constants(horizon)
+    curv_sums = small_matmul(curvature[:, window], weights)  # (K, N-1, 5)
+    b_lon = horizon * dt
+    lon_gain = lqr.q_longitudinal * b_lon / (b_lon * lqr.q_longitudinal * b_lon + lqr.r_longitudinal)
+
+    ref_sin, ref_cos = np.sin(ref[..., PoseIndex.HEADING]), np.cos(ref[..., PoseIndex.HEADING])
+    states = np.empty((k, n, len(StateIndex)))
+    states[:, 0] = init
+    current = states[:, 0]
+    for i in range(n - 1):
+        v = current[:, StateIndex.VELOCITY_X]
+        ex = current[:, StateIndex.X] - ref[:, i, PoseIndex.X]
+        ey = current[:, StateIndex.Y] - ref[:, i, PoseIndex.Y]
+        lateral = -ex * ref_sin[:, i] + ey * ref_cos[:, i]
+        heading_err = _wrap(current[:, StateIndex.HEADING] - ref[:, i, PoseIndex.HEADING])
+        v_ref = velocity[:, min(i + horizon, last)]
+
+        stop = (v_ref <= lqr.stopping_velocity) & (v <= lqr.stopping_velocity)
+        accel_lqr = -lon_gain * (v - v_ref)
+        accel = np.where(stop, -lqr.stopping_proportional_gain * (v - v_ref), accel_lqr)
+        steer_rate = _lateral_steering_rate(
+            lateral, heading_err, current[:, StateIndex.STEERING_ANGLE], v, accel_lqr,
+            curv_sums[:, i], horizon, dt, cfg.vehicle.wheel_base, lqr,
+        )
+        steer_rate = np.where(stop, 0.0, steer_rate)
+        current = propagate(current, accel, steer_rate, dt, cfg.vehicle, cfg.bicycle)
+        states[:, i + 1] = current
+    return states
+
+
+def _initial_state_array(ego: Any) -> np.ndarray:
+    if hasattr(ego, "state_array"):
+        return np.asarray(ego.state_array(), dtype=np.float64)
+    arr = np.asarray(ego, dtype=np.float64)
+    if arr.shape != (len(StateIndex),):
+        raise ValueError(f"simulate: ego must have state_array() or be an (11,) state array, got {arr.shape}")
+    return arr
+
+
+def simulate(
+    proposals: np.ndarray,
+    sampling: TrajectorySampling,
+    ego: Any,
+    config: RolloutConfig | None = None,
+) -> np.ndarray:
+    """Executes K planned trajectories from the current ego state.
+
+    Args:
+        proposals: (K, T, 3) planned x, y, heading [m, m, rad] in the ego frame at now
+            (rear axle, x forward, y left), sampled per ``sampling``; (T, 3) is read as K = 1.
+        sampling: The proposals' sampling (NAVSIM: 8 poses every 0.5 s).
+        ego: The current ego state: an object with ``state_array() -> (11,)`` (e.g.
+            :class:`rap.metrics.pdm_inputs.EgoState`) or an (11,) array (columns
+            :class:`~rap.sim.bicycle.StateIndex`, world pose, ego-frame dynamics).
+        config: Rollout constants; ``None`` means ``RolloutConfig()`` (4 s at 0.1 s).
+
+    Returns:
+        (K, 41, 11) float64 executed states (columns :class:`~rap.sim.bicycle.StateIndex`,
+        world frame), row 0 the current state.
+    """
+    cfg = config if config is not None else RolloutConfig()
+    p = np.asarray(proposals, dtype=np.float64)
+    if p.ndim == 2:
+        p = p[None]
+    if not np.all(np.isfinite(p)):
+        raise ValueError("simulate: proposals contain non-finite values")
+    init = _initial_state_array(ego)
+    origin = init[[StateIndex.X, StateIndex.Y, StateIndex.HEADING]]
+    reference = interpolate_poses(p, sampling, origin, cfg.num_steps, cfg.dt)
+    return track(reference, init, cfg)

@@ -1,0 +1,95 @@
+"""Tests for rap/metrics/comfort.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rap.metrics.comfort import (
+    V1_FILTERS,
+    V2_FILTERS,
+    ComfortIndex,
+    comfort_checks,
+    comfort_signals,
+    extended_comfort,
+    is_comfortable,
+    savgol_filter,
+)
+from rap.sim import StateIndex
+
+
+@pytest.mark.parametrize("n, window, order", [(41, 5, 2), (41, 15, 2), (56, 56, 2), (41, 41, 2), (36, 5, 3)])
+def test_savgol_is_exact_on_polynomials(n, window, order):
+    t = np.arange(n) * 0.1
+    x = 1.0 + 2.0 * t - 0.7 * t**2 + (0.3 * t**3 if order >= 3 else 0.0)
+    dx = 2.0 - 1.4 * t + (0.9 * t**2 if order >= 3 else 0.0)
+    np.testing.assert_allclose(savgol_filter(x, window, order), x, atol=1e-9)
+    np.testing.assert_allclose(savgol_filter(x, window, order, deriv=1, delta=0.1), dx, atol=1e-8)
+    np.testing.assert_allclose(savgol_filter(np.stack([x, 2 * x]), window, order)[1], 2 * x, atol=1e-9)
+
+
+def test_savgol_even_window_evaluates_half_a_sample_late_inside():
+    # scipy's convention for even windows (which NAVSIM's window 8 inherits): interior outputs
+    # are the local fit at i + 0.5; the edges come from the end fits, evaluated in place.
+    t = np.arange(41) * 0.1
+    poly = lambda u: 1.0 + 2.0 * u - 0.7 * u**2  # noqa: E731
+    out = savgol_filter(poly(t), 8, 2)
+    np.testing.assert_allclose(out[4:-4], poly(t[4:-4] + 0.05), atol=1e-9)
+    np.testing.assert_allclose(out[:4], poly(t[:4]), atol=1e-9)
+    np.testing.assert_allclose(out[-4:], poly(t[-4:]), atol=1e-9)
+
+
+def test_savgol_matches_scipy_when_available():
+    signal = pytest.importorskip("scipy.signal")
+    rng = np.random.default_rng(0)
+    for n, w, p, d in [(41, 8, 2, 0), (41, 15, 2, 1), (56, 56, 2, 1), (41, 5, 3, 2), (36, 8, 2, 0), (9, 4, 1, 1)]:
+        x = rng.normal(size=(3, n))
+        np.testing.assert_allclose(savgol_filter(x, w, p, d, 0.1), signal.savgol_filter(x, w, p, deriv=d, delta=0.1), atol=1e-9)
+
+
+def _states(x: np.ndarray, y: np.ndarray, dt: float = 0.1) -> np.ndarray:
+    """(1, T, 11) states from a path sampled every dt (speeds and accelerations by differences)."""
+    s = np.zeros((1, x.size, 11))
+    h = np.unwrap(np.arctan2(np.gradient(y), np.gradient(x)))
+    v = np.hypot(np.gradient(x, dt), np.gradient(y, dt))
+    s[0, :, StateIndex.X], s[0, :, StateIndex.Y], s[0, :, StateIndex.HEADING] = x, y, h
+    s[0, :, StateIndex.VELOCITY_X] = v
+    s[0, :, StateIndex.ACCELERATION_X] = np.gradient(v, dt)
+    s[0, :, StateIndex.ANGULAR_VELOCITY] = np.gradient(h, dt)
+    return s
+
+
+def test_smooth_drive_is_comfortable_and_zigzag_is_not():
+    t = np.arange(41) * 0.1
+    smooth = _states(10.0 * t, 0.0 * t)
+    zigzag = _states(10.0 * t, 1.5 * np.sin(2 * np.pi * t))
+    for filters in (V1_FILTERS, V2_FILTERS):
+        assert is_comfortable(smooth, 0.1, filters)[0] == 1.0
+        checks = comfort_checks(zigzag, 0.1, filters)[0]
+        assert not checks[ComfortIndex.YAW_RATE] and not checks[ComfortIndex.YAW_ACCEL]
+        assert is_comfortable(zigzag, 0.1, filters)[0] == 0.0
+    hard_brake = _states(np.cumsum(np.maximum(10.0 - 6.0 * t, 0.0)) * 0.1, 0.0 * t)
+    assert not comfort_checks(hard_brake, 0.1, V1_FILTERS)[0, ComfortIndex.LON_ACCEL]
+
+
+def test_comfort_signal_shapes_and_center_reference():
+    s = np.zeros((3, 56, 11))
+    s[..., StateIndex.ANGULAR_VELOCITY] = 0.5
+    sig1 = comfort_signals(s, 0.1, V1_FILTERS)
+    sig2 = comfort_signals(s, 0.1, V2_FILTERS)
+    assert sig1.shape == (3, 6, 56)
+    assert np.allclose(sig1[:, ComfortIndex.LON_ACCEL], 0.0)
+    # v2 reads the acceleration at the box centre: + d * w^2 (nuPlan's rigid-body shift).
+    np.testing.assert_allclose(sig2[:, ComfortIndex.LON_ACCEL], 1.461 * 0.25, atol=1e-8)
+
+
+def test_extended_comfort_same_plan_passes_and_different_fails():
+    t = np.arange(41) * 0.1
+    a = _states(10.0 * t, 0.0 * t)[0]
+    later = _states(10.0 * (t + 0.5), 0.0 * t)  # the same motion, planned 0.5 s later
+    assert extended_comfort(later, a, 5, 0.1)[0] == 1.0
+    turning = _states(10.0 * (t + 0.5), 1.0 * (t + 0.5) ** 2)
+    braking = _states(np.cumsum(np.maximum(10.0 - 3.0 * t, 0.0)) * 0.1 + 5.0, 0.0 * t)
+    np.testing.assert_array_equal(extended_comfort(np.concatenate([later, turning, braking]), a, 5, 0.1), [1.0, 0.0, 0.0])
+    with pytest.raises(ValueError):
+        extended_comfort(later, a, 0, 0.1)

@@ -1,0 +1,82 @@
+"""Tests for rap/metrics/pdm_areas.py: exact raster-accelerated membership and ego-area flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from rap.metrics.pdm_areas import EgoAreaIndex, PolygonSet, SegmentGrid, ego_areas, membership
+from rap.metrics.pdm_collisions import ego_box
+from rap.sim import StateIndex
+
+
+def _polygons() -> list:
+    t = np.linspace(0.0, 1.0, 40)
+    polys = []
+    for i in range(5):
+        off = 3.5 * i
+        left = np.stack([t * 60, off + 1.75 + 4 * np.sin(3 * t)], axis=1)
+        right = np.stack([t * 60, off - 1.75 + 4 * np.sin(3 * t)], axis=1)
+        polys.append(shapely.Polygon(np.concatenate([right, left[::-1]])))
+    polys.append(shapely.Point(30, 5).buffer(12).difference(shapely.Point(30, 5).buffer(4)))  # with a hole
+    polys.append(shapely.box(0, 0, 10, 10))
+    polys.append(shapely.box(0, 0, 10, 10))  # duplicate: overlapping polygons
+    polys.extend(shapely.box(70 + i, 0, 70.5 + i, 0.5) for i in range(60))  # > 64 polygons: two bit words
+    return polys
+
+
+@pytest.mark.parametrize("resolution", [0.05, 0.1, 0.37])
+def test_membership_equals_shapely_contains(resolution):
+    polys = _polygons()
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([-5, -10], [135, 25], size=(20000, 2))
+    # Points exactly on edges and vertices, and points very close to edges.
+    edge_pts = np.concatenate([np.asarray(p.exterior.coords)[:, :2] for p in polys[:6]])
+    pts = np.concatenate([pts, edge_pts, edge_pts + 1e-7, np.array([[0.0, 5.0], [5.0, 0.0]])])
+    got = membership(PolygonSet.from_polygons(polys), pts, resolution)
+    want = np.stack([shapely.contains_xy(p, pts[:, 0], pts[:, 1]) for p in polys], axis=1)
+    assert got.shape == (len(pts), len(polys))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_membership_empty_inputs():
+    ps = PolygonSet.from_polygons([shapely.box(0, 0, 1, 1)])
+    assert membership(ps, np.zeros((0, 2))).shape == (0, 1)
+    assert membership(PolygonSet.from_polygons([]), np.zeros((3, 2))).shape == (3, 0)
+
+
+def test_segment_grid_within_and_project_match_shapely():
+    line_xy = np.stack([np.arange(100.0), 3 * np.sin(np.arange(100.0) / 15)], axis=1)
+    line = shapely.LineString(line_xy)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-5, 105, 5000)
+    pts = np.stack([x, np.interp(x, line_xy[:, 0], line_xy[:, 1]) + rng.uniform(-8, 8, x.size)], axis=1)
+    near = SegmentGrid(line_xy, 0.5).within(pts[:, 0], pts[:, 1])
+    np.testing.assert_array_equal(near, shapely.distance(shapely.points(pts), line) <= 0.5)
+    arc = SegmentGrid(line_xy, 3.0, cell=3.0).project(pts[:, 0], pts[:, 1], line)
+    np.testing.assert_allclose(arc, shapely.line_locate_point(line, shapely.points(pts)), atol=1e-9)
+
+
+def _ego_at(x: float, y: float, heading: float = 0.0) -> np.ndarray:
+    s = np.zeros((1, 1, 11))
+    s[0, 0, [StateIndex.X, StateIndex.Y, StateIndex.HEADING]] = [x, y, heading]
+    return s
+
+
+def test_ego_area_flags_on_a_two_lane_road():
+    lanes = PolygonSet.from_polygons([shapely.box(-50, -1.75, 50, 1.75), shapely.box(-50, 1.75, 50, 5.25)])
+    drivable = PolygonSet.from_polygons([shapely.box(-50, -1.75, 50, 5.25)])
+    on_route = np.array([True, False])
+    cases = {
+        "centred in the route lane": (_ego_at(0, 0), [False, False, False]),
+        "straddling both lanes": (_ego_at(0, 1.5), [True, False, False]),
+        "in the oncoming lane": (_ego_at(0, 3.5), [False, False, True]),
+        "half off the road": (_ego_at(0, -1.5), [False, True, False]),
+        "past the road's end (centre off every lane)": (_ego_at(49, 0), [False, True, True]),
+    }
+    for name, (state, want) in cases.items():
+        corners, centers = ego_box(state)
+        got = ego_areas(corners, centers, lanes, on_route, drivable)[0, 0]
+        assert got.tolist() == want, name
+        assert got.shape == (len(EgoAreaIndex),)

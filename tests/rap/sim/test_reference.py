@@ -1,0 +1,45 @@
+"""Tests for rap/sim/reference.py (PDM-Closed-style IDM candidates)."""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+
+from rap.sim import StateIndex
+from rap.sim.reference import Obstacles, ReferencePlannerConfig, idm_candidates
+
+
+def _obstacles(boxes: list[tuple[float, float]], steps: int = 41, polygons=()) -> Obstacles:
+    n = len(boxes)
+    x = np.tile(np.array([b[0] for b in boxes], dtype=float), (steps, 1)).reshape(steps, n)
+    y = np.tile(np.array([b[1] for b in boxes], dtype=float), (steps, 1)).reshape(steps, n)
+    z = np.zeros((steps, n))
+    return Obstacles(x, y, z, z, z, np.full(n, 4.5), np.full(n, 2.0), np.ones((steps, n), bool), tuple(polygons))
+
+
+def _ego(speed: float) -> np.ndarray:
+    e = np.zeros(11)
+    e[StateIndex.VELOCITY_X] = speed
+    return e
+
+
+LINE = np.stack([np.arange(-10.0, 200.0), np.zeros(210)], axis=1)
+
+
+def test_candidates_shape_and_free_road_speeds():
+    cands = idm_candidates(_ego(10.0), LINE, _obstacles([]), speed_limit=10.0)
+    cfg = ReferencePlannerConfig()
+    assert cands.shape == (len(cfg.lateral_offsets) * len(cfg.speed_fractions), 40, 3)
+    # Offsets are lateral, the fastest candidate keeps 10 m/s.
+    np.testing.assert_allclose(np.unique(np.round(cands[:, -1, 1], 6)), [-1.0, 0.0, 1.0], atol=1e-6)
+    assert cands[:, -1, 0].max() == np.float64(cands[4, -1, 0])
+    assert 39.0 < cands[:, -1, 0].max() < 41.0
+
+
+def test_brakes_for_a_stopped_car_and_a_red_light():
+    car = idm_candidates(_ego(10.0), LINE, _obstacles([(30.0, 0.0)]), speed_limit=10.0)
+    front = car[:, :, 0] + 4.049  # front bumper of the rear-axle poses
+    assert front[:, -1].max() < 30.0 - 2.25  # stops behind the car's rear
+    red = shapely.box(40.0, -2.0, 60.0, 2.0)
+    stop = idm_candidates(_ego(10.0), LINE, _obstacles([], polygons=[red]), speed_limit=10.0)
+    assert (stop[:, -1, 0] + 4.049).max() < 40.0

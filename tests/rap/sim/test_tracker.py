@@ -1,0 +1,193 @@
+"""Tests for rap/sim/tracker.py: LQR tracking, profile fits, rollouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rap.sim import PACIFICA, LQRConfig, RolloutConfig, StateIndex, fit_profiles, interpolate_poses, propagate, simulate, track
+from rap.trajectory import NAVSIM_SAMPLING, TrajectorySampling
+
+
+def _dense_profiles(poses: np.ndarray, dt: float, cfg: LQRConfig) -> tuple[np.ndarray, np.ndarray]:
+    """NAVSIM's formulation: dense (2M x M) velocity fit and (M x M) curvature fit with pinv."""
+    d = np.diff(poses, axis=1)
+    xy, dh = d[..., :2], np.arctan2(np.sin(d[..., 2]), np.cos(d[..., 2]))
+    k, m = dh.shape
+    heading = poses[:, :-1, 2]
+    y = xy.reshape(k, -1)
+    col = np.zeros(y.shape)
+    col[:, 0::2], col[:, 1::2] = np.cos(heading), np.sin(heading)
+    a = np.repeat(col[..., None] * dt**2, m, axis=2)
+    a[..., 0] = col * dt
+    mask = np.repeat(np.triu(np.ones((m, m), bool), k=1), 2, axis=0)
+    a[:, mask] = 0.0
+    band = np.zeros((m - 2, m - 1))
+    band[:, 1:] += np.eye(m - 2)
+    band[:, :-1] -= np.eye(m - 2)
+    r = np.concatenate([np.zeros((m - 2, 1)), band], axis=1)
+    sol = np.einsum("bij,bj->bi", np.linalg.pinv(a.transpose(0, 2, 1) @ a + cfg.jerk_penalty * r.T @ r) @ a.transpose(0, 2, 1), y)
+    vel = sol[:, :1] + np.concatenate([np.zeros((k, 1)), np.cumsum(sol[:, 1:] * dt, axis=1)], axis=1)
+    ac = np.repeat(np.tri(m)[None], k, axis=0)
+    ac[:, :, 0] = vel * dt
+    ac[:, 1:, 1:] *= (vel * dt**2)[:, 1:, None]
+    q = cfg.curvature_rate_penalty * np.eye(m)
+    q[0, 0] = cfg.initial_curvature_penalty
+    x = np.einsum("bij,bj->bi", np.linalg.pinv(ac.transpose(0, 2, 1) @ ac + q) @ ac.transpose(0, 2, 1), dh)
+    curv = x[:, :1] + np.concatenate([np.zeros((k, 1)), np.cumsum(x[:, 1:] * dt, axis=1)], axis=1)
+    return vel, curv
+
+
+def _dense_steering_rate(x0, v, accel, curv, dt, wheel_base, cfg):
+    """NAVSIM's lateral LQR: products of the per-step 3x3 matrices."""
+    n = curv.shape[1]
+    vp = v[:, None] + accel[:, None] * np.arange(n) * dt
+    k = v.shape[0]
+    a = np.tile(np.eye(3), (k, 1, 1))
+    b = np.zeros((k, 3, 1))
+    g = np.zeros((k, 3))
+    inm = np.zeros((3, 1))
+    inm[2] = dt
+    for i in range(n):
+        m = np.tile(np.eye(3), (k, 1, 1))
+        m[:, 0, 1] = vp[:, i] * dt
+        m[:, 1, 2] = vp[:, i] * dt / wheel_base
+        aff = np.zeros((k, 3))
+        aff[:, 1] = -vp[:, i] * curv[:, i] * dt
+        a = m @ a
+        b = m @ b + inm
+        g = np.einsum("bij,bj->bi", m, g) + aff
+    e = np.einsum("bij,bj->bi", a, x0) + g
+    e[:, 1:] = np.arctan2(np.sin(e[:, 1:]), np.cos(e[:, 1:]))
+    qm = np.diag(cfg.q_lateral)
+    bt = b.transpose(0, 2, 1)
+    btq = bt @ qm
+    inv = -1.0 / (np.einsum("bij,bji->bi", btq, b) + cfg.r_lateral)
+    return (inv * np.einsum("bij,bj->bi", btq, e))[:, 0]
+
+
+def _smooth_reference(rng: np.random.Generator, k: int, n: int = 41, dt: float = 0.1) -> np.ndarray:
+    """Poses of a bicycle driven with smooth inputs (a feasible reference)."""
+    state = np.zeros((k, 11))
+    state[:, StateIndex.VELOCITY_X] = rng.uniform(3.0, 15.0, k)
+    state[:, StateIndex.HEADING] = rng.uniform(-np.pi, np.pi, k)
+    out = [state[:, :3].copy()]
+    freq = rng.uniform(0.2, 0.6, k)
+    amp = rng.uniform(0.0, 0.15, k)
+    acc = rng.uniform(-1.0, 1.0, k)
+    for i in range(n - 1):
+        # Steer towards a slowly varying target angle; accelerate gently.
+        target = amp * np.sin(2 * np.pi * freq * i * dt)
+        rate = (target - state[:, StateIndex.STEERING_ANGLE]) / 0.5
+        state = propagate(state, acc, rate, dt)
+        out.append(state[:, :3].copy())
+    return np.stack(out, axis=1)
+
+
+def test_fit_profiles_matches_dense_least_squares():
+    rng = np.random.default_rng(0)
+    poses = _smooth_reference(rng, 6)
+    poses[:2, :, :2] += rng.normal(scale=0.05, size=(2, 41, 2))  # noisy, infeasible references too
+    cfg = LQRConfig()
+    vel, curv = fit_profiles(poses, 0.1, cfg)
+    dvel, dcurv = _dense_profiles(poses, 0.1, cfg)
+    np.testing.assert_allclose(vel, dvel, atol=1e-7)
+    np.testing.assert_allclose(curv, dcurv, atol=1e-7)
+
+
+def test_closed_form_lateral_lqr_matches_matrix_products():
+    from rap.sim.tracker import _lateral_constants, _lateral_steering_rate
+
+    rng = np.random.default_rng(1)
+    k, n, dt = 50, 10, 0.1
+    x0 = rng.normal(scale=[0.5, 0.2, 0.1], size=(k, 3))
+    v = rng.uniform(0.0, 20.0, k)
+    accel = rng.uniform(-4.0, 3.0, k)
+    curv = rng.normal(scale=0.02, size=(k, n))
+    cfg = LQRConfig()
+    weights, _ = _lateral_constants(n)
+    got = _lateral_steering_rate(x0[:, 0], x0[:, 1], x0[:, 2], v, accel, curv @ weights, n, dt, PACIFICA.wheel_base, cfg)
+    want = _dense_steering_rate(x0, v, accel, curv, dt, PACIFICA.wheel_base, cfg)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def _steady_reference(rng: np.random.Generator, k: int, accel_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A bicycle on constant-curvature arcs (speeds 3-15 m/s, curvature up to 0.03 1/m, constant
+    acceleration up to ``accel_scale``): initial states (K, 11) and poses (K, 41, 3)."""
+    state = np.zeros((k, 11))
+    state[:, StateIndex.VELOCITY_X] = rng.uniform(3.0, 15.0, k)
+    state[:, StateIndex.HEADING] = rng.uniform(-3.0, 3.0, k)
+    curv = rng.uniform(-0.03, 0.03, k)
+    state[:, StateIndex.STEERING_ANGLE] = np.arctan(curv * PACIFICA.wheel_base)
+    state[:, StateIndex.ANGULAR_VELOCITY] = state[:, StateIndex.VELOCITY_X] * curv
+    accel = rng.uniform(-1.0, 1.0, k) * accel_scale
+    state[:, StateIndex.ACCELERATION_X] = accel
+    init = state.copy()
+    poses = [state[:, :3].copy()]
+    for _ in range(40):
+        state = propagate(state, accel, np.zeros(k), 0.1)
+        poses.append(state[:, :3].copy())
+    return init, np.stack(poses, axis=1)
+
+
+@pytest.mark.parametrize("accel_scale, tol", [(0.0, 0.01), (0.2, 0.07)])
+def test_tracking_a_feasible_reference_reproduces_it(accel_scale, tol):
+    # Round trip: a reference the bicycle can drive (forward dynamics) is tracked back to within
+    # centimetres (the LQR lags a changing speed slightly, as nuPlan's does).
+    init, ref = _steady_reference(np.random.default_rng(2), 8, accel_scale)
+    states = track(ref, init)
+    err = np.linalg.norm(states[..., :2] - ref[..., :2], axis=-1)
+    assert err.max() < tol, err.max()
+    dh = states[..., 2] - ref[..., 2]
+    assert np.abs(np.arctan2(np.sin(dh), np.cos(dh))).max() < 0.01
+
+
+def test_tracking_stays_close_to_a_wiggly_reference():
+    ref = _smooth_reference(np.random.default_rng(3), 8)
+    init = np.zeros((8, 11))
+    init[:, :3] = ref[:, 0]
+    init[:, StateIndex.VELOCITY_X] = fit_profiles(ref, 0.1)[0][:, 0]
+    err = np.linalg.norm(track(ref, init)[..., :2] - ref[..., :2], axis=-1)
+    assert err.max() < 1.0
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_simulate_shapes_and_initial_row(k):
+    ego = np.zeros(11)
+    ego[[StateIndex.X, StateIndex.Y, StateIndex.HEADING, StateIndex.VELOCITY_X]] = [100.0, -5.0, 0.7, 8.0]
+    t = NAVSIM_SAMPLING.times_s
+    props = np.stack([np.stack([8.0 * t, 0.0 * t, 0.0 * t], axis=-1)] * k)
+    out = simulate(props, NAVSIM_SAMPLING, ego)
+    assert out.shape == (k, 41, 11) and out.dtype == np.float64
+    np.testing.assert_array_equal(out[:, 0], np.broadcast_to(ego, (k, 11)))
+    # Straight at constant speed in a rotated frame: ends 32 m ahead along heading 0.7.
+    end = out[:, -1, :2] - ego[:2]
+    np.testing.assert_allclose(end, np.broadcast_to(32.0 * np.array([np.cos(0.7), np.sin(0.7)]), (k, 2)), atol=0.05)
+    assert simulate(props[0], NAVSIM_SAMPLING, ego).shape == (1, 41, 11)
+
+
+def test_interpolate_poses_knots_and_heading_unwrap():
+    sampling = TrajectorySampling(2, 0.5)
+    props = np.array([[[1.0, 0.0, np.pi - 0.1], [2.0, 0.0, -np.pi + 0.1]]])
+    out = interpolate_poses(props, sampling, np.array([10.0, 0.0, 0.0]), num_steps=11, dt=0.1)
+    np.testing.assert_allclose(out[0, 5], [11.0, 0.0, np.pi - 0.1], atol=1e-12)
+    # Between the knots the heading passes through pi, not through 0.
+    assert np.all(np.abs(out[0, 6:10, 2]) > 3.0)
+    # Past the plan's end the last pose is held.
+    np.testing.assert_allclose(out[0, 10], [12.0, 0.0, -np.pi + 0.1], atol=1e-12)
+
+
+def test_stopping_controller_brings_ego_to_rest():
+    ego = np.zeros(11)
+    ego[StateIndex.VELOCITY_X] = 0.15
+    props = np.zeros((1, 8, 3))
+    out = simulate(props, NAVSIM_SAMPLING, ego)
+    assert np.all(np.diff(out[0, :, StateIndex.VELOCITY_X]) <= 1e-12)
+    assert abs(out[0, -1, StateIndex.STEERING_ANGLE]) < 1e-12
+
+
+def test_rollout_config_validation():
+    with pytest.raises(ValueError):
+        RolloutConfig(horizon_s=4.05, dt=0.1)
+    with pytest.raises(ValueError):
+        LQRConfig(tracking_horizon=1)
