@@ -884,6 +884,8 @@ class Scene:
         ego_index: Row of ``tracks`` that is the ego vehicle.
         map: Static map elements.
         traffic_lights: Signal states, arrays (num_lights, T).
+        ego_route: Lane ids of the ego's planned route in driving order, when the source knows
+            it (the synthetic world does; logs do not: empty).
     """
 
     scene_id: str
@@ -894,8 +896,13 @@ class Scene:
     ego_index: int
     map: MapElements
     traffic_lights: TrafficLights
+    ego_route: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            _set(self, "ego_route", tuple(int(i) for i in self.ego_route))
+        except (TypeError, ValueError):
+            raise _fail(self, "ego_route", f"expected a sequence of lane ids, got {self.ego_route!r}") from None
         for name in ("scene_id", "source"):
             if not isinstance(getattr(self, name), str):
                 raise _fail(self, name, f"expected str, got {type(getattr(self, name))}")

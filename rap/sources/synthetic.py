@@ -17,7 +17,7 @@ Road network (:mod:`rap.sources.synthetic_roads`):
   probability 0.4, speed limit 25/30/35 mph (wider streets draw faster limits). A T junction's
   stem has at most twice the lanes of its bar.
 * Junctions: a core where the two streets overlap, arm mouths, and curb corners rounded with
-  radius 5-8 m. Each arm may have a crosswalk (p = 0.85, 3-4 m wide, 0.5 m beyond the curb
+  radius 9-12 m (wide enough that a tracked rollout of the expert stays on the road). Each arm may have a crosswalk (p = 0.85, 3-4 m wide, 0.5 m beyond the curb
   corner); the stop line follows 1 m beyond it (2 m beyond the corner without one). Road lanes
   run stop line to stop line; connectors (``interpolating`` lanes) run from a stop line
   straight to the curb corner, through a Bezier turn (a quarter circle for equal offsets) and
@@ -191,8 +191,10 @@ def generate_log(seed: int, config: SyntheticConfig | None = None) -> SyntheticL
 
 
 def generate_scene(seed: int, config: SyntheticConfig | None = None) -> Scene:
-    """The Scene of :func:`generate_log` (same arguments)."""
-    return generate_log(seed, config).scene
+    """The Scene of :func:`generate_log` (same arguments), with the expert's route as
+    ``Scene.ego_route``."""
+    log = generate_log(seed, config)
+    return dataclasses.replace(log.scene, ego_route=log.ego_route)
 
 
 def load_synthetic(seed: int | str, config: SyntheticConfig | None = None) -> Scene:

@@ -97,7 +97,7 @@ class TownConfig:
     speed_limits: tuple[float, ...] = (25 * MPH, 30 * MPH, 35 * MPH)
     signal_probability: float = 0.7
     crosswalk_probability: float = 0.85
-    curb_radius: tuple[float, float] = (5.0, 8.0)
+    curb_radius: tuple[float, float] = (9.0, 12.0)
     crosswalk_width: tuple[float, float] = (3.0, 4.0)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,1 @@
+"""Scenario suites and the evaluators that run agents over them."""

@@ -1,0 +1,247 @@
+"""A rap :class:`~rap.scene.Scene` at one step → the PDM scorer's plain inputs.
+
+How the NAVSIM notions are derived from a scene model that has lanes but no roadblocks:
+
+* Scoring steps: every 1 s with ≥ 1.5 s of history and 4 s of logged future (NAVSIM's window).
+* Objects: every other agent over the next 5 s (51 steps at 0.1 s; PDMS v1's time-to-collision
+  looks 0.9 s past the 4 s rollout), non-reactive log replay. Vehicles, pedestrians and cyclists
+  keep their class; WOMD's "other"/"unset" objects count as static objects (NC 0.5).
+* Drivable area: the map's drivable area (derived for Waymo maps, see ``rap.sources.derived``).
+* Lane polygons: each non-bike lane centerline buffered by half its width (flat caps);
+  intersections: the union of the polygons of lanes inside intersections (``interpolating``).
+* Route: ``Scene.ego_route`` when the source knows it (synthetic world), else the lanes the
+  logged ego's rear axle passes through (heading within 45°) from 1.5 s before now to the end of
+  the log; plus their same-direction neighbours (NAVSIM's route is
+  made of roadblocks, i.e. all parallel lanes); the route centerline chains the traversed lanes'
+  centerlines in order and follows first successors until it reaches 150 m past the ego.
+* Red lights: per step, the lanes whose light state is red (stop / arrow stop / flashing stop).
+* History: the logged ego states of the 1.5 s before now at 0.1 s; human plan: the logged
+  future (EPDMS human filter).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+
+from rap import geometry
+from rap.augment.targets import agent_acceleration, agent_velocity, future_target
+from rap.metrics.pdm_inputs import EgoState, ObjectKind, ObjectTracks, ScoringScene
+from rap.scene import AgentType, LaneType, LightColor, Scene
+from rap.trajectory import NAVSIM_SAMPLING, Trajectory, TrajectorySampling
+
+HISTORY_S = 1.5  # [s]
+FUTURE_S = 4.0  # [s]
+OBJECT_HORIZON_STEPS = 51  # 5 s at 0.1 s, step 0 = now
+CENTERLINE_AHEAD_M = 150.0  # [m]
+ROUTE_HEADING_TOLERANCE = np.deg2rad(45.0)
+
+_KIND = {
+    AgentType.VEHICLE: ObjectKind.VEHICLE,
+    AgentType.PEDESTRIAN: ObjectKind.PEDESTRIAN,
+    AgentType.CYCLIST: ObjectKind.CYCLIST,
+    AgentType.OTHER: ObjectKind.STATIC_OBJECT,
+    AgentType.UNSET: ObjectKind.STATIC_OBJECT,
+}
+
+
+def _steps_for(scene: Scene, seconds: float) -> int:
+    dt = float(np.median(np.diff(scene.timestamps))) if scene.num_steps > 1 else 0.1
+    n = seconds / dt
+    return int(round(n)) if abs(n - round(n)) < 0.05 else int(np.ceil(n))
+
+
+def scoring_steps(scene: Scene, spacing_s: float = 1.0) -> list[int]:
+    """Steps at ``spacing_s`` (aligned with the current step) with 1.5 s of history and 4 s of
+    future, where the ego is valid over the whole window."""
+    back, ahead, stride = _steps_for(scene, HISTORY_S), _steps_for(scene, FUTURE_S), max(1, _steps_for(scene, spacing_s))
+    valid = scene.tracks.valid[scene.ego_index]
+    out = []
+    for s in range(back, scene.num_steps - ahead):
+        if (s - scene.current_index) % stride == 0 and valid[s - back : s + ahead + 1].all():
+            out.append(s)
+    return out
+
+
+def ego_state(scene: Scene, step: int) -> EgoState:
+    """The ego's rear-axle state at ``step`` (velocity and acceleration in its own frame)."""
+    x, y, _, h = scene.ego_pose(step)
+    v = agent_velocity(scene, scene.ego_index, step)
+    a = agent_acceleration(scene, scene.ego_index, step)
+    return EgoState(x=x, y=y, heading=h, vx=v[0], vy=v[1], ax=a[0], ay=a[1], time_s=float(scene.timestamps[step]))
+
+
+def object_tracks(scene: Scene, step: int, num_steps: int = OBJECT_HORIZON_STEPS) -> ObjectTracks:
+    """Every agent but the ego over ``num_steps`` steps from ``step`` (invalid past the log)."""
+    tr = scene.tracks
+    rows = np.flatnonzero(np.arange(tr.num_agents) != scene.ego_index)
+    idx = step + np.arange(num_steps)
+    inside = idx < scene.num_steps
+    clipped = np.minimum(idx, scene.num_steps - 1)
+    valid = tr.valid[rows][:, clipped].T & inside[:, None]  # (S, N)
+    seen = valid.any(axis=0)
+    rows, valid = rows[seen], valid[:, seen]
+
+    def per_step(arr: np.ndarray) -> np.ndarray:
+        return np.where(valid, arr[rows][:, clipped].T, 0.0)
+
+    first = np.argmax(valid, axis=0)  # first valid step of each object in the window
+    length = tr.length[rows, clipped[first]].astype(np.float64)
+    width = tr.width[rows, clipped[first]].astype(np.float64)
+    kinds = np.array([int(_KIND.get(AgentType(int(t)), ObjectKind.STATIC_OBJECT)) for t in tr.types[rows]], dtype=np.int8)
+    return ObjectTracks(
+        ids=tr.ids[rows], kinds=kinds, x=per_step(tr.x), y=per_step(tr.y), heading=per_step(tr.heading),
+        vx=per_step(tr.vx), vy=per_step(tr.vy), length=np.maximum(length, 0.1), width=np.maximum(width, 0.1), valid=valid,
+    )  # fmt: skip
+
+
+def lane_polygons(scene: Scene) -> dict[int, shapely.Polygon]:
+    """Non-bike lanes buffered by half their width (flat caps), by lane id."""
+    lanes = scene.map.lanes
+    out = {}
+    for k in range(len(lanes)):
+        if lanes.types[k] == LaneType.BIKE_LANE:
+            continue
+        pts = lanes.centerlines[k][:, :2]
+        if len(pts) < 2 or geometry.polyline_length(pts) <= 0:
+            continue
+        poly = shapely.LineString(pts).buffer(0.5 * float(lanes.width[k]), cap_style="flat")
+        if not poly.is_empty:
+            out[int(lanes.ids[k])] = poly
+    return out
+
+
+def _traversed_lanes(scene: Scene, polys: dict[int, shapely.Polygon], start: int) -> list[int]:
+    """Lane ids under the logged ego's rear axle from ``start`` to the end, in order."""
+    lanes = scene.map.lanes
+    ids = np.array(list(polys))
+    geoms = np.array([polys[i] for i in ids], dtype=object)
+    tree = shapely.STRtree(geoms)
+    sequence: list[int] = []
+    valid = scene.tracks.valid[scene.ego_index]
+    for s in range(start, scene.num_steps):
+        if not valid[s]:
+            continue
+        x, y, _, h = scene.ego_pose(s)
+        hits = tree.query(shapely.Point(x, y), predicate="within")
+        best, best_err = None, ROUTE_HEADING_TOLERANCE
+        for j in hits:
+            lane_id = int(ids[j])
+            pts = lanes.centerlines[lanes.index_of(lane_id)][:, :2]
+            seg = int(np.argmin(np.hypot(pts[:, 0] - x, pts[:, 1] - y)))
+            seg = min(seg, len(pts) - 2)
+            d = pts[seg + 1] - pts[seg]
+            err = abs(float(geometry.wrap_angle(np.arctan2(d[1], d[0]) - h)))
+            # Prefer the lane we are already on, then the best-aligned one.
+            if sequence and lane_id == sequence[-1] and err < ROUTE_HEADING_TOLERANCE:
+                best = lane_id
+                break
+            if err < best_err:
+                best, best_err = lane_id, err
+        if best is not None and (not sequence or sequence[-1] != best):
+            sequence.append(best)
+    return sequence
+
+
+def route(scene: Scene, step: int, polys: dict[int, shapely.Polygon]) -> tuple[frozenset, np.ndarray]:
+    """(on-route lane ids, (M, 3) route centerline x, y, heading) for ``step``."""
+    lanes = scene.map.lanes
+    start = max(0, step - _steps_for(scene, HISTORY_S))
+    sequence = _traversed_lanes(scene, polys, start)
+    known = [int(i) for i in scene.ego_route if int(i) in polys]
+    if known:  # the source knows the planned route: follow it from the lanes just traversed
+        first = next((known.index(i) for i in sequence if i in known), 0)
+        sequence = known[first:]
+    x0, y0, _, h0 = scene.ego_pose(step)
+    if not sequence:  # off every lane: a straight line along the ego's heading
+        d = np.arange(-20.0, CENTERLINE_AHEAD_M, 1.0)
+        line = np.stack([x0 + d * np.cos(h0), y0 + d * np.sin(h0), np.full_like(d, h0)], axis=1)
+        return frozenset(), line
+    # Extend through successors until the chain reaches far enough ahead of the ego.
+    chain = list(sequence)
+    pts = np.concatenate([lanes.centerlines[lanes.index_of(i)][:, :2] for i in chain])
+    for _ in range(50):
+        ahead = float(np.max((pts[:, 0] - x0) * np.cos(h0) + (pts[:, 1] - y0) * np.sin(h0)))
+        succ = [s for s in lanes.successors[lanes.index_of(chain[-1])] if s in polys]
+        if ahead >= CENTERLINE_AHEAD_M or not succ:
+            break
+        chain.append(int(min(succ)))  # deterministic choice among successors
+        pts = np.concatenate([pts, lanes.centerlines[lanes.index_of(chain[-1])][:, :2]])
+    keep = np.ones(len(pts), dtype=bool)
+    keep[1:] = np.hypot(*np.diff(pts, axis=0).T) > 1e-3
+    pts = geometry.resample_polyline(pts[keep], 0.5) if keep.sum() >= 2 else pts[keep]
+    d = np.gradient(pts, axis=0)
+    centerline = np.column_stack([pts, np.arctan2(d[:, 1], d[:, 0])])
+    on_route = set(chain)
+    for lane_id in chain:
+        k = lanes.index_of(lane_id)
+        on_route.update(i for i in lanes.left_neighbors[k] + lanes.right_neighbors[k] if i in polys)
+    return frozenset(int(i) for i in on_route), centerline
+
+
+def red_light_lanes(scene: Scene, step: int, num_steps: int = OBJECT_HORIZON_STEPS) -> tuple[frozenset, ...]:
+    """Per step from ``step``: the lane ids whose light is red (empty past the log)."""
+    lights = scene.traffic_lights
+    out = []
+    for s in range(step, step + num_steps):
+        if s >= scene.num_steps or not len(lights):
+            out.append(frozenset())
+            continue
+        red = lights.valid[:, s] & (lights.colors[:, s] == LightColor.RED)
+        out.append(frozenset(int(i) for i in lights.lane_ids[red]))
+    return tuple(out)
+
+
+def ego_history(scene: Scene, step: int) -> tuple[EgoState, ...]:
+    """Logged ego states of the 1.5 s before ``step`` (oldest first, ``step`` excluded)."""
+    back = _steps_for(scene, HISTORY_S)
+    return tuple(ego_state(scene, s) for s in range(step - back, step))
+
+
+def scoring_scene(scene: Scene, step: int, *, previous_plan=None, with_human: bool = True) -> ScoringScene:
+    """The PDM scorer's inputs for ``scene`` at ``step`` (see the module docstring)."""
+    polys = lane_polygons(scene)
+    lanes = scene.map.lanes
+    inter = [polys[int(i)] for i, interp in zip(lanes.ids, lanes.interpolating) if interp and int(i) in polys]
+    route_ids, centerline = route(scene, step, polys)
+    human = future_target(scene, scene.ego_index, step, NAVSIM_SAMPLING) if with_human else None
+    x, y = scene.ego_pose(step)[:2]
+    limit = None
+    for k in range(len(lanes)):
+        if int(lanes.ids[k]) in route_ids and lanes.has_speed_limit[k] and polys[int(lanes.ids[k])].contains(shapely.Point(x, y)):
+            limit = float(lanes.speed_limit[k])
+            break
+    return ScoringScene(
+        ego=ego_state(scene, step),
+        objects=object_tracks(scene, step),
+        drivable_area=scene.map.drivable_polygon,
+        lane_polygons=polys,
+        intersections=shapely.union_all(inter) if inter else None,
+        route_lane_ids=route_ids,
+        centerline=centerline,
+        red_light_lane_ids=red_light_lanes(scene, step),
+        ego_history=ego_history(scene, step),
+        human_trajectory=None if human is None else np.asarray(human.poses),
+        human_sampling=NAVSIM_SAMPLING,
+        previous_plan=previous_plan,
+        speed_limit=limit,
+    )
+
+
+def expert_plan(scene: Scene, step: int, sampling: TrajectorySampling = NAVSIM_SAMPLING) -> Trajectory:
+    """The PDM-Closed-style reference planner's plan at ``step``, at ``sampling``."""
+    from rap.metrics.pdms import score_scene
+
+    inputs = scoring_scene(scene, step, with_human=False)
+    # Score a standing-still proposal: the result carries the reference planner's rollout.
+    result = score_scene(inputs, np.zeros((1, NAVSIM_SAMPLING.num_poses, 3)), NAVSIM_SAMPLING)
+    ref = np.asarray(result.reference_states)  # (41, 11) world frame at 0.1 s
+    from rap.sim.bicycle import StateIndex
+
+    t_ref = np.arange(ref.shape[0]) * 0.1
+    world = np.stack([np.interp(sampling.times_s, t_ref, ref[:, StateIndex.X]), np.interp(sampling.times_s, t_ref, ref[:, StateIndex.Y])], axis=1)
+    heading = np.interp(sampling.times_s, t_ref, np.unwrap(ref[:, StateIndex.HEADING]))
+    e = inputs.ego
+    xy = geometry.to_frame(world, (e.x, e.y), e.heading)
+    poses = np.column_stack([xy, geometry.wrap_angle(heading - e.heading)])
+    return Trajectory(poses, sampling)
