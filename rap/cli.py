@@ -266,6 +266,56 @@ def inspect(
     print(json.dumps(result, sort_keys=True, default=str))
 
 
+@app.command("bench-score")
+def bench_score_cmd(
+    proposals: int = typer.Option(1000, "--proposals", min=1, help="proposals scored per call (K)"),
+    agents: int = typer.Option(20, "--agents", min=0, help="vehicles in the scene"),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="timed calls (median reported)"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Measure PDMS/EPDMS scoring throughput (4 s at 10 Hz: LQR rollout + all sub-metrics);
+    last line is JSON with proposals_per_s."""
+    from rap.bench_score import bench_score
+
+    result = bench_score(num_proposals=proposals, num_agents=agents, repeats=repeats, seed=seed)
+    console.print(f"{result['proposals_per_s']:.0f} proposals/s (K={proposals}, {agents} agents)")
+    print(json.dumps(result, sort_keys=True, default=str))
+
+
+@eval_app.command("navsim")
+def eval_navsim_cmd(
+    agent: str = typer.Option(..., "--agent", help="expert | constant_velocity | log_replay | path/to/agent.py | package.module (with build_agent())"),
+    scenes: str = typer.Option(..., "--scenes", help="synthetic:N (seeds 0..N-1) | womd:PATH | scenarionet:DIR"),
+    out: Path = typer.Option(Path("out/eval_navsim"), "--out", help="folder for navsim_eval.json/.md, index.html and BEV pictures"),
+    max_scenes: Optional[int] = typer.Option(None, "--max-scenes", min=1, help="stop after this many scoring steps"),
+) -> None:
+    """NAVSIM-style PDMS (v1) and EPDMS (v2) of an agent; last line is JSON with pdms, epdms,
+    scenes and subscores."""
+    from rap.bench.agent import load_agent
+    from rap.bench.navsim import evaluate_navsim
+
+    try:
+        the_agent = load_agent(agent)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    with Progress(TextColumn("scenes"), TextColumn("{task.completed}"), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("scenes", total=None, last="")
+        try:
+            report = evaluate_navsim(the_agent, scenes, out, max_scenes=max_scenes, on_scene=lambda row: bar.update(task, advance=1, last=f"{row['scene']} PDMS {row['pdms']:.2f}"))
+        except (ValueError, FileNotFoundError) as exc:
+            raise _fail(str(exc)) from None
+    table = Table(title=f"{the_agent.name} on {scenes}: {report['scenes']} scenes")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_row("PDMS (v1)", f"{report['pdms']:.4f}")
+    table.add_row("EPDMS (v2)", f"{report['epdms']:.4f}")
+    for key, value in report["subscores"].items():
+        table.add_row(key, "–" if value is None else f"{value:.4f}")
+    console.print(table)
+    console.print(f"report: {Path(out) / 'index.html'}")
+    print(json.dumps({"pdms": report["pdms"], "epdms": report["epdms"], "scenes": report["scenes"], "subscores": report["subscores"]}, sort_keys=True))
+
+
 @eval_app.command("wod-e2e")
 def eval_wod_e2e_cmd(
     frames: Path = typer.Option(..., "--frames", help="WOD-E2E E2EDFrame TFRecord file or directory of them"),

@@ -63,12 +63,34 @@ def scoring_steps(scene: Scene, spacing_s: float = 1.0) -> list[int]:
     return out
 
 
+def yaw_rate(scene: Scene, row: int, step: int) -> float:
+    """Central-difference yaw rate of an agent at ``step`` [rad/s] (one-sided at the ends)."""
+    valid = scene.tracks.valid[row]
+    lo = step - 1 if step > 0 and valid[step - 1] else step
+    hi = step + 1 if step + 1 < scene.num_steps and valid[step + 1] else step
+    if hi == lo:
+        return 0.0
+    dh = float(geometry.wrap_angle(scene.tracks.heading[row, hi] - scene.tracks.heading[row, lo]))
+    return dh / float(scene.timestamps[hi] - scene.timestamps[lo])
+
+
 def ego_state(scene: Scene, step: int) -> EgoState:
-    """The ego's rear-axle state at ``step`` (velocity and acceleration in its own frame)."""
+    """The ego's rear-axle state at ``step``: velocity and acceleration in its own frame, yaw
+    rate, and the tyre angle of a kinematic bicycle with NAVSIM's wheelbase that turns at that
+    rate (logs have no steering; starting a turn with the wheels straight would make the
+    tracker swing wide)."""
+    from rap.sim.bicycle import VehicleParameters
+
+    row = scene.ego_index
     x, y, _, h = scene.ego_pose(step)
-    v = agent_velocity(scene, scene.ego_index, step)
-    a = agent_acceleration(scene, scene.ego_index, step)
-    return EgoState(x=x, y=y, heading=h, vx=v[0], vy=v[1], ax=a[0], ay=a[1], time_s=float(scene.timestamps[step]))
+    v = agent_velocity(scene, row, step)
+    a = agent_acceleration(scene, row, step)
+    omega = yaw_rate(scene, row, step)
+    speed = float(v[0])
+    wheelbase = VehicleParameters().wheel_base
+    steering = float(np.arctan(wheelbase * omega / speed)) if speed > 0.5 else 0.0
+    steering = float(np.clip(steering, -np.pi / 3, np.pi / 3))
+    return EgoState(x=x, y=y, heading=h, vx=v[0], vy=v[1], ax=a[0], ay=a[1], steering_angle=steering, yaw_rate=omega, time_s=float(scene.timestamps[step]))
 
 
 def object_tracks(scene: Scene, step: int, num_steps: int = OBJECT_HORIZON_STEPS) -> ObjectTracks:

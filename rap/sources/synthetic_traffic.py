@@ -926,14 +926,20 @@ class _Simulation:
         self.v = np.where(self.active, np.minimum(v_init, np.sqrt(2.0 * 2.0 * np.maximum(sigma - 4.0, 0.0))), 0.0)
 
         rows = np.arange(nv)
+        rear_offset = np.where(self.kind == AgentType.VEHICLE, REAR_AXLE_RATIO * self.L, 0.0)
         for t in range(n_steps):
             pos, tan = self._route_pose(self.s)
             self._spawn(t, pos)
             ped_pos, ped_dir = self._ped_pose(self.p_s)
             act = self.active
-            x[:nv, t] = np.where(act, pos[:, 0], 0.0)
-            y[:nv, t] = np.where(act, pos[:, 1], 0.0)
-            heading[:nv, t] = np.where(act, np.arctan2(tan[:, 1], tan[:, 0]), 0.0)
+            # Log kinematically: the rear axle runs on the route and the body points along the
+            # route there (a bicycle's rear axle never slips sideways), so trackers that model a
+            # kinematic bicycle can follow the log through turns.
+            rear_pos, rear_tan = self._route_pose(np.maximum(self.s - rear_offset, 0.0))
+            centre = rear_pos + rear_offset[:, None] * rear_tan
+            x[:nv, t] = np.where(act, centre[:, 0], 0.0)
+            y[:nv, t] = np.where(act, centre[:, 1], 0.0)
+            heading[:nv, t] = np.where(act, np.arctan2(rear_tan[:, 1], rear_tan[:, 0]), 0.0)
             valid[:nv, t] = act
             which = (self.r_lane_starts <= self.s[:, None]).sum(axis=1) - 1
             lane[:nv, t] = np.where(act, self.r_lane_ids[rows, np.maximum(which, 0)], -1)
