@@ -1,8 +1,12 @@
-"""`rap demo`: the main job on the shipped real data.
+"""`rap demo`: the whole chain on the embedded default data.
 
-Until the generation pipeline exists, the demo renders the shipped Waymo Motion scenario from the
-ego (front3 and BEV), from another vehicle's seat, as a drive-through sequence, and checks the
-camera model against Waymo's own box projections on the shipped perception frame.
+1. Renders the shipped real Waymo Motion scenario from the ego (front3 and BEV), from another
+   vehicle's seat, and as a drive-through sequence.
+2. Checks the camera model against Waymo's own box projections on the shipped perception frame.
+3. Generates augmented datasets (ego, recovery and cross-agent samples) from the real scenario
+   and from a synthetic town, with a contact sheet of each (``rap inspect``).
+4. Scores the built-in agents NAVSIM-style (PDMS / EPDMS) on synthetic scenes and the logged
+   driver on the real scenario, with HTML reports.
 """
 
 from __future__ import annotations
@@ -41,15 +45,26 @@ def pick_other_vehicle(scene: Scene, step: int) -> int:
     return int(tr.ids[int(np.argmin(dist))])
 
 
+EVAL_RUNS = (("expert", "synthetic:2"), ("constant_velocity", "synthetic:2"), ("log_replay", "synthetic:2"), ("log_replay", "womd"))
+
+
 def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Console | None = None) -> dict:
     """Run the demo; returns a summary with the paths written."""
+    import shutil
+
+    from rap.bench.agent import load_agent
+    from rap.bench.navsim import evaluate_navsim
+    from rap.config import load_config
+    from rap.dataset.inspect import inspect_dataset
+    from rap.generate import GenerateConfig, generate
+
     out = Path(out)
     console = console or Console(stderr=True)
     scene = load_womd(scenario_path)
     now = scene.current_index
     summary: dict = {"scene_id": scene.scene_id, "out": str(out)}
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("demo", total=5)
+        task = bar.add_task("demo", total=5 + 2 + len(EVAL_RUNS))
         render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / "front3", step=now, outputs=("rgb", "class_id", "depth"))
         bar.advance(task)
         render_to_dir(scene, get_rig("bev", BEV_SIZE), out / "bev", step=now)
@@ -81,9 +96,37 @@ def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Co
         result = check_projection(frame_path, out / "projection")
         summary["projection_mean_iou"] = round(float(result["mean_iou"]), 4)
         bar.advance(task)
+
+        datasets = {}
+        for name, source, overrides in (
+            ("dataset_womd", f"womd:{scenario_path}", []),
+            ("dataset_synthetic", "synthetic:1", ["recovery.num_samples=1", "cross_agent.max_agents=3"]),
+        ):
+            folder = out / name
+            shutil.rmtree(folder, ignore_errors=True)  # the demo starts over each time
+            result = generate(source, folder, load_config(GenerateConfig, None, overrides))
+            inspect_dataset(folder, folder / "contact_sheet.png", per_kind=3)
+            datasets[name] = {"samples": result.samples, "counts": result.manifest.counts, "contact_sheet": str(folder / "contact_sheet.png")}
+            bar.advance(task)
+        summary["datasets"] = datasets
+
+        evals = []
+        for agent_name, scenes in EVAL_RUNS:
+            spec = f"womd:{scenario_path}" if scenes == "womd" else scenes
+            folder = out / "eval" / f"{agent_name}_{scenes.split(':')[0]}"
+            report = evaluate_navsim(load_agent(agent_name), spec, folder)
+            evals.append({"agent": agent_name, "scenes": scenes, "num_scenes": report["scenes"], "pdms": round(report["pdms"], 4), "epdms": round(report["epdms"], 4), "report": str(folder / "index.html")})
+            bar.advance(task)
+        summary["eval"] = evals
     summary["contact_sheets"] = [str(out / d / "contact_sheet.png") for d in ("front3", "bev", f"agent_{other}")]
     console.print(f"[green]demo done[/green]: renders of {scene.scene_id} in {out}")
     for path in summary["contact_sheets"] + [summary["drive_sequence"]]:
         console.print(f"  {path}")
     console.print(f"  {out / 'projection'} (camera-model check, mean IoU {summary['projection_mean_iou']})")
+    for name, info in summary["datasets"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(info["counts"].items()))
+        console.print(f"  {out / name}: {info['samples']} samples ({counts}); contact sheet {info['contact_sheet']}", soft_wrap=True)
+    console.print("  NAVSIM-style scores (PDMS v1 / EPDMS v2):")
+    for row in summary["eval"]:
+        console.print(f"    {row['agent']:<18} on {row['scenes']:<12} {row['num_scenes']:>3} scenes  PDMS {row['pdms']:.3f}  EPDMS {row['epdms']:.3f}  {row['report']}", soft_wrap=True)
     return summary

@@ -124,7 +124,11 @@ def list_units(source: str) -> list[WorkUnit]:
     """
     kind, sep, path_text = source.partition(":")
     if not sep or not path_text:
-        raise ValueError(f"source {source!r}: expected womd:PATH or scenarionet:DIR")
+        raise ValueError(f"source {source!r}: expected womd:PATH, scenarionet:DIR or synthetic:N")
+    if kind == "synthetic":
+        if not path_text.isdigit() or int(path_text) <= 0:
+            raise ValueError(f"source {source!r}: synthetic:N needs a positive number of scenes (seeds 0..N-1)")
+        return [WorkUnit(seed, kind, path_text, seed) for seed in range(int(path_text))]
     path = Path(path_text)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
@@ -145,7 +149,7 @@ def list_units(source: str) -> list[WorkUnit]:
         for k, _ in enumerate(scenarionet_files(path)):
             units.append(WorkUnit(len(units), kind, str(path), k))
     else:
-        raise ValueError(f"source {source!r}: unknown kind {kind!r}; generate reads womd, scenarionet")
+        raise ValueError(f"source {source!r}: unknown kind {kind!r}; generate reads womd, scenarionet, synthetic")
     if not units:
         raise ValueError(f"source {source!r}: no input scenes found")
     return units
@@ -161,6 +165,10 @@ def load_unit(unit: WorkUnit) -> Scene:
             return load_womd(unit.path, unit.record)
         payload = read_record_at(unit.path, RecordIndex(unit.record, unit.offset, 0))
         return scene_from_womd(payload, path=unit.path, record=unit.record)
+    if unit.kind == "synthetic":
+        from rap.sources.synthetic import load_synthetic
+
+        return load_synthetic(unit.record)
     from rap.sources.scenarionet import load_scenarionet
 
     return load_scenarionet(unit.path, unit.record)
@@ -344,7 +352,8 @@ def generate(
     """Generate the dataset of ``source`` into ``out_dir``.
 
     Args:
-        source: ``womd:PATH`` (file or folder of TFRecords) or ``scenarionet:DIR``.
+        source: ``womd:PATH`` (file or folder of TFRecords), ``scenarionet:DIR`` or
+            ``synthetic:N`` (seeds 0..N-1 of the procedural world).
         out_dir: output folder: empty or new, or a previous run's folder with ``resume``.
         config: what to generate.
         workers: worker processes (local) or concurrent tasks (ray).
