@@ -30,6 +30,8 @@ test-slow: install
 
 bench: install
 	$(PY) benchmarks/bench_render.py
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_score.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
