@@ -530,6 +530,119 @@ def smooth_rejoin(
     )  # fmt: skip
 
 
+def _project_batch(ref: ExpertReference, p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`_project` for K points at once, each searching its own segment window.
+
+    Args:
+        p: (K, 2) points; lo, hi: (K,) int segment windows ``lo .. hi - 1``.
+    Returns:
+        (K,) segment index, signed lateral offset, reference heading, curvature.
+    """
+    first, last = int(lo.min()), int(hi.max())
+    a = ref.path[first:last]  # (S, 2)
+    ab = ref.path[first + 1 : last + 1] - a
+    denom = np.einsum("sd,sd->s", ab, ab)
+    ap = p[:, None, :] - a[None]  # (K, S, 2)
+    t = np.clip(np.einsum("ksd,sd->ks", ap, ab) / np.where(denom > 0, denom, 1.0), 0.0, 1.0)
+    near = a[None] + t[..., None] * ab[None]
+    diff = p[:, None, :] - near
+    d2 = np.einsum("ksd,ksd->ks", diff, diff)
+    seg = first + np.arange(a.shape[0])
+    d2 = np.where((seg[None] >= lo[:, None]) & (seg[None] < hi[:, None]), d2, np.inf)
+    j = np.argmin(d2, axis=1)
+    rows = np.arange(p.shape[0])
+    i = first + j
+    aj, abj = a[j], ab[j]
+    cross = abj[:, 0] * (p[:, 1] - aj[:, 1]) - abj[:, 1] * (p[:, 0] - aj[:, 0])
+    dist = np.sqrt(d2[rows, j])
+    e_y = np.where(dist > 0, np.copysign(dist, cross), 0.0)
+    w = t[rows, j]
+    psi = (1 - w) * ref.heading[i] + w * ref.heading[i + 1]
+    kappa = (1 - w) * ref.curvature[i] + w * ref.curvature[i + 1]
+    return i, e_y, psi, kappa
+
+
+def smooth_rejoin_batch(
+    ref: ExpertReference,
+    starts: np.ndarray,
+    speeds: np.ndarray,
+    sampling: TrajectorySampling,
+    cfg: RecoveryConfig,
+) -> list[Rollout]:
+    """:func:`smooth_rejoin` for K starts at once (the same control law, vectorized over K).
+
+    Args:
+        starts: (K, 3) start poses in frame L; speeds: (K,) start speeds [m/s].
+    """
+    starts = np.asarray(starts, dtype=np.float64).reshape(-1, 3)
+    speeds = np.maximum(np.asarray(speeds, dtype=np.float64).reshape(-1), 0.0)
+    num = starts.shape[0]
+    sub = max(1, int(math.ceil(sampling.interval_s / ROLLOUT_MAX_DT_S - 1e-9)))
+    dt = sampling.interval_s / sub
+    n = sampling.num_poses * sub
+    horizon = min(cfg.rejoin_horizon_s, sampling.horizon_s)
+    times = np.arange(n + 1) * dt
+
+    v_exp = ref.speed_at(times)
+    a_exp = ref.accel_at(times)
+    dv0 = speeds - float(v_exp[0])  # (K,)
+    x = np.clip(times / horizon, 0.0, 1.0)
+    v_des = np.maximum(v_exp[None] + dv0[:, None] * (1.0 - x * x * (3.0 - 2.0 * x))[None], 0.0)  # (K, N + 1)
+    a_des = a_exp[None] - dv0[:, None] * np.where(times < horizon, 6.0 * x * (1.0 - x) / horizon, 0.0)[None]
+    dist = np.sum(0.5 * (v_des[:, 1:] + v_des[:, :-1]) * dt * (times[1:] <= horizon + 1e-9), axis=1)
+    omega = np.clip(DECAY_AT_HORIZON / np.maximum(dist, 1e-6), *OMEGA_RANGE)
+
+    k_max = cfg.max_curvature
+    states = np.empty((num, n + 1, 4))
+    states[:, 0, :3] = starts
+    states[:, 0, 3] = speeds
+    kappas = np.empty((num, n))
+    accels = np.empty((num, n))
+    head_err = np.empty((num, n + 1))
+    m = ref.path.shape[0] - 1
+    i, e_y, psi, kap = _project_batch(ref, states[:, 0, :2], np.zeros(num, dtype=int), np.full(num, m))
+    window_back = int(math.ceil(2.0 / PATH_RESAMPLE_M))
+    two_pi = 2.0 * math.pi
+    for k in range(n):
+        px, py, th, v = states[:, k].T
+        e_th = np.remainder(th - psi + math.pi, two_pi) - math.pi
+        head_err[:, k] = e_th
+        a = np.clip(a_des[:, k] + SPEED_GAIN * (v_des[:, k] - v), -cfg.max_decel_mps2, cfg.max_accel_mps2)
+        v_new = np.maximum(v + a * dt, 0.0)
+        a = (v_new - v) / dt
+        v_bound = np.maximum(v, v_new)
+        with np.errstate(divide="ignore"):
+            k_lim = np.where(v_bound <= 0, k_max, np.minimum(k_max, cfg.max_lat_accel_mps2 / (v_bound * v_bound)))
+        kappa = np.clip(kap - omega * omega * e_y - 2.0 * omega * np.sin(e_th), -k_lim, k_lim)
+        ds = 0.5 * (v + v_new) * dt
+        half = 0.5 * kappa * ds
+        safe = np.abs(half) > 1e-9
+        chord = ds * np.where(safe, np.sin(half) / np.where(safe, half, 1.0), 1.0)
+        states[:, k + 1, 0] = px + chord * np.cos(th + half)
+        states[:, k + 1, 1] = py + chord * np.sin(th + half)
+        states[:, k + 1, 2] = th + kappa * ds
+        states[:, k + 1, 3] = v_new
+        kappas[:, k] = kappa
+        accels[:, k] = a
+        ahead = np.ceil((ds + 1.0) / PATH_RESAMPLE_M).astype(int) + 2
+        i, e_y, psi, kap = _project_batch(ref, states[:, k + 1, :2], np.maximum(i - window_back, 0), np.minimum(i + ahead, m))
+    head_err[:, n] = np.remainder(states[:, n, 2] - psi + math.pi, two_pi) - math.pi
+    states[:, :, 2] = geometry.wrap_angle(states[:, :, 2])
+    lateral = geometry.point_polyline_distance(states[:, :, :2].reshape(-1, 2), ref.logged_path).reshape(num, n + 1)
+    after = times >= horizon - 1e-9
+    converged = np.all(lateral[:, after] <= cfg.rejoin_tolerance_m, axis=1) & np.all(np.abs(head_err[:, after]) <= cfg.rejoin_heading_tolerance_rad, axis=1)
+    out = []
+    for r in range(num):
+        arrays = (times.copy(), states[r].copy(), kappas[r].copy(), accels[r].copy(), lateral[r].copy(), head_err[r].copy())
+        for arr in arrays:
+            arr.flags.writeable = False
+        out.append(Rollout(
+            times=arrays[0], states=arrays[1], curvature=arrays[2], accel=arrays[3], lateral_error=arrays[4],
+            heading_error=arrays[5], horizon_s=horizon, converged=bool(converged[r]),
+        ))  # fmt: skip
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Start checks.
 # ----------------------------------------------------------------------------------------------
@@ -606,26 +719,49 @@ class _Context:
             logged_outside=logged_outside, ref=ref,
         )  # fmt: skip
 
-    def attempt(self, pert: Perturbation, key: str) -> tuple[SamplePlan | None, str | None]:
+    def start_check(self, pert: Perturbation) -> str | None:
+        """Why the perturbed start is rejected ("overlap", "off_road"), or None."""
+        ox, oy, _, oh = (float(v) for v in self.origin)
+        xy = geometry.from_frame(np.array([pert.dx, pert.dy]), (ox, oy), oh)
+        world = np.array([xy[0], xy[1], float(geometry.wrap_angle(oh + pert.dheading))])
+        box = _box(self.scene, self.row, self.step, world)
+        if self.others.size and np.any(shapely.area(shapely.intersection(self.others, box)) > OVERLAP_MIN_AREA_M2):
+            return "overlap"
+        if self.drivable is not None and not self.drivable.covers(box):
+            if box.difference(self.drivable).area > self.logged_outside + OFF_ROAD_TOLERANCE_M2:
+                return "off_road"
+        return None
+
+    def start_speed(self, pert: Perturbation) -> float:
+        """Speed of the perturbed start [m/s]."""
+        velocity = pert.speed_scale * self.velocity
+        return float(np.hypot(velocity[0], velocity[1]))
+
+    def attempt(self, pert: Perturbation, key: str, rollout: Rollout | None = None) -> tuple[SamplePlan | None, str | None]:
+        """The plan of one perturbation, or the reason it is rejected.
+
+        Args:
+            rollout: the perturbation's smooth-rejoin rollout when already computed (batched).
+        """
+        reason = self.start_check(pert)
+        if reason is not None:
+            return None, reason
+        return self.plan_for(pert, key, rollout)
+
+    def plan_for(self, pert: Perturbation, key: str, rollout: Rollout | None = None) -> tuple[SamplePlan | None, str | None]:
+        """The plan of a perturbation whose start passed :meth:`start_check`."""
         cfg = self.cfg
         ox, oy, oz, oh = (float(v) for v in self.origin)
         start_l = np.array([pert.dx, pert.dy, pert.dheading])
         xy = geometry.from_frame(start_l[:2], (ox, oy), oh)
         heading = float(geometry.wrap_angle(oh + pert.dheading))
-        world = np.array([xy[0], xy[1], heading])
-        box = _box(self.scene, self.row, self.step, world)
-        if self.others.size and np.any(shapely.area(shapely.intersection(self.others, box)) > OVERLAP_MIN_AREA_M2):
-            return None, "overlap"
-        if self.drivable is not None and not self.drivable.covers(box):
-            if box.difference(self.drivable).area > self.logged_outside + OFF_ROAD_TOLERANCE_M2:
-                return None, "off_road"
         velocity = pert.speed_scale * self.velocity
         speed = float(np.hypot(velocity[0], velocity[1]))
         if cfg.target is RecoveryTarget.EXPERT_FUTURE:
             poses_l = np.array(self.expert.poses)
         else:
             assert self.ref is not None
-            roll = smooth_rejoin(self.ref, start_l, speed, self.sampling, cfg)
+            roll = rollout if rollout is not None else smooth_rejoin(self.ref, start_l, speed, self.sampling, cfg)
             if not roll.converged:
                 return None, "cannot_rejoin"
             poses_l = roll.poses_at(self.sampling.times_s)
@@ -730,9 +866,25 @@ def plan_recovery(
         return plans, rejects
     prefix = scene.scene_id if key_prefix is None else key_prefix
     agent_id = int(scene.tracks.ids[ctx.row])
-    for _ in range(num_samples * int(cfg.attempts_per_sample)):
-        pert = cfg.draw(rng)
-        plan, reason = ctx.attempt(pert, sample_key(prefix, step, SampleKind.RECOVERY, agent_id, len(plans)))
+    # Draw every attempt up front (the same draws, in the same order, as drawing one at a time),
+    # check the starts, then roll all surviving starts out at once: the rejoin rollouts run as one
+    # vectorized batch. Draws are then taken in order until num_samples are accepted; only the
+    # draws up to that point count as made (and as rejected).
+    perts = [cfg.draw(rng) for _ in range(num_samples * int(cfg.attempts_per_sample))]
+    reasons = [ctx.start_check(p) for p in perts]
+    rollouts: dict[int, Rollout] = {}
+    if cfg.target is RecoveryTarget.SMOOTH_REJOIN:
+        todo = [j for j, r in enumerate(reasons) if r is None]
+        if todo:
+            assert ctx.ref is not None
+            starts = np.array([[perts[j].dx, perts[j].dy, perts[j].dheading] for j in todo])
+            speeds = np.array([ctx.start_speed(perts[j]) for j in todo])
+            rollouts = dict(zip(todo, smooth_rejoin_batch(ctx.ref, starts, speeds, sampling, cfg)))
+    for j, pert in enumerate(perts):
+        if reasons[j] is not None:
+            rejects[reasons[j]] += 1
+            continue
+        plan, reason = ctx.plan_for(pert, sample_key(prefix, step, SampleKind.RECOVERY, agent_id, len(plans)), rollouts.get(j))
         if plan is None:
             rejects[reason] += 1
             continue

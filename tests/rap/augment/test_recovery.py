@@ -296,3 +296,19 @@ def test_recovery_on_womd(womd_scene):
     logged = future_target(moving, 22, step, RAP_SAMPLING).poses
     assert roll.converged
     assert np.abs(roll.poses_at(RAP_SAMPLING.times_s)[:, 1:] - logged[:, 1:]).max() < 0.05
+
+
+def test_batched_rejoin_equals_one_at_a_time(turn_scene):
+    from rap.augment.recovery import expert_reference, smooth_rejoin, smooth_rejoin_batch
+
+    cfg = RecoveryConfig.preset("wide")
+    ref = expert_reference(turn_scene, turn_scene.ego_index, turn_scene.current_index)
+    rng = np.random.default_rng(3)
+    starts = np.column_stack([rng.uniform(-1, 1, 6), rng.uniform(-1, 1, 6), rng.uniform(-0.4, 0.4, 6)])
+    speeds = rng.uniform(0.0, 12.0, 6)
+    batch = smooth_rejoin_batch(ref, starts, speeds, RAP_SAMPLING, cfg)
+    for start, speed, got in zip(starts, speeds, batch):
+        one = smooth_rejoin(ref, start, float(speed), RAP_SAMPLING, cfg)
+        np.testing.assert_allclose(got.states, one.states, atol=1e-9)
+        np.testing.assert_allclose(got.lateral_error, one.lateral_error, atol=1e-9)
+        assert got.converged == one.converged
