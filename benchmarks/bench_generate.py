@@ -1,10 +1,12 @@
 """End-to-end generation throughput (scene → shards on disk) against the raw render rate.
 
-For each size, runs ``rap generate`` on the shipped Waymo scenario repeated ``--scenes`` times
-(front3 rig, default config otherwise) with 1 and 2 worker processes, and in the same run the
-raw ``bench-render`` rate for the same rig and size. Reports samples/s, views/s, the ratio of
-end-to-end views/s to the raw render rate, where the time goes (load, plan, render, encode +
-write, measured in-process with 1 worker) and the peak memory per worker.
+Sources: the shipped Waymo scenario repeated ``--scenes`` times (9 s logs: 54 samples per scene,
+so loading and planning weigh more) at every size, and ``synthetic:2`` (20 s logs, ~870 samples
+per scene) at 512x256. For each, runs ``rap generate`` (front3 rig, default config otherwise)
+with 1 and 2 worker processes, and in the same run the raw ``bench-render`` rate for the same
+rig and size. Reports samples/s, views/s, the ratio of end-to-end views/s to the raw render rate,
+where the time goes (load, plan, render, encode + write, measured in-process with 1 worker) and
+the peak memory per worker.
 
 Usage: python benchmarks/bench_generate.py [--scenes 4] [--sizes 512x256,1920x1080]
 """
@@ -107,14 +109,15 @@ def main() -> None:
     write_records(source_file, read_records(SCENARIO) * args.scenes)
     source = f"womd:{source_file}"
     rows = []
-    for size_text in args.sizes.split(","):
+    runs = [(f"womd x{args.scenes}", source, s) for s in args.sizes.split(",")] + [("synthetic:2", "synthetic:2", "512x256")]
+    for source_name, src, size_text in runs:
         size = tuple(int(v) for v in size_text.split("x"))
         raw = raw_render_rate(size)
-        stages = stage_breakdown(source, size)
+        stages = stage_breakdown(src, size)
         for workers in (1, 2):
-            r = run_generate(source, size, workers)
+            r = run_generate(src, size, workers)
             rows.append({
-                "size": size_text, "workers": workers, "samples_per_s": r["samples"] / r["seconds"],
+                "source": source_name, "size": size_text, "workers": workers, "samples_per_s": r["samples"] / r["seconds"],
                 "views_per_s": r["views"] / r["seconds"], "raw_render_views_per_s": raw,
                 "ratio_to_raw": r["views"] / r["seconds"] / raw, "samples": r["samples"],
                 "rss_main_mb": r["rss_self_mb"], "rss_worker_mb": r["rss_children_mb"] if workers > 1 else r["rss_self_mb"],
@@ -126,16 +129,16 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "generate.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"\n{meta['date']}, {meta['machine']}, llvmpipe, front3, shipped scenario x {args.scenes}\n")
-    print("| size | workers | samples/s | views/s | raw bench-render views/s | ratio | peak RSS per worker |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"\n{meta['date']}, {meta['machine']}, llvmpipe, front3\n")
+    print("| source | size | workers | samples | samples/s | views/s | raw bench-render views/s | ratio | peak RSS per worker |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['size']} | {r['workers']} | {r['samples_per_s']:.1f} | {r['views_per_s']:.0f} | {r['raw_render_views_per_s']:.0f} | {r['ratio_to_raw']:.2f} | {r['rss_worker_mb']:.0f} MB |")
+        print(f"| {r['source']} | {r['size']} | {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | {r['views_per_s']:.0f} | {r['raw_render_views_per_s']:.0f} | {r['ratio_to_raw']:.2f} | {r['rss_worker_mb']:.0f} MB |")
     print("\nwhere the time goes (1 worker, seconds over the run):")
     for r in rows:
         if r["workers"] == 1:
             total = sum(r["stages_s"].values())
-            print(f"- {r['size']}: " + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in r["stages_s"].items()))
+            print(f"- {r['source']} {r['size']}: " + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in r["stages_s"].items()))
 
 
 if __name__ == "__main__":

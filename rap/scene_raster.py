@@ -124,6 +124,9 @@ def simplify_polylines(polys: Polylines, tolerance: float, closed: bool = False)
     return Polylines.from_list(out)
 
 
+_LIGHT_CLASS_LOOKUP = np.array([int(LIGHT_CLASS[LightColor(c)]) for c in range(len(LightColor))], dtype=np.uint32)
+
+
 def _shifted(points: np.ndarray, origin: np.ndarray, lift: float) -> np.ndarray:
     out = points - origin
     out[:, 2] += lift
@@ -211,6 +214,7 @@ class SceneRasterizer:
         pose = scene.ego_pose(scene.current_index)
         self.origin = pose[:3].copy()
         self._light_heading, self._light_width = _light_headings_and_widths(scene)
+        self._agent_classes = np.array([int(AGENT_CLASS.get(AgentType(int(t)), RasterClass.OTHER_AGENT)) for t in scene.tracks.types], dtype=np.uint32)
         self.mesh = map_mesh(scene.map, self.origin, config)
         renderer.set_static(self.mesh)
 
@@ -236,7 +240,7 @@ class SceneRasterizer:
             rows = rows[np.argsort(d, kind="stable")]
         centers = np.stack([tr.x[rows, step], tr.y[rows, step], tr.z[rows, step]], axis=1) - self.origin
         sizes = np.stack([tr.length[rows, step], tr.width[rows, step], tr.height[rows, step]], axis=1)
-        classes = np.array([int(AGENT_CLASS.get(AgentType(int(t)), RasterClass.OTHER_AGENT)) for t in tr.types[rows]], dtype=np.uint32)
+        classes = self._agent_classes[rows].copy()
         if viewer_index is not None and draw_viewer:
             classes[rows == viewer_index] = RasterClass.EGO
         agents = Boxes(centers, sizes, tr.heading[rows, step], classes, instance_id(InstanceKind.AGENT, rows))
@@ -244,7 +248,7 @@ class SceneRasterizer:
         lights = scene.traffic_lights
         lrows = np.flatnonzero(lights.valid[:, step]) if len(lights) else np.zeros(0, dtype=np.int64)
         colors = lights.colors[lrows, step] if len(lrows) else np.zeros(0, dtype=np.int64)
-        lcls = np.array([int(LIGHT_CLASS[LightColor(int(c))]) for c in colors], dtype=np.uint32)
+        lcls = _LIGHT_CLASS_LOOKUP[np.asarray(colors, dtype=np.int64)]
         stop = lights.stop_points[lrows] - self.origin
         stop[:, 2] += cfg.light_height / 2
         lsize = np.stack(

@@ -628,7 +628,8 @@ def smooth_rejoin_batch(
         i, e_y, psi, kap = _project_batch(ref, states[:, k + 1, :2], np.maximum(i - window_back, 0), np.minimum(i + ahead, m))
     head_err[:, n] = np.remainder(states[:, n, 2] - psi + math.pi, two_pi) - math.pi
     states[:, :, 2] = geometry.wrap_angle(states[:, :, 2])
-    lateral = geometry.point_polyline_distance(states[:, :, :2].reshape(-1, 2), ref.logged_path).reshape(num, n + 1)
+    logged = shapely.LineString(ref.logged_path) if ref.logged_path.shape[0] >= 2 else shapely.Point(ref.logged_path[0])
+    lateral = shapely.distance(shapely.points(states[:, :, :2].reshape(-1, 2)), logged).reshape(num, n + 1)
     after = times >= horizon - 1e-9
     converged = np.all(lateral[:, after] <= cfg.rejoin_tolerance_m, axis=1) & np.all(np.abs(head_err[:, after]) <= cfg.rejoin_heading_tolerance_rad, axis=1)
     out = []
