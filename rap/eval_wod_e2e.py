@@ -57,14 +57,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rap.fileio import atomic_writer
 from rap.metrics.rfs import rater_feedback_score
 from rap.sources.wod_e2e import E2EFrame, iter_e2e_frames
 from rap.trajectory import WOD_E2E_SAMPLING
@@ -257,21 +256,9 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def _write_json_atomic(path: Path, doc: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0o600 files; give the usual permissions.
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_writer(path, text=True) as f:
+        json.dump(doc, f, indent=1, allow_nan=False)
+        f.write("\n")
 
 
 def evaluate_wod_e2e(frames_path: str | Path, predictions_path: str | Path, out_dir: str | Path) -> dict:

@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from rap.fileio import write_bytes_atomic
 
 __all__ = [
     "box_iou",
@@ -173,23 +173,6 @@ def non_overlapping_groups(boxes: np.ndarray, margin: float = 0.0) -> list[list[
         else:
             groups.append([k])
     return [sorted(g) for g in groups]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _overlay(photo: np.ndarray, raster: np.ndarray, drawn: np.ndarray, pairs: Sequence[tuple], clipped: Sequence[tuple]) -> bytes:
@@ -334,7 +317,7 @@ def check_projection(
                     (full,) = renderer.render([view], outputs=("rgb", "instance"))
                     png = _overlay(frame.images[cam_name], full.rgb, full.instance > 0, pairs, clipped)
                     name = f"projection_{cam_name}.png"
-                    _atomic_write_bytes(out_dir / name, png)
+                    write_bytes_atomic(out_dir / name, png)
                     overlays.append(name)
     finally:
         if own_ctx:
@@ -354,7 +337,7 @@ def check_projection(
         "seconds": time.perf_counter() - start,
         "overlays": overlays,
     }
-    _atomic_write_bytes(out_dir / "projection.json", (json.dumps(result, indent=2, allow_nan=True) + "\n").encode())
+    write_bytes_atomic(out_dir / "projection.json", (json.dumps(result, indent=2, allow_nan=True) + "\n").encode())
     return result
 
 

@@ -62,7 +62,8 @@ class RasterConfig:
     road_line_width: float = 0.15  # [m]
     road_edge_width: float = 0.3  # [m]
     stop_line_width: float = 0.5  # [m]
-    draw_drivable_area: bool = True
+    draw_drivable_area: bool = True  # include the drivable-area fill in the map mesh ...
+    camera_drivable_area: bool = False  # ... and show it in perspective views (BEVs always do); the RAP reference leaves the road black
     draw_lane_centerlines: bool = True
     lift_area: float = 0.0  # [m]
     lift_marking: float = 0.03  # [m] crosswalks, speed bumps
@@ -134,7 +135,8 @@ def _shifted(points: np.ndarray, origin: np.ndarray, lift: float) -> np.ndarray:
 
 
 def map_mesh(map_elements: MapElements, origin: np.ndarray, config: RasterConfig = RasterConfig()) -> TriangleMesh:
-    """Tessellate the static map, in draw order (areas, markings, lines).
+    """Tessellate the static map, in draw order (drivable area first, then driveways,
+    markings, lines; :func:`drivable_area_vertices` counts the leading drivable-area part).
 
     Args:
         map_elements: the scene's map (world frame).
@@ -177,6 +179,13 @@ def map_mesh(map_elements: MapElements, origin: np.ndarray, config: RasterConfig
     return concat_meshes(meshes)
 
 
+def drivable_area_vertices(mesh: TriangleMesh) -> int:
+    """Number of leading vertices of a :func:`map_mesh` that fill the drivable area."""
+    kinds = mesh.instance_ids >> 20
+    not_area = np.flatnonzero(kinds != InstanceKind.DRIVABLE_AREA)
+    return int(not_area[0]) if len(not_area) else len(kinds)
+
+
 def _light_headings_and_widths(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     """(K,) heading [rad] of each light's lane at its stop point and (K,) lane width [m]."""
     lights, lanes = scene.traffic_lights, scene.map.lanes
@@ -216,6 +225,7 @@ class SceneRasterizer:
         self._light_heading, self._light_width = _light_headings_and_widths(scene)
         self._agent_classes = np.array([int(AGENT_CLASS.get(AgentType(int(t)), RasterClass.OTHER_AGENT)) for t in scene.tracks.types], dtype=np.uint32)
         self.mesh = map_mesh(scene.map, self.origin, config)
+        self._area_vertices = drivable_area_vertices(self.mesh)
         renderer.set_static(self.mesh)
 
     def _ensure_map(self) -> None:
@@ -279,7 +289,12 @@ class SceneRasterizer:
         viewer = self.scene.ego_index if viewer_index is None else viewer_index
         body_to_local = self.viewer_pose(step, viewer)
         draw_viewer = self.config.draw_ego_box or all(isinstance(cam, OrthoCamera) for cam in rig)
-        return self.frame_boxes(step, viewer, draw_viewer), [View(cam, body_to_local) for cam in rig]
+        return self.frame_boxes(step, viewer, draw_viewer), self._views(rig, body_to_local)
+
+    def _views(self, rig: Rig, body_to_local: np.ndarray) -> list[View]:
+        """Views of ``rig``; perspective views skip the drivable-area fill unless configured."""
+        skip = 0 if self.config.camera_drivable_area else self._area_vertices
+        return [View(cam, body_to_local, 0 if isinstance(cam, OrthoCamera) else skip) for cam in rig]
 
     def render_steps(self, steps: Iterable[int], rig: Rig, viewer_index: int | None = None, outputs: Sequence[str] = ("rgb",), depth: int = 2) -> Iterator[list[ViewOutput]]:
         """Render many steps with asynchronous readback (see ``Renderer.render_stream``);
@@ -299,7 +314,7 @@ class SceneRasterizer:
         self._ensure_map()
         body_to_local = self._body_to_local(pose_world)
         self.renderer.set_boxes(self.frame_boxes(step, hidden_index, draw_viewer=False))
-        return self.renderer.render([View(cam, body_to_local) for cam in rig], outputs=outputs)
+        return self.renderer.render(self._views(rig, body_to_local), outputs=outputs)
 
     def render(self, step: int, rig: Rig, viewer_index: int | None = None, outputs: Sequence[str] = ("rgb",)) -> list[ViewOutput]:
         """Render ``rig`` mounted on ``viewer_index`` (default: the ego) at ``step``.

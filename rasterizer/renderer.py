@@ -109,10 +109,15 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class View:
-    """One camera placed in the world: the camera's body is at ``body_to_world`` (4, 4)."""
+    """One camera placed in the world: the camera's body is at ``body_to_world`` (4, 4).
+
+    ``skip_static_vertices`` leaves out the first vertices of the static mesh in this view (a
+    leading layer the caller does not want in some views, e.g. a ground fill only for BEVs).
+    """
 
     camera: Camera
     body_to_world: np.ndarray = field(default_factory=lambda: np.eye(4))
+    skip_static_vertices: int = 0
 
     def world_to_camera(self) -> np.ndarray:
         """(4, 4) float64 transform from world to the camera's (OpenCV) axes."""
@@ -613,9 +618,12 @@ class Renderer:
                 if name in prog:
                     prog[name].value = value
             if count is None:
+                first = min(max(int(view.skip_static_vertices), 0), self._static_count)
+                if first == self._static_count:
+                    continue
                 fbo = self.ctx.fbo
                 fbo.depth_mask = not self._static_layered
-                vao.render(moderngl.TRIANGLES, vertices=self._static_count)
+                vao.render(moderngl.TRIANGLES, vertices=self._static_count - first, first=first)
                 fbo.depth_mask = True
             else:
                 # Boxes are closed: cull faces turned away from the camera (half the box

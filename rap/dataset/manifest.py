@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rap.fileio import write_bytes_atomic
 from rap.dataset.sample import SampleKind
 
 __all__ = [
@@ -262,35 +261,6 @@ def manifest_from_json(data: bytes | str, where: str = MANIFEST_NAME) -> Manifes
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename over ``path``, fsync the dir."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     """Validate and write ``<directory>/manifest.json`` atomically.
 
@@ -304,7 +274,7 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / MANIFEST_NAME
     data = manifest_to_json(manifest)
-    _write_atomic(path, data)
+    write_bytes_atomic(path, data)
     return path
 
 

@@ -74,7 +74,8 @@ from pathlib import Path
 import numpy as np
 
 from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, encode
-from rap.dataset.manifest import ShardEntry, _fsync_dir
+from rap.dataset.manifest import ShardEntry
+from rap.fileio import fsync_dir
 from rap.dataset.sample import Sample
 
 __all__ = [
@@ -376,7 +377,7 @@ class ShardWriter:
         os.chmod(self.tmp_path, 0o644)
         os.replace(self.tmp_path, self.path)
         if self._fsync:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.entry = ShardEntry(self.path.name, self.samples, self._hashing.digest.hexdigest())
         return self.entry
 

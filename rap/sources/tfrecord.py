@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 import google_crc32c
+
+from rap.fileio import atomic_writer
 
 __all__ = [
     "TFRecordError",
@@ -210,24 +211,11 @@ def write_records(path: PathLike, records: Iterable[bytes]) -> int:
     Returns:
         The number of records written.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0o600 files; give the usual permissions.
-        with os.fdopen(fd, "wb") as f:
-            for payload in records:
-                f.write(encode_record(bytes(payload)))
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_writer(path) as f:
+        for payload in records:
+            f.write(encode_record(bytes(payload)))
+            count += 1
     return count
 
 

@@ -164,14 +164,25 @@ class WaymoBoxes:
         return np.concatenate([bottom, top], axis=1)
 
 
-class _LazyImages(Mapping):
-    """Read-only mapping camera name -> (H, W, 3) uint8 RGB, decoded from JPEG on first access."""
+class LazyJpegImages(Mapping):
+    """Read-only mapping camera name -> (H, W, 3) uint8 RGB, decoded from JPEG on first access.
 
-    def __init__(self, jpegs: Mapping[str, bytes], sizes: Mapping[str, tuple[int, int]], path: Path, record: int):
+    Args:
+        jpegs: camera name -> JPEG bytes.
+        sizes: camera name -> (width, height) the calibration gives; a decoded image of another
+            size is an error.
+        path, record: where the frame came from (for errors).
+        fields: camera name -> message field holding its JPEG (default ``images[NAME].image``).
+        error: the exception class raised (``WaymoFrameError`` or a subclass).
+    """
+
+    def __init__(self, jpegs: Mapping[str, bytes], sizes: Mapping[str, tuple[int, int]], path: Path, record: int, fields: Mapping[str, str] | None = None, error: type[WaymoFrameError] | None = None):
         self._jpegs = dict(jpegs)
         self._sizes = dict(sizes)
         self._path = path
         self._record = record
+        self._fields = dict(fields or {})
+        self._error = error or WaymoFrameError
         self._cache: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -193,19 +204,19 @@ class _LazyImages(Mapping):
     def _decode(self, name: str) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
-        field_name = f"images[{name}].image"
+        field_name = self._fields.get(name, f"images[{name}].image")
         try:
             with Image.open(io.BytesIO(self._jpegs[name])) as img:
                 rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise WaymoFrameError(self._path, self._record, field_name, f"cannot decode JPEG: {exc}") from exc
+            raise self._error(self._path, self._record, field_name, f"camera {name}: cannot decode JPEG: {exc}") from exc
         expected = self._sizes.get(name)
         if expected is not None and rgb.shape[:2] != (expected[1], expected[0]):
-            raise WaymoFrameError(
+            raise self._error(
                 self._path,
                 self._record,
                 field_name,
-                f"decoded image is {rgb.shape[1]}x{rgb.shape[0]}, calibration says {expected[0]}x{expected[1]}",
+                f"camera {name}: decoded image is {rgb.shape[1]}x{rgb.shape[0]}, calibration says {expected[0]}x{expected[1]}",
             )
         rgb.setflags(write=False)
         return rgb
@@ -435,7 +446,7 @@ def frame_from_bytes(payload: bytes, *, path: str | Path = "<bytes>", record: in
         image_poses=image_poses,
         image_timestamps_s=image_times,
         jpegs=jpegs,
-        images=_LazyImages(jpegs, {n: cameras[n].size for n in cameras}, path, record),
+        images=LazyJpegImages(jpegs, {n: cameras[n].size for n in cameras}, path, record),
         boxes=_boxes_from_labels(msg.laser_labels, path, record),
         projected_boxes=_projected_boxes(msg.projected_lidar_labels, path, record),
     )

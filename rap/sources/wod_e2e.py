@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rap.sources.waymo_frame import CAMERA_NAMES, WAYMO_TO_RAP_PIXEL, WaymoFrameError
+from rap.sources.waymo_frame import CAMERA_NAMES, WAYMO_TO_RAP_PIXEL, LazyJpegImages, WaymoFrameError
 from rap.trajectory import WOD_E2E_SAMPLING, Trajectory, TrajectorySampling
 from rasterizer.camera import OPENCV_FROM_FLU, PinholeCamera, pose_matrix
 
@@ -143,52 +143,6 @@ class EgoStates:
 
     def __len__(self) -> int:
         return len(self.times_s)
-
-
-class _LazyImages(Mapping):
-    """Read-only mapping camera name -> (H, W, 3) uint8 RGB, decoded from JPEG on first access."""
-
-    def __init__(self, jpegs: Mapping[str, bytes], fields: Mapping[str, str], sizes: Mapping[str, tuple[int, int]], path: Path, record: int):
-        self._jpegs = dict(jpegs)
-        self._fields = dict(fields)
-        self._sizes = dict(sizes)
-        self._path = path
-        self._record = record
-        self._cache: dict[str, np.ndarray] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._jpegs:
-            raise KeyError(name)
-        if name not in self._cache:
-            self._cache[name] = self._decode(name)
-        return self._cache[name]
-
-    def __iter__(self):
-        return iter(self._jpegs)
-
-    def __len__(self) -> int:
-        return len(self._jpegs)
-
-    def __repr__(self) -> str:
-        return f"<lazy JPEG images {list(self._jpegs)}>"
-
-    def _decode(self, name: str) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        field_name = self._fields[name]
-        try:
-            with Image.open(io.BytesIO(self._jpegs[name])) as img:
-                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise E2EFrameError(self._path, self._record, field_name, f"camera {name}: cannot decode JPEG: {exc}") from exc
-        width, height = self._sizes[name]
-        if rgb.shape[:2] != (height, width):
-            raise E2EFrameError(
-                self._path, self._record, field_name,
-                f"camera {name}: decoded image is {rgb.shape[1]}x{rgb.shape[0]}, calibration says {width}x{height}",
-            )  # fmt: skip
-        rgb.setflags(write=False)
-        return rgb
 
 
 @dataclass(frozen=True, eq=False)
@@ -447,7 +401,7 @@ def e2e_frame_from_bytes(payload: bytes, *, path: str | Path = "<bytes>", record
         timestamp_s=msg.frame.timestamp_micros * 1e-6,
         cameras=cameras,
         jpegs=jpegs,
-        images=_LazyImages(jpegs, fields, {n: cameras[n].size for n in jpegs}, path, record),
+        images=LazyJpegImages(jpegs, {n: cameras[n].size for n in jpegs}, path, record, fields=fields, error=E2EFrameError),
         past_states=past,
         future_states=future,
         intent=E2EIntent(int(msg.intent)),  # A closed proto2 enum: always one of these values.

@@ -277,8 +277,18 @@ def test_bev_from_another_seat(ctx, womd_scene, bev):
 
 
 # -- map and lights ----------------------------------------------------------------------------
-def test_front_views_show_the_road(ctx, womd_scene, front3):
+def test_camera_views_leave_the_road_black_by_default(ctx, womd_scene, front3, bev):
+    """Like the RAP reference raster, perspective views draw no drivable-area fill (lines,
+    markings and boxes only); the BEV does, and perspective views do when configured."""
     views = render(ctx, womd_scene, STEP, front3)
+    for view in views.values():
+        assert not (view.class_id == RasterClass.DRIVABLE_AREA).any()
+        assert (view.class_id == RasterClass.LANE_CENTERLINE).any()
+    assert (render(ctx, womd_scene, STEP, bev)["BEV"].class_id == RasterClass.DRIVABLE_AREA).mean() > 0.2
+
+
+def test_front_views_show_the_road(ctx, womd_scene, front3):
+    views = render(ctx, womd_scene, STEP, front3, config=RasterConfig(camera_drivable_area=True))
     seen = set()
     for view in views.values():
         seen |= set(np.unique(view.class_id).tolist())
@@ -374,7 +384,7 @@ def test_drivable_area_does_not_hide_markings(ctx, womd_scene, front3, bev):
     area: every pixel that shows a marking without the area still shows it with the area."""
     markings = [RasterClass.CROSSWALK, RasterClass.LANE_CENTERLINE, RasterClass.ROAD_LINE_WHITE, RasterClass.ROAD_LINE_YELLOW]
     for rig in (bev, front3):
-        with_area = render(ctx, womd_scene, STEP, rig)
+        with_area = render(ctx, womd_scene, STEP, rig, config=RasterConfig(camera_drivable_area=True))
         without = render(ctx, womd_scene, STEP, rig, config=RasterConfig(draw_drivable_area=False))
         for name in with_area:
             marked = np.isin(without[name].class_id, markings)
@@ -389,7 +399,7 @@ def test_two_scene_rasterizers_share_one_renderer(ctx, womd_scene, front3):
 
     with Renderer(ctx, default_style()) as r:
         no_area = SceneRasterizer(r, womd_scene, RasterConfig(draw_drivable_area=False))
-        SceneRasterizer(r, womd_scene)  # uploads a map with the drivable area
+        SceneRasterizer(r, womd_scene, RasterConfig(camera_drivable_area=True))  # a map with the area, shown in cameras
         views = no_area.render(STEP, front3, outputs=("class_id",))
         assert not any((v.class_id == RasterClass.DRIVABLE_AREA).any() for v in views)
 
