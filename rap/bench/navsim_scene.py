@@ -179,8 +179,17 @@ def route(scene: Scene, step: int, polys: dict[int, shapely.Polygon]) -> tuple[f
         d = np.arange(-20.0, CENTERLINE_AHEAD_M, 1.0)
         line = np.stack([x0 + d * np.cos(h0), y0 + d * np.sin(h0), np.full_like(d, h0)], axis=1)
         return frozenset(), line
-    # Extend through successors until the chain reaches far enough ahead of the ego.
-    chain = list(sequence)
+    # Keep the chain from the ego's lane to CENTERLINE_AHEAD_M ahead (a long known route may
+    # come back near the start, where projections onto the centerline would jump), then extend
+    # through successors until it reaches that far.
+    chain: list[int] = []
+    for lane_id in sequence:
+        chain.append(lane_id)
+        pts = np.concatenate([lanes.centerlines[lanes.index_of(i)][:, :2] for i in chain])
+        travelled = np.cumsum(np.hypot(*np.diff(pts, axis=0).T))
+        nearest = int(np.argmin(np.hypot(pts[:, 0] - x0, pts[:, 1] - y0)))
+        if len(travelled) and travelled[-1] - (travelled[nearest - 1] if nearest > 0 else 0.0) >= CENTERLINE_AHEAD_M:
+            break
     pts = np.concatenate([lanes.centerlines[lanes.index_of(i)][:, :2] for i in chain])
     for _ in range(50):
         ahead = float(np.max((pts[:, 0] - x0) * np.cos(h0) + (pts[:, 1] - y0) * np.sin(h0)))

@@ -113,3 +113,13 @@ def test_cli_eval_navsim(tmp_path):
     assert bad.exit_code == 2 and "nope" in bad.output
     bad = runner.invoke(app, ["eval", "navsim", "--agent", "expert", "--scenes", "synthetic:zero", "--out", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "synthetic:N" in bad.output
+
+
+def test_route_centerline_stays_local_so_progress_is_sane():
+    """A known route that loops back near its start must not make progress jump along it."""
+    from rap.metrics.pdms import score_scene
+
+    scene = load_synthetic(6)  # its route comes back past the start
+    inputs = scoring_scene(scene, 20)
+    result = score_scene(inputs, np.zeros((1, 8, 3)))
+    assert 0.0 <= result.reference_progress < 60.0  # at most ~4 s at the speed limit
