@@ -43,8 +43,10 @@ Traffic (:mod:`rap.sources.synthetic_traffic`), simulated at 10 Hz, first for
 ``warmup_steps`` (not logged) and then for ``num_steps``:
 
 * Vehicles (0.8 per 100 m of lane at the start, plus arrivals at the town entries at
-  0.05 /s each) follow random routes on the lane graph (no lane changes), box centre on the
-  lane centreline and heading along it. Longitudinal control is IDM: acceleration
+  0.05 /s each) follow random routes on the lane graph (no lane changes). A route's path is the
+  chain of lane centrelines smoothed with a 2 m Gaussian (curvature ramps in and out of turns,
+  as a steered car's path does); vehicles move like kinematic bicycles on it: the rear axle on
+  the path, the heading along it there. Longitudinal control is IDM: acceleration
   ``a_max (1 - (v / v0)^4 - (s* / s)^2)`` with ``s* = s0 + v T + v dv / (2 sqrt(a_max b))``;
   background drivers use a_max 1.2-2.2 m/s^2, b = 2 m/s^2, T 1.0-1.6 s, s0 = 2 m and
   v0 = 0.85-1.05 x the speed limit; braking is capped at 8 m/s^2. ``v0`` is also limited by

@@ -186,6 +186,23 @@ class _Route:
     exits: bool  # ends where the town ends
 
 
+ROUTE_SMOOTHING_M = 2.0  # [m] Gaussian sigma: lane-to-connector joins become curvature-continuous
+
+
+def _smooth_path(points: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-smoothed (N, 2) path (ends held), so curvature ramps in and out of turns like a
+    steered car's path instead of jumping where a straight lane meets a circular connector."""
+    if sigma <= 0 or len(points) < 3:
+        return points
+    half = int(np.ceil(3 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    padded = np.concatenate([np.repeat(points[:1], half, 0), points, np.repeat(points[-1:], half, 0)])
+    out = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(2)], axis=1)
+    out[0], out[-1] = points[0], points[-1]
+    return out
+
+
 def _build_route(
     town: Town, lanes: list[int], speed_factor: float, speed_cap: float, lateral_accel: float
 ) -> _Route:
@@ -204,6 +221,7 @@ def _build_route(
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(raw, axis=0), axis=1))])
     samples = np.arange(0.0, arc[-1] + 1e-9, _DS)
     points = np.stack([np.interp(samples, arc, raw[:, 0]), np.interp(samples, arc, raw[:, 1])], axis=1)
+    points = _smooth_path(points, ROUTE_SMOOTHING_M / _DS)
     d = np.gradient(points, axis=0)
     tangents = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
     theta = np.unwrap(np.arctan2(tangents[:, 1], tangents[:, 0]))
