@@ -20,7 +20,8 @@ Road network (:mod:`rap.sources.synthetic_roads`):
   radius 9-12 m (wide enough that a tracked rollout of the expert stays on the road). Each arm may have a crosswalk (p = 0.85, 3-4 m wide, 0.5 m beyond the curb
   corner); the stop line follows 1 m beyond it (2 m beyond the corner without one). Road lanes
   run stop line to stop line; connectors (``interpolating`` lanes) run from a stop line
-  straight to the curb corner, through a Bezier turn (a quarter circle for equal offsets) and
+  straight to the curb corner, through a Bezier turn (a quarter circle for equal offsets; right
+  turns swing about 0.7 m wider at the apex, away from the curb corner, as drivers do) and
   straight on to the exit lane. Lane rules: every lane may go straight; the leftmost lane may
   turn left and the curb lane right; on a T's stem the left half of the lanes turns left and
   the rest right. Connectors take the narrower width of the lanes they join and the entry

@@ -45,6 +45,7 @@ __all__ = ["TownConfig", "Town", "build_town", "map_elements", "light_schedule"]
 MPH = 0.44704  # [m/s per mph]
 _UNIT = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])  # E, N, W, S
 _KAPPA = 0.5523  # Bezier control-arm ratio that approximates a quarter circle.
+_KAPPA_RIGHT = 0.68  # right turns: apex ~0.7 m further from the curb corner than the circle
 _CROSSWALK_GAP = 0.5  # [m] from the curb corner to the crosswalk.
 _STOP_GAP = 1.0  # [m] from the crosswalk to the stop line.
 _NO_CROSSWALK_STOP = 2.0  # [m] from the curb corner to the stop line without a crosswalk.
@@ -413,7 +414,8 @@ def _connector_points(
     else:  # Tangent lines meet at m0 + alpha t_in = m1 - beta t_out.
         a = np.stack([t_in, t_out], axis=1)
         alpha, beta = np.linalg.solve(a, m1 - m0)
-        c0, c1 = m0 + _KAPPA * alpha * t_in, m1 - _KAPPA * beta * t_out
+        kappa = _KAPPA_RIGHT if cross < 0 else _KAPPA  # right turns swing wide of the curb corner
+        c0, c1 = m0 + kappa * alpha * t_in, m1 - kappa * beta * t_out
     mid = _bezier(m0, c0, c1, m1)
     pts = np.concatenate([p_in[None], mid, p_out[None]])
     keep = np.concatenate([[True], np.linalg.norm(np.diff(pts, axis=0), axis=1) > 1e-6])

@@ -123,3 +123,16 @@ def test_route_centerline_stays_local_so_progress_is_sane():
     inputs = scoring_scene(scene, 20)
     result = score_scene(inputs, np.zeros((1, 8, 3)))
     assert 0.0 <= result.reference_progress < 60.0  # at most ~4 s at the speed limit
+
+
+def test_logged_expert_scores_at_least_09_on_synthetic_scenes(tmp_path):
+    """The synthetic world's expert log, replayed through the tracker, is a good driver."""
+    report = evaluate_navsim(LogReplayAgent(), "synthetic:4", tmp_path, pictures=False)
+    assert report["scenes"] >= 40
+    assert report["pdms"] >= 0.9
+
+
+@pytest.mark.slow
+def test_logged_expert_scores_at_least_09_on_twelve_towns(tmp_path):
+    report = evaluate_navsim(LogReplayAgent(), "synthetic:12", tmp_path, pictures=False)
+    assert report["pdms"] >= 0.9
