@@ -273,22 +273,28 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
         record["skipped"].append({"source": unit.source, "record": unit.record, "reason": str(exc)})
         save_json(unit_record_path(out_dir, unit.index), record)
         return record
-    plans, rejects = plan_scene(scene, config)
-    rig = get_rig(config.rig, tuple(config.size), distortion=config.distortion)
-    bev_rig = get_rig("bev", tuple(config.bev_size)) if config.bev else None
-    cameras = {cam.name: camera_record(cam) for cam in rig}
-    rast = SceneRasterizer(_renderer(), scene)
-    writer = ShardWriter(out_dir / shard_name(unit.index), config.codec)
-    with writer:
-        for plan in plans:
-            if plan.kind == SampleKind.RECOVERY:
-                views = rast.render_pose(plan.step, rig, plan.viewer_pose, plan.agent_row)
-                bev = rast.render_pose(plan.step, bev_rig, plan.viewer_pose, plan.agent_row)[0].rgb if bev_rig else None
-            else:
-                views = rast.render(plan.step, rig, plan.agent_row)
-                bev = rast.render(plan.step, bev_rig, plan.agent_row)[0].rgb if bev_rig else None
-            writer.add(Sample(plan, {v.camera_name: v.rgb for v in views}, cameras, bev))
-        entry = writer.close()
+    try:
+        plans, rejects = plan_scene(scene, config)
+        rig = get_rig(config.rig, tuple(config.size), distortion=config.distortion)
+        bev_rig = get_rig("bev", tuple(config.bev_size)) if config.bev else None
+        cameras = {cam.name: camera_record(cam) for cam in rig}
+        rast = SceneRasterizer(_renderer(), scene)
+        writer = ShardWriter(out_dir / shard_name(unit.index), config.codec)
+        with writer:  # an exception removes the partial shard
+            for plan in plans:
+                if plan.kind == SampleKind.RECOVERY:
+                    views = rast.render_pose(plan.step, rig, plan.viewer_pose, plan.agent_row)
+                    bev = rast.render_pose(plan.step, bev_rig, plan.viewer_pose, plan.agent_row)[0].rgb if bev_rig else None
+                else:
+                    views = rast.render(plan.step, rig, plan.agent_row)
+                    bev = rast.render(plan.step, bev_rig, plan.agent_row)[0].rgb if bev_rig else None
+                writer.add(Sample(plan, {v.camera_name: v.rgb for v in views}, cameras, bev))
+            entry = writer.close()
+    except Exception as exc:  # one scene that breaks generation is skipped and counted, not the run
+        reason = f"{unit.source} record {unit.record} (scene {scene.scene_id}): generation failed: {type(exc).__name__}: {exc}"
+        record["skipped"].append({"source": unit.source, "record": unit.record, "reason": reason})
+        save_json(unit_record_path(out_dir, unit.index), record)
+        return record
     record["shard"] = {"name": entry.name, "samples": entry.samples, "sha256": entry.sha256}
     record["counts"] = dict(sorted(writer.counts.items()))
     record["rejected"] = dict(sorted(rejects.items()))

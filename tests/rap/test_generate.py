@@ -145,3 +145,23 @@ def test_ray_executor_on_a_local_instance(tmp_path, three_records):
     generate(f"womd:{three_records}", tmp_path / "local", small_config())
     generate(f"womd:{three_records}", tmp_path / "ray", small_config(), executor="ray", workers=2)
     assert digest(tmp_path / "ray") == digest(tmp_path / "local")
+
+
+def test_a_scene_that_breaks_generation_is_skipped_not_the_run(tmp_path, three_records, monkeypatch):
+    import rap.generate as gen
+
+    real = gen.plan_scene
+    calls = {"n": 0}
+
+    def flaky(scene, config):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("synthetic failure in planning")
+        return real(scene, config)
+
+    monkeypatch.setattr(gen, "plan_scene", flaky)
+    result = generate(f"womd:{three_records}", tmp_path / "out", small_config())
+    assert result.exit_code == 3
+    assert len(result.manifest.shards) == 2 and [s.record for s in result.manifest.skipped] == [1]
+    assert "generation failed: RuntimeError: synthetic failure" in result.manifest.skipped[0].reason
+    assert not list((tmp_path / "out").glob("*.tmp")) and not (tmp_path / "out" / "shard-000001.tar").exists()
