@@ -403,6 +403,7 @@ class Renderer:
 
     def __init__(self, ctx: moderngl.Context, style: Style) -> None:
         self.ctx = ctx
+        ctx.__enter__()  # build our objects in our context
         self._closed = False
         self._resources: list = []  # every GL object created, for close()
         self._programs: dict = {}
@@ -436,6 +437,7 @@ class Renderer:
         """Release every GL object this renderer created. Safe to call more than once."""
         if self._closed:
             return
+        self.ctx.__enter__()  # release our objects in our context
         # Bind the default framebuffer first: moderngl re-binds the last used framebuffer after
         # creating a new one, and re-binding one of ours after release is a GL error.
         self.ctx.detect_framebuffer(0).use()
@@ -460,8 +462,12 @@ class Renderer:
         return len(self._resources)
 
     def _check_open(self) -> None:
+        """Raise if closed, and make our context current: another context created or released
+        in this process since (another Renderer's, a library's) leaves ours not current, and GL
+        calls would then draw nothing without an error."""
         if self._closed:
             raise RuntimeError("Renderer is closed")
+        self.ctx.__enter__()
 
     # -- inputs ------------------------------------------------------------------------------
     def set_style(self, style: Style) -> None:

@@ -169,3 +169,18 @@ def test_render_stream_matches_render(renderer, depth):
             np.testing.assert_array_equal(out.rgb, rgb)
             np.testing.assert_array_equal(out.instance, inst)
     assert set(np.unique(streamed[3][0].instance)) == {0, 4}  # frame order preserved
+
+
+def test_renderer_keeps_drawing_after_another_context_comes_and_goes(ctx):
+    """Creating or releasing another context in the process makes ours non-current; the
+    renderer must make its context current again instead of silently drawing nothing."""
+    from rasterizer.context import create_context
+
+    with Renderer(ctx, Style.default()) as r:
+        r.set_boxes(box(6.0))
+        before = r.render([View(camera())], outputs=("instance",))[0].instance.copy()
+        create_context().release()  # leaves no context current
+        after = r.render([View(camera())], outputs=("instance",))[0].instance
+        assert before[60, 80] == 1
+        np.testing.assert_array_equal(after, before)
+    assert ctx.error == "GL_NO_ERROR"
