@@ -72,7 +72,12 @@ def load_scene(spec: SourceSpec, record: int = 0) -> Scene:
     else:
         if not Path(spec.path).exists():
             raise FileNotFoundError(f"{spec.path}: no such file")
-        scene = loader(spec.path, record)
+        if record < 0:
+            raise ValueError(f"{spec.path}: record must be >= 0, got {record}")
+        try:
+            scene = loader(spec.path, record)
+        except IndexError as exc:  # the file has fewer records
+            raise ValueError(str(exc)) from None
     if spec.step is not None and not 0 <= spec.step < scene.num_steps:
         raise ValueError(f"{spec.path}: step {spec.step} is outside the scene's {scene.num_steps} steps")
     return scene

@@ -185,3 +185,20 @@ def test_render_synthetic_source(runner, tmp_path):
     assert bev.shape == (128, 128, 3) and bev.any()
     bad = runner.invoke(app, ["render", "--source", "synthetic:abc", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "synthetic:abc" in message(bad)
+
+
+def test_render_nuplan8_distortion_and_record(runner, source, tmp_path):
+    eight = tmp_path / "eight"
+    result = runner.invoke(app, ["render", "--source", source, "--rig", "nuplan8", "--size", "96x54", "--out", str(eight)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in eight.glob("CAM_*.png")) == ["CAM_B0", "CAM_F0", "CAM_L0", "CAM_L1", "CAM_L2", "CAM_R0", "CAM_R1", "CAM_R2"]
+    pin, dist = tmp_path / "pin", tmp_path / "dist"
+    assert runner.invoke(app, render_args(source, pin, "--outputs", "class_id")).exit_code == 0
+    assert runner.invoke(app, render_args(source, dist, "--outputs", "class_id", "--distortion")).exit_code == 0
+    doc = json.loads((dist / "render.json").read_text())
+    assert any(abs(k) > 0 for k in doc["cameras"]["CAM_F0"]["distortion_k1k2p1p2k3"])
+    a = np.asarray(Image.open(pin / "CAM_F0_class.png"))
+    b = np.asarray(Image.open(dist / "CAM_F0_class.png"))
+    assert a.shape == b.shape and (a != b).mean() > 0.01  # barrel distortion moves the raster
+    bad = runner.invoke(app, render_args(source, tmp_path / "rec", "--record", "3"))
+    assert bad.exit_code == 2 and "record 3" in message(bad)
