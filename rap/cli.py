@@ -257,6 +257,8 @@ def inspect(
     if not directory.is_dir():
         raise _fail(f"{directory}: no such directory")
     sheet = out if out is not None else directory / "contact_sheet.png"
+    if not any(directory.glob("*.tar")) and not (directory / "manifest.json").exists():
+        raise _fail(f"{directory}: no dataset here (no manifest.json and no shard-*.tar)")
     try:
         result = inspect_dataset(directory, sheet, max_samples=max_samples, per_kind=per_kind)
     except ValueError as exc:

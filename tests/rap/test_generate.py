@@ -138,6 +138,9 @@ def test_usage_errors_exit_2(tmp_path):
     kind = runner.invoke(app, ["generate", "--source", f"nuplan:{WOMD}", "--out", str(tmp_path / "c")])
     assert kind.exit_code == 2 and "unknown kind" in kind.output
     assert len(list_units(f"womd:{WOMD}")) == 1
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["inspect", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "no dataset here" in empty.output
 
 
 def test_ray_executor_on_a_local_instance(tmp_path, three_records):
