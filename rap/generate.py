@@ -25,9 +25,10 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Optional
+from typing import Annotated, Callable, Iterable, Literal, Optional
 
 import numpy as np
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 import rap
 from rap.config import FrozenModel, config_to_dict
@@ -39,6 +40,8 @@ from rap.render_job import camera_record
 from rap.scene import Scene
 from rap.trajectory import TrajectorySampling
 
+ImageSide = Annotated[int, Field(gt=0, le=16384)]  # [px]
+
 UNITS_DIR = ".units"
 CONFIG_RECORD = "config.json"
 
@@ -46,37 +49,37 @@ CONFIG_RECORD = "config.json"
 class SamplingSection(FrozenModel):
     """Target trajectory sampling (RAP: 10 poses at 0.5 s; NAVSIM 8 x 0.5 s; WOD-E2E 20 x 0.25 s)."""
 
-    num_poses: int = 10
-    interval_s: float = 0.5  # [s]
+    num_poses: PositiveInt = 10
+    interval_s: PositiveFloat = 0.5  # [s]
 
 
 class HistorySection(FrozenModel):
     """Past poses stored with each sample (default 1.5 s, as NAVSIM)."""
 
-    num_poses: int = 3
-    interval_s: float = 0.5  # [s]
+    num_poses: PositiveInt = 3
+    interval_s: PositiveFloat = 0.5  # [s]
 
 
 class RecoverySection(FrozenModel):
     """Counterfactual recovery samples (see :mod:`rap.augment.recovery`)."""
 
     enabled: bool = True
-    num_samples: int = 2  # accepted perturbations per sampled step
+    num_samples: NonNegativeInt = 2  # accepted perturbations per sampled step
     preset: Literal["rap", "wide"] = "rap"  # rap: x, y ±0.5 m, heading ±15°, speed ±20 %, accel ±10 %
     target: Literal["smooth_rejoin", "expert_future"] = "smooth_rejoin"
     # Also perturb each cross-agent candidate in its own seat (its logged path is the expert
     # path to rejoin): logs whose ego barely moves still yield recovery samples.
     on_cross_agents: bool = True
-    rejoin_horizon_s: Optional[float] = None  # [s] None: the preset's (rap 3 s, wide 4 s)
+    rejoin_horizon_s: Optional[PositiveFloat] = None  # [s] None: the preset's (rap 3 s, wide 4 s)
 
 
 class CrossAgentSection(FrozenModel):
     """Views from other vehicles' seats (see :mod:`rap.augment.cross_agent`)."""
 
     enabled: bool = True
-    min_cv_error_m: float = 0.5  # [m] constant-velocity extrapolation error that counts as non-trivial motion
-    min_speed_mps: float = 0.0  # [m/s]
-    max_agents: Optional[int] = None  # per step; None = every candidate
+    min_cv_error_m: NonNegativeFloat = 0.5  # [m] constant-velocity extrapolation error that counts as non-trivial motion
+    min_speed_mps: NonNegativeFloat = 0.0  # [m/s]
+    max_agents: Optional[NonNegativeInt] = None  # per step; None = every candidate
 
 
 class GenerateConfig(FrozenModel):
@@ -84,17 +87,17 @@ class GenerateConfig(FrozenModel):
 
     seed: int = 0
     rig: Literal["front3", "nuplan8", "bev"] = "front3"
-    size: tuple[int, int] = (512, 256)  # [px] every camera
+    size: tuple[ImageSide, ImageSide] = (512, 256)  # [px] every camera
     distortion: bool = False
     sampling: SamplingSection = SamplingSection()
     history: HistorySection = HistorySection()
-    step_stride: int = 10  # sample every N log steps (1 s at 10 Hz), aligned with the current step
+    step_stride: PositiveInt = 10  # sample every N log steps (1 s at 10 Hz), aligned with the current step
     ego: bool = True
     recovery: RecoverySection = RecoverySection()
     cross_agent: CrossAgentSection = CrossAgentSection()
     codec: Literal["zst", "png"] = "zst"  # zst: ~15x faster than PNG at equal or smaller size
     bev: bool = False  # also store a BEV raster per sample (auxiliary target)
-    bev_size: tuple[int, int] = (256, 256)  # [px]
+    bev_size: tuple[ImageSide, ImageSide] = (256, 256)  # [px]
 
     @property
     def trajectory_sampling(self) -> TrajectorySampling:
