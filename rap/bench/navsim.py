@@ -29,7 +29,7 @@ from rap.metrics.pdm_inputs import PreviousPlan
 from rap.metrics.pdms import aggregate_v1, aggregate_v2, score_scene
 from rap.scene import Scene
 from rap.sim.bicycle import StateIndex
-from rap.trajectory import NAVSIM_SAMPLING
+from rap.trajectory import NAVSIM_SAMPLING, Trajectory
 
 # (result attribute, short name) in report order.
 SUBSCORES_V1 = (("v1_no_at_fault_collisions", "NC"), ("v1_drivable_area_compliance", "DAC"), ("ego_progress_v1", "EP"), ("time_to_collision_within_bound_v1", "TTC"), ("comfort", "C"))
@@ -158,6 +158,12 @@ def bev_picture(renderer, scene: Scene, step: int, planned: np.ndarray, executed
     return np.asarray(image)
 
 
+def _checked(agent: Agent, plan, scene: Scene, step: int) -> Trajectory:
+    if not isinstance(plan, Trajectory):
+        raise ValueError(f"agent {agent.name!r} returned {type(plan).__name__} for scene {scene.scene_id} step {step}; expected rap.trajectory.Trajectory")
+    return plan
+
+
 def evaluate_navsim(agent: Agent, scenes: str, out_dir: str | Path, *, max_scenes: int | None = None, pictures: bool = True, on_scene: Callable[[dict], None] | None = None) -> dict:
     """Evaluate ``agent`` on every scoring step of ``scenes``; write the reports.
 
@@ -181,11 +187,11 @@ def evaluate_navsim(agent: Agent, scenes: str, out_dir: str | Path, *, max_scene
                 for step in scoring_steps(scene):
                     if max_scenes is not None and len(rows) >= max_scenes:
                         break
-                    plan = agent.plan(observe(scene, step))
+                    plan = _checked(agent, agent.plan(observe(scene, step)), scene, step)
                     previous = None
                     prev_step = step - 5
                     if prev_step >= 0 and scene.tracks.valid[scene.ego_index, prev_step]:
-                        prev_plan = agent.plan(observe(scene, prev_step))
+                        prev_plan = _checked(agent, agent.plan(observe(scene, prev_step)), scene, prev_step)
                         previous = PreviousPlan(ego=ego_state(scene, prev_step), poses=np.asarray(prev_plan.poses), sampling=prev_plan.sampling, time_offset_s=0.5)
                     inputs = scoring_scene(scene, step, previous_plan=previous)
                     result = score_scene(inputs, np.asarray(plan.poses)[None], plan.sampling)

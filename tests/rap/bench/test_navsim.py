@@ -136,3 +136,14 @@ def test_logged_expert_scores_at_least_09_on_synthetic_scenes(tmp_path):
 def test_logged_expert_scores_at_least_09_on_twelve_towns(tmp_path):
     report = evaluate_navsim(LogReplayAgent(), "synthetic:12", tmp_path, pictures=False)
     assert report["pdms"] >= 0.9
+
+
+def test_an_agent_returning_the_wrong_type_gets_a_clear_error(tmp_path):
+    class Broken(ConstantVelocityAgent):
+        name = "broken"
+
+        def plan(self, observation):
+            return np.zeros((8, 3))
+
+    with pytest.raises(ValueError, match=r"agent 'broken' returned ndarray for scene synthetic-0 step \d+"):
+        evaluate_navsim(Broken(), "synthetic:1", tmp_path, max_scenes=1, pictures=False)
