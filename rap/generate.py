@@ -196,7 +196,7 @@ def sample_steps(scene: Scene, config: GenerateConfig) -> list[int]:
 def plan_scene(scene: Scene, config: GenerateConfig) -> tuple[list[SamplePlan], collections.Counter]:
     """Every sample plan of a scene, and rejected-sample counts by reason."""
     from rap.augment.cross_agent import CrossAgentConfig, plan_cross_agent, recenter
-    from rap.augment.recovery import RecoveryConfig, RecoveryTarget, plan_recovery
+    from rap.augment.recovery import RecoveryConfig, RecoveryTarget, plan_recovery, plan_recovery_batch
     from rap.augment.targets import EgoConfig, InvalidWindowError, ego_plan
 
     sampling = config.trajectory_sampling
@@ -228,10 +228,10 @@ def plan_scene(scene: Scene, config: GenerateConfig) -> tuple[list[SamplePlan], 
             got, rej = plan_cross_agent(scene, step, cross_cfg, sampling)
             plans.extend(got)
             rejects.update({f"cross_agent_{k}": v for k, v in rej.items()})
-            if rec.enabled and rec.num_samples > 0 and rec.on_cross_agents:
-                for plan in got:
-                    rng = np.random.default_rng([config.seed, scene_hash, step, plan.agent_id])
-                    more, rej = plan_recovery(recenter(scene, plan.agent_row), step, rng, rec_cfg, sampling, rec.num_samples)
+            if rec.enabled and rec.num_samples > 0 and rec.on_cross_agents and got:
+                # Every candidate's recovery draws of this step, rolled out in one batch.
+                items = [(recenter(scene, p.agent_row), np.random.default_rng([config.seed, scene_hash, step, p.agent_id]), None) for p in got]
+                for more, rej in plan_recovery_batch(items, step, rec_cfg, sampling, rec.num_samples):
                     plans.extend(more)
                     rejects.update({f"recovery_{k}": v for k, v in rej.items()})
     return plans, rejects

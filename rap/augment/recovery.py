@@ -67,7 +67,7 @@ import collections
 import dataclasses
 import math
 from enum import Enum
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import shapely
@@ -530,35 +530,52 @@ def smooth_rejoin(
     )  # fmt: skip
 
 
-def _project_batch(ref: ExpertReference, p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
-    """:func:`_project` for K points at once, each searching its own segment window.
+def _stack_refs(refs: Sequence[ExpertReference]) -> tuple[np.ndarray, ...]:
+    """Paths, headings and curvatures of several references padded to one length, and the
+    number of segments of each."""
+    m = np.array([r.path.shape[0] - 1 for r in refs])
+    size = int(m.max()) + 1
+    paths = np.zeros((len(refs), size, 2))
+    heads = np.zeros((len(refs), size))
+    curvs = np.zeros((len(refs), size))
+    for k, r in enumerate(refs):
+        n = r.path.shape[0]
+        paths[k, :n], heads[k, :n], curvs[k, :n] = r.path, r.heading, r.curvature
+        paths[k, n:], heads[k, n:], curvs[k, n:] = r.path[-1], r.heading[-1], r.curvature[-1]
+    return paths, heads, curvs, m
+
+
+def _project_rows(paths, heads, curvs, rowref, p, lo, hi) -> tuple[np.ndarray, ...]:
+    """:func:`_project` for K points at once, each on its own reference and segment window.
 
     Args:
-        p: (K, 2) points; lo, hi: (K,) int segment windows ``lo .. hi - 1``.
+        paths, heads, curvs: stacked references (:func:`_stack_refs`).
+        rowref: (K,) reference of each point; p: (K, 2) points; lo, hi: (K,) windows.
     Returns:
         (K,) segment index, signed lateral offset, reference heading, curvature.
     """
-    first, last = int(lo.min()), int(hi.max())
-    a = ref.path[first:last]  # (S, 2)
-    ab = ref.path[first + 1 : last + 1] - a
-    denom = np.einsum("sd,sd->s", ab, ab)
-    ap = p[:, None, :] - a[None]  # (K, S, 2)
-    t = np.clip(np.einsum("ksd,sd->ks", ap, ab) / np.where(denom > 0, denom, 1.0), 0.0, 1.0)
-    near = a[None] + t[..., None] * ab[None]
-    diff = p[:, None, :] - near
-    d2 = np.einsum("ksd,ksd->ks", diff, diff)
-    seg = first + np.arange(a.shape[0])
-    d2 = np.where((seg[None] >= lo[:, None]) & (seg[None] < hi[:, None]), d2, np.inf)
+    width = int(np.max(hi - lo))
+    idx = lo[:, None] + np.arange(width)[None]  # (K, W)
+    inside = idx < hi[:, None]
+    idx = np.minimum(idx, hi[:, None] - 1)
+    ref = rowref[:, None]
+    a = paths[ref, idx]  # (K, W, 2)
+    ab = paths[ref, idx + 1] - a
+    denom = np.einsum("kwd,kwd->kw", ab, ab)
+    ap = p[:, None, :] - a
+    t = np.clip(np.einsum("kwd,kwd->kw", ap, ab) / np.where(denom > 0, denom, 1.0), 0.0, 1.0)
+    diff = ap - t[..., None] * ab
+    d2 = np.where(inside, np.einsum("kwd,kwd->kw", diff, diff), np.inf)
     j = np.argmin(d2, axis=1)
     rows = np.arange(p.shape[0])
-    i = first + j
-    aj, abj = a[j], ab[j]
+    i = idx[rows, j]
+    aj, abj = a[rows, j], ab[rows, j]
     cross = abj[:, 0] * (p[:, 1] - aj[:, 1]) - abj[:, 1] * (p[:, 0] - aj[:, 0])
     dist = np.sqrt(d2[rows, j])
     e_y = np.where(dist > 0, np.copysign(dist, cross), 0.0)
     w = t[rows, j]
-    psi = (1 - w) * ref.heading[i] + w * ref.heading[i + 1]
-    kappa = (1 - w) * ref.curvature[i] + w * ref.curvature[i + 1]
+    psi = (1 - w) * heads[rowref, i] + w * heads[rowref, i + 1]
+    kappa = (1 - w) * curvs[rowref, i] + w * curvs[rowref, i + 1]
     return i, e_y, psi, kappa
 
 
@@ -569,13 +586,29 @@ def smooth_rejoin_batch(
     sampling: TrajectorySampling,
     cfg: RecoveryConfig,
 ) -> list[Rollout]:
-    """:func:`smooth_rejoin` for K starts at once (the same control law, vectorized over K).
+    """:func:`smooth_rejoin` for K starts on one reference at once (see :func:`smooth_rejoin_multi`)."""
+    starts = np.asarray(starts, dtype=np.float64).reshape(-1, 3)
+    return smooth_rejoin_multi([ref], np.zeros(starts.shape[0], dtype=int), starts, speeds, sampling, cfg)
+
+
+def smooth_rejoin_multi(
+    refs: Sequence[ExpertReference],
+    rowref: np.ndarray,
+    starts: np.ndarray,
+    speeds: np.ndarray,
+    sampling: TrajectorySampling,
+    cfg: RecoveryConfig,
+) -> list[Rollout]:
+    """:func:`smooth_rejoin` for K starts at once, each on its own reference (the same control
+    law, vectorized over K).
 
     Args:
-        starts: (K, 3) start poses in frame L; speeds: (K,) start speeds [m/s].
+        refs: the references; rowref: (K,) index into ``refs`` of each start.
+        starts: (K, 3) start poses, each in its reference's frame L; speeds: (K,) [m/s].
     """
     starts = np.asarray(starts, dtype=np.float64).reshape(-1, 3)
     speeds = np.maximum(np.asarray(speeds, dtype=np.float64).reshape(-1), 0.0)
+    rowref = np.asarray(rowref, dtype=int).reshape(-1)
     num = starts.shape[0]
     sub = max(1, int(math.ceil(sampling.interval_s / ROLLOUT_MAX_DT_S - 1e-9)))
     dt = sampling.interval_s / sub
@@ -583,15 +616,17 @@ def smooth_rejoin_batch(
     horizon = min(cfg.rejoin_horizon_s, sampling.horizon_s)
     times = np.arange(n + 1) * dt
 
-    v_exp = ref.speed_at(times)
-    a_exp = ref.accel_at(times)
-    dv0 = speeds - float(v_exp[0])  # (K,)
+    v_exp = np.stack([r.speed_at(times) for r in refs])[rowref]  # (K, N + 1)
+    a_exp = np.stack([r.accel_at(times) for r in refs])[rowref]
+    dv0 = speeds - v_exp[:, 0]  # (K,)
     x = np.clip(times / horizon, 0.0, 1.0)
-    v_des = np.maximum(v_exp[None] + dv0[:, None] * (1.0 - x * x * (3.0 - 2.0 * x))[None], 0.0)  # (K, N + 1)
-    a_des = a_exp[None] - dv0[:, None] * np.where(times < horizon, 6.0 * x * (1.0 - x) / horizon, 0.0)[None]
+    v_des = np.maximum(v_exp + dv0[:, None] * (1.0 - x * x * (3.0 - 2.0 * x))[None], 0.0)
+    a_des = a_exp - dv0[:, None] * np.where(times < horizon, 6.0 * x * (1.0 - x) / horizon, 0.0)[None]
     dist = np.sum(0.5 * (v_des[:, 1:] + v_des[:, :-1]) * dt * (times[1:] <= horizon + 1e-9), axis=1)
     omega = np.clip(DECAY_AT_HORIZON / np.maximum(dist, 1e-6), *OMEGA_RANGE)
 
+    paths, heads, curvs, m_ref = _stack_refs(refs)
+    m = m_ref[rowref]  # (K,) segments of each row's reference
     k_max = cfg.max_curvature
     states = np.empty((num, n + 1, 4))
     states[:, 0, :3] = starts
@@ -599,8 +634,7 @@ def smooth_rejoin_batch(
     kappas = np.empty((num, n))
     accels = np.empty((num, n))
     head_err = np.empty((num, n + 1))
-    m = ref.path.shape[0] - 1
-    i, e_y, psi, kap = _project_batch(ref, states[:, 0, :2], np.zeros(num, dtype=int), np.full(num, m))
+    i, e_y, psi, kap = _project_rows(paths, heads, curvs, rowref, states[:, 0, :2], np.zeros(num, dtype=int), m)
     window_back = int(math.ceil(2.0 / PATH_RESAMPLE_M))
     two_pi = 2.0 * math.pi
     for k in range(n):
@@ -625,11 +659,15 @@ def smooth_rejoin_batch(
         kappas[:, k] = kappa
         accels[:, k] = a
         ahead = np.ceil((ds + 1.0) / PATH_RESAMPLE_M).astype(int) + 2
-        i, e_y, psi, kap = _project_batch(ref, states[:, k + 1, :2], np.maximum(i - window_back, 0), np.minimum(i + ahead, m))
+        i, e_y, psi, kap = _project_rows(paths, heads, curvs, rowref, states[:, k + 1, :2], np.maximum(i - window_back, 0), np.minimum(i + ahead, m))
     head_err[:, n] = np.remainder(states[:, n, 2] - psi + math.pi, two_pi) - math.pi
     states[:, :, 2] = geometry.wrap_angle(states[:, :, 2])
-    logged = shapely.LineString(ref.logged_path) if ref.logged_path.shape[0] >= 2 else shapely.Point(ref.logged_path[0])
-    lateral = shapely.distance(shapely.points(states[:, :, :2].reshape(-1, 2)), logged).reshape(num, n + 1)
+    lateral = np.empty((num, n + 1))
+    for r, ref in enumerate(refs):
+        sel = rowref == r
+        if sel.any():
+            logged = shapely.LineString(ref.logged_path) if ref.logged_path.shape[0] >= 2 else shapely.Point(ref.logged_path[0])
+            lateral[sel] = shapely.distance(shapely.points(states[sel, :, :2].reshape(-1, 2)), logged).reshape(-1, n + 1)
     after = times >= horizon - 1e-9
     converged = np.all(lateral[:, after] <= cfg.rejoin_tolerance_m, axis=1) & np.all(np.abs(head_err[:, after]) <= cfg.rejoin_heading_tolerance_rad, axis=1)
     out = []
@@ -857,10 +895,91 @@ def plan_recovery(
     """
     if num_samples < 0:
         raise ValueError(f"plan_recovery: num_samples must be >= 0, got {num_samples}")
-    rejects: collections.Counter = collections.Counter()
-    plans: list[SamplePlan] = []
-    if num_samples == 0:
-        return plans, rejects
+    return plan_recovery_batch([(scene, rng, key_prefix)], step, cfg, sampling, num_samples)[0]
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    """One agent's recovery draws between the start checks and the rollouts."""
+
+    scene: Scene
+    ctx: _Context | None
+    perts: list
+    reasons: list
+    prefix: str
+    rollouts: dict = dataclasses.field(default_factory=dict)
+
+
+def plan_recovery_batch(
+    items: Sequence[tuple[Scene, np.random.Generator, str | None]],
+    step: int,
+    cfg: RecoveryConfig,
+    sampling: TrajectorySampling,
+    num_samples: int,
+) -> list[tuple[list[SamplePlan], collections.Counter]]:
+    """:func:`plan_recovery` for several scenes (e.g. one per re-centred agent) at one step, with
+    every rejoin rollout of all of them run as one vectorized batch. Results are the same as
+    calling :func:`plan_recovery` on each item.
+
+    Args:
+        items: (scene, rng, key_prefix) per acting agent (each scene's ``ego_index`` is perturbed).
+    """
+    if num_samples < 0:
+        raise ValueError(f"plan_recovery: num_samples must be >= 0, got {num_samples}")
+    pending: list[_Pending] = []
+    for scene, rng, key_prefix in items:
+        ctx = _Context.build(scene, step, cfg, sampling) if num_samples > 0 else None
+        prefix = scene.scene_id if key_prefix is None else key_prefix
+        if ctx is None:
+            pending.append(_Pending(scene, None, [], [], prefix))
+            continue
+        # Draw every attempt up front (the same draws, in the same order, as drawing one at a
+        # time) and check the starts; the surviving starts are rolled out below in one batch.
+        # Draws are then taken in order until num_samples are accepted; only the draws up to
+        # that point count as made (and as rejected).
+        perts = [cfg.draw(rng) for _ in range(num_samples * int(cfg.attempts_per_sample))]
+        pending.append(_Pending(scene, ctx, perts, [ctx.start_check(p) for p in perts], prefix))
+    if cfg.target is RecoveryTarget.SMOOTH_REJOIN:
+        refs, rows, starts, speeds, owners = [], [], [], [], []
+        for item in pending:
+            todo = [j for j, r in enumerate(item.reasons) if r is None]
+            if not todo:
+                continue
+            assert item.ctx is not None and item.ctx.ref is not None
+            refs.append(item.ctx.ref)
+            for j in todo:
+                p = item.perts[j]
+                rows.append(len(refs) - 1)
+                starts.append([p.dx, p.dy, p.dheading])
+                speeds.append(item.ctx.start_speed(p))
+                owners.append((item, j))
+        if owners:
+            rollouts = smooth_rejoin_multi(refs, np.asarray(rows), np.asarray(starts), np.asarray(speeds), sampling, cfg)
+            for (item, j), roll in zip(owners, rollouts):
+                item.rollouts[j] = roll
+    results = []
+    for item in pending:
+        rejects: collections.Counter = collections.Counter()
+        plans: list[SamplePlan] = []
+        if item.ctx is None:
+            if num_samples > 0:
+                rejects["invalid_window"] += num_samples
+            results.append((plans, rejects))
+            continue
+        agent_id = int(item.scene.tracks.ids[item.ctx.row])
+        for j, pert in enumerate(item.perts):
+            if item.reasons[j] is not None:
+                rejects[item.reasons[j]] += 1
+                continue
+            plan, reason = item.ctx.plan_for(pert, sample_key(item.prefix, step, SampleKind.RECOVERY, agent_id, len(plans)), item.rollouts.get(j))
+            if plan is None:
+                rejects[reason] += 1
+                continue
+            plans.append(plan)
+            if len(plans) == num_samples:
+                break
+        results.append((plans, rejects))
+    return results
     ctx = _Context.build(scene, step, cfg, sampling)
     if ctx is None:
         rejects["invalid_window"] += num_samples

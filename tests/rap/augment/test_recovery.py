@@ -312,3 +312,19 @@ def test_batched_rejoin_equals_one_at_a_time(turn_scene):
         np.testing.assert_allclose(got.states, one.states, atol=1e-9)
         np.testing.assert_allclose(got.lateral_error, one.lateral_error, atol=1e-9)
         assert got.converged == one.converged
+
+
+def test_recovery_batch_over_agents_equals_one_agent_at_a_time(turn_scene):
+    from rap.augment.cross_agent import recenter
+    from rap.augment.recovery import plan_recovery_batch
+
+    cfg = RecoveryConfig.preset("rap")
+    step = turn_scene.current_index
+    rows = [turn_scene.ego_index] + [r for r in range(turn_scene.tracks.num_agents) if r != turn_scene.ego_index][:2]
+    scenes = [recenter(turn_scene, r) for r in rows]
+    batch = plan_recovery_batch([(s, np.random.default_rng(k), None) for k, s in enumerate(scenes)], step, cfg, RAP_SAMPLING, 3)
+    for k, (s, (plans, rejects)) in enumerate(zip(scenes, batch)):
+        one_plans, one_rejects = plan_recovery(s, step, np.random.default_rng(k), cfg, RAP_SAMPLING, 3)
+        assert rejects == one_rejects and [p.key for p in plans] == [p.key for p in one_plans]
+        for a, b in zip(plans, one_plans):
+            np.testing.assert_allclose(a.target.poses, b.target.poses, atol=1e-9)
