@@ -175,3 +175,27 @@ def pytest_report_header(config):
     info = context_info(ctx)
     ctx.release()
     return f"OpenGL: {info.renderer} | {info.version}"
+
+
+# -- GL context: the only place tests create the shared context (one per session) ------------
+@pytest.fixture(scope="session")
+def ctx_static():
+    from rasterizer.context import context_info, create_context
+
+    ctx = create_context()
+    info = context_info(ctx)
+    print(f"GL renderer: {info.renderer} / {info.version}")
+    yield ctx
+    ctx.release()
+
+
+@pytest.fixture()
+def ctx(ctx_static):
+    """The shared context, with no GL error before and after the test."""
+    import moderngl
+
+    assert ctx_static.error == "GL_NO_ERROR"
+    ctx_static.enable_only(moderngl.NOTHING)
+    ctx_static.__enter__()  # current again, whatever other contexts did meanwhile
+    yield ctx_static
+    assert ctx_static.error == "GL_NO_ERROR"

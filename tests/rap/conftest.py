@@ -1,34 +1,13 @@
-"""Fixtures for tests/rap: the GL context (one per session, GL-state checked around every test,
-the same pattern as tests/rasterizer/conftest.py) and the shipped real WOMD scenario."""
+"""Fixtures for tests/rap: the shipped real Waymo files (the GL context fixtures are in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import moderngl
 import pytest
 
-from rasterizer.context import context_info, create_context
-
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "waymo"
-
-
-@pytest.fixture(scope="session")
-def ctx_static():
-    ctx = create_context()
-    info = context_info(ctx)
-    print(f"GL renderer: {info.renderer} / {info.version}")
-    yield ctx
-    ctx.release()
-
-
-@pytest.fixture()
-def ctx(ctx_static):
-    """The shared context, with no GL error before and after the test."""
-    assert ctx_static.error == "GL_NO_ERROR"
-    ctx_static.enable_only(moderngl.NOTHING)
-    yield ctx_static
-    assert ctx_static.error == "GL_NO_ERROR"
 
 
 @pytest.fixture(scope="session")
