@@ -155,8 +155,8 @@ def bench_render_cmd(
 
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="output folder")) -> None:
-    """Render the shipped real Waymo scenario (front3, BEV, another agent's seat, a drive-through
-    sequence) and check the camera model on the shipped perception frame."""
+    """The whole chain on the shipped data: renders of the real Waymo scenario, the camera-model
+    check, augmented datasets with contact sheets, and NAVSIM-style scores with HTML reports."""
     from rap.demo import run_demo
 
     try:
