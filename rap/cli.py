@@ -65,6 +65,16 @@ def _load(source: str, record: int):
         raise _fail(str(exc)) from None
 
 
+def _rig(name: str, size: tuple[int, int], distortion: bool):
+    """A named rig at ``size``; an unknown name is a usage error listing the known ones."""
+    from rap.rigs import get_rig
+
+    try:
+        return get_rig(name, size, distortion=distortion)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command()
 def render(
     source: str = typer.Option(..., "--source", help="KIND:PATH[@STEP], e.g. womd:data/waymo/scenario.tfrecord@10"),
@@ -78,15 +88,11 @@ def render(
 ) -> None:
     """Render one step of a scene: one PNG per camera plus a contact sheet."""
     from rap.render_job import render_to_dir
-    from rap.rigs import get_rig
 
     width, height = parse_size(size)
     wanted = _outputs(outputs)
     spec, scene = _load(source, record)
-    try:
-        the_rig = get_rig(rig, (width, height), distortion=distortion)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    the_rig = _rig(rig, (width, height), distortion)
     step = spec.step if spec.step is not None else scene.current_index
     try:
         doc = render_to_dir(scene, the_rig, out, step=step, agent_id=agent, outputs=wanted)
@@ -137,15 +143,11 @@ def bench_render_cmd(
 ) -> None:
     """Measure rendering throughput (upload + draw + readback); last line is JSON with views_per_s."""
     from rap.render_job import bench_render
-    from rap.rigs import get_rig
 
     width, height = parse_size(size)
     wanted = _outputs(outputs)
     _, scene = _load(source, record)
-    try:
-        the_rig = get_rig(rig, (width, height), distortion=distortion)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    the_rig = _rig(rig, (width, height), distortion)
     with Progress(TextColumn("bench-render"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("frames", total=frames)
         result = bench_render(scene, the_rig, frames, outputs=wanted, pipeline=pipeline, progress=lambda n: bar.update(task, completed=n))
