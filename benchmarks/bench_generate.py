@@ -59,10 +59,12 @@ def stage_breakdown(source: str, size: tuple[int, int]) -> dict:
     from rap.config import load_config
     from rap.dataset.sample import Sample, SampleKind
     from rap.dataset.writer import sample_members
-    from rap.generate import GenerateConfig, _renderer, list_units, load_unit, plan_scene
-    from rap.render_job import camera_record
-    from rap.rigs import get_rig
-    from rap.scene_raster import SceneRasterizer
+    from rap.generate import GenerateConfig, plan_scene
+    from rap.render.session import worker_renderer
+    from rap.sources.registry import list_units, load_unit
+    from rap.render.job import camera_record
+    from rap.render.rigs import get_rig
+    from rap.render.scene_raster import SceneRasterizer
 
     cfg = load_config(GenerateConfig, None, [f"size=[{size[0]},{size[1]}]"])
     rig = get_rig(cfg.rig, size)
@@ -75,7 +77,7 @@ def stage_breakdown(source: str, size: tuple[int, int]) -> dict:
         t = time.perf_counter()
         plans, _ = plan_scene(scene, cfg)
         times["plan"] += time.perf_counter() - t
-        rast = SceneRasterizer(_renderer(), scene)
+        rast = SceneRasterizer(worker_renderer(), scene)
         for plan in plans:
             t = time.perf_counter()
             if plan.kind == SampleKind.RECOVERY:
@@ -90,8 +92,8 @@ def stage_breakdown(source: str, size: tuple[int, int]) -> dict:
 
 
 def raw_render_rate(size: tuple[int, int], frames: int = 60) -> float:
-    from rap.render_job import bench_render
-    from rap.rigs import get_rig
+    from rap.perf import bench_render
+    from rap.render.rigs import get_rig
     from rap.sources.womd import load_womd
 
     return bench_render(load_womd(SCENARIO), get_rig("front3", size), frames)["views_per_s"]

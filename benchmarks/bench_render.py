@@ -25,10 +25,10 @@ import statistics
 import time
 from pathlib import Path
 
-from rap.rigs import get_rig
-from rap.scene_raster import SceneRasterizer, map_mesh
+from rap.render.rigs import get_rig
+from rap.render.scene_raster import SceneRasterizer, map_mesh
 from rap.sources.womd import load_womd
-from rap.style import default_style
+from rap.render.style import default_style
 from rasterizer.context import context_info, create_context
 from rasterizer.renderer import Renderer, View
 

@@ -1,6 +1,6 @@
 """Scoring throughput (PDMS v1 + EPDMS v2 per proposal), with a naive baseline measured in the same run.
 
-Scene: ``rap.bench_score.synthetic_scoring_scene`` (a straight-then-curved 5-lane divided road with
+Scene: ``rap.perf.synthetic_scoring_scene`` (a straight-then-curved 5-lane divided road with
 an intersection, ~20 driving agents, pedestrians, a parked car and a cone); proposals: NAVSIM
 8 x 0.5 s plans perturbed around lane following. Configurations:
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rap.bench_score import bench_score, synthetic_proposals, synthetic_scoring_scene
+from rap.perf import bench_score, synthetic_proposals, synthetic_scoring_scene
 from rap.metrics.pdm_naive import naive_score_scene
 from rap.metrics.pdms import PDMScorerConfig, score_scene
 

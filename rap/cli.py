@@ -67,7 +67,7 @@ def _load(source: str, record: int):
 
 def _rig(name: str, size: tuple[int, int], distortion: bool):
     """A named rig at ``size``; an unknown name is a usage error listing the known ones."""
-    from rap.rigs import get_rig
+    from rap.render.rigs import get_rig
 
     try:
         return get_rig(name, size, distortion=distortion)
@@ -87,7 +87,7 @@ def render(
     distortion: bool = typer.Option(False, "--distortion", help="apply the rig's calibrated lens distortion (default: ideal pinholes, as the RAP reference renderer)"),
 ) -> None:
     """Render one step of a scene: one PNG per camera plus a contact sheet."""
-    from rap.render_job import render_to_dir
+    from rap.render.job import render_to_dir
 
     width, height = parse_size(size)
     wanted = _outputs(outputs)
@@ -110,7 +110,7 @@ def check_projection_cmd(
 ) -> None:
     """Render a perception frame's 3D boxes through its own calibration and compare each box's
     rendered 2D extent with Waymo's projected_lidar_labels; last line is JSON."""
-    from rap.projection_check import check_projection
+    from rap.render.projection_check import check_projection
 
     if not path.exists():
         raise _fail(f"{path}: no such file")
@@ -142,7 +142,7 @@ def bench_render_cmd(
     record: int = typer.Option(0, "--record"),
 ) -> None:
     """Measure rendering throughput (upload + draw + readback); last line is JSON with views_per_s."""
-    from rap.render_job import bench_render
+    from rap.perf import bench_render
 
     width, height = parse_size(size)
     wanted = _outputs(outputs)
@@ -279,7 +279,7 @@ def bench_score_cmd(
 ) -> None:
     """Measure PDMS/EPDMS scoring throughput (4 s at 10 Hz: LQR rollout + all sub-metrics);
     last line is JSON with proposals_per_s."""
-    from rap.bench_score import bench_score
+    from rap.perf import bench_score
 
     result = bench_score(num_proposals=proposals, num_agents=agents, repeats=repeats, seed=seed)
     console.print(f"{result['proposals_per_s']:.0f} proposals/s (K={proposals}, {agents} agents)")
@@ -295,8 +295,8 @@ def eval_navsim_cmd(
 ) -> None:
     """NAVSIM-style PDMS (v1) and EPDMS (v2) of an agent; last line is JSON with pdms, epdms,
     scenes and subscores."""
-    from rap.bench.agent import load_agent
-    from rap.bench.navsim import evaluate_navsim
+    from rap.eval.agent import load_agent
+    from rap.eval.navsim import evaluate_navsim
 
     try:
         the_agent = load_agent(agent)
@@ -327,7 +327,7 @@ def eval_wod_e2e_cmd(
     out: Path = typer.Option(Path("out/eval_wod_e2e"), "--out", help="folder for wod_e2e_eval.json"),
 ) -> None:
     """Rater feedback score and ADE at 3 s / 5 s of predicted trajectories; last line is JSON."""
-    from rap.eval_wod_e2e import evaluate_wod_e2e
+    from rap.eval.wod_e2e import evaluate_wod_e2e
 
     for path in (frames, predictions):
         if not path.exists():

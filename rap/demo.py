@@ -18,14 +18,12 @@ from rich.console import Console
 from rich.progress import Progress
 
 from rap.images import contact_sheet, save_png
-from rap.render_job import render_to_dir
-from rap.rigs import get_rig
+from rap.render.job import render_to_dir
+from rap.render.rigs import get_rig
 from rap.scene import AgentType, Scene
-from rap.scene_raster import SceneRasterizer
+from rap.render.scene_raster import SceneRasterizer
 from rap.sources.womd import load_womd
-from rap.style import default_style
-from rasterizer.context import create_context
-from rasterizer.renderer import Renderer
+from rap.render.session import open_renderer
 
 CAMERA_SIZE = (960, 540)
 BEV_SIZE = (512, 512)
@@ -52,8 +50,8 @@ def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Co
     """Run the demo; returns a summary with the paths written."""
     import shutil
 
-    from rap.bench.agent import load_agent
-    from rap.bench.navsim import evaluate_navsim
+    from rap.eval.agent import load_agent
+    from rap.eval.navsim import evaluate_navsim
     from rap.config import load_config
     from rap.dataset.inspect import inspect_dataset
     from rap.generate import GenerateConfig, generate
@@ -78,20 +76,16 @@ def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Co
         steps = [int(s) for s in ego_steps[:: max(1, len(ego_steps) // 5)][:5]]
         rig = get_rig("front3", (640, 360))
         tiles = []
-        ctx = create_context()
-        try:
-            with Renderer(ctx, default_style()) as renderer:
-                rast = SceneRasterizer(renderer, scene)
-                for step in steps:
-                    for view in rast.render(step, rig):
-                        tiles.append((f"t={scene.timestamps[step]:.1f}s {view.camera_name}", view.rgb.copy()))
-        finally:
-            ctx.release()
+        with open_renderer() as renderer:
+            rast = SceneRasterizer(renderer, scene)
+            for step in steps:
+                for view in rast.render(step, rig):
+                    tiles.append((f"t={scene.timestamps[step]:.1f}s {view.camera_name}", view.rgb.copy()))
         save_png(out / "drive_sequence.png", contact_sheet(tiles, columns=3, max_width=1920))
         summary["drive_sequence"] = str(out / "drive_sequence.png")
         bar.advance(task)
 
-        from rap.projection_check import check_projection
+        from rap.render.projection_check import check_projection
 
         result = check_projection(frame_path, out / "projection")
         summary["projection_mean_iou"] = round(float(result["mean_iou"]), 4)

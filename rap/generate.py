@@ -36,8 +36,9 @@ from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manif
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
 from rap.dataset.writer import ShardWriter, shard_name
 from rap.images import save_json
-from rap.render_job import camera_record
+from rap.render.job import camera_record
 from rap.scene import Scene
+from rap.sources.registry import WorkUnit, list_units, load_unit
 from rap.trajectory import TrajectorySampling
 
 ImageSide = Annotated[int, Field(gt=0, le=16384)]  # [px]
@@ -104,79 +105,6 @@ class GenerateConfig(FrozenModel):
         return TrajectorySampling(self.sampling.num_poses, self.sampling.interval_s)
 
 
-@dataclass(frozen=True)
-class WorkUnit:
-    """One input scene: ``record`` of ``path`` for the source ``kind``."""
-
-    index: int
-    kind: str
-    path: str
-    record: int
-    offset: Optional[int] = None  # [bytes] TFRecord offset, for random access
-
-    @property
-    def source(self) -> str:
-        return f"{self.kind}:{self.path}"
-
-
-def list_units(source: str) -> list[WorkUnit]:
-    """Enumerate the work units of ``KIND:PATH`` (a file or a folder), in a stable order.
-
-    Raises:
-        ValueError: unknown kind or no inputs; FileNotFoundError: missing path.
-    """
-    kind, sep, path_text = source.partition(":")
-    if not sep or not path_text:
-        raise ValueError(f"source {source!r}: expected womd:PATH, scenarionet:DIR or synthetic:N")
-    if kind == "synthetic":
-        if not path_text.isdigit() or int(path_text) <= 0:
-            raise ValueError(f"source {source!r}: synthetic:N needs a positive number of scenes (seeds 0..N-1)")
-        return [WorkUnit(seed, kind, path_text, seed) for seed in range(int(path_text))]
-    path = Path(path_text)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    units: list[WorkUnit] = []
-    if kind == "womd":
-        from rap.sources.tfrecord import index_records
-
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*.tfrecord*") if p.is_file())
-        for file in files:
-            entries = index_records(file)
-            if not entries:  # empty or unreadable framing: one unit that reports the problem
-                units.append(WorkUnit(len(units), kind, str(file), 0, None))
-            for entry in entries:
-                units.append(WorkUnit(len(units), kind, str(file), entry.record, entry.offset))
-    elif kind == "scenarionet":
-        from rap.sources.scenarionet import scenarionet_files
-
-        for k, _ in enumerate(scenarionet_files(path)):
-            units.append(WorkUnit(len(units), kind, str(path), k))
-    else:
-        raise ValueError(f"source {source!r}: unknown kind {kind!r}; generate reads womd, scenarionet, synthetic")
-    if not units:
-        raise ValueError(f"source {source!r}: no input scenes found")
-    return units
-
-
-def load_unit(unit: WorkUnit) -> Scene:
-    """The unit's scene (raises ValueError/OSError naming the file and record on bad input)."""
-    if unit.kind == "womd":
-        from rap.sources.tfrecord import RecordIndex, read_record_at
-        from rap.sources.womd import load_womd, scene_from_womd
-
-        if unit.offset is None:
-            return load_womd(unit.path, unit.record)
-        payload = read_record_at(unit.path, RecordIndex(unit.record, unit.offset, 0))
-        return scene_from_womd(payload, path=unit.path, record=unit.record)
-    if unit.kind == "synthetic":
-        from rap.sources.synthetic import load_synthetic
-
-        return load_synthetic(unit.record)
-    from rap.sources.scenarionet import load_scenarionet
-
-    return load_scenarionet(unit.path, unit.record)
-
-
 def sample_steps(scene: Scene, config: GenerateConfig) -> list[int]:
     """Steps with room for the history and the target window, every ``step_stride`` steps
     (aligned with the scene's current step)."""
@@ -238,22 +166,6 @@ def plan_scene(scene: Scene, config: GenerateConfig) -> tuple[list[SamplePlan], 
 
 
 # -- one unit ------------------------------------------------------------------------------------
-_WORKER: dict = {}
-
-
-def _renderer():
-    """This process's renderer (one GL context per worker process, made on first use)."""
-    if "renderer" not in _WORKER:
-        from rap.style import default_style
-        from rasterizer.context import create_context
-        from rasterizer.renderer import Renderer
-
-        ctx = create_context()
-        _WORKER["ctx"] = ctx
-        _WORKER["renderer"] = Renderer(ctx, default_style())
-    return _WORKER["renderer"]
-
-
 def unit_record_path(out_dir: Path, index: int) -> Path:
     return out_dir / UNITS_DIR / f"unit-{index:06d}.json"
 
@@ -264,8 +176,9 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
     Bad input is caught and recorded as skipped (the run goes on); nothing already written is
     touched.
     """
-    from rap.rigs import get_rig
-    from rap.scene_raster import SceneRasterizer
+    from rap.render.rigs import get_rig
+    from rap.render.scene_raster import SceneRasterizer
+    from rap.render.session import worker_renderer
 
     out_dir = Path(out_dir)
     record: dict = {"index": unit.index, "source": unit.source, "record": unit.record, "shard": None, "counts": {}, "rejected": {}, "skipped": []}
@@ -281,7 +194,7 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
         rig = get_rig(config.rig, tuple(config.size), distortion=config.distortion)
         bev_rig = get_rig("bev", tuple(config.bev_size)) if config.bev else None
         cameras = {cam.name: camera_record(cam) for cam in rig}
-        rast = SceneRasterizer(_renderer(), scene)
+        rast = SceneRasterizer(worker_renderer(), scene)
         writer = ShardWriter(out_dir / shard_name(unit.index), config.codec)
         with writer:  # an exception removes the partial shard
             for plan in plans:

@@ -102,7 +102,7 @@ def sources(package: str):
         "from rap import scene",
         "from planners.agent import Agent",
         "import planners",
-        "def f():\n    import rap.style\n",
+        "def f():\n    import rap.render.style\n",
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rap.scene import Scene\n",
         "try:\n    import planners.train\nexcept ImportError:\n    pass\n",
         "import importlib\nm = importlib.import_module('rap.scene')\n",

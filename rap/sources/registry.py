@@ -1,8 +1,17 @@
-"""Source specs (``KIND:PATH[@STEP]``) and the registry of source readers, imported lazily.
+"""The one place that knows source kinds: spec parsing, work units, loading and iterating scenes.
 
-Kinds: ``womd:`` a Waymo Open Motion Scenario TFRecord (``--record`` picks the record),
-``scenarionet:`` a ScenarioNet/MetaDrive scenario pickle or dataset folder (record k = k-th file),
-``synthetic:SEED`` a town and expert log from the procedural world (the embedded default).
+Two spellings address scenes:
+
+* ``KIND:PATH[@STEP]`` (:class:`SourceSpec`, :func:`load_scene`): one record of one file, as
+  ``rap render`` takes it. Kinds: ``womd:`` a Waymo Open Motion Scenario TFRecord (``--record``
+  picks the record), ``scenarionet:`` a ScenarioNet/MetaDrive scenario pickle or dataset folder
+  (record k = k-th file), ``synthetic:SEED`` a town and expert log from the procedural world
+  (the embedded default).
+* ``KIND:PATH`` as a collection (:func:`list_units`, :func:`load_unit`, :func:`iter_scenes`):
+  every record of a file or folder, as ``rap generate`` and ``rap eval`` take it;
+  ``synthetic:N`` means seeds 0..N-1.
+
+Readers are imported lazily, so a source's heavy dependencies load only when it is used.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Optional
 
 from rap.scene import Scene
 
@@ -17,7 +27,7 @@ from rap.scene import Scene
 SOURCES: dict[str, tuple[str, str]] = {
     "womd": ("rap.sources.womd", "load_womd"),
     "scenarionet": ("rap.sources.scenarionet", "load_scenarionet"),
-    "synthetic": ("rap.sources.synthetic", "load_synthetic"),
+    "synthetic": ("rap.sources.synthetic.world", "load_synthetic"),
 }
 # Kinds whose "path" is not a file (synthetic:SEED is a seed of the procedural world).
 GENERATED = {"synthetic"}
@@ -81,3 +91,83 @@ def load_scene(spec: SourceSpec, record: int = 0) -> Scene:
     if spec.step is not None and not 0 <= spec.step < scene.num_steps:
         raise ValueError(f"{spec.path}: step {spec.step} is outside the scene's {scene.num_steps} steps")
     return scene
+
+
+# -- collections of scenes ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkUnit:
+    """One input scene: ``record`` of ``path`` for the source ``kind``."""
+
+    index: int
+    kind: str
+    path: str
+    record: int
+    offset: Optional[int] = None  # [bytes] TFRecord offset, for random access
+
+    @property
+    def source(self) -> str:
+        return f"{self.kind}:{self.path}"
+
+
+def list_units(source: str) -> list[WorkUnit]:
+    """Enumerate the work units of ``KIND:PATH`` (a file or a folder), in a stable order.
+
+    Raises:
+        ValueError: unknown kind or no inputs; FileNotFoundError: missing path.
+    """
+    kind, sep, path_text = source.partition(":")
+    if not sep or not path_text:
+        raise ValueError(f"source {source!r}: expected womd:PATH, scenarionet:DIR or synthetic:N")
+    if kind == "synthetic":
+        if not path_text.isdigit() or int(path_text) <= 0:
+            raise ValueError(f"source {source!r}: synthetic:N needs a positive number of scenes (seeds 0..N-1)")
+        return [WorkUnit(seed, kind, path_text, seed) for seed in range(int(path_text))]
+    if kind not in SOURCES:
+        raise ValueError(f"source {source!r}: unknown kind {kind!r}; generate reads womd, scenarionet, synthetic")
+    path = Path(path_text)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    units: list[WorkUnit] = []
+    if kind == "womd":
+        from rap.sources.tfrecord import index_records
+
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*.tfrecord*") if p.is_file())
+        for file in files:
+            entries = index_records(file)
+            if not entries:  # empty or unreadable framing: one unit that reports the problem
+                units.append(WorkUnit(len(units), kind, str(file), 0, None))
+            for entry in entries:
+                units.append(WorkUnit(len(units), kind, str(file), entry.record, entry.offset))
+    elif kind == "scenarionet":
+        from rap.sources.scenarionet import scenarionet_files
+
+        for k, _ in enumerate(scenarionet_files(path)):
+            units.append(WorkUnit(len(units), kind, str(path), k))
+    if not units:
+        raise ValueError(f"source {source!r}: no input scenes found")
+    return units
+
+
+def load_unit(unit: WorkUnit) -> Scene:
+    """The unit's scene (raises ValueError/OSError naming the file and record on bad input)."""
+    if unit.kind == "womd" and unit.offset is not None:
+        from rap.sources.tfrecord import RecordIndex, read_record_at
+        from rap.sources.womd import scene_from_womd
+
+        payload = read_record_at(unit.path, RecordIndex(unit.record, unit.offset, 0))
+        return scene_from_womd(payload, path=unit.path, record=unit.record)
+    module_name, func_name = SOURCES[unit.kind]
+    loader = getattr(importlib.import_module(module_name), func_name)
+    if unit.kind in GENERATED:
+        return loader(unit.record)
+    return loader(unit.path, unit.record)
+
+
+def iter_scenes(source: str) -> Iterator[Scene]:
+    """Every scene of ``KIND:PATH`` (see :func:`list_units`), loaded one at a time.
+
+    Raises:
+        ValueError / FileNotFoundError: a bad spec, or a scene that cannot be read.
+    """
+    for unit in list_units(source):
+        yield load_unit(unit)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rap.dataset.sample import DrivingCommand, EgoStatus, Perturbation, Sample, SampleKind, SamplePlan
-from rap.render_job import camera_record
-from rap.rigs import get_rig
+from rap.render.job import camera_record
+from rap.render.rigs import get_rig
 from rap.trajectory import Trajectory, TrajectorySampling
 
 IMAGE_SIZE = (64, 32)  # [px] (width, height) of the synthetic camera images

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import shapely
 
-from rap.bench_score import bench_score, synthetic_proposals, synthetic_scoring_scene
+from rap.perf import bench_score, synthetic_proposals, synthetic_scoring_scene
 from rap.metrics import EgoState, PDMScorerConfig, PreviousPlan, aggregate_v1, aggregate_v2, prepare_scene, score_scene
 from rap.metrics.pdm_naive import naive_score_scene
 from rap.metrics.pdms import (

@@ -11,7 +11,7 @@ import pytest
 import shapely
 
 from rap.scene import AgentType, LightState, Scene, StopLineType
-from rap.sources.synthetic import (
+from rap.sources.synthetic.world import (
     SyntheticConfig,
     SyntheticLog,
     TownConfig,

@@ -1,7 +1,7 @@
 """Traffic of the synthetic world: IDM vehicles on lane-graph routes, signals, stop signs,
 pedestrians on crosswalks, parked cars, and the expert ego driver.
 
-Private helper of :mod:`rap.sources.synthetic` (the module docs there list the rules and the
+Private helper of :mod:`rap.sources.synthetic.world` (the module docs there list the rules and the
 IDM parameters). All per-step work is vectorized over agents with numpy, except the few
 agents waiting at stop signs or crosswalks, which are handled one by one.
 
@@ -19,7 +19,7 @@ import numpy as np
 import shapely
 
 from rap.scene import AgentType, LightState
-from rap.sources.synthetic_roads import Town
+from rap.sources.synthetic.roads import Town
 
 __all__ = ["TrafficConfig", "TrafficLog", "simulate"]
 

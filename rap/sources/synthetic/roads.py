@@ -1,6 +1,6 @@
 """Road network of the synthetic world: a jittered street grid turned into rap map elements.
 
-Private helper of :mod:`rap.sources.synthetic` (see its module docs for the overall layout).
+Private helper of :mod:`rap.sources.synthetic.world` (see its module docs for the overall layout).
 Everything here is deterministic given the ``numpy.random.Generator`` passed in.
 
 Geometry conventions used below:

@@ -241,7 +241,7 @@ def check_projection(
         rap.sources.tfrecord.TFRecordError, rap.sources.waymo_frame.WaymoFrameError: bad input,
             naming the file and record.
     """
-    from rasterizer.context import create_context
+    from rap.render.session import open_renderer
     from rasterizer.primitives import Boxes
     from rasterizer.renderer import Renderer, Style, View
 
@@ -263,65 +263,59 @@ def check_projection(
     )
     style = Style.default(len(WaymoLabelType) + 1)
 
-    own_ctx = ctx is None
-    if own_ctx:
-        ctx = create_context()
     per_camera: dict[str, dict] = {}
     per_box: list[dict] = []
     overlays: list[str] = []
-    try:
-        renderer_name = str(ctx.info.get("GL_RENDERER", "?"))
-        with Renderer(ctx, style) as renderer:
-            for cam_name, camera in frame.cameras.items():
-                view = View(camera, body_to_world=frame.body_to_frame(cam_name))
-                projected: Mapping[str, tuple] = frame.projected_boxes.get(cam_name, {})
-                inside = [lid for lid, b in projected.items() if lid in row_of and box_inside_image(b, camera.width, camera.height)]
-                clipped = [b for lid, b in projected.items() if lid not in inside]
-                waymo = np.array([projected[lid] for lid in inside]).reshape(-1, 4)
-                groups = non_overlapping_groups(waymo, margin=GROUP_MARGIN_PX)
-                extents: dict[str, tuple] = {}
-                for group in groups:
-                    rows = np.array([row_of[inside[g]] for g in group])
-                    renderer.set_boxes(_subset(all_boxes, rows))
-                    (out,) = renderer.render([view], outputs=("instance",))
-                    found = silhouette_extents(out.instance)
-                    for r in rows:
-                        if int(r) + 1 in found:
-                            extents[str(labels.ids[r])] = found[int(r) + 1]
-                ious, pairs = [], []
-                for lid in inside:
-                    if lid not in extents:
-                        continue
-                    iou = box_iou(projected[lid], extents[lid])
-                    ious.append(iou)
-                    pairs.append((projected[lid], extents[lid], f"{iou:.3f}"))
-                    per_box.append(
-                        {
-                            "camera": cam_name,
-                            "label_id": lid,
-                            "type": WaymoLabelType(int(labels.types[row_of[lid]])).name,
-                            "iou": iou,
-                            "waymo_box": list(projected[lid]),
-                            "rendered_box": list(extents[lid]),
-                        }
-                    )
-                per_camera[cam_name] = {
-                    "mean_iou": float(np.mean(ious)) if ious else float("nan"),
-                    "boxes": len(ious),
-                    "clipped": len(clipped),
-                    "not_rendered": len(inside) - len(ious),
-                    "render_passes": len(groups),
-                }
-                if write_overlays and cam_name in frame.jpegs:
-                    renderer.set_boxes(all_boxes)
-                    (full,) = renderer.render([view], outputs=("rgb", "instance"))
-                    png = _overlay(frame.images[cam_name], full.rgb, full.instance > 0, pairs, clipped)
-                    name = f"projection_{cam_name}.png"
-                    write_bytes_atomic(out_dir / name, png)
-                    overlays.append(name)
-    finally:
-        if own_ctx:
-            ctx.release()
+    opened = open_renderer(style) if ctx is None else Renderer(ctx, style)
+    with opened as renderer:
+        renderer_name = str(renderer.ctx.info.get("GL_RENDERER", "?"))
+        for cam_name, camera in frame.cameras.items():
+            view = View(camera, body_to_world=frame.body_to_frame(cam_name))
+            projected: Mapping[str, tuple] = frame.projected_boxes.get(cam_name, {})
+            inside = [lid for lid, b in projected.items() if lid in row_of and box_inside_image(b, camera.width, camera.height)]
+            clipped = [b for lid, b in projected.items() if lid not in inside]
+            waymo = np.array([projected[lid] for lid in inside]).reshape(-1, 4)
+            groups = non_overlapping_groups(waymo, margin=GROUP_MARGIN_PX)
+            extents: dict[str, tuple] = {}
+            for group in groups:
+                rows = np.array([row_of[inside[g]] for g in group])
+                renderer.set_boxes(_subset(all_boxes, rows))
+                (out,) = renderer.render([view], outputs=("instance",))
+                found = silhouette_extents(out.instance)
+                for r in rows:
+                    if int(r) + 1 in found:
+                        extents[str(labels.ids[r])] = found[int(r) + 1]
+            ious, pairs = [], []
+            for lid in inside:
+                if lid not in extents:
+                    continue
+                iou = box_iou(projected[lid], extents[lid])
+                ious.append(iou)
+                pairs.append((projected[lid], extents[lid], f"{iou:.3f}"))
+                per_box.append(
+                    {
+                        "camera": cam_name,
+                        "label_id": lid,
+                        "type": WaymoLabelType(int(labels.types[row_of[lid]])).name,
+                        "iou": iou,
+                        "waymo_box": list(projected[lid]),
+                        "rendered_box": list(extents[lid]),
+                    }
+                )
+            per_camera[cam_name] = {
+                "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+                "boxes": len(ious),
+                "clipped": len(clipped),
+                "not_rendered": len(inside) - len(ious),
+                "render_passes": len(groups),
+            }
+            if write_overlays and cam_name in frame.jpegs:
+                renderer.set_boxes(all_boxes)
+                (full,) = renderer.render([view], outputs=("rgb", "instance"))
+                png = _overlay(frame.images[cam_name], full.rgb, full.instance > 0, pairs, clipped)
+                name = f"projection_{cam_name}.png"
+                write_bytes_atomic(out_dir / name, png)
+                overlays.append(name)
 
     all_ious = [b["iou"] for b in per_box]
     result = {

@@ -1,7 +1,7 @@
 """`rap eval navsim`: NAVSIM-style (pseudo-closed-loop) evaluation of an agent.
 
 Per scoring step (every 1 s with 1.5 s of history and 4 s of future, see
-:mod:`rap.bench.navsim_scene`) the agent gets an :class:`~rap.bench.agent.Observation` (views
+:mod:`rap.eval.navsim_scene`) the agent gets an :class:`~rap.eval.agent.Observation` (views
 rendered by the rasterizer from the ego's logged state), returns an 8 x 0.5 s trajectory, which the
 LQR tracker executes on a kinematic bicycle and the PDM scorer judges (PDMS v1 and EPDMS v2).
 The agent is also asked 0.5 s earlier, for EPDMS's extended comfort. Writes
@@ -21,13 +21,14 @@ from PIL import Image, ImageDraw
 
 from rap import geometry
 from rap.augment.targets import driving_command, future_target, history_poses
-from rap.bench.agent import Agent, Observation
-from rap.bench.navsim_scene import ego_state, scoring_scene, scoring_steps
+from rap.eval.agent import Agent, Observation
+from rap.eval.navsim_scene import ego_state, scoring_scene, scoring_steps
 from rap.dataset.sample import DrivingCommand, EgoStatus
 from rap.images import save_json, save_png, write_bytes_atomic
 from rap.metrics.pdm_inputs import PreviousPlan
 from rap.metrics.pdms import aggregate_v1, aggregate_v2, score_scene
 from rap.scene import Scene
+from rap.sources.registry import iter_scenes
 from rap.sim.bicycle import StateIndex
 from rap.trajectory import NAVSIM_SAMPLING, Trajectory
 
@@ -46,30 +47,6 @@ SUBSCORES_V2 = (
 )
 BEV_SIZE = 320
 BEV_EXTENT_M = 64.0
-
-
-def iter_scenes(spec: str) -> Iterator[Scene]:
-    """Scenes of ``synthetic:N`` (seeds 0..N-1) or ``womd:PATH`` (every record of a file or
-    folder) or ``scenarionet:DIR``.
-
-    Raises:
-        ValueError / FileNotFoundError: a bad spec.
-    """
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ValueError(f"scenes {spec!r}: expected synthetic:N, womd:PATH or scenarionet:DIR")
-    if kind == "synthetic":
-        if not rest.isdigit() or int(rest) <= 0:
-            raise ValueError(f"scenes {spec!r}: synthetic:N needs a positive number of scenes")
-        from rap.sources.synthetic import load_synthetic
-
-        for seed in range(int(rest)):
-            yield load_synthetic(seed)
-        return
-    from rap.generate import list_units, load_unit
-
-    for unit in list_units(spec):
-        yield load_unit(unit)
 
 
 @dataclasses.dataclass
@@ -94,9 +71,9 @@ class _ObservationMaker:
         images, cameras = {}, {}
         sensors = self.agent.sensor_config()
         if sensors.rig is not None:
-            from rap.render_job import camera_record
-            from rap.rigs import get_rig
-            from rap.scene_raster import SceneRasterizer
+            from rap.render.job import camera_record
+            from rap.render.rigs import get_rig
+            from rap.render.scene_raster import SceneRasterizer
 
             if self._scene is not scene:
                 self._raster = SceneRasterizer(self.renderer, scene)
@@ -136,7 +113,7 @@ def _failures(sub: dict[str, float | None]) -> list[str]:
 def bev_picture(renderer, scene: Scene, step: int, planned: np.ndarray, executed_world: np.ndarray, centerline: np.ndarray) -> np.ndarray:
     """(BEV_SIZE, BEV_SIZE, 3) uint8: the BEV raster around the ego with the route centerline
     (grey), the planned poses (cyan dots) and the executed rollout (yellow line)."""
-    from rap.scene_raster import SceneRasterizer
+    from rap.render.scene_raster import SceneRasterizer
     from rasterizer.camera import OrthoCamera, Rig
 
     cam = OrthoCamera("BEV", BEV_SIZE, BEV_SIZE, extent_x=BEV_EXTENT_M, extent_y=BEV_EXTENT_M, center=(BEV_EXTENT_M / 4, 0.0))
@@ -172,42 +149,36 @@ def evaluate_navsim(agent: Agent, scenes: str, out_dir: str | Path, *, max_scene
         (count), ``subscores`` (means over scenes; EC over scenes that have it), ``rows``
         (per scene: id, step, scores, failures, picture).
     """
-    from rap.style import default_style
-    from rasterizer.context import create_context
-    from rasterizer.renderer import Renderer
+    from rap.render.session import open_renderer
 
     out_dir = Path(out_dir)
-    ctx = create_context()
     rows: list[dict] = []
     start = time.perf_counter()
-    try:
-        with Renderer(ctx, default_style()) as renderer:
-            observe = _ObservationMaker(agent, renderer)
-            for scene in iter_scenes(scenes):
-                for step in scoring_steps(scene):
-                    if max_scenes is not None and len(rows) >= max_scenes:
-                        break
-                    plan = _checked(agent, agent.plan(observe(scene, step)), scene, step)
-                    previous = None
-                    prev_step = step - 5
-                    if prev_step >= 0 and scene.tracks.valid[scene.ego_index, prev_step]:
-                        prev_plan = _checked(agent, agent.plan(observe(scene, prev_step)), scene, prev_step)
-                        previous = PreviousPlan(ego=ego_state(scene, prev_step), poses=np.asarray(prev_plan.poses), sampling=prev_plan.sampling, time_offset_s=0.5)
-                    inputs = scoring_scene(scene, step, previous_plan=previous)
-                    result = score_scene(inputs, np.asarray(plan.poses)[None], plan.sampling)
-                    sub = _subscores(result)
-                    token = f"{scene.scene_id}_{step:03d}"
-                    row = {"scene": token, "scene_id": scene.scene_id, "source": scene.source, "step": step, "pdms": float(result.pdms[0]), "epdms": float(result.epdms[0]), "subscores": sub, "failures": _failures(sub), "human_filtered": bool(result.human_filtered)}
-                    if pictures:
-                        executed = np.asarray(result.states[0])[:, [StateIndex.X, StateIndex.Y]]
-                        picture = bev_picture(renderer, scene, step, np.asarray(plan.poses), executed, inputs.centerline)
-                        save_png(out_dir / "bev" / f"{token}.png", picture)
-                        row["picture"] = f"bev/{token}.png"
-                    rows.append(row)
-                    if on_scene:
-                        on_scene(row)
-    finally:
-        ctx.release()
+    with open_renderer() as renderer:
+        observe = _ObservationMaker(agent, renderer)
+        for scene in iter_scenes(scenes):
+            for step in scoring_steps(scene):
+                if max_scenes is not None and len(rows) >= max_scenes:
+                    break
+                plan = _checked(agent, agent.plan(observe(scene, step)), scene, step)
+                previous = None
+                prev_step = step - 5
+                if prev_step >= 0 and scene.tracks.valid[scene.ego_index, prev_step]:
+                    prev_plan = _checked(agent, agent.plan(observe(scene, prev_step)), scene, prev_step)
+                    previous = PreviousPlan(ego=ego_state(scene, prev_step), poses=np.asarray(prev_plan.poses), sampling=prev_plan.sampling, time_offset_s=0.5)
+                inputs = scoring_scene(scene, step, previous_plan=previous)
+                result = score_scene(inputs, np.asarray(plan.poses)[None], plan.sampling)
+                sub = _subscores(result)
+                token = f"{scene.scene_id}_{step:03d}"
+                row = {"scene": token, "scene_id": scene.scene_id, "source": scene.source, "step": step, "pdms": float(result.pdms[0]), "epdms": float(result.epdms[0]), "subscores": sub, "failures": _failures(sub), "human_filtered": bool(result.human_filtered)}
+                if pictures:
+                    executed = np.asarray(result.states[0])[:, [StateIndex.X, StateIndex.Y]]
+                    picture = bev_picture(renderer, scene, step, np.asarray(plan.poses), executed, inputs.centerline)
+                    save_png(out_dir / "bev" / f"{token}.png", picture)
+                    row["picture"] = f"bev/{token}.png"
+                rows.append(row)
+                if on_scene:
+                    on_scene(row)
     if not rows:
         raise ValueError(f"scenes {scenes!r}: no step with 1.5 s of history and 4 s of future")
     report = summarize(agent.name, scenes, rows)

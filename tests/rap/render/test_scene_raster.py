@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import shapely
 
-from rap.render_job import agent_row, render_to_dir
-from rap.rigs import get_rig
+from rap.render.job import agent_row, render_to_dir
+from rap.render.rigs import get_rig
 from rap.scene import AgentType, LightColor, RoadLineType
-from rap.scene_raster import InstanceKind, RasterConfig, SceneRasterizer, instance_id, map_mesh
-from rap.style import RasterClass, default_style
+from rap.render.scene_raster import InstanceKind, RasterConfig, SceneRasterizer, instance_id, map_mesh
+from rap.render.style import RasterClass, default_style
 from rasterizer.renderer import Renderer
 
 STEP = 10
@@ -394,7 +394,7 @@ def test_drivable_area_does_not_hide_markings(ctx, womd_scene, front3, bev):
 
 def test_two_scene_rasterizers_share_one_renderer(ctx, womd_scene, front3):
     """Each SceneRasterizer draws its own map even after another one replaced the renderer's."""
-    from rap.style import default_style
+    from rap.render.style import default_style
     from rasterizer.renderer import Renderer
 
     with Renderer(ctx, default_style()) as r:

@@ -117,7 +117,7 @@ class ExpertAgent:
         return SensorConfig(rig=None)
 
     def plan(self, observation: Observation) -> Trajectory:
-        from rap.bench.navsim_scene import expert_plan
+        from rap.eval.navsim_scene import expert_plan
 
         assert observation.scene is not None and observation.step is not None
         return expert_plan(observation.scene, observation.step, observation.sampling)

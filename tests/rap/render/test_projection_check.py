@@ -1,4 +1,4 @@
-"""Tests of rap.projection_check: pure helpers on hand-built inputs, then the real Waymo frame."""
+"""Tests of rap.render.projection_check: pure helpers on hand-built inputs, then the real Waymo frame."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rap.projection_check import (
+from rap.render.projection_check import (
     box_inside_image,
     box_iou,
     check_projection,
@@ -16,7 +16,7 @@ from rap.projection_check import (
     silhouette_extents,
 )
 
-FRAME_FILE = Path(__file__).resolve().parents[2] / "data" / "waymo" / "perception_frame_1024360143612057520.tfrecord"
+FRAME_FILE = Path(__file__).resolve().parents[3] / "data" / "waymo" / "perception_frame_1024360143612057520.tfrecord"
 
 
 # -- box_iou -----------------------------------------------------------------------------------

@@ -10,11 +10,11 @@ import pytest
 import shapely
 from typer.testing import CliRunner
 
-from rap.bench.agent import ConstantVelocityAgent, ExpertAgent, LogReplayAgent, SensorConfig, load_agent
-from rap.bench.navsim import evaluate_navsim
-from rap.bench.navsim_scene import scoring_scene, scoring_steps
+from rap.eval.agent import ConstantVelocityAgent, ExpertAgent, LogReplayAgent, SensorConfig, load_agent
+from rap.eval.navsim import evaluate_navsim
+from rap.eval.navsim_scene import scoring_scene, scoring_steps
 from rap.cli import app
-from rap.sources.synthetic import load_synthetic
+from rap.sources.synthetic.world import load_synthetic
 from rap.sources.womd import load_womd
 from rap.trajectory import Trajectory
 
@@ -92,7 +92,7 @@ def test_observations_hold_views_and_no_privileged_data(tmp_path):
 
 def test_load_agent_from_a_file_and_errors(tmp_path):
     path = tmp_path / "my_agent.py"
-    path.write_text("from rap.bench.agent import ConstantVelocityAgent\n\ndef build_agent():\n    return ConstantVelocityAgent()\n")
+    path.write_text("from rap.eval.agent import ConstantVelocityAgent\n\ndef build_agent():\n    return ConstantVelocityAgent()\n")
     assert load_agent(str(path)).name == "constant_velocity"
     bad = tmp_path / "no_builder.py"
     bad.write_text("x = 1\n")

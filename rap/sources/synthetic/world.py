@@ -3,7 +3,7 @@
 The embedded default source (``synthetic:SEED``): no data files, the same seed gives the same
 arrays bit for bit, different seeds give different towns and traffic.
 
-Road network (:mod:`rap.sources.synthetic_roads`):
+Road network (:mod:`rap.sources.synthetic.roads`):
 
 * A grid of 2-3 x 2-3 junctions, 90-140 m apart, each moved up to 6 m off its grid position,
   so the roads between junctions are straight or S-curves (smoothstep lateral offset, radius
@@ -40,7 +40,7 @@ Road network (:mod:`rap.sources.synthetic_roads`):
   polygon per road and per junction, overlapping) and road edges (its boundary, open where
   roads leave the town). Everything lies on z = 0.
 
-Traffic (:mod:`rap.sources.synthetic_traffic`), simulated at 10 Hz, first for
+Traffic (:mod:`rap.sources.synthetic.traffic`), simulated at 10 Hz, first for
 ``warmup_steps`` (not logged) and then for ``num_steps``:
 
 * Vehicles (0.8 per 100 m of lane at the start, plus arrivals at the town entries at
@@ -97,8 +97,8 @@ import dataclasses
 import numpy as np
 
 from rap.scene import AgentTracks, Scene, TrafficLights
-from rap.sources.synthetic_roads import TownConfig, Town, build_town, light_schedule, map_elements
-from rap.sources.synthetic_traffic import TrafficConfig, TrafficLog, simulate
+from rap.sources.synthetic.roads import TownConfig, Town, build_town, light_schedule, map_elements
+from rap.sources.synthetic.traffic import TrafficConfig, TrafficLog, simulate
 
 __all__ = [
     "DT",

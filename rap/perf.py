@@ -1,4 +1,7 @@
-"""Scoring throughput benchmark on a synthetic but realistic NAVSIM-style scene.
+"""Throughput measurements behind ``rap bench-score`` and ``rap bench-render`` (the scripts in
+``benchmarks/`` call these and compare against baselines).
+
+Scoring: a synthetic but realistic NAVSIM-style scene.
 
 The scene (:func:`synthetic_scoring_scene`) is a divided road that runs straight and then bends
 (3 lanes with the ego's direction of travel, 2 against), split into 30 m lane segments and
@@ -9,6 +12,9 @@ speeds, lateral offsets and wiggles, so every metric is exercised.
 
 :func:`bench_score` (what ``rap bench-score`` calls) scores K proposals per call on that scene and
 reports proposals per second.
+
+Rendering: :func:`bench_render` (what ``rap bench-render`` calls) renders a scene's rig step after
+step and reports views per second.
 """
 
 from __future__ import annotations
@@ -17,15 +23,21 @@ import os
 import platform
 import statistics
 import time
+from typing import Callable, Sequence
 
 import numpy as np
 import shapely
 
 from rap.metrics.pdm_inputs import EgoState, ObjectKind, ObjectTracks, PreviousPlan, ScoringScene
 from rap.metrics.pdms import PDMScorerConfig, prepare_scene, score_scene
+from rap.render.scene_raster import SceneRasterizer
+from rap.render.session import open_renderer
+from rap.scene import Scene
 from rap.trajectory import NAVSIM_SAMPLING
+from rasterizer.camera import Rig
+from rasterizer.context import context_info
 
-__all__ = ["RoadGeometry", "synthetic_scoring_scene", "synthetic_proposals", "bench_score"]
+__all__ = ["RoadGeometry", "synthetic_scoring_scene", "synthetic_proposals", "bench_score", "bench_render"]
 
 LANE_WIDTH = 3.5  # [m]
 FORWARD_LANES = (0.0, LANE_WIDTH, 2 * LANE_WIDTH)  # lateral offsets of lanes in the ego's direction [m]
@@ -260,4 +272,52 @@ def bench_score(num_proposals: int = 1000, num_agents: int = 20, repeats: int = 
         "mean_pdms": float(result.pdms.mean()),
         "mean_epdms": float(result.epdms.mean()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+# -- rendering ---------------------------------------------------------------------------------
+def bench_render(scene: Scene, rig: Rig, frames: int, *, outputs: Sequence[str] = ("rgb",), warmup: int = 3, pipeline: int = 0, progress: Callable[[int], None] | None = None) -> dict:
+    """Render ``frames`` frames of ``rig`` on the ego, advancing one step per frame (cycling
+    through the steps where the ego is valid), so moving agents are re-uploaded every frame.
+    Timing includes box upload, drawing and readback of every requested output into host
+    memory. ``pipeline`` frames are in flight (asynchronous readback; 1 = synchronous; 0 = auto:
+    2 on a GPU, 1 on a software renderer, where the extra pixel-buffer copy costs more than the
+    overlap gains).
+
+    Returns:
+        JSON-ready dict with ``views_per_s``, ``frames_per_s``, ``frames``, ``views``,
+        ``seconds``, ``rig``, ``size``, ``outputs``, ``gl_renderer``.
+    """
+    if frames <= 0:
+        raise ValueError("frames must be positive")
+    steps = np.flatnonzero(scene.tracks.valid[scene.ego_index])
+    with open_renderer() as renderer:
+        ctx = renderer.ctx
+        if pipeline <= 0:
+            pipeline = 1 if context_info(ctx).is_software else 2
+        rast = SceneRasterizer(renderer, scene)
+        for _ in rast.render_steps((int(steps[i % len(steps)]) for i in range(warmup)), rig, outputs=outputs, depth=pipeline):
+            pass
+        start = time.perf_counter()
+        done = 0
+        for _ in rast.render_steps((int(steps[i % len(steps)]) for i in range(frames)), rig, outputs=outputs, depth=pipeline):
+            done += 1
+            if progress:
+                progress(done)
+        seconds = time.perf_counter() - start
+        info = context_info(ctx)
+    views = frames * len(rig)
+    cam = rig.cameras[0]
+    return {
+        "views_per_s": views / seconds,
+        "frames_per_s": frames / seconds,
+        "frames": frames,
+        "views": views,
+        "seconds": seconds,
+        "rig": rig.name,
+        "size": f"{cam.width}x{cam.height}",
+        "outputs": list(outputs),
+        "pipeline": pipeline,
+        "distorted": any(getattr(c, "is_distorted", False) for c in rig),
+        "gl_renderer": info.renderer,
     }

@@ -1,4 +1,4 @@
-"""Tests of rap.eval_wod_e2e: predictions JSON in, per-frame and mean RFS / ADE out."""
+"""Tests of rap.eval.wod_e2e: predictions JSON in, per-frame and mean RFS / ADE out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rap.eval_wod_e2e import (
+from rap.eval.wod_e2e import (
     EVAL_FILENAME,
     PREDICTIONS_FORMAT,
     PredictionsError,

@@ -21,7 +21,7 @@ import numpy as np
 import shapely
 
 from rap.scene import AgentType, LightColor, MapElements, Polylines, RoadLineType, Scene
-from rap.style import RasterClass
+from rap.render.style import RasterClass
 from rasterizer.camera import OrthoCamera, Rig
 from rasterizer.primitives import Boxes, TriangleMesh, concat_meshes, polygons, ribbons
 from rasterizer.renderer import Renderer, View, ViewOutput
