@@ -286,18 +286,29 @@ def bench_score_cmd(
     print(json.dumps(result, sort_keys=True, default=str))
 
 
-@eval_app.command("navsim")
+@eval_app.command("navsim", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def eval_navsim_cmd(
+    ctx: typer.Context,
     agent: str = typer.Option(..., "--agent", help="expert | constant_velocity | log_replay | path/to/agent.py | package.module (with build_agent())"),
     scenes: str = typer.Option(..., "--scenes", help="synthetic:N (seeds 0..N-1) | womd:PATH | scenarionet:DIR"),
     out: Path = typer.Option(Path("out/eval_navsim"), "--out", help="folder for navsim_eval.json/.md, index.html and BEV pictures"),
     max_scenes: Optional[int] = typer.Option(None, "--max-scenes", min=1, help="stop after this many scoring steps"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML eval config (default configs/eval/default.yaml)"),
 ) -> None:
     """NAVSIM-style PDMS (v1) and EPDMS (v2) of an agent; last line is JSON with pdms, epdms,
-    scenes and subscores."""
+    scenes and subscores.
+
+    Extra arguments are dotted config overrides, e.g. observation.history.num_poses=4.
+    """
+    from rap.config import ConfigError, load_config
     from rap.eval.agent import load_agent
+    from rap.eval.config import DEFAULT_EVAL_CONFIG, EvalConfig
     from rap.eval.navsim import evaluate_navsim
 
+    try:
+        cfg = load_config(EvalConfig, config or DEFAULT_EVAL_CONFIG, list(ctx.args))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
     try:
         the_agent = load_agent(agent)
     except ValueError as exc:
@@ -305,7 +316,7 @@ def eval_navsim_cmd(
     with Progress(TextColumn("scenes"), TextColumn("{task.completed}"), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("scenes", total=None, last="")
         try:
-            report = evaluate_navsim(the_agent, scenes, out, max_scenes=max_scenes, on_scene=lambda row: bar.update(task, advance=1, last=f"{row['scene']} PDMS {row['pdms']:.2f}"))
+            report = evaluate_navsim(the_agent, scenes, out, config=cfg, max_scenes=max_scenes, on_scene=lambda row: bar.update(task, advance=1, last=f"{row['scene']} PDMS {row['pdms']:.2f}"))
         except (ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc)) from None
     table = Table(title=f"{the_agent.name} on {scenes}: {report['scenes']} scenes")

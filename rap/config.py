@@ -12,6 +12,9 @@ from typing import Any, Sequence, TypeVar
 
 import pydantic
 import yaml
+from pydantic import PositiveFloat, PositiveInt
+
+from rap.trajectory import TrajectorySampling
 
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 
@@ -24,6 +27,31 @@ class FrozenModel(pydantic.BaseModel):
     """Base of every config: immutable, unknown keys rejected."""
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+
+# -- sections shared by generation and evaluation: one place for observation defaults ----------
+DEFAULT_RIG = "front3"  # camera rig of generated samples and of evaluation observations
+DEFAULT_CAMERA_SIZE = (512, 256)  # [px] every camera
+DEFAULT_HISTORY_NUM_POSES = 3  # past poses of an observation ...
+DEFAULT_HISTORY_INTERVAL_S = 0.5  # [s] ... this far apart (1.5 s, as NAVSIM)
+
+
+class SamplingSection(FrozenModel):
+    """Target trajectory sampling (RAP: 10 poses at 0.5 s; NAVSIM 8 x 0.5 s; WOD-E2E 20 x 0.25 s)."""
+
+    num_poses: PositiveInt = 10
+    interval_s: PositiveFloat = 0.5  # [s]
+
+    def to_sampling(self) -> TrajectorySampling:
+        return TrajectorySampling(self.num_poses, self.interval_s)
+
+
+class HistorySection(FrozenModel):
+    """Past poses of an observation, in generated samples and in evaluation alike (default
+    1.5 s, as NAVSIM)."""
+
+    num_poses: PositiveInt = DEFAULT_HISTORY_NUM_POSES
+    interval_s: PositiveFloat = DEFAULT_HISTORY_INTERVAL_S  # [s]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file beside the target, fsync, rename, fsync the folder.
+"""Atomic file writes (a temporary file beside the target, fsync, rename, fsync the folder) and
+file digests.
 
 A reader never sees a half-written file, and a crash leaves either the old file or the new one.
 """
@@ -6,6 +7,7 @@ A reader never sees a half-written file, and a crash leaves either the old file 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -61,3 +63,12 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, fsync: bool = True) -> 
     """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
     with atomic_writer(path, fsync=fsync) as fh:
         fh.write(data)
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 import rap
-from rap.config import FrozenModel, config_to_dict
+from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, SamplingSection, config_to_dict
 from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manifest
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
 from rap.dataset.writer import ShardWriter, shard_name
@@ -45,20 +45,6 @@ ImageSide = Annotated[int, Field(gt=0, le=16384)]  # [px]
 
 UNITS_DIR = ".units"
 CONFIG_RECORD = "config.json"
-
-
-class SamplingSection(FrozenModel):
-    """Target trajectory sampling (RAP: 10 poses at 0.5 s; NAVSIM 8 x 0.5 s; WOD-E2E 20 x 0.25 s)."""
-
-    num_poses: PositiveInt = 10
-    interval_s: PositiveFloat = 0.5  # [s]
-
-
-class HistorySection(FrozenModel):
-    """Past poses stored with each sample (default 1.5 s, as NAVSIM)."""
-
-    num_poses: PositiveInt = 3
-    interval_s: PositiveFloat = 0.5  # [s]
 
 
 class RecoverySection(FrozenModel):
@@ -87,8 +73,8 @@ class GenerateConfig(FrozenModel):
     """Everything that decides the dataset's content (stored in the manifest)."""
 
     seed: int = 0
-    rig: Literal["front3", "nuplan8", "bev"] = "front3"
-    size: tuple[ImageSide, ImageSide] = (512, 256)  # [px] every camera
+    rig: Literal["front3", "nuplan8", "bev"] = DEFAULT_RIG
+    size: tuple[ImageSide, ImageSide] = DEFAULT_CAMERA_SIZE  # [px] every camera
     distortion: bool = False
     sampling: SamplingSection = SamplingSection()
     history: HistorySection = HistorySection()

@@ -335,3 +335,43 @@ def point_polyline_distance(points: ArrayLike, polyline: ArrayLike) -> np.ndarra
 def _check_point_dim(a: np.ndarray, name: str) -> None:
     if a.ndim < 1 or a.shape[-1] not in (2, 3):
         raise ValueError(f"{name} must have a last dimension of 2 or 3, got shape {a.shape}")
+
+
+def finite_difference(values: np.ndarray, ts: np.ndarray, valid: np.ndarray, angle: bool = False) -> np.ndarray:
+    """Per-step time derivative of (T, ...) ``values`` at (T,) times ``ts`` [s] from valid
+    neighbours ((T,) bool ``valid``); returns (T, ...) float64.
+
+    Central difference where both neighbours are valid, one-sided where one is, 0 elsewhere.
+    With ``angle`` the differences are wrapped to [-pi, pi).
+    """
+    t = ts.shape[0]
+    out = np.zeros_like(values, dtype=np.float64)
+    if t < 2:
+        return out
+    diff = np.diff(values, axis=0)
+    if angle:
+        diff = wrap_angle(diff)
+    dt = np.diff(ts).reshape((-1,) + (1,) * (values.ndim - 1))
+    fwd = diff / dt  # (T - 1, ...) rate between j and j + 1.
+    pair = valid[:-1] & valid[1:]  # (T - 1,)
+    has_next = np.zeros(t, dtype=bool)
+    has_prev = np.zeros(t, dtype=bool)
+    has_next[:-1] = pair
+    has_prev[1:] = pair
+    nxt = np.zeros_like(out)
+    prv = np.zeros_like(out)
+    nxt[:-1] = fwd
+    prv[1:] = fwd
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    hn = has_next.reshape(shape)
+    hp = has_prev.reshape(shape)
+    both = hn & hp
+    # Central difference over [j - 1, j + 1] is the time-weighted mean of the two one-sided rates.
+    dt_prev = np.zeros(t)
+    dt_next = np.zeros(t)
+    dt_prev[1:] = np.diff(ts)
+    dt_next[:-1] = np.diff(ts)
+    span = np.where(both.reshape(-1), dt_prev + dt_next, 1.0).reshape(shape)
+    central = (prv * dt_prev.reshape(shape) + nxt * dt_next.reshape(shape)) / span
+    out = np.where(both, central, np.where(hn, nxt, np.where(hp, prv, 0.0)))
+    return out

@@ -163,14 +163,14 @@ def synthetic_scoring_scene(
     objects = ObjectTracks(
         ids=np.arange(len(kinds)),
         kinds=np.array(kinds),
-        x=np.stack(xs, axis=1),
-        y=np.stack(ys, axis=1),
-        heading=np.stack(hs, axis=1),
-        vx=np.stack(vxs, axis=1),
-        vy=np.stack(vys, axis=1),
+        x=np.stack(xs),
+        y=np.stack(ys),
+        heading=np.stack(hs),
+        vx=np.stack(vxs),
+        vy=np.stack(vys),
         length=np.array(lens),
         width=np.array(wids),
-        valid=np.ones((num_steps, len(kinds)), dtype=bool),
+        valid=np.ones((len(kinds), num_steps), dtype=bool),
     )
     ego_xy = road.point(0.0, EGO_LANE)
     ego = EgoState(x=ego_xy[0], y=ego_xy[1], heading=float(road.heading(0.0)), vx=ego_speed)

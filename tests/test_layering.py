@@ -182,3 +182,70 @@ def test_one_module_creates_gl_contexts():
         if creates_context(text)
     ]
     assert creators == ["rasterizer/context.py"]
+
+
+def import_graph(packages: tuple[str, ...] = ("rap", "rasterizer")) -> dict[str, set[str]]:
+    """Module → the project modules it imports (anywhere in the file)."""
+    modules = {}
+    for package in packages:
+        for path, text in sources(package):
+            modules[module_name(path)] = (path, text)
+    graph = {}
+    for name, (path, text) in modules.items():
+        found = imported_modules(text, name, path.name == "__init__.py")
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_modules():
+    assert cycles(import_graph()) == [], "modules import each other (function-level imports count too)"
+
+
+def test_subpackages_import_one_way():
+    """rap's subpackages (sources, render, augment, dataset, sim, metrics, eval) form no cycle."""
+
+    def package(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[:2]) if len(parts) > 2 or (len(parts) == 2 and (ROOT / "rap" / parts[1]).is_dir()) else name
+
+    packages: dict[str, set[str]] = {}
+    for name, deps in import_graph(("rap",)).items():
+        packages.setdefault(package(name), set()).update(package(d) for d in deps if package(d) != package(name))
+    assert cycles(packages) == []

@@ -27,15 +27,10 @@ import dataclasses
 
 import numpy as np
 
-from rap.augment.targets import (
-    _check_history,
-    agent_plan,
-    agent_velocity,
-    future_target,
-    sample_key,
-    window_valid,
-)
+from rap.augment.targets import _check_history, agent_plan, sample_key
+from rap.config import DEFAULT_HISTORY_INTERVAL_S, DEFAULT_HISTORY_NUM_POSES
 from rap.dataset.sample import SampleKind, SamplePlan
+from rap.kinematics import agent_velocity, future_target, window_valid
 from rap.scene import AgentType, Scene
 from rap.trajectory import TrajectorySampling
 
@@ -67,8 +62,8 @@ class CrossAgentConfig:
     min_cv_error_m: float = 0.5
     min_speed_mps: float = 0.0
     agent_types: tuple[AgentType, ...] = (AgentType.VEHICLE,)
-    history_num: int = 4
-    history_interval_s: float = 0.25
+    history_num: int = DEFAULT_HISTORY_NUM_POSES
+    history_interval_s: float = DEFAULT_HISTORY_INTERVAL_S  # [s]
     max_agents: int | None = None
 
     def __post_init__(self) -> None:

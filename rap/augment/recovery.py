@@ -28,9 +28,10 @@ Target modes (:class:`RecoveryTarget`):
 
 * ``expert_future``: the logged future poses expressed in the perturbed frame (the RAP
   reference's choice): the target jumps back onto the logged trajectory at the first pose.
-* ``smooth_rejoin`` (default): a kinematic-bicycle rollout (rear-axle reference, state
-  ``(x, y, heading, speed)``, controls curvature and longitudinal acceleration, exact arc steps
-  of ``dt <= 0.1 s`` that divide the sampling interval) from the perturbed pose and speed:
+* ``smooth_rejoin`` (default): a kinematic-bicycle rollout (:func:`rap.sim.bicycle.arc_step`:
+  rear-axle reference, state ``(x, y, heading, speed)``, controls curvature and longitudinal
+  acceleration, exact arc steps of ``dt <= 0.1 s`` that divide the sampling interval) from the
+  perturbed pose and speed:
 
   - path: the expert's rear-axle positions (2 s of history through the end of the valid log),
     with stops removed (points closer than 5 cm), extended straight along the logged heading at
@@ -46,8 +47,9 @@ Target modes (:class:`RecoveryTarget`):
     the expert's along-path speed (central differences over +-0.2 s), tracked with the
     feed-forward of its derivative plus a 2 1/s proportional term; no reversing;
   - limits, enforced by clipping every control: ``|kappa| <= min(tan(max_steer) / wheelbase,
-    max_lat_accel / v^2)`` and ``-max_decel <= a <= max_accel`` (defaults: nuPlan's Pacifica
-    wheelbase 3.089 m, 35 deg steer = 0.227 1/m; nuPlan comfort bounds 2.40 / 4.05 / 4.89 m/s2);
+    max_lat_accel / v^2)`` and ``-max_decel <= a <= max_accel`` (defaults from the shared records:
+    :data:`rap.sim.bicycle.PACIFICA`, wheelbase 3.089 m, 35 deg steer = 0.227 1/m; nuPlan comfort
+    bounds :class:`rap.metrics.comfort.ComfortBounds`, 2.40 / 4.05 / 4.89 m/s2);
   - acceptance: from ``H = min(rejoin_horizon_s, sampling.horizon_s)`` to the end of the target,
     every rollout state is within ``rejoin_tolerance_m`` (0.2 m) of the logged path and within
     ``rejoin_heading_tolerance_rad`` (5 deg) of its heading; otherwise ``"cannot_rejoin"``.
@@ -73,18 +75,21 @@ import numpy as np
 import shapely
 
 from rap import geometry
-from rap.augment.targets import (
-    _check_history,
+from rap.augment.targets import _check_history, sample_key
+from rap.config import DEFAULT_HISTORY_INTERVAL_S, DEFAULT_HISTORY_NUM_POSES
+from rap.dataset.sample import Perturbation, SampleKind, SamplePlan
+from rap.kinematics import (
+    EgoStatus,
     agent_acceleration,
     agent_velocity,
     driving_command,
     future_target,
     history_poses,
-    sample_key,
     window_valid,
 )
-from rap.dataset.sample import EgoStatus, Perturbation, SampleKind, SamplePlan
+from rap.metrics.comfort import ComfortBounds
 from rap.scene import Scene
+from rap.sim.bicycle import PACIFICA, ArcStateIndex, arc_step, next_speed
 from rap.trajectory import PoseIndex, Trajectory, TrajectorySampling
 
 __all__ = [
@@ -130,6 +135,9 @@ def _deg(x: float) -> float:
     return math.radians(x)
 
 
+_COMFORT = ComfortBounds()  # nuPlan comfort bounds: the rejoin's acceleration limits
+
+
 @dataclasses.dataclass(frozen=True)
 class RecoveryConfig:
     """Perturbation distributions, target mode, rejoin limits and start checks.
@@ -147,11 +155,15 @@ class RecoveryConfig:
             (capped at the sampling horizon).
         rejoin_tolerance_m: Largest distance to the logged path after the horizon [m].
         rejoin_heading_tolerance_rad: Largest heading error after the horizon [rad].
-        wheelbase_m: Bicycle wheelbase [m] (nuPlan Pacifica).
-        max_steer_rad: Largest front-wheel angle [rad]; curvature limit ``tan / wheelbase``.
-        max_accel_mps2: Largest longitudinal acceleration [m/s^2] (nuPlan comfort).
-        max_decel_mps2: Largest braking deceleration, positive [m/s^2] (nuPlan comfort).
-        max_lat_accel_mps2: Largest |lateral acceleration| ``v^2 kappa`` [m/s^2] (nuPlan comfort).
+        wheelbase_m: Bicycle wheelbase [m] (default ``PACIFICA.wheel_base``).
+        max_steer_rad: Largest front-wheel angle [rad] (default ``PACIFICA.max_steering_angle``);
+            curvature limit ``tan / wheelbase``.
+        max_accel_mps2: Largest longitudinal acceleration [m/s^2] (default
+            ``ComfortBounds().max_lon_accel``).
+        max_decel_mps2: Largest braking deceleration, positive [m/s^2] (default
+            ``-ComfortBounds().min_lon_accel``).
+        max_lat_accel_mps2: Largest |lateral acceleration| ``v^2 kappa`` [m/s^2] (default
+            ``ComfortBounds().max_abs_lat_accel``).
         check_overlap: Reject starts overlapping another agent.
         check_drivable: Reject starts leaving the drivable area.
         attempts_per_sample: ``plan_recovery`` draws at most ``num_samples *
@@ -169,16 +181,16 @@ class RecoveryConfig:
     rejoin_horizon_s: float = 3.0
     rejoin_tolerance_m: float = 0.2
     rejoin_heading_tolerance_rad: float = _deg(5.0)
-    wheelbase_m: float = 3.089
-    max_steer_rad: float = _deg(35.0)
-    max_accel_mps2: float = 2.40
-    max_decel_mps2: float = 4.05
-    max_lat_accel_mps2: float = 4.89
+    wheelbase_m: float = PACIFICA.wheel_base
+    max_steer_rad: float = PACIFICA.max_steering_angle
+    max_accel_mps2: float = _COMFORT.max_lon_accel
+    max_decel_mps2: float = -_COMFORT.min_lon_accel
+    max_lat_accel_mps2: float = _COMFORT.max_abs_lat_accel
     check_overlap: bool = True
     check_drivable: bool = True
     attempts_per_sample: int = 3
-    history_num: int = 4
-    history_interval_s: float = 0.25
+    history_num: int = DEFAULT_HISTORY_NUM_POSES
+    history_interval_s: float = DEFAULT_HISTORY_INTERVAL_S  # [s]
 
     def __post_init__(self) -> None:
         for name in ("dx_m", "dy_m", "dheading_rad", "speed_scale", "accel_scale"):
@@ -214,8 +226,9 @@ class RecoveryConfig:
 
     @property
     def max_curvature(self) -> float:
-        """Bicycle curvature limit ``tan(max_steer_rad) / wheelbase_m`` [1/m]."""
-        return math.tan(self.max_steer_rad) / self.wheelbase_m
+        """Bicycle curvature limit ``tan(max_steer_rad) / wheelbase_m`` [1/m]
+        (:attr:`rap.sim.bicycle.VehicleParameters.max_curvature` of these values)."""
+        return dataclasses.replace(PACIFICA, wheel_base=self.wheelbase_m, max_steering_angle=self.max_steer_rad).max_curvature
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RecoveryConfig:
@@ -414,32 +427,6 @@ class Rollout:
         return self.states[idx, :3].copy()
 
 
-def _project(
-    ref: ExpertReference, p: np.ndarray, lo: int, hi: int
-) -> tuple[int, float, float, float]:
-    """Nearest point of reference segments ``lo .. hi - 1`` to ``p``.
-
-    Returns:
-        Segment index, signed lateral offset (left positive) [m], reference heading [rad] and
-        curvature [1/m] there.
-    """
-    a = ref.path[lo:hi]  # (S, 2)
-    b = ref.path[lo + 1 : hi + 1]
-    ab = b - a
-    denom = np.einsum("sd,sd->s", ab, ab)
-    t = np.clip(np.einsum("sd,sd->s", p - a, ab) / np.where(denom > 0, denom, 1.0), 0.0, 1.0)
-    near = a + t[:, None] * ab
-    d2 = np.einsum("sd,sd->s", p - near, p - near)
-    j = int(np.argmin(d2))
-    i = lo + j
-    cross = ab[j, 0] * (p[1] - a[j, 1]) - ab[j, 1] * (p[0] - a[j, 0])
-    e_y = math.copysign(math.sqrt(d2[j]), cross) if d2[j] > 0 else 0.0
-    w = t[j]
-    psi = (1 - w) * ref.heading[i] + w * ref.heading[i + 1]
-    kappa = (1 - w) * ref.curvature[i] + w * ref.curvature[i + 1]
-    return i, e_y, float(psi), float(kappa)
-
-
 def smooth_rejoin(
     ref: ExpertReference,
     start: np.ndarray,
@@ -447,7 +434,8 @@ def smooth_rejoin(
     sampling: TrajectorySampling,
     cfg: RecoveryConfig,
 ) -> Rollout:
-    """Kinematic-bicycle rollout from a perturbed start back onto the expert path.
+    """Kinematic-bicycle rollout from a perturbed start back onto the expert path (a batch of one
+    of :func:`smooth_rejoin_multi`).
 
     Args:
         ref: The expert reference in frame L.
@@ -460,74 +448,8 @@ def smooth_rejoin(
     Returns:
         The rollout (see :class:`Rollout` and the module docstring).
     """
-    sub = max(1, int(math.ceil(sampling.interval_s / ROLLOUT_MAX_DT_S - 1e-9)))
-    dt = sampling.interval_s / sub
-    n = sampling.num_poses * sub
-    horizon = min(cfg.rejoin_horizon_s, sampling.horizon_s)
-    times = np.arange(n + 1) * dt
-
-    # Desired speed: blend from the start speed to the expert's profile over the horizon.
-    v_exp = ref.speed_at(times)
-    a_exp = ref.accel_at(times)
-    dv0 = float(speed) - float(v_exp[0])
-    x = np.clip(times / horizon, 0.0, 1.0)
-    v_des = v_exp + dv0 * (1.0 - x * x * (3.0 - 2.0 * x))
-    a_des = a_exp - dv0 * np.where(times < horizon, 6.0 * x * (1.0 - x) / horizon, 0.0)
-    v_des = np.maximum(v_des, 0.0)
-    dist = float(np.sum(0.5 * (v_des[1:] + v_des[:-1]) * dt * (times[1:] <= horizon + 1e-9)))
-    omega = float(np.clip(DECAY_AT_HORIZON / max(dist, 1e-6), *OMEGA_RANGE))
-
-    k_max = cfg.max_curvature
-    states = np.empty((n + 1, 4))
-    states[0] = (start[0], start[1], start[2], max(float(speed), 0.0))
-    kappas = np.empty(n)
-    accels = np.empty(n)
-    head_err = np.empty(n + 1)
-    m = ref.path.shape[0] - 1  # Number of segments.
-    # Initial projection: the whole path (the start is near the origin, far from the ends).
-    i, e_y, psi, kap = _project(ref, states[0, :2], 0, m)
-    window_back = int(math.ceil(2.0 / PATH_RESAMPLE_M))
-    for k in range(n):
-        px, py, th, v = states[k]
-        e_th = math.remainder(th - psi, 2.0 * math.pi)
-        head_err[k] = e_th
-        a = a_des[k] + SPEED_GAIN * (v_des[k] - v)
-        a = min(max(a, -cfg.max_decel_mps2), cfg.max_accel_mps2)
-        v_new = max(v + a * dt, 0.0)
-        a = (v_new - v) / dt
-        v_bound = max(v, v_new)
-        k_lim = k_max if v_bound <= 0 else min(k_max, cfg.max_lat_accel_mps2 / (v_bound * v_bound))
-        kappa = kap - omega * omega * e_y - 2.0 * omega * math.sin(e_th)
-        kappa = min(max(kappa, -k_lim), k_lim)
-        ds = 0.5 * (v + v_new) * dt
-        half = 0.5 * kappa * ds
-        chord = ds * (math.sin(half) / half if abs(half) > 1e-9 else 1.0)
-        states[k + 1] = (
-            px + chord * math.cos(th + half),
-            py + chord * math.sin(th + half),
-            th + kappa * ds,
-            v_new,
-        )
-        kappas[k] = kappa
-        accels[k] = a
-        ahead = int(math.ceil((ds + 1.0) / PATH_RESAMPLE_M)) + 2
-        i, e_y, psi, kap = _project(
-            ref, states[k + 1, :2], max(i - window_back, 0), min(i + ahead, m)
-        )
-    head_err[n] = math.remainder(states[n, 2] - psi, 2.0 * math.pi)
-    states[:, 2] = geometry.wrap_angle(states[:, 2])
-    lateral = geometry.point_polyline_distance(states[:, :2], ref.logged_path)
-    after = times >= horizon - 1e-9
-    converged = bool(
-        np.all(lateral[after] <= cfg.rejoin_tolerance_m)
-        and np.all(np.abs(head_err[after]) <= cfg.rejoin_heading_tolerance_rad)
-    )
-    for arr in (times, states, kappas, accels, lateral, head_err):
-        arr.flags.writeable = False
-    return Rollout(
-        times=times, states=states, curvature=kappas, accel=accels, lateral_error=lateral,
-        heading_error=head_err, horizon_s=horizon, converged=converged,
-    )  # fmt: skip
+    starts = np.asarray(start, dtype=np.float64).reshape(1, 3)
+    return smooth_rejoin_multi([ref], np.zeros(1, dtype=int), starts, np.array([float(speed)]), sampling, cfg)[0]
 
 
 def _stack_refs(refs: Sequence[ExpertReference]) -> tuple[np.ndarray, ...]:
@@ -638,26 +560,20 @@ def smooth_rejoin_multi(
     window_back = int(math.ceil(2.0 / PATH_RESAMPLE_M))
     two_pi = 2.0 * math.pi
     for k in range(n):
-        px, py, th, v = states[:, k].T
+        cur = states[:, k]
+        th, v = cur[:, ArcStateIndex.HEADING], cur[:, ArcStateIndex.SPEED]
         e_th = np.remainder(th - psi + math.pi, two_pi) - math.pi
         head_err[:, k] = e_th
         a = np.clip(a_des[:, k] + SPEED_GAIN * (v_des[:, k] - v), -cfg.max_decel_mps2, cfg.max_accel_mps2)
-        v_new = np.maximum(v + a * dt, 0.0)
-        a = (v_new - v) / dt
+        v_new = next_speed(v, a, dt)
         v_bound = np.maximum(v, v_new)
         with np.errstate(divide="ignore"):
             k_lim = np.where(v_bound <= 0, k_max, np.minimum(k_max, cfg.max_lat_accel_mps2 / (v_bound * v_bound)))
         kappa = np.clip(kap - omega * omega * e_y - 2.0 * omega * np.sin(e_th), -k_lim, k_lim)
-        ds = 0.5 * (v + v_new) * dt
-        half = 0.5 * kappa * ds
-        safe = np.abs(half) > 1e-9
-        chord = ds * np.where(safe, np.sin(half) / np.where(safe, half, 1.0), 1.0)
-        states[:, k + 1, 0] = px + chord * np.cos(th + half)
-        states[:, k + 1, 1] = py + chord * np.sin(th + half)
-        states[:, k + 1, 2] = th + kappa * ds
-        states[:, k + 1, 3] = v_new
+        states[:, k + 1] = arc_step(cur, kappa, a, dt)
         kappas[:, k] = kappa
-        accels[:, k] = a
+        accels[:, k] = (v_new - v) / dt  # applied: less braking when the car stops within the step
+        ds = 0.5 * (v + v_new) * dt  # distance of the step (as arc_step)
         ahead = np.ceil((ds + 1.0) / PATH_RESAMPLE_M).astype(int) + 2
         i, e_y, psi, kap = _project_rows(paths, heads, curvs, rowref, states[:, k + 1, :2], np.maximum(i - window_back, 0), np.minimum(i + ahead, m))
     head_err[:, n] = np.remainder(states[:, n, 2] - psi + math.pi, two_pi) - math.pi
@@ -980,35 +896,3 @@ def plan_recovery_batch(
                 break
         results.append((plans, rejects))
     return results
-    ctx = _Context.build(scene, step, cfg, sampling)
-    if ctx is None:
-        rejects["invalid_window"] += num_samples
-        return plans, rejects
-    prefix = scene.scene_id if key_prefix is None else key_prefix
-    agent_id = int(scene.tracks.ids[ctx.row])
-    # Draw every attempt up front (the same draws, in the same order, as drawing one at a time),
-    # check the starts, then roll all surviving starts out at once: the rejoin rollouts run as one
-    # vectorized batch. Draws are then taken in order until num_samples are accepted; only the
-    # draws up to that point count as made (and as rejected).
-    perts = [cfg.draw(rng) for _ in range(num_samples * int(cfg.attempts_per_sample))]
-    reasons = [ctx.start_check(p) for p in perts]
-    rollouts: dict[int, Rollout] = {}
-    if cfg.target is RecoveryTarget.SMOOTH_REJOIN:
-        todo = [j for j, r in enumerate(reasons) if r is None]
-        if todo:
-            assert ctx.ref is not None
-            starts = np.array([[perts[j].dx, perts[j].dy, perts[j].dheading] for j in todo])
-            speeds = np.array([ctx.start_speed(perts[j]) for j in todo])
-            rollouts = dict(zip(todo, smooth_rejoin_batch(ctx.ref, starts, speeds, sampling, cfg)))
-    for j, pert in enumerate(perts):
-        if reasons[j] is not None:
-            rejects[reasons[j]] += 1
-            continue
-        plan, reason = ctx.plan_for(pert, sample_key(prefix, step, SampleKind.RECOVERY, agent_id, len(plans)), rollouts.get(j))
-        if plan is None:
-            rejects[reason] += 1
-            continue
-        plans.append(plan)
-        if len(plans) == num_samples:
-            break
-    return plans, rejects

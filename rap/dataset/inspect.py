@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw
 
 from rap.dataset.manifest import MANIFEST_NAME, read_manifest
 from rap.dataset.reader import decode_record, iter_shard_members, list_shards
-from rap.dataset.sample import DrivingCommand, SampleKind
+from rap.dataset.sample import SampleKind
+from rap.kinematics import DrivingCommand
 from rap.images import contact_sheet, save_png
 from rasterizer.camera import OrthoCamera, PinholeCamera
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rap.fileio import write_bytes_atomic
+from rap.fileio import sha256_file, write_bytes_atomic
 from rap.dataset.sample import SampleKind
 
 __all__ = [
@@ -303,7 +303,6 @@ def verify_shards(directory: str | Path, manifest: Manifest | None = None) -> li
     Returns:
         Problems found, one line each naming the shard (empty when all is well).
     """
-    from rap.dataset.writer import sha256_file  # local: writer imports this module
 
     directory = Path(directory)
     manifest = manifest or read_manifest(directory)

@@ -27,8 +27,10 @@ import numpy as np
 
 from rap.dataset.codec import decode
 from rap.dataset.manifest import MANIFEST_NAME, ShardEntry, read_manifest
-from rap.dataset.sample import DrivingCommand, EgoStatus, Perturbation, Sample, SampleKind, SamplePlan
-from rap.dataset.writer import BEV_FIELD, sha256_file
+from rap.dataset.sample import Perturbation, Sample, SampleKind, SamplePlan
+from rap.kinematics import DrivingCommand, EgoStatus
+from rap.dataset.writer import BEV_FIELD
+from rap.fileio import sha256_file
 from rap.trajectory import Trajectory, TrajectorySampling
 
 try:  # torch is only needed by the dataset classes; iter_shard works without it

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum, IntEnum
+from enum import Enum
 
 import numpy as np
 
+from rap.kinematics import DrivingCommand, EgoStatus  # noqa: F401  (part of a sample)
 from rap.trajectory import Trajectory
 
 
@@ -16,31 +17,6 @@ class SampleKind(str, Enum):
     EGO = "ego"  # the logged ego's own view and future
     RECOVERY = "recovery"  # a counterfactual perturbed start and a target back to the expert path
     CROSS_AGENT = "cross_agent"  # another vehicle's seat and its own logged future
-
-
-class DrivingCommand(IntEnum):
-    """High-level command derived from the future (NAVSIM's one-hot order: left, straight, right)."""
-
-    LEFT = 0
-    STRAIGHT = 1
-    RIGHT = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class EgoStatus:
-    """State of the acting agent at the sample's step, in its own frame.
-
-    Attributes:
-        speed: [m/s] (>= 0).
-        velocity: (2,) float (longitudinal, lateral) [m/s].
-        acceleration: (2,) float (longitudinal, lateral) [m/s^2].
-        command: the driving command derived from its future.
-    """
-
-    speed: float
-    velocity: tuple[float, float]
-    acceleration: tuple[float, float]
-    command: DrivingCommand
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,7 +75,7 @@ import numpy as np
 
 from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, encode
 from rap.dataset.manifest import ShardEntry
-from rap.fileio import fsync_dir
+from rap.fileio import fsync_dir, sha256_file
 from rap.dataset.sample import Sample
 
 __all__ = [
@@ -244,15 +244,6 @@ def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> l
     members[f"{key}.json"] = _json_bytes(sample_metadata(sample, image_members, bev_member))
     members[f"{key}.npz"] = npz_bytes(sample_arrays(sample))
     return sorted(members.items())
-
-
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _HashingFile:

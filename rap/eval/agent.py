@@ -3,7 +3,9 @@
 An evaluator asks an agent once for :meth:`Agent.sensor_config` (which camera views to render)
 and then, per scene, calls :meth:`Agent.plan` with an :class:`Observation`: views rendered by the
 rasterizer from the ego's state, its status (speed, velocity, acceleration, driving command) and
-its past poses. Nothing privileged is in an observation unless the agent declares
+its past poses (built by :mod:`rap.eval.observe`; a dataset sample becomes the same type through
+:func:`rap.eval.observe.observation_from_sample`, so a planner reads one input type in training
+and in evaluation). Nothing privileged is in an observation unless the agent declares
 ``privileged = True`` (the built-in rule-based agents); then ``observation.scene`` holds the
 scene and ``observation.step`` the current step. A trained planner implements the same protocol
 (``planners/agent.py``).
@@ -19,17 +21,19 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from rap.dataset.sample import EgoStatus
+from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG
+from rap.kinematics import EgoStatus
 from rap.scene import Scene
 from rap.trajectory import NAVSIM_SAMPLING, Trajectory, TrajectorySampling
 
 
 @dataclasses.dataclass(frozen=True)
 class SensorConfig:
-    """Which views an agent wants: a named rig at a size (None: no images)."""
+    """Which views an agent wants: a named rig at a size (None: no images). The defaults are
+    those of generated samples (``rap.config.DEFAULT_RIG`` / ``DEFAULT_CAMERA_SIZE``)."""
 
-    rig: str | None = "front3"
-    size: tuple[int, int] = (512, 256)  # [px] every camera
+    rig: str | None = DEFAULT_RIG
+    size: tuple[int, int] = DEFAULT_CAMERA_SIZE  # [px] every camera
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -37,7 +41,8 @@ class Observation:
     """What an agent sees at one step.
 
     Attributes:
-        scene_id, time_s: where and when.
+        scene_id, time_s: where and when (``time_s`` None for observations rebuilt from
+            dataset samples, which do not store it).
         images: camera name → (H, W, 3) uint8 raster (empty without cameras).
         cameras: camera name → camera record (intrinsics, distortion, cam_to_body).
         ego_status: speed, velocity and acceleration in the ego frame, driving command.
@@ -47,7 +52,7 @@ class Observation:
     """
 
     scene_id: str
-    time_s: float
+    time_s: float | None
     images: dict[str, np.ndarray]
     cameras: dict[str, dict]
     ego_status: EgoStatus
@@ -95,7 +100,7 @@ class LogReplayAgent:
         return SensorConfig(rig=None)
 
     def plan(self, observation: Observation) -> Trajectory:
-        from rap.augment.targets import future_target
+        from rap.kinematics import future_target
 
         assert observation.scene is not None and observation.step is not None
         scene = observation.scene

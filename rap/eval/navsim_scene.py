@@ -25,7 +25,7 @@ import numpy as np
 import shapely
 
 from rap import geometry
-from rap.augment.targets import agent_acceleration, agent_velocity, future_target
+from rap.kinematics import agent_acceleration, agent_velocity, future_target, yaw_rate
 from rap.metrics.pdm_inputs import EgoState, ObjectKind, ObjectTracks, ScoringScene
 from rap.scene import AgentType, LaneType, LightColor, Scene
 from rap.trajectory import NAVSIM_SAMPLING, Trajectory, TrajectorySampling
@@ -45,7 +45,8 @@ _KIND = {
 }
 
 
-def _steps_for(scene: Scene, seconds: float) -> int:
+def steps_for(scene: Scene, seconds: float) -> int:
+    """Log steps spanning ``seconds`` (the median step; log timestamps jitter)."""
     dt = float(np.median(np.diff(scene.timestamps))) if scene.num_steps > 1 else 0.1
     n = seconds / dt
     return int(round(n)) if abs(n - round(n)) < 0.05 else int(np.ceil(n))
@@ -54,24 +55,13 @@ def _steps_for(scene: Scene, seconds: float) -> int:
 def scoring_steps(scene: Scene, spacing_s: float = 1.0) -> list[int]:
     """Steps at ``spacing_s`` (aligned with the current step) with 1.5 s of history and 4 s of
     future, where the ego is valid over the whole window."""
-    back, ahead, stride = _steps_for(scene, HISTORY_S), _steps_for(scene, FUTURE_S), max(1, _steps_for(scene, spacing_s))
+    back, ahead, stride = steps_for(scene, HISTORY_S), steps_for(scene, FUTURE_S), max(1, steps_for(scene, spacing_s))
     valid = scene.tracks.valid[scene.ego_index]
     out = []
     for s in range(back, scene.num_steps - ahead):
         if (s - scene.current_index) % stride == 0 and valid[s - back : s + ahead + 1].all():
             out.append(s)
     return out
-
-
-def yaw_rate(scene: Scene, row: int, step: int) -> float:
-    """Central-difference yaw rate of an agent at ``step`` [rad/s] (one-sided at the ends)."""
-    valid = scene.tracks.valid[row]
-    lo = step - 1 if step > 0 and valid[step - 1] else step
-    hi = step + 1 if step + 1 < scene.num_steps and valid[step + 1] else step
-    if hi == lo:
-        return 0.0
-    dh = float(geometry.wrap_angle(scene.tracks.heading[row, hi] - scene.tracks.heading[row, lo]))
-    return dh / float(scene.timestamps[hi] - scene.timestamps[lo])
 
 
 def ego_state(scene: Scene, step: int) -> EgoState:
@@ -100,14 +90,14 @@ def object_tracks(scene: Scene, step: int, num_steps: int = OBJECT_HORIZON_STEPS
     idx = step + np.arange(num_steps)
     inside = idx < scene.num_steps
     clipped = np.minimum(idx, scene.num_steps - 1)
-    valid = tr.valid[rows][:, clipped].T & inside[:, None]  # (S, N)
-    seen = valid.any(axis=0)
-    rows, valid = rows[seen], valid[:, seen]
+    valid = tr.valid[rows][:, clipped] & inside[None, :]  # (N, S)
+    seen = valid.any(axis=1)
+    rows, valid = rows[seen], valid[seen]
 
     def per_step(arr: np.ndarray) -> np.ndarray:
-        return np.where(valid, arr[rows][:, clipped].T, 0.0)
+        return np.where(valid, arr[rows][:, clipped], 0.0)
 
-    first = np.argmax(valid, axis=0)  # first valid step of each object in the window
+    first = np.argmax(valid, axis=1)  # first valid step of each object in the window
     length = tr.length[rows, clipped[first]].astype(np.float64)
     width = tr.width[rows, clipped[first]].astype(np.float64)
     kinds = np.array([int(_KIND.get(AgentType(int(t)), ObjectKind.STATIC_OBJECT)) for t in tr.types[rows]], dtype=np.int8)
@@ -168,7 +158,7 @@ def _traversed_lanes(scene: Scene, polys: dict[int, shapely.Polygon], start: int
 def route(scene: Scene, step: int, polys: dict[int, shapely.Polygon]) -> tuple[frozenset, np.ndarray]:
     """(on-route lane ids, (M, 3) route centerline x, y, heading) for ``step``."""
     lanes = scene.map.lanes
-    start = max(0, step - _steps_for(scene, HISTORY_S))
+    start = max(0, step - steps_for(scene, HISTORY_S))
     sequence = _traversed_lanes(scene, polys, start)
     known = [int(i) for i in scene.ego_route if int(i) in polys]
     if known:  # the source knows the planned route: follow it from the lanes just traversed
@@ -225,7 +215,7 @@ def red_light_lanes(scene: Scene, step: int, num_steps: int = OBJECT_HORIZON_STE
 
 def ego_history(scene: Scene, step: int) -> tuple[EgoState, ...]:
     """Logged ego states of the 1.5 s before ``step`` (oldest first, ``step`` excluded)."""
-    back = _steps_for(scene, HISTORY_S)
+    back = steps_for(scene, HISTORY_S)
     return tuple(ego_state(scene, s) for s in range(step - back, step))
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import shapely
 
-__all__ = ["EgoAreaIndex", "PolygonSet", "SegmentGrid", "membership_bits", "membership", "any_membership", "bits_to_bool", "index_bits", "area_flags", "ego_areas"]
+__all__ = ["EgoAreaIndex", "PreparedPolygons", "SegmentGrid", "membership_bits", "membership", "any_membership", "bits_to_bool", "index_bits", "area_flags", "ego_areas"]
 
 ExactFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 """(polygon index, x (P,), y (P,)) -> (P,) bool exact membership."""
@@ -43,8 +43,12 @@ class EgoAreaIndex(IntEnum):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PolygonSet:
-    """Polygons prepared for :func:`membership`.
+class PreparedPolygons:
+    """Shapely polygons prepared for fast exact membership queries (:func:`membership_bits`).
+
+    Not a map element set: :class:`rap.scene.PolygonSet` holds a map's crosswalks, areas, ...
+    as ids and open rings without holes; this is a query structure over any shapely polygons
+    (holes included, e.g. buffered centerlines) with their edges and bounds precomputed.
 
     Attributes:
         polygons: L shapely polygons (prepared).
@@ -59,12 +63,12 @@ class PolygonSet:
     exact: ExactFn | None = None
 
     @classmethod
-    def from_polygons(cls, polygons: Sequence[shapely.Polygon], exact: ExactFn | None = None) -> PolygonSet:
+    def from_polygons(cls, polygons: Sequence[shapely.Polygon], exact: ExactFn | None = None) -> PreparedPolygons:
         polys = tuple(polygons)
         edges = []
         for p in polys:
             if not isinstance(p, shapely.Polygon):
-                raise ValueError(f"PolygonSet: expected Polygon, got {type(p).__name__}")
+                raise ValueError(f"PreparedPolygons: expected Polygon, got {type(p).__name__}")
             shapely.prepare(p)
             rings = [np.asarray(p.exterior.coords)[:, :2]] + [np.asarray(r.coords)[:, :2] for r in p.interiors]
             edges.append(np.concatenate([np.concatenate([r[:-1], r[1:]], axis=1) for r in rings], axis=0))
@@ -204,7 +208,7 @@ def _window_status(edges: np.ndarray, x0: float, y0: float, res: float, nx: int,
 
 
 def membership_bits(
-    polys: PolygonSet, xy: np.ndarray, resolution: float = 0.2, relevant: np.ndarray | None = None
+    polys: PreparedPolygons, xy: np.ndarray, resolution: float = 0.2, relevant: np.ndarray | None = None
 ) -> np.ndarray:
     """Exact membership of each point as bit masks: bit ``j % 64`` of word ``j // 64`` is set when
     polygon j strictly contains the point (``shapely.contains_xy``, or the set's exact predicate).
@@ -316,12 +320,12 @@ def index_bits(indices: np.ndarray, n: int) -> np.ndarray:
     return words
 
 
-def membership(polys: PolygonSet, xy: np.ndarray, resolution: float = 0.2) -> np.ndarray:
+def membership(polys: PreparedPolygons, xy: np.ndarray, resolution: float = 0.2) -> np.ndarray:
     """Which polygons strictly contain each point: (P, L) bool (see :func:`membership_bits`)."""
     return bits_to_bool(membership_bits(polys, xy, resolution), len(polys))
 
 
-def any_membership(polys: PolygonSet, xy: np.ndarray, resolution: float = 0.2) -> np.ndarray:
+def any_membership(polys: PreparedPolygons, xy: np.ndarray, resolution: float = 0.2) -> np.ndarray:
     """(P,) bool: the point is strictly inside at least one polygon."""
     return _any_bit(membership_bits(polys, xy, resolution))
 
@@ -372,9 +376,9 @@ def area_flags(
 def ego_areas(
     corners: np.ndarray,
     centers: np.ndarray,
-    lanes: PolygonSet,
+    lanes: PreparedPolygons,
     on_route: np.ndarray,
-    drivable: PolygonSet,
+    drivable: PreparedPolygons,
     resolution: float = 0.2,
 ) -> np.ndarray:
     """NAVSIM's ego-area flags per proposal and step.

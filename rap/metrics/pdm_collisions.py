@@ -231,10 +231,13 @@ def find_contacts(
     mx, my = cx + vx * half, cy + vy * half
     ego_r = float(np.hypot(vehicle.half_length, vehicle.half_width)) + speed * half
     # Objects: circle around their positions at t + look-ahead (valid ones only): (Te, N).
+    # Worked step-major ((Te, D, N) C-ordered, from the transposed (N, S) tracks) so the sums over
+    # the look-aheads add in the same order whatever the objects' memory layout.
     steps = np.arange(top + 1)
     idx = np.minimum(steps[:, None] + np.asarray(looks)[None, :], objects.num_steps - 1)  # (Te, D)
-    ok = (steps[:, None] + np.asarray(looks)[None, :] < objects.num_steps)[:, :, None] & objects.valid[idx]  # (Te, D, N)
-    ox, oy = objects.x[idx], objects.y[idx]
+    ok = (steps[:, None] + np.asarray(looks)[None, :] < objects.num_steps)[:, :, None] & objects.valid.T[idx]  # (Te, D, N)
+    ox = np.ascontiguousarray(objects.x.T[idx])
+    oy = np.ascontiguousarray(objects.y.T[idx])
     w = ok.astype(np.float64)
     cnt = np.maximum(w.sum(axis=1), 1.0)
     ocx = (ox * w).sum(axis=1) / cnt
@@ -270,12 +273,12 @@ def find_contacts(
         n1 = nn[sel]
         s2 = tt[sel] + look
         shift = look * dt
-        dx = objects.x[s2, n1] - (ecx[sel] + evx[sel] * shift)
-        dy = objects.y[s2, n1] - (ecy[sel] + evy[sel] * shift)
+        dx = objects.x[n1, s2] - (ecx[sel] + evx[sel] * shift)
+        dy = objects.y[n1, s2] - (ecy[sel] + evy[sel] * shift)
         close = np.nonzero(dx * dx + dy * dy <= (box_r + circle_r[n1]) ** 2 + 1e-9)[0]  # per-look-ahead circles
         sel, n1, s2, dx, dy = sel[close], n1[close], s2[close], dx[close], dy[close]
         hit = obb_overlap(
-            dx, dy, eh[sel], hl, hw, objects.heading[s2, n1], 0.5 * objects.length[n1], 0.5 * objects.width[n1]
+            dx, dy, eh[sel], hl, hw, objects.heading[n1, s2], 0.5 * objects.length[n1], 0.5 * objects.width[n1]
         )
         out_k.append(kk[sel[hit]])
         out_t.append(tt[sel[hit]])
@@ -335,11 +338,11 @@ def no_at_fault_collisions(
     ego_speed = np.hypot(s[:, StateIndex.VELOCITY_X], s[:, StateIndex.VELOCITY_Y])
     static = objects.kinds[nn] == ObjectKind.STATIC_OBJECT
     track_stopped = static | (objects.first_valid_speed()[nn] <= cfg.stopped_speed_threshold)
-    obj_xy = np.stack([objects.x[tt, nn], objects.y[tt, nn]], axis=-1)
+    obj_xy = np.stack([objects.x[nn, tt], objects.y[nn, tt]], axis=-1)
     angle = relative_angle(s[:, [StateIndex.X, StateIndex.Y]], s[:, StateIndex.HEADING], obj_xy)
     behind = angle > np.deg2rad(cfg.behind_angle_deg)
     corners, _ = ego_box(s, vehicle)
-    obj_box = box_corners_2d(objects.x[tt, nn], objects.y[tt, nn], objects.heading[tt, nn], objects.length[nn], objects.width[nn])
+    obj_box = box_corners_2d(objects.x[nn, tt], objects.y[nn, tt], objects.heading[nn, tt], objects.length[nn], objects.width[nn])
     front = segment_intersects_box(corners[:, FRONT_RIGHT], corners[:, FRONT_LEFT], obj_box)
     ctype = np.full(kk.size, CollisionType.ACTIVE_LATERAL, dtype=np.int64)
     ctype[front] = CollisionType.ACTIVE_FRONT
@@ -416,7 +419,7 @@ def time_to_collision(
         return results[0] if single else results
     look = np.asarray(cfg.ttc_lookahead_steps)[di]
     s = states[kk, tt]
-    obj_xy = np.stack([objects.x[tt + look, nn], objects.y[tt + look, nn]], axis=-1)
+    obj_xy = np.stack([objects.x[nn, tt + look], objects.y[nn, tt + look]], axis=-1)
     angle = relative_angle(s[:, [StateIndex.X, StateIndex.Y]], s[:, StateIndex.HEADING], obj_xy)
     ahead = angle < np.deg2rad(cfg.ahead_angle_deg)
     behind = angle > np.deg2rad(cfg.behind_angle_deg)

@@ -45,13 +45,20 @@ def _fail(owner: object, name: str, message: str) -> ValueError:
     return ValueError(f"{type(owner).__name__}.{name}: {message}")
 
 
-def _float_array(owner: object, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
+_TRACK_AXES = "(num_objects, num_steps)"
+
+
+def _float_array(owner: object, name: str, shape: tuple[int | None, ...], axes: str = "") -> np.ndarray:
     try:
         arr = np.array(getattr(owner, name), dtype=np.float64, copy=True)
     except (TypeError, ValueError) as e:
         raise _fail(owner, name, f"cannot be read as a float array ({e})") from None
     if arr.ndim != len(shape) or any(w is not None and g != w for g, w in zip(arr.shape, shape)):
-        raise _fail(owner, name, f"expected shape {tuple('?' if w is None else w for w in shape)}, got {arr.shape}")
+        want = "(" + ", ".join("?" if w is None else str(w) for w in shape) + ")"
+        hint = f" {axes}" if axes else ""
+        if axes and arr.ndim == len(shape) and all(w is None or g == w for g, w in zip(arr.shape[::-1], shape)):
+            hint += " (this looks transposed)"
+        raise _fail(owner, name, f"expected shape {want}{hint}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise _fail(owner, name, "contains non-finite values")
     arr.flags.writeable = False
@@ -131,20 +138,21 @@ class EgoState:
 class ObjectTracks:
     """Other objects as oriented boxes over S steps 0.1 s apart, step 0 = now.
 
-    All per-step arrays are (S, N): S steps by N objects. Give S >= 41 (4 s). PDMS v1's
-    time-to-collision looks up to 0.9 s past the last simulated step, so NAVSIM v1 scores against
-    S = 51; with fewer steps those look-aheads are skipped.
+    All per-step arrays are (num_objects, num_steps) = (N, S), object-major like
+    :class:`rap.scene.AgentTracks`; an (S, N) array is rejected naming the field. Give S >= 41
+    (4 s). PDMS v1's time-to-collision looks up to 0.9 s past the last simulated step, so NAVSIM
+    v1 scores against S = 51; with fewer steps those look-aheads are skipped.
 
     Attributes:
         ids: (N,) int64 unique object ids.
         kinds: (N,) int8 :class:`ObjectKind`.
-        x, y: (S, N) box centres, world frame [m].
-        heading: (S, N) box headings, world frame [rad].
-        vx, vy: (S, N) velocities, world frame [m/s]. An object is "stopped" (collision
+        x, y: (N, S) box centres, world frame [m].
+        heading: (N, S) box headings, world frame [rad].
+        vx, vy: (N, S) velocities, world frame [m/s]. An object is "stopped" (collision
             classification) when its speed at its first valid step is <= 0.05 m/s, as nuPlan
             reads the tracked object it first saw; STATIC_OBJECT is always stopped.
         length, width: (N,) box extents [m] (> 0).
-        valid: (S, N) bool; an object is absent at steps where it is False.
+        valid: (N, S) bool; an object is absent at steps where it is False.
     """
 
     ids: np.ndarray
@@ -176,17 +184,17 @@ class ObjectTracks:
         kinds = kinds.astype(np.int8)
         kinds.flags.writeable = False
         object.__setattr__(self, "kinds", kinds)
-        x = _float_array(self, "x", (None, n))
-        s = x.shape[0]
+        x = _float_array(self, "x", (n, None), _TRACK_AXES)
+        s = x.shape[1]
         for name in ("y", "heading", "vx", "vy"):
-            _float_array(self, name, (s, n))
+            _float_array(self, name, (n, s), _TRACK_AXES)
         for name in ("length", "width"):
             arr = _float_array(self, name, (n,))
             if np.any(arr <= 0):
                 raise _fail(self, name, "must be > 0")
         valid = np.array(self.valid, copy=True)
-        if valid.shape != (s, n) or valid.dtype.kind not in "bui":
-            raise _fail(self, "valid", f"expected a ({s}, {n}) bool array, got {valid.dtype} {valid.shape}")
+        if valid.shape != (n, s) or valid.dtype.kind not in "bui":
+            raise _fail(self, "valid", f"expected a ({n}, {s}) bool array {_TRACK_AXES}, got {valid.dtype} {valid.shape}")
         valid = valid.astype(bool)
         valid.flags.writeable = False
         object.__setattr__(self, "valid", valid)
@@ -194,32 +202,32 @@ class ObjectTracks:
     @classmethod
     def empty(cls, num_steps: int = 41) -> ObjectTracks:
         """No objects."""
-        z = np.zeros((num_steps, 0))
+        z = np.zeros((0, num_steps))
         return cls(np.zeros(0, np.int64), np.zeros(0, np.int8), z, z, z, z, z, np.zeros(0), np.zeros(0), z.astype(bool))
 
     @property
     def num_steps(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.x.shape[1])
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
     def corners(self) -> np.ndarray:
-        """(S, N, 4, 2) box corners [m] (front-right, front-left, rear-left, rear-right)."""
-        return box_corners_2d(self.x, self.y, self.heading, self.length[None, :], self.width[None, :])
+        """(N, S, 4, 2) box corners [m] (front-right, front-left, rear-left, rear-right)."""
+        return box_corners_2d(self.x, self.y, self.heading, self.length[:, None], self.width[:, None])
 
     def first_valid_speed(self) -> np.ndarray:
         """(N,) speed at each object's first valid step [m/s] (0 for never-valid objects)."""
-        first = np.argmax(self.valid, axis=0)
-        cols = np.arange(len(self))
-        return np.hypot(self.vx[first, cols], self.vy[first, cols])
+        first = np.argmax(self.valid, axis=1)
+        rows = np.arange(len(self))
+        return np.hypot(self.vx[rows, first], self.vy[rows, first])
 
     def constant_velocity_forecast(self, num_steps: int, dt: float = 0.1) -> ObjectTracks:
         """Step 0 extrapolated at constant velocity (what PDM-Closed sees at planning time)."""
-        t = (np.arange(num_steps) * dt)[:, None]
-        rep = lambda a: np.repeat(a[:1], num_steps, axis=0)  # noqa: E731
+        t = (np.arange(num_steps) * dt)[None, :]
+        rep = lambda a: np.repeat(a[:, :1], num_steps, axis=1)  # noqa: E731
         return ObjectTracks(
-            self.ids, self.kinds, self.x[:1] + t * self.vx[:1], self.y[:1] + t * self.vy[:1],
+            self.ids, self.kinds, self.x[:, :1] + t * self.vx[:, :1], self.y[:, :1] + t * self.vy[:, :1],
             rep(self.heading), rep(self.vx), rep(self.vy), self.length, self.width, rep(self.valid),
         )
 

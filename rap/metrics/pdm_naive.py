@@ -48,9 +48,9 @@ def naive_metrics(scene: ScoringScene, states: np.ndarray, config: PDMScorerConf
     corners_all = objs.corners()
     trees, tokens = [], []
     for t in range(objs.num_steps):
-        ids = np.nonzero(objs.valid[t])[0]
+        ids = np.nonzero(objs.valid[:, t])[0]
         tokens.append(ids)
-        trees.append(shapely.STRtree(shapely.polygons(corners_all[t, ids]) if ids.size else []))
+        trees.append(shapely.STRtree(shapely.polygons(corners_all[ids, t]) if ids.size else []))
     first_speed = objs.first_valid_speed()
     lanes = [scene.lane_polygons[i] for i in sorted(scene.lane_polygons)]
     route = [scene.lane_polygons[i] for i in sorted(scene.lane_polygons) if i in scene.route_lane_ids]
@@ -91,7 +91,7 @@ def naive_metrics(scene: ScoringScene, states: np.ndarray, config: PDMScorerConf
                 if n in ignored:
                     continue
                 speed = np.hypot(st[t, StateIndex.VELOCITY_X], st[t, StateIndex.VELOCITY_Y])
-                obj_poly = shapely.Polygon(corners_all[t, n])
+                obj_poly = shapely.Polygon(corners_all[n, t])
                 stopped = objs.kinds[n] == ObjectKind.STATIC_OBJECT or first_speed[n] <= ccfg.stopped_speed_threshold
                 behind = _angle(st[t], obj_poly.centroid) > np.deg2rad(ccfg.behind_angle_deg)
                 front = shapely.LineString([corners[t][0], corners[t][1]]).intersects(obj_poly)  # front-right, front-left
@@ -136,7 +136,7 @@ def naive_metrics(scene: ScoringScene, states: np.ndarray, config: PDMScorerConf
                         n = int(tokens[t + look][g])
                         if n in ignored or speed < ccfg.ttc_stopped_speed_threshold:
                             continue
-                        ang = _angle(st[t], shapely.Polygon(corners_all[t + look, n]).centroid)
+                        ang = _angle(st[t], shapely.Polygon(corners_all[n, t + look]).centroid)
                         risky = multi[t] or nondriv[t] or r_inter[t]
                         if ang < np.deg2rad(ccfg.ahead_angle_deg) or (risky and not ang > np.deg2rad(ccfg.behind_angle_deg)):
                             out[key][k] = 0.0

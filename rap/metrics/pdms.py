@@ -67,7 +67,7 @@ from rap.metrics.comfort import (
     extended_comfort,
     is_comfortable,
 )
-from rap.metrics.pdm_areas import EgoAreaIndex, PolygonSet, SegmentGrid, _any_bit, area_flags, index_bits, membership_bits
+from rap.metrics.pdm_areas import EgoAreaIndex, PreparedPolygons, SegmentGrid, _any_bit, area_flags, index_bits, membership_bits
 from rap.metrics.pdm_collisions import CollisionConfig, ego_box, find_contacts, no_at_fault_collisions, time_to_collision
 from rap.metrics.pdm_inputs import ObjectTracks, ScoringScene
 from rap.sim.bicycle import StateIndex
@@ -212,12 +212,12 @@ class PDMResult:
 class PreparedScene:
     """Scene geometry prepared once for any number of :func:`score_states` calls.
 
-    All map polygons go into one :class:`~rap.metrics.pdm_areas.PolygonSet` (one raster pass per
+    All map polygons go into one :class:`~rap.metrics.pdm_areas.PreparedPolygons` (one raster pass per
     call); the masks are (W,) uint64 bit masks selecting each layer from its membership bits.
     """
 
     scene: ScoringScene
-    areas: PolygonSet
+    areas: PreparedPolygons
     lane_mask: np.ndarray
     route_mask: np.ndarray
     drivable_mask: np.ndarray
@@ -255,7 +255,7 @@ def prepare_scene(scene: ScoringScene, config: PDMScorerConfig | None = None) ->
     route = [i for i, lane in enumerate(lane_ids) if lane in scene.route_lane_ids]
     return PreparedScene(
         scene=scene,
-        areas=PolygonSet.from_polygons(polys, exact=exact),
+        areas=PreparedPolygons.from_polygons(polys, exact=exact),
         lane_mask=mask(bounds[0], bounds[1]),
         route_mask=index_bits(np.asarray(route, dtype=np.int64), n),
         drivable_mask=mask(bounds[1], bounds[2]),

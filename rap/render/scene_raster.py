@@ -207,6 +207,34 @@ def _light_headings_and_widths(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     return headings, widths
 
 
+@dataclass(frozen=True, eq=False)
+class AgentStates:
+    """Every agent's box at one instant, world frame; all arrays are (num_agents,) in the rows of
+    ``scene.tracks`` (a simulation tick, or one step of a log).
+
+    Attributes:
+        x, y, z: box centres [m]; heading [rad]; length, width, height [m]: float64.
+        valid: bool, whether the agent exists at this instant.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    heading: np.ndarray
+    length: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def from_tracks(cls, tracks, step: int) -> "AgentStates":
+        """The states logged at ``step`` of :class:`rap.scene.AgentTracks`."""
+        return cls(
+            tracks.x[:, step], tracks.y[:, step], tracks.z[:, step], tracks.heading[:, step],
+            tracks.length[:, step], tracks.width[:, step], tracks.height[:, step], tracks.valid[:, step],
+        )  # fmt: skip
+
+
 class SceneRasterizer:
     """Renders one scene: uploads its map once, then any step from any agent's seat.
 
@@ -216,17 +244,34 @@ class SceneRasterizer:
         config: raster options.
     """
 
-    def __init__(self, renderer: Renderer, scene: Scene, config: RasterConfig = RasterConfig()) -> None:
+    def __init__(self, renderer: Renderer, scene: Scene, config: RasterConfig = RasterConfig(), *, _map_from: "SceneRasterizer | None" = None) -> None:
         self.renderer = renderer
         self.scene = scene
         self.config = config
+        self._agent_classes = np.array([int(AGENT_CLASS.get(AgentType(int(t)), RasterClass.OTHER_AGENT)) for t in scene.tracks.types], dtype=np.uint32)
+        if _map_from is not None:  # same map: share its tessellation, origin and light geometry
+            self.origin = _map_from.origin
+            self.mesh = _map_from.mesh
+            self._area_vertices = _map_from._area_vertices
+            self._light_heading, self._light_width = _map_from._light_heading, _map_from._light_width
+            self._ensure_map()
+            return
         pose = scene.ego_pose(scene.current_index)
         self.origin = pose[:3].copy()
         self._light_heading, self._light_width = _light_headings_and_widths(scene)
-        self._agent_classes = np.array([int(AGENT_CLASS.get(AgentType(int(t)), RasterClass.OTHER_AGENT)) for t in scene.tracks.types], dtype=np.uint32)
         self.mesh = map_mesh(scene.map, self.origin, config)
         self._area_vertices = drivable_area_vertices(self.mesh)
         renderer.set_static(self.mesh)
+
+    def with_scene(self, scene: Scene) -> "SceneRasterizer":
+        """A rasterizer of ``scene`` that reuses this one's map geometry (no tessellation, no
+        upload) when ``scene.map`` and ``scene.traffic_lights`` are the objects this one was built
+        on, as for successive ticks of a simulation or scenes cut from one log; otherwise a new
+        one (map tessellated and uploaded)."""
+        old, new = self.scene.traffic_lights, scene.traffic_lights
+        same_lights = np.array_equal(old.lane_ids, new.lane_ids) and np.array_equal(old.stop_points, new.stop_points)
+        same_map = scene.map is self.scene.map and same_lights
+        return SceneRasterizer(self.renderer, scene, self.config, _map_from=self if same_map else None)
 
     def _ensure_map(self) -> None:
         # Several SceneRasterizers may share one renderer: put this scene's map back if another
@@ -237,40 +282,75 @@ class SceneRasterizer:
     def frame_boxes(self, step: int, viewer_index: int | None, draw_viewer: bool = False) -> Boxes:
         """Boxes of every agent valid at ``step``, of every light with a state and a post at each
         stop sign. The viewer's own box is drawn (with the EGO class) only if ``draw_viewer``."""
-        scene = self.scene
+        lights = self.scene.traffic_lights
+        light_colors = lights.colors[:, step] if len(lights) else np.zeros(0, dtype=np.int64)
+        light_valid = lights.valid[:, step] if len(lights) else np.zeros(0, dtype=bool)
+        return self.state_boxes(AgentStates.from_tracks(self.scene.tracks, step), light_colors, light_valid, viewer_index, draw_viewer)
+
+    def state_boxes(self, agents: "AgentStates", light_colors: np.ndarray, light_valid: np.ndarray, viewer_index: int | None, draw_viewer: bool = False) -> Boxes:
+        """Boxes of an instant given as states: ``agents`` (rows of ``scene.tracks``),
+        ``light_colors`` / ``light_valid`` (K,) for the rows of ``scene.traffic_lights``; see
+        :meth:`frame_boxes`."""
         cfg = self.config
-        tr = scene.tracks
-        valid = tr.valid[:, step].copy()
+        valid = agents.valid.copy()
         if viewer_index is not None and not draw_viewer:
             valid[viewer_index] = False
         rows = np.flatnonzero(valid)
         if viewer_index is not None:
             # Nearest first: the depth test then rejects most fragments of boxes hidden behind.
-            d = np.hypot(tr.x[rows, step] - tr.x[viewer_index, step], tr.y[rows, step] - tr.y[viewer_index, step])
+            d = np.hypot(agents.x[rows] - agents.x[viewer_index], agents.y[rows] - agents.y[viewer_index])
             rows = rows[np.argsort(d, kind="stable")]
-        centers = np.stack([tr.x[rows, step], tr.y[rows, step], tr.z[rows, step]], axis=1) - self.origin
-        sizes = np.stack([tr.length[rows, step], tr.width[rows, step], tr.height[rows, step]], axis=1)
+        centers = np.stack([agents.x[rows], agents.y[rows], agents.z[rows]], axis=1) - self.origin
+        sizes = np.stack([agents.length[rows], agents.width[rows], agents.height[rows]], axis=1)
         classes = self._agent_classes[rows].copy()
         if viewer_index is not None and draw_viewer:
             classes[rows == viewer_index] = RasterClass.EGO
-        agents = Boxes(centers, sizes, tr.heading[rows, step], classes, instance_id(InstanceKind.AGENT, rows))
+        boxes = Boxes(centers, sizes, agents.heading[rows], classes, instance_id(InstanceKind.AGENT, rows))
 
-        lights = scene.traffic_lights
-        lrows = np.flatnonzero(lights.valid[:, step]) if len(lights) else np.zeros(0, dtype=np.int64)
-        colors = lights.colors[lrows, step] if len(lrows) else np.zeros(0, dtype=np.int64)
+        lrows = np.flatnonzero(light_valid) if len(light_valid) else np.zeros(0, dtype=np.int64)
+        colors = light_colors[lrows] if len(lrows) else np.zeros(0, dtype=np.int64)
         lcls = _LIGHT_CLASS_LOOKUP[np.asarray(colors, dtype=np.int64)]
-        stop = lights.stop_points[lrows] - self.origin
+        stop = self.scene.traffic_lights.stop_points[lrows] - self.origin
         stop[:, 2] += cfg.light_height / 2
         lsize = np.stack(
             [np.full(len(lrows), cfg.light_length), self._light_width[lrows] * cfg.light_width_fraction, np.full(len(lrows), cfg.light_height)],
             axis=1,
         )
         light_boxes = Boxes(stop, lsize, self._light_heading[lrows], lcls, instance_id(InstanceKind.TRAFFIC_LIGHT, lrows))
-        signs = scene.map.stop_signs
+        signs = self.scene.map.stop_signs
         sign_centers = signs.positions - self.origin
         sign_centers[:, 2] += cfg.stop_sign_size[2] / 2
         sign_boxes = Boxes(sign_centers, np.tile(cfg.stop_sign_size, (len(signs), 1)), np.zeros(len(signs)), RasterClass.STOP_SIGN, instance_id(InstanceKind.STOP_SIGN, np.arange(len(signs))))
-        return Boxes.concat([agents, light_boxes, sign_boxes])
+        return Boxes.concat([boxes, light_boxes, sign_boxes])
+
+    def render_state(
+        self,
+        rig: Rig,
+        pose_world: np.ndarray,
+        agents: "AgentStates",
+        light_colors: np.ndarray,
+        light_valid: np.ndarray,
+        viewer_index: int | None = None,
+        outputs: Sequence[str] = ("rgb",),
+    ) -> list[ViewOutput]:
+        """The per-tick call of a simulation: render ``rig`` mounted on ``pose_world`` with agents
+        and lights in the given states; the map geometry is not rebuilt.
+
+        Args:
+            rig: the cameras.
+            pose_world: (4,) (x, y, z_ground, heading) of the rig's body frame (rear axle on the
+                ground), world frame.
+            agents: every agent's box at this instant (rows of ``scene.tracks``).
+            light_colors, light_valid: (K,) :class:`rap.scene.LightColor` values and validity of
+                the rows of ``scene.traffic_lights``.
+            viewer_index: the agent whose seat this is (not drawn in camera views; drawn as EGO
+                in BEVs), or None.
+            outputs: subset of rgb, class_id, instance, depth.
+        """
+        self._ensure_map()
+        draw_viewer = viewer_index is not None and (self.config.draw_ego_box or all(isinstance(cam, OrthoCamera) for cam in rig))
+        self.renderer.set_boxes(self.state_boxes(agents, np.asarray(light_colors), np.asarray(light_valid, dtype=bool), viewer_index, draw_viewer))
+        return self.renderer.render(self._views(rig, self._body_to_local(pose_world)), outputs=outputs)
 
     def viewer_pose(self, step: int, viewer_index: int) -> np.ndarray:
         """(4, 4) body-to-local transform of an agent's frame (rear axle, ground) at ``step``."""

@@ -1,6 +1,16 @@
-"""Kinematic bicycle model (rear-axle reference, explicit Euler), vectorized over a batch.
+"""Kinematic bicycle models (rear-axle reference), vectorized over a batch: the one home of the
+ego's bicycle kinematics and of the vehicle record (:class:`VehicleParameters`, :data:`PACIFICA`).
 
-The model is nuPlan's ``KinematicBicycleModel`` as NAVSIM batches it
+Two integrators share :class:`VehicleParameters`:
+
+* :func:`propagate` — NAVSIM's lagged, steering-rate-controlled model on the 11-column state
+  (:class:`StateIndex`), explicit Euler; what the PDM scorer's LQR rollout executes.
+* :func:`arc_step` — the curvature-controlled model on a 4-column state (:class:`ArcStateIndex`:
+  x, y, heading, speed), no lags, integrated exactly along a circular arc; what recovery
+  targets are rolled out with (:mod:`rap.augment.recovery`). A vehicle's curvature limit is
+  :attr:`VehicleParameters.max_curvature`.
+
+:func:`propagate`: the model is nuPlan's ``KinematicBicycleModel`` as NAVSIM batches it
 (``BatchKinematicBicycleModel``): a first-order lag on the commanded longitudinal acceleration
 (time constant 0.2 s) and on the steering angle (0.05 s), then one Euler step of
 
@@ -18,6 +28,7 @@ own frame at the rear axle.
 from __future__ import annotations
 
 import dataclasses
+import math
 from enum import IntEnum
 
 import numpy as np
@@ -27,10 +38,13 @@ from rap.geometry import wrap_angle
 __all__ = [
     "StateIndex",
     "CommandIndex",
+    "ArcStateIndex",
     "VehicleParameters",
     "PACIFICA",
     "BicycleConfig",
     "propagate",
+    "next_speed",
+    "arc_step",
     "state_dim",
 ]
 
@@ -63,23 +77,50 @@ class CommandIndex(IntEnum):
     STEERING_RATE = 1  # [rad/s]
 
 
+class ArcStateIndex(IntEnum):
+    """Columns of a curvature-controlled bicycle state array (..., 4) (:func:`arc_step`)."""
+
+    X = 0  # [m] rear-axle x
+    Y = 1  # [m] rear-axle y
+    HEADING = 2  # [rad] not wrapped (continuous along a rollout)
+    SPEED = 3  # [m/s] along the heading, >= 0
+
+
 @dataclasses.dataclass(frozen=True)
 class VehicleParameters:
-    """Ego footprint and wheel base, relative to the rear axle (nuPlan ``VehicleParameters``).
+    """Ego footprint, wheel base and steering limit, relative to the rear axle (nuPlan
+    ``VehicleParameters`` plus the steering limit).
 
     Defaults are nuPlan's Chrysler Pacifica (``get_pacifica_parameters``), which NAVSIM scores with.
+
+    Attributes:
+        wheel_base: Rear to front axle [m].
+        width: [m].
+        front_length: Rear axle to front bumper [m].
+        rear_length: Rear axle to rear bumper [m].
+        max_steering_angle: The vehicle's largest front-wheel angle [rad] (35 deg), in
+            (0, pi/2); sets :attr:`max_curvature`. NAVSIM's motion model clips at its own
+            ``BicycleConfig.max_steering_angle`` (pi/3, nuPlan's value) instead.
     """
 
     wheel_base: float = 3.089  # [m]
     width: float = 1.1485 * 2.0  # [m] (2.297)
     front_length: float = 4.049  # [m] rear axle to front bumper
     rear_length: float = 1.127  # [m] rear axle to rear bumper
+    max_steering_angle: float = math.radians(35.0)  # [rad]
 
     def __post_init__(self) -> None:
         for name in ("wheel_base", "width", "front_length", "rear_length"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(f"VehicleParameters.{name} must be finite and > 0, got {value}")
+        if not 0 < self.max_steering_angle < np.pi / 2:
+            raise ValueError(f"VehicleParameters.max_steering_angle must be in (0, pi/2) rad, got {self.max_steering_angle}")
+
+    @property
+    def max_curvature(self) -> float:
+        """Tightest turn of the rear axle, ``tan(max_steering_angle) / wheel_base`` [1/m]."""
+        return math.tan(self.max_steering_angle) / self.wheel_base
 
     @property
     def length(self) -> float:
@@ -176,4 +217,59 @@ def propagate(
     out[..., StateIndex.ACCELERATION_Y] = 0.0
     out[..., StateIndex.ANGULAR_ACCELERATION] = (yaw_rate - s[..., StateIndex.ANGULAR_VELOCITY]) / dt
     out[..., StateIndex.STEERING_RATE] = new_steer_rate
+    return out
+
+
+def next_speed(speed: np.ndarray, accel: np.ndarray, dt: float) -> np.ndarray:
+    """Speed ``dt`` later at constant acceleration, held at 0 (no reversing).
+
+    Args:
+        speed: (...) current speed [m/s].
+        accel: (...) longitudinal acceleration [m/s^2].
+        dt: Step length [s].
+
+    Returns:
+        (...) ``max(speed + accel * dt, 0)`` [m/s].
+    """
+    return np.maximum(speed + accel * dt, 0.0)
+
+
+def arc_step(states: np.ndarray, curvature: np.ndarray, accel: np.ndarray, dt: float) -> np.ndarray:
+    """One step of the curvature-controlled kinematic bicycle, integrated exactly.
+
+    The controls are the rear axle's path curvature ``kappa`` (``tan(steering angle) /
+    wheel_base``; limit it with :attr:`VehicleParameters.max_curvature`) and the longitudinal
+    acceleration ``a``, both held over the step with no lag. The speed becomes
+    ``v' = next_speed(v, a, dt)`` and the rear axle travels ``ds = (v + v') dt / 2`` along a
+    circular arc of curvature ``kappa``:
+
+        x' = x + c cos(h + kappa ds / 2),  y' = y + c sin(h + kappa ds / 2),  h' = h + kappa ds
+
+    with the chord ``c = ds sin(kappa ds / 2) / (kappa ds / 2)`` (``c = ds`` on a straight step).
+
+    Args:
+        states: (..., 4) float64 states (columns :class:`ArcStateIndex`).
+        curvature: (...) curvature over the step [1/m], left positive.
+        accel: (...) longitudinal acceleration over the step [m/s^2].
+        dt: Step length [s], > 0.
+
+    Returns:
+        (..., 4) float64 states ``dt`` later; the heading is not wrapped.
+    """
+    s = np.asarray(states, dtype=np.float64)
+    if s.shape[-1] != len(ArcStateIndex):
+        raise ValueError(f"arc_step: states must end in {len(ArcStateIndex)} columns, got {s.shape}")
+    x, y = s[..., ArcStateIndex.X], s[..., ArcStateIndex.Y]
+    heading, v = s[..., ArcStateIndex.HEADING], s[..., ArcStateIndex.SPEED]
+    kappa = np.asarray(curvature, dtype=np.float64)
+    v_new = next_speed(v, np.asarray(accel, dtype=np.float64), dt)
+    ds = 0.5 * (v + v_new) * dt
+    half = 0.5 * kappa * ds
+    safe = np.abs(half) > 1e-9
+    chord = ds * np.where(safe, np.sin(half) / np.where(safe, half, 1.0), 1.0)
+    out = np.empty(np.broadcast_shapes(s.shape, kappa.shape + (len(ArcStateIndex),)))
+    out[..., ArcStateIndex.X] = x + chord * np.cos(heading + half)
+    out[..., ArcStateIndex.Y] = y + chord * np.sin(heading + half)
+    out[..., ArcStateIndex.HEADING] = heading + kappa * ds
+    out[..., ArcStateIndex.SPEED] = v_new
     return out

@@ -5,6 +5,7 @@ NAVSIM normalizes an agent's progress by the larger of its own and a reference p
 offsets, runs an Intelligent Driver Model (IDM) at several fractions of the speed limit against
 obstacles forecast at constant velocity, simulates each candidate, scores them and keeps the
 best. This module builds those candidates; :mod:`rap.metrics.pdms` simulates, scores and picks.
+The IDM law and the leader search are :mod:`rap.sim.idm`'s.
 
 Simplifications against PDM-Closed (documented, the reference only feeds the EP denominator):
 the leading obstacle is the first box (inflated by the ego half-width) or red-light polygon that
@@ -22,6 +23,7 @@ import shapely
 
 from rap.geometry import polyline_arc_length, wrap_angle
 from rap.sim.bicycle import PACIFICA, StateIndex, VehicleParameters
+from rap.sim.idm import Boxes, IDMParameters, idm_acceleration, path_hits
 from rap.trajectory import PoseIndex
 
 __all__ = ["ReferencePlannerConfig", "Obstacles", "idm_candidates"]
@@ -48,17 +50,29 @@ class ReferencePlannerConfig:
         """Planned poses after now (40)."""
         return int(round(self.horizon_s / self.dt))
 
+    @property
+    def idm(self) -> IDMParameters:
+        """The IDM driver (``decel_max`` is both its comfortable deceleration and its limit)."""
+        return IDMParameters(
+            max_accel=self.accel_max, comfort_decel=self.decel_max, time_headway=self.headway_time,
+            min_gap=self.min_gap, exponent=self.exponent, max_decel=self.decel_max,
+        )  # fmt: skip
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Obstacles:
-    """What the IDM brakes for: boxes per 0.1 s step (S, N) and static polygons (red lights).
+    """What the IDM brakes for: boxes per 0.1 s step and static polygons (red lights); arrays
+    are (num_objects, num_steps) like ``AgentTracks`` and ``ObjectTracks``.
 
     Attributes:
-        x, y, heading: (S, N) box centres and headings, world frame [m, m, rad].
-        vx, vy: (S, N) velocities, world frame [m/s].
+        x, y, heading: (N, S) box centres and headings, world frame [m, m, rad].
+        vx, vy: (N, S) velocities, world frame [m/s].
         length, width: (N,) [m].
-        valid: (S, N) bool.
+        valid: (N, S) bool.
         polygons: Static polygons the ego must not enter (e.g. red-light lane connectors).
+
+    Raises:
+        ValueError: an array's shape disagrees with ``valid`` (naming the field).
     """
 
     x: np.ndarray
@@ -70,6 +84,17 @@ class Obstacles:
     width: np.ndarray
     valid: np.ndarray
     polygons: tuple = ()
+
+    def __post_init__(self) -> None:
+        shape = np.shape(self.valid)
+        if len(shape) != 2:
+            raise ValueError(f"Obstacles.valid: expected (num_objects, num_steps), got shape {shape}")
+        for name in ("x", "y", "heading", "vx", "vy"):
+            if np.shape(getattr(self, name)) != shape:
+                raise ValueError(f"Obstacles.{name}: expected shape {shape} (num_objects, num_steps) like valid, got {np.shape(getattr(self, name))}")
+        for name in ("length", "width"):
+            if np.shape(getattr(self, name)) != shape[:1]:
+                raise ValueError(f"Obstacles.{name}: expected shape {shape[:1]} (num_objects,), got {np.shape(getattr(self, name))}")
 
 
 def _extended_centerline(centerline: np.ndarray, needed: float) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +153,17 @@ def idm_candidates(
     path_s = s_samples - s_ego  # progress along the path from the ego's projection [m]
 
     hw = vehicle.half_width
+    # Obstacle boxes per planned step (0.1 s, step 0 = now; the forecast's last step holds),
+    # inflated sideways by the ego half-width.
+    boxes = None
+    if np.size(obstacles.x):
+        steps = np.minimum(np.arange(n_steps + 1), obstacles.x.shape[1] - 1)
+        # Shape: (n_steps + 1, N), one row of boxes per planned step.
+        boxes = Boxes.from_poses(
+            obstacles.x[:, steps].T, obstacles.y[:, steps].T, obstacles.heading[:, steps].T, obstacles.length,
+            obstacles.width, obstacles.vx[:, steps].T, obstacles.vy[:, steps].T, obstacles.valid[:, steps].T,
+        )  # fmt: skip
+        boxes = dataclasses.replace(boxes, half_width=0.5 * np.asarray(obstacles.width) + hw)
     plans = []
     for offset in cfg.lateral_offsets:
         path = np.stack([px, py], axis=-1) + offset * normal  # (J, 2)
@@ -140,32 +176,12 @@ def idm_candidates(
             if inside.any():
                 s_red = path_s[np.argmax(inside)]
                 block = np.minimum(block, s_red)
-        # Objects that come near the path at some step (box radius + ego half-width).
-        lo_p, hi_p = path.min(axis=0), path.max(axis=0)
-        reach_o = 0.5 * np.hypot(obstacles.length, obstacles.width) + hw
-        near = obstacles.valid & (obstacles.x >= lo_p[0] - reach_o) & (obstacles.x <= hi_p[0] + reach_o)
-        near &= (obstacles.y >= lo_p[1] - reach_o) & (obstacles.y <= hi_p[1] + reach_o)
-        keep = np.nonzero(near.any(axis=0))[0]
-        if keep.size:
-            steps = np.minimum(np.arange(n_steps + 1), obstacles.x.shape[0] - 1)
-            ob = {name: getattr(obstacles, name)[:, keep] for name in ("x", "y", "heading", "vx", "vy", "valid")}
-            length, width = obstacles.length[keep], obstacles.width[keep]
-            dx = path[None, :, None, 0] - ob["x"][steps][:, None, :]  # (S, J, N)
-            dy = path[None, :, None, 1] - ob["y"][steps][:, None, :]
-            c, s = np.cos(ob["heading"][steps])[:, None, :], np.sin(ob["heading"][steps])[:, None, :]
-            lx = c * dx + s * dy
-            ly = -s * dx + c * dy
-            inside = (np.abs(lx) <= 0.5 * length) & (np.abs(ly) <= 0.5 * width + hw)
-            inside &= ob["valid"][steps][:, None, :]
-            hit_any = inside.any(axis=2)  # (S, J)
-            first_j = np.argmax(hit_any, axis=1)
-            has = hit_any.any(axis=1)
-            s_obj = np.where(has, path_s[first_j], np.inf)
-            n_hit = np.argmax(inside[np.arange(len(steps)), first_j], axis=1)
-            vel = np.stack([ob["vx"][steps, n_hit], ob["vy"][steps, n_hit]], axis=-1)
-            v_obj = np.maximum((vel * tang[first_j]).sum(-1), 0.0)
+        # Objects: the first path sample inside an inflated box.
+        if boxes is not None:
+            lead = path_hits(path, tang, boxes).nearest(n_steps + 1)
+            s_obj = np.where(lead.sample >= 0, path_s[np.maximum(lead.sample, 0)], np.inf)
             closer = s_obj < block
-            v_lead = np.where(closer, v_obj, v_lead)
+            v_lead = np.where(closer, lead.speed, v_lead)
             block = np.minimum(block, s_obj)
         plans.append((path, heading, block, v_lead))
     # IDM for every (offset, speed fraction) pair at once.
@@ -176,13 +192,10 @@ def idm_candidates(
     s_cur = np.zeros(n_off * n_frac)
     v_cur = np.full(n_off * n_frac, v_init)
     progress = np.empty((n_off * n_frac, n_steps))
-    brake = 2 * np.sqrt(cfg.accel_max * cfg.decel_max)
+    idm = cfg.idm
     for i in range(n_steps):
         gap = block[:, i] - (s_cur + vehicle.front_length)
-        s_star = cfg.min_gap + np.maximum(0.0, v_cur * cfg.headway_time + v_cur * (v_cur - v_lead[:, i]) / brake)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            interaction = np.where(np.isfinite(gap), np.where(gap > 0, (s_star / gap) ** 2, np.inf), 0.0)
-        acc = np.clip(cfg.accel_max * (1.0 - (v_cur / target) ** cfg.exponent - interaction), -cfg.decel_max, cfg.accel_max)
+        acc = idm_acceleration(idm, v_cur, target, gap, v_lead[:, i])
         v_next = np.maximum(v_cur + acc * cfg.dt, 0.0)
         s_cur = s_cur + 0.5 * (v_cur + v_next) * cfg.dt
         v_cur = v_next

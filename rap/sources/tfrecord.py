@@ -21,7 +21,6 @@ import dataclasses
 import os
 import struct
 import warnings
-from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 import google_crc32c

@@ -41,7 +41,6 @@ a ``ValueError``) naming the file, the record and the field; TFRecord framing er
 from __future__ import annotations
 
 import enum
-import io
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field

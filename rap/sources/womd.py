@@ -63,7 +63,6 @@ import shapely.ops
 from google.protobuf.message import DecodeError
 from waymo_open_dataset.protos import map_pb2, scenario_pb2
 
-from rap import geometry
 from rap.scene import (
     AgentTracks,
     AgentType,
@@ -77,7 +76,6 @@ from rap.scene import (
     RoadEdgeType,
     RoadLineType,
     Scene,
-    StopLineType,
     StopSigns,
     TrafficLights,
 )

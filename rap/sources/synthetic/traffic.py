@@ -3,7 +3,9 @@ pedestrians on crosswalks, parked cars, and the expert ego driver.
 
 Private helper of :mod:`rap.sources.synthetic.world` (the module docs there list the rules and the
 IDM parameters). All per-step work is vectorized over agents with numpy, except the few
-agents waiting at stop signs or crosswalks, which are handled one by one.
+agents waiting at stop signs or crosswalks, which are handled one by one. The IDM itself (the
+acceleration law, the leader search, routes along lanes) is :mod:`rap.sim.idm`; this module
+adds the town's rules: signals, stop signs, blocked junctions, pedestrians, arrivals.
 
 Internal frame conventions: a route agent's state is the arc position ``s`` [m] of its box
 centre along its route polyline (the route's lanes concatenated, resampled every ``_DS`` m)
@@ -19,6 +21,16 @@ import numpy as np
 import shapely
 
 from rap.scene import AgentType, LightState
+from rap.sim.idm import (
+    Boxes,
+    IDMParameters,
+    RoutePath,
+    Routes,
+    advance,
+    idm_acceleration,
+    path_hits,
+    route_path,
+)
 from rap.sources.synthetic.roads import Town
 
 __all__ = ["TrafficConfig", "TrafficLog", "simulate"]
@@ -175,72 +187,17 @@ def _find_route(
     return rec(start, acc0)
 
 
-@dataclasses.dataclass
-class _Route:
-    lanes: list[int]
-    points: np.ndarray  # (M, 2) every _DS m
-    tangents: np.ndarray  # (M, 2)
-    vmax: np.ndarray  # (M,) [m/s]
-    length: float  # [m]
-    lane_starts: np.ndarray  # (R,) arc where each route lane starts [m]
-    exits: bool  # ends where the town ends
-
-
 ROUTE_SMOOTHING_M = 2.0  # [m] Gaussian sigma: lane-to-connector joins become curvature-continuous
-
-
-def _smooth_path(points: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-smoothed (N, 2) path (ends held), so curvature ramps in and out of turns like a
-    steered car's path instead of jumping where a straight lane meets a circular connector."""
-    if sigma <= 0 or len(points) < 3:
-        return points
-    half = int(np.ceil(3 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
-    kernel /= kernel.sum()
-    padded = np.concatenate([np.repeat(points[:1], half, 0), points, np.repeat(points[-1:], half, 0)])
-    out = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(2)], axis=1)
-    out[0], out[-1] = points[0], points[-1]
-    return out
 
 
 def _build_route(
     town: Town, lanes: list[int], speed_factor: float, speed_cap: float, lateral_accel: float
-) -> _Route:
-    pts, limits, starts = [], [], []
-    acc = 0.0
-    for k, li in enumerate(lanes):
-        p = town.lanes[li].points
-        if k > 0:
-            p = p[1:]
-        starts.append(acc)
-        seg = np.linalg.norm(np.diff(town.lanes[li].points, axis=0), axis=1).sum()
-        acc += float(seg)
-        pts.append(p)
-        limits.append(town.lanes[li].speed_limit)
-    raw = np.concatenate(pts)
-    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(raw, axis=0), axis=1))])
-    samples = np.arange(0.0, arc[-1] + 1e-9, _DS)
-    points = np.stack([np.interp(samples, arc, raw[:, 0]), np.interp(samples, arc, raw[:, 1])], axis=1)
-    points = _smooth_path(points, ROUTE_SMOOTHING_M / _DS)
-    d = np.gradient(points, axis=0)
-    tangents = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-    theta = np.unwrap(np.arctan2(tangents[:, 1], tangents[:, 0]))
-    w = 4  # Curvature over +-2 m.
-    pad = np.concatenate([np.full(w, theta[0]), theta, np.full(w, theta[-1])])
-    kappa = np.abs(pad[2 * w :] - pad[: -2 * w]) / (2 * w * _DS)
-    lane_starts = np.array(starts)
-    which = np.clip(np.searchsorted(lane_starts, samples, side="right") - 1, 0, len(lanes) - 1)
-    limit = np.array(limits)[which] * speed_factor
-    vmax = np.minimum(np.minimum(limit, speed_cap), np.sqrt(lateral_accel / np.maximum(kappa, 1e-6)))
-    return _Route(
-        lanes=lanes,
-        points=points,
-        tangents=tangents,
-        vmax=vmax,
-        length=float(samples[-1]),
-        lane_starts=lane_starts,
-        exits=not town.lanes[lanes[-1]].successors,
-    )
+) -> RoutePath:
+    return route_path(
+        [town.lanes[li].points for li in lanes], [town.lanes[li].speed_limit for li in lanes], lanes,
+        spacing=_DS, smoothing=ROUTE_SMOOTHING_M, speed_factor=speed_factor, speed_cap=speed_cap,
+        lateral_accel=lateral_accel,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,22 +417,8 @@ class _Simulation:
         self.nv = v
         routes = [_build_route(town, a["lanes"], a["factor"], a["cap"], a["lat"]) for a in agents]
         self.routes = routes
-        m = max(r.points.shape[0] for r in routes)
-        self.r_pts = np.zeros((v, m, 2))
-        self.r_tan = np.zeros((v, m, 2))
-        self.r_vmax = np.zeros((v, m))
-        for i, r in enumerate(routes):
-            k = r.points.shape[0]
-            self.r_pts[i, :k], self.r_pts[i, k:] = r.points, r.points[-1]
-            self.r_tan[i, :k], self.r_tan[i, k:] = r.tangents, r.tangents[-1]
-            self.r_vmax[i, :k], self.r_vmax[i, k:] = r.vmax, r.vmax[-1]
-        self.r_len = np.array([r.length for r in routes])
-        self.r_exits = np.array([r.exits for r in routes])
-        self.r_lane_starts = np.full((v, max(len(r.lanes) for r in routes)), np.inf)
-        self.r_lane_ids = np.zeros(self.r_lane_starts.shape, dtype=np.int64)
-        for i, r in enumerate(routes):
-            self.r_lane_starts[i, : len(r.lanes)] = r.lane_starts
-            self.r_lane_ids[i, : len(r.lanes)] = r.lanes
+        self.stacked = Routes.stack(routes)
+        self.r_pts, self.r_vmax, self.r_len = self.stacked.points, self.stacked.vmax, self.stacked.length
 
         # Controlled stops along each route: connectors entering junctions.
         stops = []
@@ -513,6 +456,10 @@ class _Simulation:
         self.L, self.W, self.H = col("L"), col("W"), col("H")
         self.a_max, self.T, self.s_min = col("a"), col("T"), col("s_min")
         self.b = np.full(v, self.cfg.comfort_decel)
+        self.idm = IDMParameters(
+            max_accel=self.a_max, comfort_decel=self.b, time_headway=self.T, min_gap=self.s_min,
+            stop_gap=_STOP_GAP, exponent=4.0, max_decel=self.cfg.max_decel,
+        )  # fmt: skip
         self.yellow = col("yellow")
         self.t0 = col("t0", np.int64)
         self.expert = col("expert", bool)
@@ -608,15 +555,7 @@ class _Simulation:
 
     def _route_pose(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(V, 2) positions and (V, 2) unit tangents of route agents at arcs ``s`` (V,)."""
-        m = self.r_pts.shape[1]
-        f = np.clip(s / _DS, 0.0, m - 1.000001)
-        i0 = f.astype(np.int64)
-        w = (f - i0)[:, None]
-        rows = np.arange(self.nv)
-        pos = self.r_pts[rows, i0] * (1 - w) + self.r_pts[rows, i0 + 1] * w
-        tan = self.r_tan[rows, i0] * (1 - w) + self.r_tan[rows, i0 + 1] * w
-        tan /= np.maximum(np.linalg.norm(tan, axis=1, keepdims=True), 1e-9)
-        return pos, tan
+        return self.stacked.pose(s)
 
     def _ped_pose(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P, 2) positions and (P, 2) walking directions at path arcs ``s`` (P,)."""
@@ -638,8 +577,8 @@ class _Simulation:
         rows = np.arange(self.np_)
         return np.minimum(self.p_gate[rows, self.p_next], self.p_len)
 
-    def _obstacles(self, pos, tan, ped_pos, ped_dir):
-        """Boxes of every agent: centres (A, 2), axes (A, 2), half lengths/widths (A,), speeds (A,).
+    def _obstacles(self, pos, tan, ped_pos, ped_dir) -> Boxes:
+        """(A,) boxes of every agent, moving along their axes.
 
         Order: route agents, pedestrians (box swept over their next ``_PED_HORIZON`` s on
         sidewalks, over the rest of the crossing on crosswalks), parked cars. Inactive route agents are moved far away.
@@ -668,16 +607,18 @@ class _Simulation:
         half_l = np.concatenate([0.5 * self.L, hl_p, 0.5 * self.k_dims[:, 0]])
         half_w = np.concatenate([0.5 * self.W, hw_p, 0.5 * self.k_dims[:, 1]])
         speed = np.concatenate([np.where(self.active, self.v, 0.0), np.zeros(self.np_ + k)])
-        return centres, axes, half_l, half_w, speed
+        return Boxes(centres, axes, half_l, half_w, speed=speed)
 
-    def _corridor(self, obstacles) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest obstacle ahead of each route agent along its route.
+    def _corridor(self, obstacles: Boxes) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest obstacle ahead of each route agent along its route: the first centreline
+        sample (every 1 m for ``_LOOK`` m from the front bumper) closer than half the agent's
+        width plus ``_MARGIN`` to a box (a bumper rounded to a half disk; conservative). When
+        two route agents see each other, the one nearer the conflict goes first.
 
         Returns:
             (V,) gap from the front bumper to the obstacle [m] (inf: none within the
             lookahead) and (V,) the obstacle's speed along the route [m/s].
         """
-        centres, axes, half_l, half_w, speed = obstacles
         nv = self.nv
         gap = np.full(nv, np.inf)
         lead_v = np.zeros(nv)
@@ -685,61 +626,12 @@ class _Simulation:
         if act.size == 0:
             return gap, lead_v
         front = self.s[act] + 0.5 * self.L[act]
-        arcs = front[:, None] + np.arange(_LOOK, dtype=np.float64)[None]  # (a, K)
-        ok = arcs <= self.r_len[act, None]
-        idx = np.minimum((arcs / _DS).astype(np.int64), self.r_pts.shape[1] - 1)
-        samples = self.r_pts[act[:, None], idx]  # (a, K, 2)
-        tang = self.r_tan[act[:, None], idx]
-
-        # Candidate pairs, coarse to fine: (1) obstacle centre near the middle of the
-        # lookahead, (2) near one of every 4th sample, (3) box within reach of a sample.
-        radius = np.hypot(half_l, half_w)  # (A,)
-        mid_idx = np.minimum(((front + 0.5 * _LOOK) / _DS).astype(np.int64), self.r_pts.shape[1] - 1)
-        mid = self.r_pts[act, mid_idx]
-        d = np.linalg.norm(centres[None] - mid[:, None], axis=2)  # (a, A)
-        cand = d < 0.5 * _LOOK + radius[None] + 3.0
-        cand[np.arange(act.size), act] = False
-        pi, pj = np.nonzero(cand)
-        coarse = samples[pi, 2::4]  # (P, K / 4, 2): 4 m apart, 2 m from any sample.
-        dc = np.linalg.norm(coarse - centres[pj][:, None], axis=2)
-        near = (dc < (radius[pj] + 0.5 * self.W[act][pi] + _MARGIN + 2.1)[:, None]).any(axis=1)
-        pi, pj = pi[near], pj[near]
-        if pi.size == 0:
-            return gap, lead_v
-        # Fine: distance from each centreline sample to the box, against half the width of
-        # the agent plus the margin (a bumper rounded to a half disk; conservative).
-        rel = samples[pi] - centres[pj][:, None]  # (P, K, 2)
-        e = axes[pj][:, None]
-        lx = np.abs(rel[..., 0] * e[..., 0] + rel[..., 1] * e[..., 1]) - half_l[pj][:, None]
-        ly = np.abs(rel[..., 1] * e[..., 0] - rel[..., 0] * e[..., 1]) - half_w[pj][:, None]
-        dist2 = np.maximum(lx, 0.0) ** 2 + np.maximum(ly, 0.0) ** 2
-        reach = 0.5 * self.W[act][pi] + _MARGIN
-        hit = (dist2 < (reach**2)[:, None]) & ok[pi]  # (P, K)
-        has = hit.any(axis=1)
-        pi, pj, hit = pi[has], pj[has], hit[has]
-        if pi.size == 0:
-            return gap, lead_v
-        first = hit.argmax(axis=1)
-        sigma = first.astype(np.float64)  # [m] from the front bumper.
-        tk = tang[pi, first]
-        v_along = np.maximum(speed[pj] * np.einsum("pd,pd->p", axes[pj], tk), 0.0)
-        i_agent = act[pi]
-
-        # Mutual sightings between route agents: the one nearer the conflict goes first.
-        keep = np.ones(pi.size, dtype=bool)
-        seen = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(i_agent, pj))}
-        for k, (a, b) in enumerate(zip(i_agent, pj)):
-            r = seen.get((int(b), int(a)))
-            if r is None or b >= nv:
-                continue
-            if sigma[k] < sigma[r] or (sigma[k] == sigma[r] and a < b):
-                keep[k] = False
-        i_agent, sigma, v_along = i_agent[keep], sigma[keep], v_along[keep]
-        order = np.lexsort((sigma, i_agent))
-        i_agent, sigma, v_along = i_agent[order], sigma[order], v_along[order]
-        firsts = np.concatenate([[True], i_agent[1:] != i_agent[:-1]])
-        gap[i_agent[firsts]] = sigma[firsts]
-        lead_v[i_agent[firsts]] = v_along[firsts]
+        samples, tang, ok = self.stacked.lookahead(act, front, _LOOK)
+        hits = path_hits(samples, tang, obstacles, 0.5 * self.W[act] + _MARGIN, sample_valid=ok, exclude=act)
+        lead = hits.yield_mutual().nearest(act.size)
+        has = lead.sample >= 0
+        gap[act[has]] = lead.sample[has].astype(np.float64)
+        lead_v[act[has]] = lead.speed[has]
         return gap, lead_v
 
     def _control(self, t: int, gap: np.ndarray, lead_v: np.ndarray) -> np.ndarray:
@@ -812,43 +704,17 @@ class _Simulation:
             self.sign_granted[i] = nxt[i]
             occupied.setdefault(int(junction[i]), []).append(int(lane[i]))
 
-    def _speed_cap(self) -> tuple[np.ndarray, np.ndarray]:
-        """Speed limits and curves: (V,) desired speed v0 at the body [m/s] and (V,) the
-        deceleration needed to meet every slower limit ahead [m/s^2] (+inf: none)."""
-        front = self.s + 0.5 * self.L
-        offs = np.arange(-_BEHIND, _LOOK, dtype=np.float64)
-        arcs = front[:, None] + offs[None]
-        idx = np.clip((arcs / _DS).astype(np.int64), 0, self.r_pts.shape[1] - 1)
-        vmax = self.r_vmax[np.arange(self.nv)[:, None], idx]
-        body = (offs[None] <= 0) & (arcs >= self.s[:, None] - 0.5 * self.L[:, None])
-        v0 = np.where(body, vmax, np.inf).min(axis=1)
-        ahead = offs[None] > 0
-        dist = np.maximum(offs[None] - self.v[:, None] * self.dt, 0.1)
-        need = (vmax**2 - self.v[:, None] ** 2) / (2.0 * dist)
-        need = np.where(ahead & (vmax < self.v[:, None]), need, np.inf).min(axis=1)
-        return np.maximum(v0, 0.5), need
-
     def _step_vehicles(self, t: int, gap: np.ndarray, lead_v: np.ndarray, stop_gap: np.ndarray) -> None:
-        v = self.v
-        v0, need = self._speed_cap()
-        free = 1.0 - (v / v0) ** 4
-        root = 2.0 * np.sqrt(self.a_max * self.b)
-
-        def interaction(g, dv, s0):
-            s_star = s0 + np.maximum(0.0, v * self.T + v * dv / root)
-            return np.where(np.isfinite(g), (s_star / np.maximum(g, 0.1)) ** 2, 0.0)
-
-        lead_gap = gap  # Detection is >= 0.4 m early (rounded bumper), see _corridor.
-        inter = np.maximum(interaction(lead_gap, v - lead_v, self.s_min), interaction(stop_gap, v, _STOP_GAP))
-        acc = self.a_max * (free - inter)
-        acc = np.minimum(acc, need)
-        acc = np.clip(acc, -self.cfg.max_decel, self.a_max)
-        dt = self.dt
-        v_new = v + acc * dt
-        stopping = v_new < 0
-        ds = np.where(stopping, v**2 / (2.0 * np.maximum(-acc, 1e-9)), v * dt + 0.5 * acc * dt * dt)
-        self.s = np.where(self.active, self.s + np.maximum(ds, 0.0), self.s)
-        self.v = np.where(self.active, np.maximum(v_new, 0.0), self.v)
+        # Speed limits and curves: v0 at the body, and the deceleration needed for slower
+        # limits ahead.
+        v0, need = self.stacked.desired_speed(self.s, self.v, self.L, self.dt, behind=_BEHIND, ahead=_LOOK)
+        # Gaps count as at least 0.1 m: detection is >= 0.4 m early (rounded bumper), see _corridor.
+        acc = idm_acceleration(
+            self.idm, self.v, v0, np.maximum(gap, 0.1), lead_v, stop_gap=np.maximum(stop_gap, 0.1), ceiling=need
+        )  # fmt: skip
+        s_new, v_new = advance(self.s, self.v, acc, self.dt)
+        self.s = np.where(self.active, s_new, self.s)
+        self.v = np.where(self.active, v_new, self.v)
         done = self.active & (self.s + 0.5 * self.L >= self.r_len - 0.5)
         done &= ~self.expert  # Experts' routes outlast the log.
         self.active &= ~done
@@ -943,7 +809,6 @@ class _Simulation:
         v_init = self.rng.uniform(0.4, 1.0, nv) * self.r_vmax[np.arange(nv), here]
         self.v = np.where(self.active, np.minimum(v_init, np.sqrt(2.0 * 2.0 * np.maximum(sigma - 4.0, 0.0))), 0.0)
 
-        rows = np.arange(nv)
         rear_offset = np.where(self.kind == AgentType.VEHICLE, REAR_AXLE_RATIO * self.L, 0.0)
         for t in range(n_steps):
             pos, tan = self._route_pose(self.s)
@@ -959,8 +824,7 @@ class _Simulation:
             y[:nv, t] = np.where(act, centre[:, 1], 0.0)
             heading[:nv, t] = np.where(act, np.arctan2(rear_tan[:, 1], rear_tan[:, 0]), 0.0)
             valid[:nv, t] = act
-            which = (self.r_lane_starts <= self.s[:, None]).sum(axis=1) - 1
-            lane[:nv, t] = np.where(act, self.r_lane_ids[rows, np.maximum(which, 0)], -1)
+            lane[:nv, t] = np.where(act, self.stacked.lane_at(self.s), -1)
             x[nv : nv + npd, t] = ped_pos[:, 0]
             y[nv : nv + npd, t] = ped_pos[:, 1]
             heading[nv : nv + npd, t] = np.arctan2(ped_dir[:, 1], ped_dir[:, 0])
@@ -997,6 +861,6 @@ class _Simulation:
             heading=heading,
             valid=valid,
             lane=lane,
-            routes=[r.lanes for r in self.routes] + [[] for _ in range(npd + nk)],
+            routes=[list(r.lanes) for r in self.routes] + [[] for _ in range(npd + nk)],
             experts=np.flatnonzero(self.expert),
         )

@@ -13,10 +13,13 @@ from rap.augment.cross_agent import (
     plan_cross_agent,
     recenter,
 )
-from rap.augment.targets import agent_velocity, future_target, history_poses, window_valid
-from rap.dataset.sample import DrivingCommand, SampleKind
+from rap.dataset.sample import SampleKind
+from rap.kinematics import DrivingCommand, agent_velocity, future_target, history_poses, window_valid
 from rap.scene import AgentType
 from rap.trajectory import NAVSIM_SAMPLING, RAP_SAMPLING, WOD_E2E_SAMPLING
+
+# WOMD-like test logs hold 1 s of history before the current step (the product default is 1.5 s).
+SHORT_HISTORY = dict(history_num=4, history_interval_s=0.25)
 
 # Moving vehicles of the shipped scenario valid over 1 s of history + 5 s of future at step 10,
 # and the two among them whose motion a constant-velocity model explains (rows 21 and 40, at
@@ -34,7 +37,7 @@ def test_constant_velocity_error(straight_scene):
 
 
 def test_candidates_and_reject_reasons(straight_scene):
-    cfg = CrossAgentConfig()
+    cfg = CrossAgentConfig(**SHORT_HISTORY)
     # Row 1 parked and row 2 at constant speed are trivial, row 3 accelerates, row 4 is a
     # pedestrian, row 5 appears too late; row 0 is the ego.
     assert candidates(straight_scene, 10, cfg, RAP_SAMPLING) == [3]
@@ -44,12 +47,12 @@ def test_candidates_and_reject_reasons(straight_scene):
     assert set(rejects) <= set(REJECT_REASONS)
     # Thresholds: no motion filter keeps every vehicle valid over the window; a speed floor of
     # 9 m/s drops row 3 (8 m/s at the step).
-    loose = CrossAgentConfig(min_cv_error_m=0.0)
+    loose = CrossAgentConfig(min_cv_error_m=0.0, **SHORT_HISTORY)
     assert candidates(straight_scene, 10, loose, RAP_SAMPLING) == [2, 3]
-    assert candidates(straight_scene, 10, CrossAgentConfig(min_speed_mps=9.0), RAP_SAMPLING) == []
-    _, slow = plan_cross_agent(straight_scene, 10, CrossAgentConfig(min_speed_mps=9.0), RAP_SAMPLING)
+    assert candidates(straight_scene, 10, CrossAgentConfig(min_speed_mps=9.0, **SHORT_HISTORY), RAP_SAMPLING) == []
+    _, slow = plan_cross_agent(straight_scene, 10, CrossAgentConfig(min_speed_mps=9.0, **SHORT_HISTORY), RAP_SAMPLING)
     assert slow["slow"] == 1
-    people = CrossAgentConfig(min_cv_error_m=0.0, agent_types=(AgentType.PEDESTRIAN,))
+    people = CrossAgentConfig(min_cv_error_m=0.0, agent_types=(AgentType.PEDESTRIAN,), **SHORT_HISTORY)
     assert candidates(straight_scene, 10, people, RAP_SAMPLING) == [4]
     # Row 5 is valid from step 30: a candidate window must start after it appears.
     assert 5 not in candidates(straight_scene, 32, loose, RAP_SAMPLING)
@@ -58,9 +61,9 @@ def test_candidates_and_reject_reasons(straight_scene):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="min_cv_error_m"):
-        CrossAgentConfig(min_cv_error_m=-1.0)
+        CrossAgentConfig(min_cv_error_m=-1.0, **SHORT_HISTORY)
     with pytest.raises(ValueError, match="agent_types"):
-        CrossAgentConfig(agent_types=(42,))
+        CrossAgentConfig(agent_types=(42,), **SHORT_HISTORY)
     with pytest.raises(ValueError, match="history_interval_s"):
         CrossAgentConfig(history_interval_s=0.0)
 
@@ -75,7 +78,7 @@ def test_recenter_keeps_tracks(turn_scene):
 
 def test_plan_is_the_agent_s_own_view(turn_scene):
     # In the turn scene the ego turns left and row 1 turns right.
-    plans, _ = plan_cross_agent(turn_scene, 10, CrossAgentConfig(), RAP_SAMPLING, key_prefix="t")
+    plans, _ = plan_cross_agent(turn_scene, 10, CrossAgentConfig(**SHORT_HISTORY), RAP_SAMPLING, key_prefix="t")
     assert len(plans) == 1
     plan = plans[0]
     assert plan.key == "t_010_cross_agent_2_0" and plan.kind is SampleKind.CROSS_AGENT
@@ -86,14 +89,14 @@ def test_plan_is_the_agent_s_own_view(turn_scene):
     assert plan.ego_status.command is DrivingCommand.RIGHT
     assert plan.ego_status.speed == pytest.approx(6.0, abs=1e-3)
     # The same plan from the recentred scene's point of view: the original ego is now a candidate.
-    other = plan_cross_agent(recenter(turn_scene, 1), 10, CrossAgentConfig(), RAP_SAMPLING)[0]
+    other = plan_cross_agent(recenter(turn_scene, 1), 10, CrossAgentConfig(**SHORT_HISTORY), RAP_SAMPLING)[0]
     assert [p.agent_row for p in other] == [0] and other[0].ego_status.command is DrivingCommand.LEFT
 
 
 def test_cross_agent_on_womd(womd_scene):
     step = womd_scene.current_index
     tr = womd_scene.tracks
-    cfg = CrossAgentConfig()
+    cfg = CrossAgentConfig(**SHORT_HISTORY)
     # Every vehicle valid over the window that moves (> 0.5 m/s at the step) ...
     moving = [
         r for r in range(tr.num_agents)
@@ -102,7 +105,7 @@ def test_cross_agent_on_womd(womd_scene):
         and np.hypot(*agent_velocity(womd_scene, r, step)) > 0.5
     ]  # fmt: skip
     assert moving == WOMD_MOVING
-    assert candidates(womd_scene, step, CrossAgentConfig(min_cv_error_m=0.0, min_speed_mps=0.5), RAP_SAMPLING) == moving
+    assert candidates(womd_scene, step, CrossAgentConfig(min_cv_error_m=0.0, min_speed_mps=0.5, **SHORT_HISTORY), RAP_SAMPLING) == moving
     # ... minus the ones a constant-velocity model explains.
     plans, rejects = plan_cross_agent(womd_scene, step, cfg, RAP_SAMPLING)
     assert [p.agent_row for p in plans] == WOMD_CANDIDATES

@@ -8,22 +8,23 @@ import dataclasses
 import numpy as np
 import pytest
 
-from rap.augment.targets import (
-    EgoConfig,
-    InvalidWindowError,
+from rap.augment.targets import EgoConfig, InvalidWindowError, ego_plan, sample_key
+from rap.dataset.sample import SampleKind
+from rap.kinematics import (
+    DrivingCommand,
     agent_acceleration,
     agent_poses_at,
     agent_velocity,
     driving_command,
-    ego_plan,
     ego_status,
     future_target,
     history_poses,
-    sample_key,
     window_valid,
 )
-from rap.dataset.sample import DrivingCommand, SampleKind
 from rap.trajectory import NAVSIM_SAMPLING, RAP_SAMPLING, WOD_E2E_SAMPLING, Trajectory, TrajectorySampling
+
+# WOMD-like test logs hold 1 s of history before the current step (the product default is 1.5 s).
+SHORT_HISTORY = dict(history_num=4, history_interval_s=0.25)
 
 
 def test_future_target_straight_is_exact(straight_scene):
@@ -106,27 +107,27 @@ def test_sample_key_is_filesystem_safe():
 
 
 def test_ego_plan(straight_scene):
-    plan = ego_plan(straight_scene, 10, EgoConfig())
+    plan = ego_plan(straight_scene, 10, EgoConfig(**SHORT_HISTORY))
     assert plan.key == "straight_010_ego_2406_0"
     assert plan.kind is SampleKind.EGO and plan.agent_row == 0 and plan.agent_id == 2406
     np.testing.assert_array_equal(plan.viewer_pose, straight_scene.agent_pose(0, 10))
     assert plan.history.shape == (4, 3) and plan.target.poses.shape == (10, 3)
     assert plan.perturbation is None
-    assert ego_plan(straight_scene, 10, EgoConfig(), key_prefix="x").key == "x_010_ego_2406_0"
+    assert ego_plan(straight_scene, 10, EgoConfig(**SHORT_HISTORY), key_prefix="x").key == "x_010_ego_2406_0"
     with pytest.raises(InvalidWindowError, match="straight"):
-        ego_plan(straight_scene, 45, EgoConfig())
+        ego_plan(straight_scene, 45, EgoConfig(**SHORT_HISTORY))
     with pytest.raises(ValueError, match="history_num"):
         EgoConfig(history_num=-1)
 
 
 @pytest.mark.parametrize("sampling", [NAVSIM_SAMPLING, RAP_SAMPLING, WOD_E2E_SAMPLING])
 def test_ego_plan_on_womd(womd_scene, sampling):
-    plan = ego_plan(womd_scene, womd_scene.current_index, EgoConfig(sampling=sampling))
+    plan = ego_plan(womd_scene, womd_scene.current_index, EgoConfig(sampling=sampling, **SHORT_HISTORY))
     assert plan.target.poses.shape == (sampling.num_poses, 3)
     assert plan.agent_row == womd_scene.ego_index
     # The SDC of the shipped scenario barely moves.
     assert plan.ego_status.speed < 0.05 and plan.ego_status.command is DrivingCommand.STRAIGHT
     assert np.abs(plan.target.xy).max() < 0.1
     # Unchanged by a copy of the scene: plans depend only on the scene's data.
-    again = ego_plan(dataclasses.replace(womd_scene), womd_scene.current_index, EgoConfig(sampling=sampling))
+    again = ego_plan(dataclasses.replace(womd_scene), womd_scene.current_index, EgoConfig(sampling=sampling, **SHORT_HISTORY))
     np.testing.assert_array_equal(plan.target.poses, again.target.poses)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rap.dataset.sample import DrivingCommand, EgoStatus, Perturbation, Sample, SampleKind, SamplePlan
+from rap.dataset.sample import Perturbation, Sample, SampleKind, SamplePlan
+from rap.kinematics import DrivingCommand, EgoStatus
 from rap.render.job import camera_record
 from rap.render.rigs import get_rig
 from rap.trajectory import Trajectory, TrajectorySampling

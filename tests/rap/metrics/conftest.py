@@ -37,21 +37,21 @@ def make_objects(specs: Sequence[dict], num_steps: int = 41) -> ObjectTracks:
     """Constant-velocity boxes; each spec has x, y and optional heading, vx, vy, length, width, kind."""
     if not specs:
         return ObjectTracks.empty(num_steps)
-    t = (np.arange(num_steps) * 0.1)[:, None]
-    get = lambda key, default: np.array([s.get(key, default) for s in specs], dtype=np.float64)  # noqa: E731
+    t = (np.arange(num_steps) * 0.1)[None, :]
+    get = lambda key, default: np.array([s.get(key, default) for s in specs], dtype=np.float64)[:, None]  # noqa: E731
     x0, y0, vx, vy = get("x", 0.0), get("y", 0.0), get("vx", 0.0), get("vy", 0.0)
     n = len(specs)
-    return ObjectTracks(
+    return ObjectTracks(  # (num_objects, num_steps)
         ids=np.arange(n),
         kinds=np.array([int(s.get("kind", ObjectKind.VEHICLE)) for s in specs]),
         x=x0 + vx * t,
         y=y0 + vy * t,
-        heading=np.broadcast_to(get("heading", 0.0), (num_steps, n)),
-        vx=np.broadcast_to(vx, (num_steps, n)),
-        vy=np.broadcast_to(vy, (num_steps, n)),
-        length=get("length", 4.5),
-        width=get("width", 2.0),
-        valid=np.ones((num_steps, n), dtype=bool),
+        heading=np.broadcast_to(get("heading", 0.0), (n, num_steps)),
+        vx=np.broadcast_to(vx, (n, num_steps)),
+        vy=np.broadcast_to(vy, (n, num_steps)),
+        length=get("length", 4.5)[:, 0],
+        width=get("width", 2.0)[:, 0],
+        valid=np.ones((n, num_steps), dtype=bool),
     )
 
 

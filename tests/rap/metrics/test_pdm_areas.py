@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import shapely
 
-from rap.metrics.pdm_areas import EgoAreaIndex, PolygonSet, SegmentGrid, ego_areas, membership
+from rap.metrics.pdm_areas import EgoAreaIndex, PreparedPolygons, SegmentGrid, ego_areas, membership
 from rap.metrics.pdm_collisions import ego_box
 from rap.sim import StateIndex
 
@@ -34,16 +34,16 @@ def test_membership_equals_shapely_contains(resolution):
     # Points exactly on edges and vertices, and points very close to edges.
     edge_pts = np.concatenate([np.asarray(p.exterior.coords)[:, :2] for p in polys[:6]])
     pts = np.concatenate([pts, edge_pts, edge_pts + 1e-7, np.array([[0.0, 5.0], [5.0, 0.0]])])
-    got = membership(PolygonSet.from_polygons(polys), pts, resolution)
+    got = membership(PreparedPolygons.from_polygons(polys), pts, resolution)
     want = np.stack([shapely.contains_xy(p, pts[:, 0], pts[:, 1]) for p in polys], axis=1)
     assert got.shape == (len(pts), len(polys))
     np.testing.assert_array_equal(got, want)
 
 
 def test_membership_empty_inputs():
-    ps = PolygonSet.from_polygons([shapely.box(0, 0, 1, 1)])
+    ps = PreparedPolygons.from_polygons([shapely.box(0, 0, 1, 1)])
     assert membership(ps, np.zeros((0, 2))).shape == (0, 1)
-    assert membership(PolygonSet.from_polygons([]), np.zeros((3, 2))).shape == (3, 0)
+    assert membership(PreparedPolygons.from_polygons([]), np.zeros((3, 2))).shape == (3, 0)
 
 
 def test_segment_grid_within_and_project_match_shapely():
@@ -65,8 +65,8 @@ def _ego_at(x: float, y: float, heading: float = 0.0) -> np.ndarray:
 
 
 def test_ego_area_flags_on_a_two_lane_road():
-    lanes = PolygonSet.from_polygons([shapely.box(-50, -1.75, 50, 1.75), shapely.box(-50, 1.75, 50, 5.25)])
-    drivable = PolygonSet.from_polygons([shapely.box(-50, -1.75, 50, 5.25)])
+    lanes = PreparedPolygons.from_polygons([shapely.box(-50, -1.75, 50, 1.75), shapely.box(-50, 1.75, 50, 5.25)])
+    drivable = PreparedPolygons.from_polygons([shapely.box(-50, -1.75, 50, 5.25)])
     on_route = np.array([True, False])
     cases = {
         "centred in the route lane": (_ego_at(0, 0), [False, False, False]),

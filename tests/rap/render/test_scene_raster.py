@@ -503,3 +503,67 @@ def test_agent_row(womd_scene):
     assert agent_row(womd_scene, FOLLOWER_ID) == FOLLOWER_ROW
     with pytest.raises(ValueError, match=r"no agent with id 424242 \(ids include 1580"):
         agent_row(womd_scene, 424242)
+
+
+# -- per-tick rendering: map geometry built once per map ---------------------------------------
+def test_with_scene_reuses_the_map_and_renders_the_new_scene(ctx, womd_scene, bev):
+    """A scene on the same map (a simulation tick) reuses the tessellated map and draws its own
+    agents: here the follower, 15 m behind the ego, moved 1 km away and leaves the ego's BEV."""
+    tr = womd_scene.tracks
+    x = tr.x.copy()
+    x[FOLLOWER_ROW] += 1000.0
+    moved = dataclasses.replace(womd_scene, tracks=dataclasses.replace(tr, x=x))
+    follower = instance_id(InstanceKind.AGENT, FOLLOWER_ROW)
+    with Renderer(ctx, default_style()) as renderer:
+        rast = SceneRasterizer(renderer, womd_scene)
+        tick = rast.with_scene(moved)
+        assert tick.mesh is rast.mesh and tick.scene is moved
+        (before,) = rast.render(STEP, bev, outputs=("instance",))
+        (after,) = tick.render(STEP, bev, outputs=("instance",))
+        assert (before.instance == follower).any() and not (after.instance == follower).any()
+        # Only the follower changed: every other pixel is the same.
+        same = (before.instance != follower) & (after.instance != follower)
+        np.testing.assert_array_equal(before.instance[same], after.instance[same])
+        other_map = dataclasses.replace(womd_scene, map=dataclasses.replace(womd_scene.map))
+        assert rast.with_scene(other_map).mesh is not rast.mesh
+
+
+def test_render_state_equals_render_of_the_logged_step(ctx, womd_scene, front3):
+    from rap.render.scene_raster import AgentStates
+
+    lights = womd_scene.traffic_lights
+    outputs = ("rgb", "instance")
+    with Renderer(ctx, default_style()) as renderer:
+        rast = SceneRasterizer(renderer, womd_scene)
+        for viewer in (EGO_ROW, FOLLOWER_ROW):
+            want = rast.render(STEP, front3, viewer, outputs=outputs)
+            got = rast.render_state(
+                front3, womd_scene.agent_pose(viewer, STEP), AgentStates.from_tracks(womd_scene.tracks, STEP),
+                lights.colors[:, STEP], lights.valid[:, STEP], viewer, outputs=outputs,
+            )  # fmt: skip
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g.rgb, w.rgb)
+                np.testing.assert_array_equal(g.instance, w.instance)
+
+
+def test_render_state_draws_moved_agents_and_new_light_colours(ctx, womd_scene):
+    """The per-tick call draws agents where the state puts them and lights in the state's colour."""
+    from rap.render.scene_raster import AgentStates
+
+    bev = get_rig("bev", BEV_SIZE)
+    lights = womd_scene.traffic_lights
+    states = AgentStates.from_tracks(womd_scene.tracks, STEP)
+    pose = womd_scene.agent_pose(EGO_ROW, STEP)
+    follower = instance_id(InstanceKind.AGENT, FOLLOWER_ROW)
+    with Renderer(ctx, default_style()) as renderer:
+        rast = SceneRasterizer(renderer, womd_scene)
+        (logged,) = rast.render_state(bev, pose, states, lights.colors[:, STEP], lights.valid[:, STEP], EGO_ROW, outputs=("instance", "class_id"))
+        assert (logged.instance == follower).any()
+        x = states.x.copy()
+        x[FOLLOWER_ROW] += 500.0
+        away = dataclasses.replace(states, x=x)
+        green = np.full(len(lights), int(LightColor.GREEN))
+        (tick,) = rast.render_state(bev, pose, away, green, np.ones(len(lights), bool), EGO_ROW, outputs=("instance", "class_id"))
+        assert not (tick.instance == follower).any()
+        assert (tick.class_id == RasterClass.LIGHT_GREEN).any() and not (tick.class_id == RasterClass.LIGHT_RED).any()
+        assert (logged.class_id == RasterClass.LIGHT_RED).any()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from rap.sim import PACIFICA, BicycleConfig, StateIndex, VehicleParameters, propagate
+from rap.sim.bicycle import ArcStateIndex, arc_step, next_speed
 
 
 def _state(shape=(), **values) -> np.ndarray:
@@ -53,5 +56,47 @@ def test_vehicle_parameters():
     assert PACIFICA.width == pytest.approx(2.297)
     with pytest.raises(ValueError, match="wheel_base"):
         VehicleParameters(wheel_base=0.0)
+    assert PACIFICA.max_steering_angle == math.radians(35.0)
+    assert PACIFICA.max_curvature == math.tan(math.radians(35.0)) / 3.089
+    with pytest.raises(ValueError, match="max_steering_angle"):
+        VehicleParameters(max_steering_angle=np.pi / 2)
     with pytest.raises(ValueError):
         propagate(np.zeros(5), 0.0, 0.0, 0.1)
+
+
+def _arc_state(x=0.0, y=0.0, heading=0.0, speed=0.0) -> np.ndarray:
+    s = np.zeros(len(ArcStateIndex))
+    s[[ArcStateIndex.X, ArcStateIndex.Y, ArcStateIndex.HEADING, ArcStateIndex.SPEED]] = x, y, heading, speed
+    return s
+
+
+def test_arc_step_follows_the_circle_exactly():
+    kappa, v = 0.1, 10.0
+    s = _arc_state(speed=v)
+    for _ in range(20):  # 2 s at 0.1 s: 20 m along a circle of radius 10 m about (0, 10)
+        s = arc_step(s, np.array(kappa), np.array(0.0), 0.1)
+    angle = kappa * 20.0
+    np.testing.assert_allclose(s[ArcStateIndex.X], np.sin(angle) / kappa, atol=1e-12)
+    np.testing.assert_allclose(s[ArcStateIndex.Y], (1 - np.cos(angle)) / kappa, atol=1e-12)
+    np.testing.assert_allclose(s[ArcStateIndex.HEADING], angle, atol=1e-12)  # not wrapped
+    assert s[ArcStateIndex.SPEED] == v
+
+
+def test_arc_step_straight_trapezoid_and_no_reversing():
+    s = _arc_state(heading=0.5, speed=4.0)
+    out = arc_step(s, np.array(0.0), np.array(2.0), 0.5)
+    ds = 0.5 * (4.0 + 5.0) * 0.5
+    np.testing.assert_allclose(out, [ds * np.cos(0.5), ds * np.sin(0.5), 0.5, 5.0])
+    stopped = arc_step(s, np.array(0.0), np.array(-20.0), 0.5)  # would reverse: stops instead
+    assert stopped[ArcStateIndex.SPEED] == 0.0 and stopped[ArcStateIndex.X] == pytest.approx(0.5 * 4.0 * 0.5 * np.cos(0.5))
+    assert next_speed(np.array([1.0, 1.0]), np.array([-5.0, 5.0]), 0.1)[0] == pytest.approx(0.5)
+
+
+def test_arc_step_batch_shapes():
+    states = np.zeros((3, 2, 4))
+    states[..., ArcStateIndex.SPEED] = 5.0
+    out = arc_step(states, np.full((3, 2), 0.05), np.zeros((3, 2)), 0.1)
+    assert out.shape == (3, 2, 4)
+    np.testing.assert_allclose(out[0, 0], arc_step(states[0, 0], np.array(0.05), np.array(0.0), 0.1))
+    with pytest.raises(ValueError, match="arc_step"):
+        arc_step(np.zeros(11), np.array(0.0), np.array(0.0), 0.1)

@@ -11,10 +11,10 @@ from rap.sim.reference import Obstacles, ReferencePlannerConfig, idm_candidates
 
 def _obstacles(boxes: list[tuple[float, float]], steps: int = 41, polygons=()) -> Obstacles:
     n = len(boxes)
-    x = np.tile(np.array([b[0] for b in boxes], dtype=float), (steps, 1)).reshape(steps, n)
-    y = np.tile(np.array([b[1] for b in boxes], dtype=float), (steps, 1)).reshape(steps, n)
-    z = np.zeros((steps, n))
-    return Obstacles(x, y, z, z, z, np.full(n, 4.5), np.full(n, 2.0), np.ones((steps, n), bool), tuple(polygons))
+    x = np.tile(np.array([b[0] for b in boxes], dtype=float)[:, None], (1, steps)).reshape(n, steps)
+    y = np.tile(np.array([b[1] for b in boxes], dtype=float)[:, None], (1, steps)).reshape(n, steps)
+    z = np.zeros((n, steps))
+    return Obstacles(x, y, z, z, z, np.full(n, 4.5), np.full(n, 2.0), np.ones((n, steps), bool), tuple(polygons))
 
 
 def _ego(speed: float) -> np.ndarray:
@@ -43,3 +43,29 @@ def test_brakes_for_a_stopped_car_and_a_red_light():
     red = shapely.box(40.0, -2.0, 60.0, 2.0)
     stop = idm_candidates(_ego(10.0), LINE, _obstacles([], polygons=[red]), speed_limit=10.0)
     assert (stop[:, -1, 0] + 4.049).max() < 40.0
+
+
+def test_obstacles_are_objects_by_steps_and_reject_other_shapes():
+    obs = _obstacles([(30.0, 0.0), (60.0, 3.0)], steps=41)
+    assert obs.x.shape == obs.valid.shape == (2, 41)
+    import pytest
+
+    with pytest.raises(ValueError, match=r"Obstacles.x: expected shape \(2, 41\)"):
+        Obstacles(obs.x.T, obs.y, obs.heading, obs.vx, obs.vy, obs.length, obs.width, obs.valid)
+    with pytest.raises(ValueError, match="Obstacles.length"):
+        Obstacles(obs.x, obs.y, obs.heading, obs.vx, obs.vy, np.ones(41), obs.width, obs.valid)
+
+
+def test_obstacle_ahead_in_lane_slows_the_candidates_only_while_it_is_there():
+    """An obstacle valid only for the first second blocks only then: the (N, S) layout is read
+    per object and step (a transposed read would mix objects and steps)."""
+    free = idm_candidates(_ego(10.0), LINE, _obstacles([]), speed_limit=10.0)
+    blocked = _obstacles([(25.0, 0.0)], steps=41)
+    always = idm_candidates(_ego(10.0), LINE, blocked, speed_limit=10.0)
+    valid = np.zeros((1, 41), bool)
+    valid[:, :10] = True
+    brief = idm_candidates(_ego(10.0), LINE, Obstacles(blocked.x, blocked.y, blocked.heading, blocked.vx, blocked.vy, blocked.length, blocked.width, valid), speed_limit=10.0)
+    x_free, x_always, x_brief = (c[:, -1, StateIndex.X].max() for c in (free, always, brief))
+    assert x_always < 25.0 < x_free
+    assert x_always < x_brief <= x_free + 1e-9
+

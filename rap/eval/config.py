@@ -1,0 +1,44 @@
+"""``EvalConfig``: what evaluators give agents (``configs/eval/*.yaml``, dotted overrides).
+
+Observation settings share their sections and defaults with ``GenerateConfig``
+(:mod:`rap.config`), so a planner sees the same history and driving-command horizon in training
+samples and in evaluation unless a config says otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import PositiveFloat
+
+from rap.config import FrozenModel, HistorySection, SamplingSection
+
+DEFAULT_EVAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "eval" / "default.yaml"
+
+
+class ObservationSection(FrozenModel):
+    """What an observation holds besides the views (the agent's ``SensorConfig`` picks the rig).
+
+    Attributes:
+        history: past poses (as ``GenerateConfig.history``).
+        command_sampling: the logged future the driving command is read from (as the training
+            target, ``GenerateConfig.sampling``); STRAIGHT where the log ends sooner.
+    """
+
+    history: HistorySection = HistorySection()
+    command_sampling: SamplingSection = SamplingSection()
+
+
+class NavsimSection(FrozenModel):
+    """NAVSIM-style scoring: the plan agents return and where it is scored."""
+
+    sampling: SamplingSection = SamplingSection(num_poses=8, interval_s=0.5)  # NAVSIM: 8 x 0.5 s
+    spacing_s: PositiveFloat = 1.0  # [s] between scoring steps
+    previous_plan_offset_s: PositiveFloat = 0.5  # [s] the earlier query for extended comfort
+
+
+class EvalConfig(FrozenModel):
+    """Everything that decides what evaluators give agents and how plans are scored."""
+
+    observation: ObservationSection = ObservationSection()
+    navsim: NavsimSection = NavsimSection()
