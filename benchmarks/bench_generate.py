@@ -61,7 +61,7 @@ def stage_breakdown(source: str, size: tuple[int, int]) -> dict:
     from rap.generate import GenerateConfig, plan_scene
     from rap.render.session import worker_renderer
     from rap.sources.registry import list_units, load_unit
-    from rap.render.job import camera_record
+    from rap.render.rigs import camera_record
     from rap.render.rigs import get_rig
     from rap.render.scene_raster import SceneRasterizer
 

@@ -36,7 +36,7 @@ from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manif
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
 from rap.dataset.writer import ShardWriter, shard_name
 from rap.images import save_json
-from rap.render.job import camera_record
+from rap.render.rigs import camera_record
 from rap.scene import Scene
 from rap.sources.registry import WorkUnit, list_units, load_unit
 from rap.trajectory import TrajectorySampling

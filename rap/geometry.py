@@ -28,6 +28,9 @@ __all__ = [
     "polyline_length",
     "resample_polyline",
     "point_polyline_distance",
+    "finite_difference",
+    "fixed_step_rate",
+    "windowed_rate",
 ]
 
 _TWO_PI = 2.0 * np.pi
@@ -375,3 +378,38 @@ def finite_difference(values: np.ndarray, ts: np.ndarray, valid: np.ndarray, ang
     central = (prv * dt_prev.reshape(shape) + nxt * dt_next.reshape(shape)) / span
     out = np.where(both, central, np.where(hn, nxt, np.where(hp, prv, 0.0)))
     return out
+
+
+def windowed_rate(values: np.ndarray, times: np.ndarray, half_window_s: float) -> np.ndarray:
+    """(K,) derivative of (K,) ``values`` at (K,) ``times`` [s] over about +-``half_window_s``
+    (the median step decides the window in samples; one-sided at the ends): a smoothed rate of
+    densely resampled signals."""
+    k = values.shape[0]
+    if k < 2:
+        return np.zeros(k)
+    dt = float(np.median(np.diff(times)))
+    h = max(1, int(round(half_window_s / dt)))
+    idx = np.arange(k)
+    lo = np.clip(idx - h, 0, k - 1)
+    hi = np.clip(idx + h, 0, k - 1)
+    return (values[hi] - values[lo]) / (times[hi] - times[lo])
+
+
+def fixed_step_rate(p: np.ndarray, valid: np.ndarray, dt: float) -> np.ndarray:
+    """(N, S) rate of (N, S) ``p`` sampled every ``dt`` [s] along the last axis, over valid runs
+    ((N, S) bool ``valid``): central where both neighbours are valid, one-sided where one is, 0
+    elsewhere and where ``p`` is invalid (:func:`finite_difference` for uneven times)."""
+    v = np.zeros_like(p)
+    if p.shape[1] < 2:
+        return v
+    prev_ok = np.zeros_like(valid)
+    next_ok = np.zeros_like(valid)
+    prev_ok[:, 1:] = valid[:, 1:] & valid[:, :-1]
+    next_ok[:, :-1] = valid[:, :-1] & valid[:, 1:]
+    fwd = np.zeros_like(p)
+    bwd = np.zeros_like(p)
+    fwd[:, :-1] = (p[:, 1:] - p[:, :-1]) / dt
+    bwd[:, 1:] = (p[:, 1:] - p[:, :-1]) / dt
+    central = 0.5 * (fwd + bwd)
+    v = np.where(prev_ok & next_ok, central, np.where(next_ok, fwd, np.where(prev_ok, bwd, 0.0)))
+    return np.where(valid, v, 0.0)

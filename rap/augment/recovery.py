@@ -301,19 +301,6 @@ class ExpertReference:
         return np.interp(t, self.times, self.accel, left=0.0, right=0.0)
 
 
-def _central_rate(values: np.ndarray, times: np.ndarray, half_window_s: float) -> np.ndarray:
-    """(K,) derivative of (K,) ``values`` over about +-``half_window_s`` (one-sided at the ends)."""
-    k = values.shape[0]
-    if k < 2:
-        return np.zeros(k)
-    dt = float(np.median(np.diff(times)))
-    h = max(1, int(round(half_window_s / dt)))
-    idx = np.arange(k)
-    lo = np.clip(idx - h, 0, k - 1)
-    hi = np.clip(idx + h, 0, k - 1)
-    return (values[hi] - values[lo]) / (times[hi] - times[lo])
-
-
 def _gaussian_smooth(points: np.ndarray, sigma_samples: float) -> np.ndarray:
     """(M, 2) points smoothed along the first axis; ends continued linearly (odd reflection)."""
     half = int(math.ceil(3.0 * sigma_samples))
@@ -362,8 +349,8 @@ def expert_reference(scene: Scene, row: int, step: int) -> ExpertReference:
     # Expert along-path speed profile (station is cumulative logged distance).
     seg = np.linalg.norm(np.diff(pts, axis=0), axis=-1)
     station = np.concatenate([[0.0], np.cumsum(seg)])
-    speed = _central_rate(station, times, SPEED_HALF_WINDOW_S)
-    accel = _central_rate(speed, times, SPEED_HALF_WINDOW_S)
+    speed = geometry.windowed_rate(station, times, SPEED_HALF_WINDOW_S)
+    accel = geometry.windowed_rate(speed, times, SPEED_HALF_WINDOW_S)
 
     # Path: drop stops, extend straight at both ends.
     keep = [0]

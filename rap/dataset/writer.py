@@ -31,7 +31,7 @@ sample is a run of consecutive members sharing a key (the member name up to its 
          "images": {"CAM_F0": "CAM_F0.npy.zst", ...},     # member suffix of each image
          "bev": null | "bev.npy.zst"}
 
-    Camera records are :func:`rap.render.job.camera_record` documents: ``cam_to_body`` maps
+    Camera records are :func:`rap.render.rigs.camera_record` documents: ``cam_to_body`` maps
     OpenCV camera axes to the acting agent's body frame (rear axle on the ground, x forward).
 ``<key>.npz``
     the arrays, a ``numpy.load``-able zip (stored, fixed timestamps): ``target`` (T, 3) float64

@@ -16,7 +16,7 @@ from rap.dataset.sample import Sample
 from rap.eval.agent import Observation, SensorConfig
 from rap.eval.config import ObservationSection
 from rap.kinematics import DrivingCommand, EgoStatus, agent_acceleration, agent_velocity, driving_command, future_target, history_poses
-from rap.render.job import camera_record
+from rap.render.rigs import camera_record
 from rap.render.rigs import get_rig
 from rap.render.scene_raster import SceneRasterizer
 from rap.scene import Scene

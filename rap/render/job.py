@@ -1,4 +1,4 @@
-"""`rap render`: render a scene's rig to files; camera records; agent rows by track id."""
+"""`rap render`: render a scene's rig to files; agent rows by track id."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 from rap.images import contact_sheet, save_json, save_npy, save_png
 from rap.scene import Scene
 from rap.render.scene_raster import RasterConfig, SceneRasterizer
-from rasterizer.camera import OrthoCamera, PinholeCamera, Rig
+from rap.render.rigs import camera_record
+from rasterizer.camera import Rig
 from rap.render.session import open_renderer
 from rasterizer.context import context_info
 
@@ -28,21 +29,6 @@ def agent_row(scene: Scene, agent_id: int | None) -> int:
         sample = ", ".join(str(int(i)) for i in scene.tracks.ids[:8])
         raise ValueError(f"scene {scene.scene_id}: no agent with id {agent_id} (ids include {sample}, ...)")
     return int(rows[0])
-
-
-def camera_record(cam) -> dict:
-    """JSON-ready description of a camera (intrinsics, distortion, mounting)."""
-    if isinstance(cam, OrthoCamera):
-        return {"type": "orthographic", "width": cam.width, "height": cam.height, "extent_x_m": cam.extent_x, "extent_y_m": cam.extent_y, "center_m": list(cam.center)}
-    assert isinstance(cam, PinholeCamera)
-    return {
-        "type": "pinhole",
-        "width": cam.width,
-        "height": cam.height,
-        "intrinsics": cam.intrinsic_matrix.tolist(),
-        "distortion_k1k2p1p2k3": list(cam.distortion),
-        "cam_to_body": cam.cam_to_body.tolist(),
-    }
 
 
 def render_to_dir(scene: Scene, rig: Rig, out_dir: str | Path, *, step: int | None = None, agent_id: int | None = None, outputs: Sequence[str] = ("rgb",), config: RasterConfig = RasterConfig()) -> dict:

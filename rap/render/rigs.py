@@ -56,3 +56,18 @@ def get_rig(name: str, size: tuple[int, int] | None = None, distortion: bool = F
     if not distortion:
         rig = Rig(rig.name, tuple(c.without_distortion() if isinstance(c, PinholeCamera) else c for c in rig))
     return rig.resized(*size) if size is not None else rig
+
+
+def camera_record(cam) -> dict:
+    """JSON-ready description of a camera (intrinsics, distortion, mounting)."""
+    if isinstance(cam, OrthoCamera):
+        return {"type": "orthographic", "width": cam.width, "height": cam.height, "extent_x_m": cam.extent_x, "extent_y_m": cam.extent_y, "center_m": list(cam.center)}
+    assert isinstance(cam, PinholeCamera)
+    return {
+        "type": "pinhole",
+        "width": cam.width,
+        "height": cam.height,
+        "intrinsics": cam.intrinsic_matrix.tolist(),
+        "distortion_k1k2p1p2k3": list(cam.distortion),
+        "cam_to_body": cam.cam_to_body.tolist(),
+    }

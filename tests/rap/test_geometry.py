@@ -144,3 +144,40 @@ def test_point_polyline_distance():
 def test_bad_point_dimension():
     with pytest.raises(ValueError, match="last dimension"):
         geometry.to_frame(np.zeros((3, 4)), [0, 0], 0.0)
+
+
+# -- finite differences ------------------------------------------------------------------------
+def test_finite_difference_central_one_sided_and_invalid():
+    ts = np.array([0.0, 0.1, 0.3, 0.4, 0.5])
+    x = 2.0 * ts**2  # rate 4 t
+    valid = np.array([True, True, True, False, True])
+    rate = geometry.finite_difference(x, ts, valid)
+    # Central over uneven steps is the time-weighted mean of the one-sided rates.
+    assert rate[1] == pytest.approx((0.2 * 0.1 + 0.8 * 0.2) / 0.3)
+    assert rate[0] == pytest.approx(0.02 / 0.1)  # forward only
+    assert rate[2] == pytest.approx((0.18 - 0.02) / 0.2)  # backward only: its next step is invalid
+    assert rate[3] == 0.0 and rate[4] == 0.0  # no valid neighbour pair
+
+
+def test_finite_difference_wraps_angles():
+    ts = np.array([0.0, 1.0, 2.0])
+    heading = np.array([np.pi - 0.1, -np.pi + 0.1, -np.pi + 0.3])
+    rate = geometry.finite_difference(heading, ts, np.ones(3, bool), angle=True)
+    np.testing.assert_allclose(rate, [0.2, 0.2, 0.2], atol=1e-12)
+
+
+def test_fixed_step_rate_matches_finite_difference_on_even_steps():
+    rng = np.random.default_rng(0)
+    p = np.cumsum(rng.normal(size=(3, 12)), axis=1)
+    valid = rng.random((3, 12)) > 0.2
+    fixed = geometry.fixed_step_rate(p, valid, 0.1)
+    ts = np.arange(12) * 0.1
+    for row in range(3):
+        general = geometry.finite_difference(p[row], ts, valid[row])
+        np.testing.assert_allclose(fixed[row], np.where(valid[row], general, 0.0), atol=1e-9)
+
+
+def test_windowed_rate_of_a_line_is_its_slope():
+    t = np.arange(0.0, 5.0, 0.1)
+    rate = geometry.windowed_rate(3.0 * t + 1.0, t, half_window_s=0.5)
+    np.testing.assert_allclose(rate, 3.0, rtol=1e-9)

@@ -96,6 +96,7 @@ import dataclasses
 
 import numpy as np
 
+from rap import geometry
 from rap.scene import AgentTracks, Scene, TrafficLights
 from rap.sources.synthetic.roads import TownConfig, Town, build_town, light_schedule, map_elements
 from rap.sources.synthetic.traffic import TrafficConfig, TrafficLog, simulate
@@ -227,28 +228,10 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _velocities(p: np.ndarray, valid: np.ndarray, dt: float) -> np.ndarray:
-    """(N, S) finite-difference velocity of positions ``p`` (N, S) over valid runs."""
-    v = np.zeros_like(p)
-    if p.shape[1] < 2:
-        return v
-    prev_ok = np.zeros_like(valid)
-    next_ok = np.zeros_like(valid)
-    prev_ok[:, 1:] = valid[:, 1:] & valid[:, :-1]
-    next_ok[:, :-1] = valid[:, :-1] & valid[:, 1:]
-    fwd = np.zeros_like(p)
-    bwd = np.zeros_like(p)
-    fwd[:, :-1] = (p[:, 1:] - p[:, :-1]) / dt
-    bwd[:, 1:] = (p[:, 1:] - p[:, :-1]) / dt
-    central = 0.5 * (fwd + bwd)
-    v = np.where(prev_ok & next_ok, central, np.where(next_ok, fwd, np.where(prev_ok, bwd, 0.0)))
-    return np.where(valid, v, 0.0)
-
-
 def _assemble(seed: int, config: SyntheticConfig, town: Town, lights: np.ndarray, log: TrafficLog) -> SyntheticLog:
     window = slice(config.warmup_steps, config.warmup_steps + config.num_steps)
-    vx = _velocities(log.x, log.valid, DT)[:, window]
-    vy = _velocities(log.y, log.valid, DT)[:, window]
+    vx = geometry.fixed_step_rate(log.x, log.valid, DT)[:, window]
+    vy = geometry.fixed_step_rate(log.y, log.valid, DT)[:, window]
     valid = log.valid[:, window]
     # The ego: the expert-driven vehicle that drives furthest during the log.
     dist = np.hypot(np.diff(log.x[log.experts][:, window]), np.diff(log.y[log.experts][:, window])).sum(axis=1)

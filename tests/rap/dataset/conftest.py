@@ -7,7 +7,7 @@ import pytest
 
 from rap.dataset.sample import Perturbation, Sample, SampleKind, SamplePlan
 from rap.kinematics import DrivingCommand, EgoStatus
-from rap.render.job import camera_record
+from rap.render.rigs import camera_record
 from rap.render.rigs import get_rig
 from rap.trajectory import Trajectory, TrajectorySampling
 
