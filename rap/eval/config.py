@@ -8,6 +8,7 @@ samples and in evaluation unless a config says otherwise.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import PositiveFloat
 
@@ -37,8 +38,23 @@ class NavsimSection(FrozenModel):
     previous_plan_offset_s: PositiveFloat = 0.5  # [s] the earlier query for extended comfort
 
 
+class TrackerSection(FrozenModel):
+    """The LQR tracker that executes plans before scoring (see :mod:`rap.sim.tracker`)."""
+
+    # navsim: NAVSIM's batch tracker exactly (the leaderboard); nuplan: acceleration differences
+    velocity_regularizer: Literal["navsim", "nuplan"] = "navsim"
+
+
 class EvalConfig(FrozenModel):
     """Everything that decides what evaluators give agents and how plans are scored."""
 
     observation: ObservationSection = ObservationSection()
     navsim: NavsimSection = NavsimSection()
+    tracker: TrackerSection = TrackerSection()
+
+    def scorer_config(self):
+        """The :class:`rap.metrics.pdms.PDMScorerConfig` these settings ask for."""
+        from rap.metrics.pdms import PDMScorerConfig
+        from rap.sim.tracker import LQRConfig, RolloutConfig
+
+        return PDMScorerConfig(rollout=RolloutConfig(lqr=LQRConfig(velocity_regularizer=self.tracker.velocity_regularizer)))

@@ -119,6 +119,7 @@ def evaluate_navsim(agent: Agent, scenes: str, out_dir: str | Path, *, config: E
     with open_renderer() as renderer:
         observer = Observer(renderer, agent.sensor_config(), config.observation, privileged=bool(getattr(agent, "privileged", False)))
         sampling = config.navsim.sampling.to_sampling()
+        scorer = config.scorer_config()
         for scene in iter_scenes(scenes):
             back = steps_for(scene, config.navsim.previous_plan_offset_s)
             for step in scoring_steps(scene, config.navsim.spacing_s):
@@ -131,7 +132,7 @@ def evaluate_navsim(agent: Agent, scenes: str, out_dir: str | Path, *, config: E
                     prev_plan = _checked(agent, agent.plan(observer.observe(scene, prev_step, sampling)), scene, prev_step)
                     previous = PreviousPlan(ego=ego_state(scene, prev_step), poses=np.asarray(prev_plan.poses), sampling=prev_plan.sampling, time_offset_s=config.navsim.previous_plan_offset_s)
                 inputs = scoring_scene(scene, step, previous_plan=previous)
-                result = score_scene(inputs, np.asarray(plan.poses)[None], plan.sampling)
+                result = score_scene(inputs, np.asarray(plan.poses)[None], plan.sampling, config=scorer)
                 sub = _subscores(result)
                 token = f"{scene.scene_id}_{step:03d}"
                 row = {"scene": token, "scene_id": scene.scene_id, "source": scene.source, "step": step, "pdms": float(result.pdms[0]), "epdms": float(result.epdms[0]), "subscores": sub, "failures": _failures(sub), "human_filtered": bool(result.human_filtered)}

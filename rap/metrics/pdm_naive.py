@@ -18,7 +18,8 @@ import shapely
 
 from rap.metrics.comfort import extended_comfort, is_comfortable
 from rap.metrics.pdm_inputs import AGENT_KINDS, ObjectKind, ScoringScene
-from rap.metrics.pdms import PDMScorerConfig
+from rap.metrics.pdm_collisions import ego_box
+from rap.metrics.pdms import PDMScorerConfig, objects_clear_of_ego
 from rap.sim.bicycle import StateIndex
 from rap.sim.tracker import simulate
 from rap.trajectory import NAVSIM_SAMPLING, TrajectorySampling
@@ -176,25 +177,43 @@ def naive_score_scene(
 ) -> dict[str, np.ndarray]:
     """PDMS v1 / EPDMS v2 (no human filter) of each proposal, scored one at a time as the pair
     [reference, proposal] (NAVSIM's loop). ``reference_states`` (41, 11) is the executed reference.
+    v2 metrics are scored without the objects overlapping the ego at t = 0 (checked here with
+    per-object shapely polygons), v1 metrics with every object.
 
     Returns a dict of (K,) arrays: the sub-metrics of :func:`naive_metrics` plus ``ep``, ``ep_v1``,
     ``pdms`` and ``epdms``.
     """
     cfg = config if config is not None else PDMScorerConfig()
     p = np.asarray(proposals, dtype=np.float64)
+    # v2's log replay drops the tracks that overlap the ego at t = 0.
+    ego_polygon = shapely.Polygon(ego_box(scene.ego.state_array(), cfg.rollout.vehicle)[0])
+    objects = scene.objects
+    keep = np.array([not (objects.valid[i, 0] and shapely.Polygon(objects.corners()[i, 0]).intersects(ego_polygon)) for i in range(len(objects))], dtype=bool)
+    scene_v2 = scene if keep.all() else objects_clear_of_ego(scene, cfg.rollout.vehicle)
     rows = []
     for k in range(p.shape[0]):
-        states = simulate(p[k : k + 1], sampling, scene.ego, cfg.rollout)
-        m = naive_metrics(scene, np.concatenate([reference_states[None], states]), cfg)
+        states = np.concatenate([reference_states[None], simulate(p[k : k + 1], sampling, scene.ego, cfg.rollout)])
+        m1 = naive_metrics(scene, states, cfg)
+        m = naive_metrics(scene_v2, states, cfg) if scene_v2 is not scene else m1
         res = {key: float(v[1]) for key, v in m.items()}
         ref = {key: float(v[0]) for key, v in m.items()}
-        for tag, keys in (("ep_v1", ("nc", "dac")), ("ep", ("nc", "dac", "ddc", "tlc"))):
-            mult = [np.prod([m[key][i] for key in keys]) for i in (0, 1)]
-            pen = np.array([ref["progress"], res["progress"]]) * np.array(mult)
-            best = pen.max()
-            res[tag] = pen[1] / best if best > cfg.progress_distance_threshold else (0.0 if mult[1] == 0 else 1.0)
+        for key in ("nc", "dac", "ttc_v1", "comfort", "progress"):
+            res[f"{key}_v1"] = float(m1[key][1])
+        # v1: penalized progress over the pair's best penalized progress (0 if penalized and the
+        # pair stands still); v2: raw progress over that best, clipped to [0, 1] (1 if still).
+        mult = [np.prod([m1[key][i] for key in ("nc", "dac")]) for i in (0, 1)]
+        pen = np.array([m1["progress"][0], m1["progress"][1]]) * np.array(mult)
+        best = pen.max()
+        res["ep_v1"] = pen[1] / best if best > cfg.progress_distance_threshold else (0.0 if mult[1] == 0 else 1.0)
+        mult = [np.prod([m[key][i] for key in ("nc", "dac", "ddc", "tlc")]) for i in (0, 1)]
+        pen = np.array([ref["progress"], res["progress"]]) * np.array(mult)
+        best = pen.max()
+        res["ep"] = min(max(res["progress"] / best, 0.0), 1.0) if best > cfg.progress_distance_threshold else 1.0
         w1 = cfg.v1_weights
-        res["pdms"] = res["nc"] * res["dac"] * (w1[0] * res["ep_v1"] + w1[1] * res["ttc_v1"] + w1[2] * res["comfort"]) / w1.sum()
+        res["pdms"] = res["nc_v1"] * res["dac_v1"] * (w1[0] * res["ep_v1"] + w1[1] * res["ttc_v1_v1"] + w1[2] * res["comfort_v1"]) / w1.sum()
+        res["ttc_v1"], res["comfort"] = res.pop("ttc_v1_v1"), res.pop("comfort_v1")
+        for key in ("nc_v1", "dac_v1", "progress_v1"):
+            res.pop(key)
         w2 = cfg.v2_weights.copy()
         terms = np.array([res["ep"], res["ttc"], res["lk"], res["hc"], res["ec"]])
         if np.isnan(terms[-1]):

@@ -18,34 +18,47 @@ Scores (per scene, per proposal):
 * v2:  ``EPDMS = NC * DAC * DDC * TLC * (5 EP + 5 TTC + 2 LK + 2 HC + 2 EC) / 16``; without a
   previous plan EC is not scored and its weight drops out (/ 14), as NAVSIM does for frames without
   a predecessor. With a logged human trajectory, every v2 sub-metric the human scores 0 on is set
-  to 1 for the agent (human filter) before the product and weighted mean are formed.
+  to 1 for the agent (human filter) before the product and weighted mean are formed; the human is
+  scored alone, so its EP is always 1 and EP is never filtered.
 
-EP normalizes each proposal's progress by the larger of its own and the reference planner's,
-both after their multiplicative penalties (NAVSIM scores [reference, agent] together); if that
-maximum is <= 5 m, EP is 1 (0 where the proposal's penalty product is 0).
+EP (NAVSIM scores [reference, agent] as a pair): v1 divides the proposal's *penalized* progress
+(times NC * DAC) by the larger of its own and the reference's penalized progress, 1 if that
+maximum is <= 5 m (0 where the proposal's penalty product is 0). v2 (navsim >= 2.0.1) divides the
+proposal's *raw* progress by the larger penalized progress (times NC * DAC * DDC * TLC) of the
+pair, clipped to [0, 1], and is 1 if that maximum is <= 5 m.
+
+Objects: v2's log replay drops the tracks whose box overlaps the ego at t = 0 before scoring
+(:func:`objects_clear_of_ego`); v1 keeps them.
+
+Tracker: the default velocity fit reproduces NAVSIM's batch LQR exactly, including its
+regularizer matrix (see :mod:`rap.sim.tracker`); ``LQRConfig(velocity_regularizer="nuplan")``
+(``tracker.velocity_regularizer=nuplan`` in ``rap eval navsim``) is the only option that departs
+from the official scorer.
 
 Exactness: area membership (rasterized with an exact fallback), lane-keeping distances, box
 contacts (separating axes) and progress projections reproduce shapely's answers exactly;
 :mod:`rap.metrics.pdm_naive` (a loop-based transcription of NAVSIM's scorer) agrees proposal by
-proposal in the tests. Known deviations from NAVSIM's code (``autonomousvision/navsim``):
+proposal in the tests.
 
-* Reference planner: :mod:`rap.sim.reference` is PDM-Closed-like, not PDM-Closed (see there). For
-  parity with a NAVSIM metric cache pass its PDM-Closed trajectory as
-  ``ScoringScene.reference_poses``.
-* Human filter: the filtered sub-metrics are used to recompute the product and weighted mean (the
-  issue's definition); NAVSIM (@4de93c5) overwrites the reported sub-metric columns but forms its
-  final score from the unfiltered arrays.
-* DDC skips steps whose centre is in an intersection (the issue's definition, later NAVSIM v2);
-  NAVSIM v2.0's scorer counted them.
+The one deviation from NAVSIM's code (``autonomousvision/navsim`` main; PDMS v1 as in v1.1):
+
 * "Behind" (active-rear collisions) and "ahead" (TTC) are nuPlan's bearing of the object centre
-  from the ego rear axle, as in NAVSIM's code (the issue text words the former as a heading
-  difference). The bearing's cosine is clipped to [-1, 1] (nuPlan gets NaN on rounding past 1).
-* Heading errors in the tracker wrap with a modulo ([-pi, pi)) instead of arctan2 ((-pi, pi]).
-* PDMS v1's TTC looks 0.9 s past the last simulated step; NAVSIM v1 observes 5 s of objects.
-  Give ``ObjectTracks`` 51 steps for parity; with 41, those look-aheads are skipped.
-* Two-stage aggregation (:func:`aggregate_v2`) follows the issue: kernel exp(-d^2 / (2 * 0.1));
-  NAVSIM's code uses exp(-d). Plan endpoints are the caller's (NAVSIM's ``run_pdm_score`` reads
-  the endpoint's x for both x and y).
+  from the ego rear axle, as in NAVSIM's code. rap clips the bearing's cosine to [-1, 1]; nuPlan
+  gets NaN there when rounding pushes it past 1 at UTM-size coordinates, and then ignores the
+  object.
+
+Inputs the caller must match for parity (not differences in the scorer):
+
+* Reference: NAVSIM takes PDM-Closed's trajectory from its metric cache. Without one, rap runs
+  :mod:`rap.sim.reference` (PDM-Closed-like, not PDM-Closed); pass the cached trajectory as
+  ``ScoringScene.reference_poses`` for parity.
+* PDMS v1's TTC looks 0.9 s past the last simulated step (NAVSIM v1 observes 5 s of objects):
+  give ``ObjectTracks`` 51 steps; with 41, those look-aheads are skipped.
+* Plan endpoints for the two-stage aggregation (:func:`aggregate_v2`, kernel
+  exp(-d^2 / (2 * 0.1)) on the endpoint's x and y) are the caller's.
+
+Numerics: heading errors in the tracker wrap with a modulo ([-pi, pi)) where NAVSIM uses arctan2
+((-pi, pi]); the two differ only at exactly +-pi.
 """
 
 from __future__ import annotations
@@ -89,6 +102,8 @@ __all__ = [
     "lane_keeping",
     "raw_progress",
     "ego_progress",
+    "ego_progress_v2",
+    "objects_clear_of_ego",
     "weighted_score",
     "score_states",
     "score_scene",
@@ -427,6 +442,33 @@ def ego_progress(
     return np.where(best > threshold, ratio, fallback)
 
 
+def ego_progress_v2(
+    progress: np.ndarray,
+    multiplicative: np.ndarray,
+    reference: float,
+    threshold: float = 5.0,
+) -> np.ndarray:
+    """EPDMS's EP (K,) float64 (NAVSIM >= 2.0.1): each proposal's *raw* progress over the largest
+    *penalized* progress of its pair [reference, proposal], clipped to [0, 1].
+
+    Args:
+        progress: (K,) raw progress [m].
+        multiplicative: (K,) product of the v2 multiplicative penalties (NC, DAC, DDC, TLC).
+        reference: Reference progress times its own v2 penalty product [m].
+        threshold: [m] at or below which the pair's best penalized progress gives EP = 1.
+
+    Returns:
+        clip(progress / max(penalized, reference), 0, 1) where that maximum exceeds
+        ``threshold``; else 1 (a penalized proposal keeps EP; its score is zeroed by the product).
+    """
+    raw = np.asarray(progress, dtype=np.float64)
+    pen = raw * np.asarray(multiplicative, dtype=np.float64)
+    best = np.maximum(pen, float(reference))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.clip(raw / best, 0.0, 1.0)
+    return np.where(best > threshold, ratio, 1.0)
+
+
 def weighted_score(multiplicative: np.ndarray, weighted: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``prod(multiplicative) * sum(w * weighted) / sum(w)``; NaN weighted metrics drop out with
     their weight (NAVSIM's treatment of a missing EC).
@@ -565,6 +607,33 @@ def _select_reference(prep: PreparedScene, states: np.ndarray, forecast: ObjectT
     return int(np.argmax(_v1_pdms(m, ep, cfg)))
 
 
+def objects_clear_of_ego(scene: ScoringScene, vehicle=None) -> ScoringScene:
+    """The scene without the objects whose box overlaps the ego's at t = 0 (NAVSIM v2's log
+    replay drops such tracks before scoring; v1 keeps them). Returns ``scene`` itself when no
+    object overlaps.
+
+    Args:
+        scene: The scoring scene.
+        vehicle: Ego vehicle parameters (default :data:`rap.sim.bicycle.PACIFICA`).
+    """
+    from rap.sim.bicycle import PACIFICA
+
+    objects = scene.objects
+    if not len(objects):
+        return scene
+    corners, _ = ego_box(scene.ego.state_array(), PACIFICA if vehicle is None else vehicle)
+    ego_polygon = shapely.Polygon(corners)
+    now = objects.valid[:, 0]
+    boxes = shapely.polygons(objects.corners()[:, 0])  # (N,) boxes at t = 0
+    overlap = now & shapely.intersects(boxes, ego_polygon)
+    if not overlap.any():
+        return scene
+    keep = ~overlap
+    per_step = {name: getattr(objects, name)[keep] for name in ("x", "y", "heading", "vx", "vy", "valid")}
+    kept = dataclasses.replace(objects, ids=objects.ids[keep], kinds=objects.kinds[keep], length=objects.length[keep], width=objects.width[keep], **per_step)
+    return dataclasses.replace(scene, objects=kept)
+
+
 def score_scene(
     scene: ScoringScene,
     proposals: ArrayLike,
@@ -626,32 +695,42 @@ def score_scene(
     best = 0 if forecast is None else _select_reference(prep, cand_states, forecast, cfg)
     ref_states = cand_states[best : best + 1]
     rows = [ref_states] + ([human_states] if use_human else []) + [agent_states]
-    m = score_states(prep, np.concatenate(rows), cfg, scene.history_state_array(), previous, offset)
+    stacked = np.concatenate(rows)
+    m = score_states(prep, stacked, cfg, scene.history_state_array(), previous, offset)
+    # v2 replays the log without the tracks that overlap the ego at t = 0 (v1 keeps them).
+    clear = objects_clear_of_ego(scene, cfg.rollout.vehicle)
+    if clear is scene:
+        m2 = m
+    else:
+        m2 = score_states(prepare_scene(clear, cfg), stacked, cfg, scene.history_state_array(), previous, offset)
     n_pre = len(rows) - 1
     agent = {key: v[n_pre:] for key, v in m.items()}
     ref = {key: v[0] for key, v in m.items()}
+    agent2 = {key: v[n_pre:] for key, v in m2.items()}
+    ref2 = {key: v[0] for key, v in m2.items()}
     thr = cfg.progress_distance_threshold
-    # v1: NC * DAC penalties; v2: NC * DAC * DDC * TLC.
+    # v1: NC * DAC penalties, EP = penalized / best penalized of the pair.
     mult_v1 = agent["nc"] * agent["dac"]
     ep_v1 = ego_progress(agent["progress"], mult_v1, ref["progress"] * ref["nc"] * ref["dac"], thr)
     pdms = _v1_pdms(agent, ep_v1, cfg)
-    mult_v2 = agent["nc"] * agent["dac"] * agent["ddc"] * agent["tlc"]
-    ref_v2 = float(ref["progress"] * ref["nc"] * ref["dac"] * ref["ddc"] * ref["tlc"])
-    ep = ego_progress(agent["progress"], mult_v2, ref_v2, thr)
+    # v2: NC * DAC * DDC * TLC penalties, EP = raw / best penalized of the pair.
+    mult_v2 = agent2["nc"] * agent2["dac"] * agent2["ddc"] * agent2["tlc"]
+    ref_v2 = float(ref2["progress"] * ref2["nc"] * ref2["dac"] * ref2["ddc"] * ref2["tlc"])
+    ep = ego_progress_v2(agent2["progress"], mult_v2, ref_v2, thr)
 
-    v2 = {"nc": agent["nc"].copy(), "dac": agent["dac"].copy(), "ddc": agent["ddc"].copy(), "tlc": agent["tlc"].copy(),
-          "ep": ep, "ttc": agent["ttc"].copy(), "lk": agent["lk"].copy(), "hc": agent["hc"].copy()}
+    v2 = {"nc": agent2["nc"].copy(), "dac": agent2["dac"].copy(), "ddc": agent2["ddc"].copy(), "tlc": agent2["tlc"].copy(),
+          "ep": ep, "ttc": agent2["ttc"].copy(), "lk": agent2["lk"].copy(), "hc": agent2["hc"].copy()}
     if use_human:
-        # NAVSIM scores the human alone: no reference (EP against itself), no history (HC = 1).
-        h = {key: float(v[1]) for key, v in m.items()}
-        h_mult = h["nc"] * h["dac"] * h["ddc"] * h["tlc"]
-        h["ep"] = 0.0 if h_mult == 0.0 else 1.0
+        # NAVSIM scores the human alone: its EP is against itself, always 1 under the v2 formula
+        # (so EP is never filtered), and it has no history (HC = 1).
+        h = {key: float(v[1]) for key, v in m2.items()}
+        h["ep"] = 1.0
         h["hc"] = 1.0
         for key in v2:
             if h[key] == 0.0:
                 v2[key] = np.ones_like(v2[key])
     mult = np.stack([v2["nc"], v2["dac"], v2["ddc"], v2["tlc"]])
-    weighted = np.stack([v2["ep"], v2["ttc"], v2["lk"], v2["hc"], agent["ec"]])
+    weighted = np.stack([v2["ep"], v2["ttc"], v2["lk"], v2["hc"], agent2["ec"]])
     epdms = weighted_score(mult, weighted, cfg.v2_weights)
     return PDMResult(
         no_at_fault_collisions=v2["nc"],
@@ -662,7 +741,7 @@ def score_scene(
         time_to_collision_within_bound=v2["ttc"],
         lane_keeping=v2["lk"],
         history_comfort=v2["hc"],
-        extended_comfort=agent["ec"],
+        extended_comfort=agent2["ec"],
         v1_no_at_fault_collisions=agent["nc"],
         v1_drivable_area_compliance=agent["dac"],
         ego_progress_v1=ep_v1,

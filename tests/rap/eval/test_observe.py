@@ -81,3 +81,14 @@ def test_eval_navsim_rejects_a_bad_override(tmp_path):
     result = CliRunner().invoke(app, ["eval", "navsim", "--agent", "constant_velocity", "--scenes", "synthetic:1", "--out", str(tmp_path), "observation.history.num_poses=0"])
     assert result.exit_code == 2
     assert "observation.history.num_poses" in result.output
+
+
+def test_eval_navsim_tracker_option(tmp_path):
+    """The scorer's one deviating option is reachable as an override and validated."""
+    from rap.eval.config import EvalConfig
+
+    cfg = load_config(EvalConfig, DEFAULT_EVAL_CONFIG, ["tracker.velocity_regularizer=nuplan"])
+    assert cfg.scorer_config().rollout.lqr.velocity_regularizer == "nuplan"
+    assert EvalConfig().scorer_config().rollout.lqr.velocity_regularizer == "navsim"
+    bad = CliRunner().invoke(app, ["eval", "navsim", "--agent", "constant_velocity", "--scenes", "synthetic:1", "--out", str(tmp_path), "tracker.velocity_regularizer=smooth"])
+    assert bad.exit_code == 2 and "tracker.velocity_regularizer" in bad.output

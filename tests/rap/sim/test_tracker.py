@@ -10,7 +10,10 @@ from rap.trajectory import NAVSIM_SAMPLING, TrajectorySampling
 
 
 def _dense_profiles(poses: np.ndarray, dt: float, cfg: LQRConfig) -> tuple[np.ndarray, np.ndarray]:
-    """NAVSIM's formulation: dense (2M x M) velocity fit and (M x M) curvature fit with pinv."""
+    """NAVSIM's formulation: dense (2M x M) velocity fit and (M x M) curvature fit with pinv. The
+    jerk band is built as NAVSIM's batch tracker builds it (super-diagonal written, then ``-eye``
+    assigned over the first columns) for ``velocity_regularizer="navsim"``, and as true
+    differences (nuPlan's tracker) for ``"nuplan"``."""
     d = np.diff(poses, axis=1)
     xy, dh = d[..., :2], np.arctan2(np.sin(d[..., 2]), np.cos(d[..., 2]))
     k, m = dh.shape
@@ -23,8 +26,12 @@ def _dense_profiles(poses: np.ndarray, dt: float, cfg: LQRConfig) -> tuple[np.nd
     mask = np.repeat(np.triu(np.ones((m, m), bool), k=1), 2, axis=0)
     a[:, mask] = 0.0
     band = np.zeros((m - 2, m - 1))
-    band[:, 1:] += np.eye(m - 2)
-    band[:, :-1] -= np.eye(m - 2)
+    if cfg.velocity_regularizer == "navsim":
+        band[:, 1:] = np.eye(m - 2)
+        band[:, :-1] = -np.eye(m - 2)
+    else:
+        band[:, 1:] += np.eye(m - 2)
+        band[:, :-1] -= np.eye(m - 2)
     r = np.concatenate([np.zeros((m - 2, 1)), band], axis=1)
     sol = np.einsum("bij,bj->bi", np.linalg.pinv(a.transpose(0, 2, 1) @ a + cfg.jerk_penalty * r.T @ r) @ a.transpose(0, 2, 1), y)
     vel = sol[:, :1] + np.concatenate([np.zeros((k, 1)), np.cumsum(sol[:, 1:] * dt, axis=1)], axis=1)
@@ -84,11 +91,12 @@ def _smooth_reference(rng: np.random.Generator, k: int, n: int = 41, dt: float =
     return np.stack(out, axis=1)
 
 
-def test_fit_profiles_matches_dense_least_squares():
+@pytest.mark.parametrize("regularizer", ["navsim", "nuplan"])
+def test_fit_profiles_matches_dense_least_squares(regularizer):
     rng = np.random.default_rng(0)
     poses = _smooth_reference(rng, 6)
     poses[:2, :, :2] += rng.normal(scale=0.05, size=(2, 41, 2))  # noisy, infeasible references too
-    cfg = LQRConfig()
+    cfg = LQRConfig(velocity_regularizer=regularizer)
     vel, curv = fit_profiles(poses, 0.1, cfg)
     dvel, dcurv = _dense_profiles(poses, 0.1, cfg)
     np.testing.assert_allclose(vel, dvel, atol=1e-7)
@@ -191,3 +199,33 @@ def test_rollout_config_validation():
         RolloutConfig(horizon_s=4.05, dt=0.1)
     with pytest.raises(ValueError):
         LQRConfig(tracking_horizon=1)
+
+
+def test_velocity_regularizer_matrices():
+    """NAVSIM's batch matrix penalizes a_0 .. a_{M-4} and only the last difference; nuPlan's
+    penalizes every difference. x = (v0, a_0 .. a_3) for M = 5 displacements."""
+    from rap.sim.tracker import velocity_regularizer_matrix
+
+    navsim = velocity_regularizer_matrix(5, "navsim")
+    nuplan = velocity_regularizer_matrix(5, "nuplan")
+    np.testing.assert_array_equal(navsim, [[0, -1, 0, 0, 0], [0, 0, -1, 0, 0], [0, 0, 0, -1, 1]])
+    np.testing.assert_array_equal(nuplan, [[0, -1, 1, 0, 0], [0, 0, -1, 1, 0], [0, 0, 0, -1, 1]])
+    with pytest.raises(ValueError, match="velocity_regularizer must be one of navsim, nuplan"):
+        LQRConfig(velocity_regularizer="smooth")
+
+
+def test_navsim_regularizer_is_the_default_and_changes_braking_rollouts():
+    """On a hard stop the two regularizers execute measurably different rollouts; the default is
+    NAVSIM's (what the leaderboard runs)."""
+    assert LQRConfig().velocity_regularizer == "navsim"
+    t = NAVSIM_SAMPLING.times_s
+    stop = np.minimum(12.0 * t - 0.5 * 6.0 * t**2, 12.0**2 / (2 * 6.0))
+    plan = np.stack([stop, 0 * t, 0 * t], axis=1)[None]
+    from rap.metrics.pdm_inputs import EgoState
+
+    ego = EgoState(x=0.0, y=0.0, heading=0.0, vx=12.0)
+    a = simulate(plan, NAVSIM_SAMPLING, ego, RolloutConfig())
+    b = simulate(plan, NAVSIM_SAMPLING, ego, RolloutConfig(lqr=LQRConfig(velocity_regularizer="nuplan")))
+    gap = np.abs(a[0, :, StateIndex.X] - b[0, :, StateIndex.X]).max()
+    assert 0.01 < gap < 2.0
+
