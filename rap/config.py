@@ -12,7 +12,9 @@ from typing import Any, Sequence, TypeVar
 
 import pydantic
 import yaml
-from pydantic import PositiveFloat, PositiveInt
+from typing import Annotated
+
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from rap.trajectory import TrajectorySampling
 
@@ -30,6 +32,7 @@ class FrozenModel(pydantic.BaseModel):
 
 
 # -- sections shared by generation and evaluation: one place for observation defaults ----------
+ImageSide = Annotated[int, Field(gt=0, le=16384)]  # [px] an image width or height
 DEFAULT_RIG = "front3"  # camera rig of generated samples and of evaluation observations
 DEFAULT_CAMERA_SIZE = (512, 256)  # [px] every camera
 DEFAULT_HISTORY_NUM_POSES = 3  # past poses of an observation ...

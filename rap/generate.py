@@ -25,13 +25,13 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Iterable, Literal, Optional
+from typing import Callable, Iterable, Literal, Optional
 
 import numpy as np
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 import rap
-from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, SamplingSection, config_to_dict
+from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, ImageSide, SamplingSection, config_to_dict
 from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manifest
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
 from rap.dataset.writer import ShardWriter, shard_name
@@ -40,8 +40,6 @@ from rap.render.rigs import camera_record
 from rap.scene import Scene
 from rap.sources.registry import WorkUnit, list_units, load_unit
 from rap.trajectory import TrajectorySampling
-
-ImageSide = Annotated[int, Field(gt=0, le=16384)]  # [px]
 
 UNITS_DIR = ".units"
 CONFIG_RECORD = "config.json"

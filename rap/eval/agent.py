@@ -21,19 +21,28 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG
 from rap.kinematics import EgoStatus
 from rap.scene import Scene
 from rap.trajectory import NAVSIM_SAMPLING, Trajectory, TrajectorySampling
 
 
+FROM_CONFIG = "config"  # SensorConfig.rig: use the evaluation config's observation.rig
+
+
 @dataclasses.dataclass(frozen=True)
 class SensorConfig:
-    """Which views an agent wants: a named rig at a size (None: no images). The defaults are
-    those of generated samples (``rap.config.DEFAULT_RIG`` / ``DEFAULT_CAMERA_SIZE``)."""
+    """Which views an agent wants.
 
-    rig: str | None = DEFAULT_RIG
-    size: tuple[int, int] = DEFAULT_CAMERA_SIZE  # [px] every camera
+    Attributes:
+        rig: a named rig (``front3``, ``nuplan8``, ``bev``), None for no images, or ``"config"``
+            (the default) for the evaluation config's ``observation.rig`` (by default that of
+            generated samples, ``rap.config.DEFAULT_RIG``).
+        size: (width, height) [px] of every camera, or None (the default) for the evaluation
+            config's ``observation.size`` (``rap.config.DEFAULT_CAMERA_SIZE``).
+    """
+
+    rig: str | None = FROM_CONFIG
+    size: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -12,20 +12,24 @@ from typing import Literal
 
 from pydantic import PositiveFloat
 
-from rap.config import FrozenModel, HistorySection, SamplingSection
+from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, ImageSide, SamplingSection
 
 DEFAULT_EVAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "eval" / "default.yaml"
 
 
 class ObservationSection(FrozenModel):
-    """What an observation holds besides the views (the agent's ``SensorConfig`` picks the rig).
+    """What an observation holds.
 
     Attributes:
+        rig, size: the camera rig and image size of agents whose ``SensorConfig`` leaves them to
+            the config (its defaults do; as ``GenerateConfig.rig`` / ``size``).
         history: past poses (as ``GenerateConfig.history``).
         command_sampling: the logged future the driving command is read from (as the training
             target, ``GenerateConfig.sampling``); STRAIGHT where the log ends sooner.
     """
 
+    rig: Literal["front3", "nuplan8", "bev"] = DEFAULT_RIG
+    size: tuple[ImageSide, ImageSide] = DEFAULT_CAMERA_SIZE  # [px] every camera
     history: HistorySection = HistorySection()
     command_sampling: SamplingSection = SamplingSection()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from rap.dataset.sample import Sample
-from rap.eval.agent import Observation, SensorConfig
+from rap.eval.agent import FROM_CONFIG, Observation, SensorConfig
 from rap.eval.config import ObservationSection
 from rap.kinematics import DrivingCommand, EgoStatus, agent_acceleration, agent_velocity, driving_command, future_target, history_poses
 from rap.render.rigs import camera_record
@@ -44,8 +44,9 @@ class Observer:
     Args:
         renderer: an open :class:`rasterizer.renderer.Renderer` (not owned); may be None when
             the agent wants no images.
-        sensors: the agent's sensor config (rig and size; ``rig=None``: no images).
-        config: history and command horizon.
+        sensors: the agent's sensor config (rig and size; ``rig=None``: no images; the defaults
+            defer to ``config``).
+        config: rig and size for agents that defer to it, history and command horizon.
         privileged: hand the scene and step to the agent (rule-based agents only).
     """
 
@@ -54,7 +55,9 @@ class Observer:
         self.sensors = sensors
         self.config = config
         self.privileged = privileged
-        self.rig = get_rig(sensors.rig, tuple(sensors.size)) if sensors.rig is not None else None
+        rig_name = config.rig if sensors.rig == FROM_CONFIG else sensors.rig
+        size = tuple(config.size) if sensors.size is None else tuple(sensors.size)
+        self.rig = get_rig(rig_name, size) if rig_name is not None else None
         self.cameras = {cam.name: camera_record(cam) for cam in self.rig} if self.rig is not None else {}
         self._raster: SceneRasterizer | None = None
 

@@ -30,7 +30,8 @@ def test_eval_and_generate_share_observation_defaults():
     gen, ev = GenerateConfig(), EvalConfig()
     assert ev.observation.history == gen.history
     assert ev.observation.command_sampling == gen.sampling
-    assert (SensorConfig().rig, SensorConfig().size) == (gen.rig, tuple(gen.size))
+    assert (ev.observation.rig, ev.observation.size) == (gen.rig, tuple(gen.size))
+    assert (SensorConfig().rig, SensorConfig().size) == ("config", None)  # agents defer to the config
     # The augmentation building blocks default to the same history.
     from rap.augment.cross_agent import CrossAgentConfig
     from rap.augment.recovery import RecoveryConfig
@@ -51,8 +52,9 @@ def test_observation_at_a_step_equals_the_generated_sample(ctx, tmp_path):
     samples = [record_to_sample(r) for r in iter_dataset(tmp_path / "ds")]
     assert len(samples) >= 3 and {s.plan.kind.value for s in samples} == {"ego"}
     scene = load_womd(WOMD)
+    observation = load_config(EvalConfig, DEFAULT_EVAL_CONFIG, [f"observation.size=[{cfg.size[0]},{cfg.size[1]}]"]).observation
     with Renderer(ctx, default_style()) as renderer:
-        observer = Observer(renderer, SensorConfig(cfg.rig, tuple(cfg.size)), EvalConfig().observation)
+        observer = Observer(renderer, SensorConfig(), observation)  # rig and size from the eval config
         for sample in samples:
             train = observation_from_sample(sample)
             ev = observer.observe(scene, sample.plan.step, sample.plan.target.sampling)
@@ -61,6 +63,7 @@ def test_observation_at_a_step_equals_the_generated_sample(ctx, tmp_path):
             np.testing.assert_array_equal(ev.history, train.history)
             assert ev.cameras == train.cameras
             assert sorted(ev.images) == sorted(train.images) == ["CAM_F0", "CAM_L0", "CAM_R0"]
+            assert ev.images["CAM_F0"].shape == (cfg.size[1], cfg.size[0], 3)
             for name in ev.images:
                 np.testing.assert_array_equal(ev.images[name], train.images[name], err_msg=f"step {sample.plan.step} {name}")
             assert train.time_s is None and train.scene is None
@@ -92,3 +95,16 @@ def test_eval_navsim_tracker_option(tmp_path):
     assert EvalConfig().scorer_config().rollout.lqr.velocity_regularizer == "navsim"
     bad = CliRunner().invoke(app, ["eval", "navsim", "--agent", "constant_velocity", "--scenes", "synthetic:1", "--out", str(tmp_path), "tracker.velocity_regularizer=smooth"])
     assert bad.exit_code == 2 and "tracker.velocity_regularizer" in bad.output
+
+
+def test_an_agent_can_pin_its_own_rig(ctx, womd_scene):
+    """An agent that names a rig and size gets it whatever the config says; one that defers gets
+    the config's."""
+    config = EvalConfig().observation
+    sampling = EvalConfig().navsim.sampling.to_sampling()
+    with Renderer(ctx, default_style()) as renderer:
+        pinned = Observer(renderer, SensorConfig("bev", (64, 64)), config).observe(womd_scene, 10, sampling)
+        deferred = Observer(renderer, SensorConfig(), config).observe(womd_scene, 10, sampling)
+    assert list(pinned.images) == ["BEV"] and pinned.images["BEV"].shape == (64, 64, 3)
+    assert sorted(deferred.images) == ["CAM_F0", "CAM_L0", "CAM_R0"] and deferred.images["CAM_F0"].shape == (256, 512, 3)
+
