@@ -11,22 +11,35 @@ an intersection, ~20 driving agents, pedestrians, a parked car and a cone); prop
   NAVSIM's scorer (per-step STR-trees, shapely polygons, per-point tests), each proposal simulated
   and scored with the reference as a pair. Timed on a subset (``--naive-proposals``); the reference
   rollout is given to it, so its time excludes the reference planner.
+* ``one core``: what training needs — N different scenes, each prepared
+  (``prepare_scene``) and its K proposals scored (``score_scene``), on one core (a child process
+  pinned to CPU 0 with OMP/OpenBLAS/MKL at one thread); reports scenes/s and proposals/s for each
+  ``--core-configs`` entry. With ``--baseline REF`` the same loop also runs on the code of git
+  revision REF (its ``rap/`` and ``rasterizer/`` extracted with ``git archive``), alternating
+  with the working tree ``--rounds`` times, and the table gives the ratio (median of rounds).
 
 Each vectorized configuration runs ``--repeats`` times; the median proposals/s is reported with its
 ratio to the naive loop. The naive scorer's sub-scores are compared with the vectorized ones on
-the same proposals (they must agree exactly). Prints a Markdown table (machine, date); ``--out``
+the same proposals (they must agree exactly). Prints Markdown tables (machine, date); ``--out``
 also writes the rows as JSON.
 
 Usage: python benchmarks/bench_score.py [--proposals 256,1000,4096] [--agents 20] [--repeats 5]
+       [--core-configs 64x50,1000x1] [--baseline REF] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +48,33 @@ import numpy as np
 from rap.perf import bench_score, synthetic_proposals, synthetic_scoring_scene
 from rap.metrics.pdm_naive import naive_score_scene
 from rap.metrics.pdms import PDMScorerConfig, score_scene
+
+REPO = Path(__file__).resolve().parents[1]
+
+ONE_CORE_SNIPPET = """
+import json, os, statistics, sys, time
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {0})
+import numpy as np
+from rap.metrics.pdms import PDMScorerConfig, prepare_scene, score_scene
+from rap.perf import synthetic_proposals, synthetic_scoring_scene
+k, n, agents, repeats, seed = (int(v) for v in sys.argv[1:6])
+scenes, proposals = [], []
+for i in range(n):
+    rng = np.random.default_rng(seed + i)
+    scenes.append(synthetic_scoring_scene(rng, num_agents=agents))
+    proposals.append(synthetic_proposals(scenes[-1], rng, k))
+cfg = PDMScorerConfig()
+score_scene(scenes[0], proposals[0], config=cfg)
+seconds = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    results = [score_scene(s, p, config=cfg, prepared=prepare_scene(s, cfg)) for s, p in zip(scenes, proposals)]
+    seconds.append(time.perf_counter() - start)
+median = statistics.median(seconds)
+print(json.dumps({"scenes_per_s": n / median, "proposals_per_s": n * k / median,
+                  "mean_epdms": float(np.mean([r.epdms.mean() for r in results]))}))
+"""
 
 
 def naive_rate(num_proposals: int, num_agents: int, seed: int) -> tuple[float, float]:
@@ -51,6 +91,57 @@ def naive_rate(num_proposals: int, num_agents: int, seed: int) -> tuple[float, f
     return num_proposals / seconds, float(diff)
 
 
+def one_core_rate(code_root: Path, k: int, n: int, agents: int, repeats: int, seed: int) -> dict:
+    """The one-core scenes loop on the ``rap`` package under ``code_root``, in a child process."""
+    env = dict(os.environ, PYTHONPATH=str(code_root), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_CORE_SNIPPET, str(k), str(n), str(agents), str(repeats), str(seed)],
+        env=env, cwd=code_root, check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def extract_revision(ref: str, into: Path) -> str:
+    """``rap/`` and ``rasterizer/`` of git revision ``ref`` under ``into``; returns its short hash."""
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref, "rap", "rasterizer"], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(into, filter="data")
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def one_core_rows(configs: list[tuple[int, int]], agents: int, repeats: int, seed: int, baseline: str | None, rounds: int) -> tuple[list[dict], str | None]:
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base_root = None
+        base_hash = None
+        if baseline is not None:
+            base_root = Path(tmp)
+            base_hash = extract_revision(baseline, base_root)
+        for k, n in configs:
+            now, before = [], []
+            for _ in range(max(rounds, 1) if base_root is not None else 1):
+                now.append(one_core_rate(REPO, k, n, agents, repeats, seed))
+                if base_root is not None:
+                    before.append(one_core_rate(base_root, k, n, agents, repeats, seed))
+            for label, runs in (("this tree", now), (f"before ({base_hash})", before)):
+                if not runs:
+                    continue
+                row = {
+                    "mode": "one core", "code": label, "num_proposals": k, "num_scenes": n,
+                    "scenes_per_s": statistics.median(r["scenes_per_s"] for r in runs),
+                    "proposals_per_s": statistics.median(r["proposals_per_s"] for r in runs),
+                    "rounds": [r["scenes_per_s"] for r in runs],
+                    "mean_epdms": runs[0]["mean_epdms"],
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            if before:
+                ratios = [a["scenes_per_s"] / b["scenes_per_s"] for a, b in zip(now, before)]
+                rows[-2]["vs_before"] = statistics.median(ratios)
+                rows[-1]["vs_before"] = 1.0
+    return rows, base_hash
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proposals", default="256,1000,4096", help="comma-separated K per score_scene call")
@@ -58,6 +149,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--naive-proposals", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--core-configs", default="64x50,1000x1", help="one-core rows: comma-separated KxN (proposals per scene x scenes); empty: none")
+    parser.add_argument("--baseline", default=None, help="git revision whose code the one-core rows are compared with")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of this tree and the baseline per one-core row")
     parser.add_argument("--out", type=Path, default=None, help="optional JSON output path")
     args = parser.parse_args()
 
@@ -71,6 +165,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     for row in rows:
         row["vs_naive"] = row["proposals_per_s"] / naive
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.core_configs.split(",") if c]
+    core, base_hash = one_core_rows(configs, args.agents, args.repeats, args.seed, args.baseline, args.rounds)
     meta = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -78,10 +174,12 @@ def main() -> None:
         "numpy": np.__version__,
         "agents": args.agents,
         "repeats": args.repeats,
+        "baseline": base_hash,
+        "rounds": args.rounds,
     }
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows, "one_core": core}, indent=2) + "\n")
     print(f"\n{meta['date']}, {meta['machine']}, Python {meta['python']}, numpy {meta['numpy']}, "
           f"{args.agents} agents (+5 other objects), median of {args.repeats} runs\n")
     print("| scorer | proposals per call | proposals/s | vs naive |")
@@ -89,6 +187,14 @@ def main() -> None:
     for r in rows:
         print(f"| {r['mode']} | {r['num_proposals']} | {r['proposals_per_s']:.0f} | {r['vs_naive']:.0f}x |")
     print(f"\nnaive vs vectorized max |score difference| on the naive subset: {diff:.1e}")
+    if core:
+        rounds = f", median of {args.rounds} alternating rounds" if base_hash else ""
+        print(f"\none core (CPU 0, BLAS/OpenMP 1 thread), scene preparation included, median of {args.repeats} passes{rounds}\n")
+        print("| code | proposals per scene | scenes | scenes/s | proposals/s | vs before |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in core:
+            ratio = f"{r['vs_before']:.2f}x" if "vs_before" in r else ""
+            print(f"| {r['code']} | {r['num_proposals']} | {r['num_scenes']} | {r['scenes_per_s']:.1f} | {r['proposals_per_s']:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

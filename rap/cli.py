@@ -187,7 +187,9 @@ def generate(
     """Generate the augmented dataset: ego, recovery and cross-agent samples in tar shards.
 
     Extra arguments are dotted config overrides, e.g. seed=3 recovery.num_samples=4.
-    Exit status: 0 all inputs read; 2 usage/config error; 3 finished but some inputs were skipped.
+    Exit status: 0 all inputs read; 2 usage/config error, a folder that is not empty or not rap's,
+    another run writing there, or a full disk (free space, then --resume); 3 finished but some
+    inputs were skipped.
     """
     from rap.config import ConfigError, load_config
     from rap.generate import GenerateConfig, GenerateError
@@ -215,6 +217,7 @@ def generate(
         import time as _time
 
         state["start"] = _time.perf_counter()
+        progress.start()  # only once the folder is ours: a refusal is one line, no empty bar
         state["task"] = progress.add_task("scenes", total=total, completed=done, samples=0, rate=0.0)
         if done:
             console.print(f"resuming: {done} of {total} scenes already done")
@@ -229,10 +232,15 @@ def generate(
             progress.console.print(f"[yellow]skipped[/yellow] {item['source']} record {item['record']}: {escape(item['reason'])}")
 
     try:
-        with progress:
+        try:
             result = run_generate(source, out, cfg, workers=workers, executor=executor, resume=resume, ray_address=ray_address, on_unit=on_unit, on_start=on_start)
+        finally:
+            if state["task"] is not None:  # started by on_start
+                progress.stop()
     except (GenerateError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # e.g. no permission to create --out
+        raise _fail(f"{exc.filename or out}: {exc.strerror or exc}") from None
     m = result.manifest
     console.print(f"{m.num_samples} samples in {len(m.shards)} shards ({', '.join(f'{k} {v}' for k, v in sorted(m.counts.items()))}) in {out}")
     if m.rejected:
@@ -251,9 +259,15 @@ def inspect(
     out: Optional[Path] = typer.Option(None, "--out", help="contact sheet PNG (default DIR/contact_sheet.png)"),
     max_samples: int = typer.Option(10000, "--max-samples", min=1, help="read at most this many samples"),
     per_kind: int = typer.Option(3, "--per-kind", min=1, help="contact-sheet tiles per sample kind"),
+    verify: bool = typer.Option(False, "--verify", help="also decode every member (images, npz, json) of every sample of every shard, beyond --max-samples: finds damage a manifest cannot (e.g. a dataset without one)"),
 ) -> None:
     """Counts by kind, value ranges and a contact sheet with trajectories drawn into the views
-    and onto a BEV; last line is JSON."""
+    and onto a BEV; last line is JSON (with "problems").
+
+    Every shard is first checked against the sha256 manifest.json records; damaged shards are
+    listed (expected and actual digest) and not read. Exit status: 0 no damage found; 2 usage
+    error, invalid manifest or a damaged dataset (a shard missing or differing from the
+    manifest, damaged tar structure, a member that does not decode)."""
     from rap.dataset.inspect import format_report, inspect_dataset
 
     if not directory.is_dir():
@@ -262,12 +276,14 @@ def inspect(
     if not any(directory.glob("*.tar")) and not (directory / "manifest.json").exists():
         raise _fail(f"{directory}: no dataset here (no manifest.json and no shard-*.tar)")
     try:
-        result = inspect_dataset(directory, sheet, max_samples=max_samples, per_kind=per_kind)
+        result = inspect_dataset(directory, sheet, max_samples=max_samples, per_kind=per_kind, verify=verify)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    console.print(format_report(result))
+    console.print(escape(format_report(result)), soft_wrap=True)
     console.print(f"contact sheet: {sheet}")
     print(json.dumps(result, sort_keys=True, default=str))
+    if result["problems"]:
+        raise _fail(f"{directory}: damaged dataset: {len(result['problems'])} problem(s) listed above")
 
 
 @app.command("bench-score")
@@ -276,13 +292,17 @@ def bench_score_cmd(
     agents: int = typer.Option(20, "--agents", min=0, help="vehicles in the scene"),
     repeats: int = typer.Option(3, "--repeats", min=1, help="timed calls (median reported)"),
     seed: int = typer.Option(0, "--seed"),
+    scenes: int = typer.Option(1, "--scenes", min=1, help="different synthetic scenes per timed pass (seeds seed .. seed+N-1)"),
 ) -> None:
-    """Measure PDMS/EPDMS scoring throughput (4 s at 10 Hz: LQR rollout + all sub-metrics);
-    last line is JSON with proposals_per_s."""
+    """Measure PDMS/EPDMS scoring throughput (scene preparation + 4 s at 10 Hz LQR rollout + all
+    sub-metrics, per scene); last line is JSON with proposals_per_s and scenes_per_s."""
     from rap.perf import bench_score
 
-    result = bench_score(num_proposals=proposals, num_agents=agents, repeats=repeats, seed=seed)
-    console.print(f"{result['proposals_per_s']:.0f} proposals/s (K={proposals}, {agents} agents)")
+    result = bench_score(num_proposals=proposals, num_agents=agents, repeats=repeats, seed=seed, num_scenes=scenes)
+    console.print(
+        f"{result['proposals_per_s']:.0f} proposals/s, {result['scenes_per_s']:.1f} scenes/s "
+        f"(K={proposals}, {scenes} scene{'s' if scenes != 1 else ''}, {agents} agents)"
+    )
     print(json.dumps(result, sort_keys=True, default=str))
 
 
@@ -296,30 +316,38 @@ def eval_navsim_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML eval config (default configs/eval/default.yaml)"),
 ) -> None:
     """NAVSIM-style PDMS (v1) and EPDMS (v2) of an agent; last line is JSON with pdms, epdms,
-    scenes and subscores.
+    scenes, failed and subscores.
 
     Extra arguments are dotted config overrides, e.g. observation.history.num_poses=4.
+    Exit 0 when every scene ran; 2 when the config, the scenes or the agent cannot be loaded
+    (nothing written); 3 when the agent failed in some scenes (raised, timed out, returned an
+    invalid plan: each scored 0 and listed in the reports).
     """
     from rap.config import ConfigError, load_config
     from rap.eval.agent import load_agent
     from rap.eval.config import DEFAULT_EVAL_CONFIG, EvalConfig
     from rap.eval.navsim import evaluate_navsim
 
+    exit_scenes_failed = 3
     try:
         cfg = load_config(EvalConfig, config or DEFAULT_EVAL_CONFIG, list(ctx.args))
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     try:
-        the_agent = load_agent(agent)
+        the_agent = load_agent(agent)  # AgentLoadError (a ValueError): one line naming the file
     except ValueError as exc:
         raise _fail(str(exc)) from None
+
+    def progress(row: dict) -> None:
+        bar.update(task, advance=1, last=f"{row['scene']} FAILED" if row.get("failed") else f"{row['scene']} PDMS {row['pdms']:.2f}")
+
     with Progress(TextColumn("scenes"), TextColumn("{task.completed}"), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("scenes", total=None, last="")
         try:
-            report = evaluate_navsim(the_agent, scenes, out, config=cfg, max_scenes=max_scenes, on_scene=lambda row: bar.update(task, advance=1, last=f"{row['scene']} PDMS {row['pdms']:.2f}"))
-        except (ValueError, FileNotFoundError) as exc:
+            report = evaluate_navsim(the_agent, scenes, out, config=cfg, max_scenes=max_scenes, on_scene=progress)
+        except (ValueError, FileNotFoundError) as exc:  # AgentLoadError from sensor_config() too
             raise _fail(str(exc)) from None
-    table = Table(title=f"{the_agent.name} on {scenes}: {report['scenes']} scenes")
+    table = Table(title=escape(f"{report['agent']} on {scenes}: {report['scenes']} scenes" + (f", {report['failed']} failed" if report["failed"] else "")))
     table.add_column("metric")
     table.add_column("mean", justify="right")
     table.add_row("PDMS (v1)", f"{report['pdms']:.4f}")
@@ -327,8 +355,15 @@ def eval_navsim_cmd(
     for key, value in report["subscores"].items():
         table.add_row(key, "–" if value is None else f"{value:.4f}")
     console.print(table)
+    failed_rows = [row for row in report["rows"] if row.get("failed")]
+    for row in failed_rows[:10]:
+        console.print(f"[red]failed:[/red] {escape(row['scene'])}: {escape(row['error'])}", soft_wrap=True)
+    if len(failed_rows) > 10:
+        console.print(f"[red]failed:[/red] … and {len(failed_rows) - 10} more (see the report)")
     console.print(f"report: {Path(out) / 'index.html'}")
-    print(json.dumps({"pdms": report["pdms"], "epdms": report["epdms"], "scenes": report["scenes"], "subscores": report["subscores"]}, sort_keys=True))
+    print(json.dumps({"pdms": report["pdms"], "epdms": report["epdms"], "scenes": report["scenes"], "failed": report["failed"], "subscores": report["subscores"]}, sort_keys=True))
+    if failed_rows:
+        raise _fail(f"{len(failed_rows)} of {report['scenes']} scenes failed (agent {report['agent']!r}; each scored 0)", exit_scenes_failed)
 
 
 @eval_app.command("wod-e2e")

@@ -14,7 +14,7 @@ import pydantic
 import yaml
 from typing import Annotated
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveInt
 
 from rap.trajectory import TrajectorySampling
 
@@ -33,6 +33,8 @@ class FrozenModel(pydantic.BaseModel):
 
 # -- sections shared by generation and evaluation: one place for observation defaults ----------
 ImageSide = Annotated[int, Field(gt=0, le=16384)]  # [px] an image width or height
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # finite and > 0
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # finite and >= 0
 DEFAULT_RIG = "front3"  # camera rig of generated samples and of evaluation observations
 DEFAULT_CAMERA_SIZE = (512, 256)  # [px] every camera
 DEFAULT_HISTORY_NUM_POSES = 3  # past poses of an observation ...

@@ -5,10 +5,19 @@ and becomes one shard, ``shard-<unit>.tar``: for every sampled step, the logged 
 counterfactual recovery views and cross-agent views, rendered with the scene rasterizer and
 written through :class:`rap.dataset.writer.ShardWriter` (temporary name, renamed when complete).
 After its shard is in place a unit writes a small JSON record into ``<out>/.units/``; ``--resume``
-skips units whose record and shard exist and redoes the others, so a killed run (even ``kill -9``)
-ends with the same shards and manifest as an uninterrupted one. Every random draw comes from
+skips units whose record exists and whose shard still has the recorded sha256, and redoes the
+others, so a killed run (even ``kill -9``) ends with the same shards and manifest as an
+uninterrupted one. Every random draw comes from
 ``numpy.random.default_rng([seed, crc32(scene_id), step])``: the same inputs, config and seed give
 the same bytes, whatever the executor or the number of workers.
+
+The output folder is guarded: a run holds an exclusive lock on ``<out>/.units/lock`` from start
+to manifest (the kernel drops it with the process, so a killed run never leaves it held), a
+second run there is refused; a run starts only in a new or empty folder, ``resume`` only in a
+rap run's folder whose saved config (``.units/config.json``) equals its own; nothing is written
+into a folder that fails these checks. A full disk stops the run with a :class:`GenerateError`
+naming the file that could not be written (its partial file removed, no unit recorded for it),
+and ``resume`` continues once space is freed.
 
 Executors: ``local`` runs units in worker processes (spawned, one GL context each; in-process
 for one worker), ``ray`` runs the same units as Ray tasks (``ray.init()`` locally by default, or
@@ -19,8 +28,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import json
 import multiprocessing
+import os
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -28,13 +40,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Literal, Optional
 
 import numpy as np
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 
 import rap
-from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, ImageSide, SamplingSection, config_to_dict
+from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, ImageSide, NonNegativeFloat, PositiveFloat, SamplingSection, config_to_dict
 from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manifest
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
-from rap.dataset.writer import ShardWriter, shard_name
+from rap.dataset.writer import TMP_SUFFIX, ShardWriter, shard_name
+from rap.fileio import LockHeldError, exclusive_lock, is_disk_full, lock_is_held, remove_quietly, sha256_file
 from rap.images import save_json
 from rap.render.rigs import camera_record
 from rap.scene import Scene
@@ -43,6 +56,9 @@ from rap.trajectory import TrajectorySampling
 
 UNITS_DIR = ".units"
 CONFIG_RECORD = "config.json"
+LOCK_NAME = "lock"  # <out>/.units/lock: held (flock) by the run writing the folder
+_UNIT_RECORD = re.compile(r"^unit-\d{6,}\.json$")
+_ATOMIC_TMP = re.compile(r"^\..+\.tmp$")  # rap.fileio.atomic_writer's temporary files
 
 
 class RecoverySection(FrozenModel):
@@ -191,6 +207,8 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
                 writer.add(Sample(plan, {v.camera_name: v.rgb for v in views}, cameras, bev))
             entry = writer.close()
     except Exception as exc:  # one scene that breaks generation is skipped and counted, not the run
+        if is_disk_full(exc):
+            raise  # not the input's fault: the run stops, and this unit is redone on --resume
         reason = f"{unit.source} record {unit.record} (scene {scene.scene_id}): generation failed: {type(exc).__name__}: {exc}"
         record["skipped"].append({"source": unit.source, "record": unit.record, "reason": reason})
         save_json(unit_record_path(out_dir, unit.index), record)
@@ -205,6 +223,20 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
 
 def _run_unit_star(args) -> dict:
     return run_unit(*args)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer (Linux): the worker is killed when the run that started it dies, so a
+    killed run's workers never keep writing into a folder that a resumed run now holds."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(1)
 
 
 # -- a whole run ---------------------------------------------------------------------------------
@@ -224,23 +256,118 @@ class GenerateResult:
 
 
 class GenerateError(ValueError):
-    """A usage problem with the output folder (exit status 2)."""
+    """A usage problem with the output folder, or a full disk (exit status 2)."""
+
+
+def _unit_is_done(out_dir: Path, unit: WorkUnit, record) -> bool:
+    """Whether a unit record describes this unit, and its shard (if any) still has the recorded
+    bytes (sha256): anything else is redone."""
+    try:
+        if record["index"] != unit.index or record["source"] != unit.source or record["record"] != unit.record:
+            return False  # the source's list of inputs changed under the run
+        shard = record["shard"]
+        if shard is None:
+            return bool(record["skipped"])
+        path = out_dir / shard_name(unit.index)
+        return shard["name"] == path.name and int(shard["samples"]) >= 0 and path.is_file() and sha256_file(path) == shard["sha256"]
+    except (KeyError, TypeError, ValueError, OSError):
+        return False
 
 
 def _completed(out_dir: Path, units: list[WorkUnit]) -> dict[int, dict]:
     done = {}
     for unit in units:
-        path = unit_record_path(out_dir, unit.index)
-        if not path.exists():
-            continue
         try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # redo it
-        shard = record.get("shard")
-        if shard is None or (out_dir / shard["name"]).exists():
+            record = json.loads(unit_record_path(out_dir, unit.index).read_text())
+        except (OSError, ValueError):
+            continue  # missing or unreadable: redo it
+        if _unit_is_done(out_dir, unit, record):
             done[unit.index] = record
     return done
+
+
+def _folder_state(out_dir: Path) -> Literal["new", "empty", "run", "foreign"]:
+    """``new`` (absent), ``empty`` (nothing but a lock or temporary files a run left before
+    saving its config), ``run`` (holds a rap generate run record) or ``foreign``."""
+    if not out_dir.exists():
+        return "new"
+    if not out_dir.is_dir():
+        return "foreign"
+    entries = list(out_dir.iterdir())
+    units_dir = out_dir / UNITS_DIR
+    if not units_dir.is_dir() or units_dir.is_symlink():
+        return "empty" if not entries else "foreign"
+    names = [p.name for p in units_dir.iterdir()]
+    if len(entries) == 1 and all(n == LOCK_NAME or _ATOMIC_TMP.match(n) for n in names):
+        return "empty"
+    if any(n in (CONFIG_RECORD, LOCK_NAME) or _UNIT_RECORD.match(n) for n in names):
+        return "run"
+    return "foreign"
+
+
+def _busy(out_dir: Path) -> GenerateError:
+    return GenerateError(
+        f"{out_dir}: another rap generate run is writing to this folder (it holds {out_dir / UNITS_DIR / LOCK_NAME}); wait for it to finish, or choose another folder"
+    )
+
+
+def _check_folder(out_dir: Path, resume: bool, *, locked: bool = False) -> str:
+    """Refuse (GenerateError) a folder this run must not write into; touches nothing.
+    ``locked``: this run holds the folder's lock (checking again under it)."""
+    state = _folder_state(out_dir)
+    if state in ("new", "empty"):
+        return state
+    if state == "run" and not locked and lock_is_held(out_dir / UNITS_DIR / LOCK_NAME):
+        raise _busy(out_dir)
+    if state == "foreign":
+        if out_dir.exists() and not out_dir.is_dir():
+            raise GenerateError(f"{out_dir}: not a folder; choose a new or empty folder for --out")
+        raise GenerateError(
+            f"{out_dir}: not a rap generate output folder (not empty, and no {UNITS_DIR}/{CONFIG_RECORD}); "
+            "rap never writes into a folder it did not create: choose a new or empty folder"
+        )
+    if not resume:
+        raise GenerateError(f"{out_dir}: folder is not empty; use --resume to continue a run there, or choose a new folder")
+    return state
+
+
+def _check_resume(out_dir: Path, config_doc: dict) -> None:
+    """Under the lock: a resumed run's saved config must exist and equal this run's."""
+    config_path = out_dir / UNITS_DIR / CONFIG_RECORD
+    if not config_path.exists():
+        raise GenerateError(
+            f"{out_dir}: cannot --resume: the run's saved config {config_path} is missing, so this run's source and config cannot be proven "
+            "to be the same; generate into a new folder (or delete this one to start over)"
+        )
+    try:
+        previous = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GenerateError(
+            f"{out_dir}: cannot --resume: the run's saved config {config_path} is unreadable ({type(exc).__name__}: {exc}); "
+            "generate into a new folder (or delete this one to start over)"
+        ) from None
+    if previous != config_doc:
+        raise GenerateError(f"{out_dir}: --resume with a different source or config than the run there ({config_path})")
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Under the lock: temporary files a killed run left (partial shards, half-written records);
+    nobody else can be writing them."""
+    for path in out_dir.glob(f"shard-*.tar{TMP_SUFFIX}"):
+        remove_quietly(path)
+    for folder in (out_dir, out_dir / UNITS_DIR):
+        for path in folder.glob(".*.tmp"):
+            if _ATOMIC_TMP.match(path.name):
+                remove_quietly(path)
+
+
+def disk_full_message(exc: OSError, out_dir: Path) -> str:
+    """One line: which file could not be written, that the disk is full, how to go on."""
+    what = "the disk quota is used up" if exc.errno == errno.EDQUOT else "the disk is full"
+    return (
+        f"could not write {exc.filename or out_dir}: {what} ({exc.strerror or os.strerror(exc.errno)}); "
+        "free some space, then run the same command with --resume to continue where it stopped"
+    )
 
 
 def generate(
@@ -270,22 +397,48 @@ def generate(
         on_start: called with (units in total, units already done) before work starts.
 
     Raises:
-        GenerateError: the folder holds another run and ``resume`` is off, or the config differs.
+        GenerateError: the folder is not empty and ``resume`` is off; it holds no rap run, another
+            run is writing there, or (``resume``) its saved config is missing or differs; the disk
+            is full (the message names the file; ``resume`` continues once space is freed).
         ValueError / FileNotFoundError: bad source.
     """
     out_dir = Path(out_dir)
     units = list_units(source)
     config_doc = {"source": source, "config": config_to_dict(config), "toolkit_version": rap.__version__}
-    config_path = out_dir / UNITS_DIR / CONFIG_RECORD
-    if resume and config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous != config_doc:
-            raise GenerateError(f"{out_dir}: --resume with a different source or config than the run there ({config_path})")
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        if not resume:
-            raise GenerateError(f"{out_dir}: folder is not empty; use --resume to continue a run there, or choose a new folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_json(config_path, config_doc)
+    _check_folder(out_dir, resume)  # before anything is written
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / UNITS_DIR).mkdir(exist_ok=True)
+        with exclusive_lock(out_dir / UNITS_DIR / LOCK_NAME):
+            return _generate_locked(units, source, out_dir, config, config_doc, workers, executor, resume, ray_address, on_unit, on_start)
+    except LockHeldError:
+        raise _busy(out_dir) from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise GenerateError(disk_full_message(exc, out_dir)) from None
+        raise
+
+
+def _generate_locked(
+    units: list[WorkUnit],
+    source: str,
+    out_dir: Path,
+    config: GenerateConfig,
+    config_doc: dict,
+    workers: int,
+    executor: str,
+    resume: bool,
+    ray_address: Optional[str],
+    on_unit: Optional[Callable[[dict], None]],
+    on_start: Optional[Callable[[int, int], None]],
+) -> GenerateResult:
+    """:func:`generate` once the folder's lock is held."""
+    state = _check_folder(out_dir, resume, locked=True)  # again, now that no other run can change it
+    if state == "run":  # resume (_check_folder refuses a run's folder otherwise)
+        _check_resume(out_dir, config_doc)
+    _remove_leftovers(out_dir)
+    if state != "run":
+        save_json(out_dir / UNITS_DIR / CONFIG_RECORD, config_doc)
 
     done = _completed(out_dir, units) if resume else {}
     todo = [u for u in units if u.index not in done]
@@ -306,10 +459,15 @@ def generate(
             finished(run_unit(unit, config, out_dir))
     else:
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(run_unit, unit, config, out_dir) for unit in todo]
-            for future in concurrent.futures.as_completed(futures):
-                finished(future.result())
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    finished(future.result())
+            except BaseException:  # a full disk (or Ctrl-C): start no more units
+                for future in futures:
+                    future.cancel()
+                raise
 
     manifest = build_manifest(config, [records[u.index] for u in units])
     write_manifest(out_dir, manifest)
@@ -330,7 +488,14 @@ def _run_ray(units: list[WorkUnit], config: GenerateConfig, out_dir: Path, worke
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
-                finished(ray.get(ref))
+                try:
+                    record = ray.get(ref)
+                except Exception as exc:  # a task's full disk arrives wrapped in a RayTaskError
+                    cause = getattr(exc, "cause", None)
+                    if is_disk_full(cause) and not is_disk_full(exc):
+                        raise cause from None
+                    raise
+                finished(record)
     finally:
         if started_here:
             ray.shutdown()

@@ -10,8 +10,8 @@ pedestrians on the kerb and a parked car and traffic cone. Proposals
 (:func:`synthetic_proposals`) are the NAVSIM 8 x 0.5 s plans around lane following with random
 speeds, lateral offsets and wiggles, so every metric is exercised.
 
-:func:`bench_score` (what ``rap bench-score`` calls) scores K proposals per call on that scene and
-reports proposals per second.
+:func:`bench_score` (what ``rap bench-score`` calls) prepares and scores K proposals per call on N
+such scenes (different seeds) and reports proposals and scenes per second.
 
 Rendering: :func:`bench_render` (what ``rap bench-render`` calls) renders a scene's rig step after
 step and reports views per second.
@@ -238,39 +238,51 @@ def synthetic_proposals(scene: ScoringScene, rng: np.random.Generator, num_propo
     return out
 
 
-def bench_score(num_proposals: int = 1000, num_agents: int = 20, repeats: int = 3, seed: int = 0) -> dict:
-    """Scores ``num_proposals`` proposals per call on the synthetic scene, ``repeats`` times.
+def bench_score(num_proposals: int = 1000, num_agents: int = 20, repeats: int = 3, seed: int = 0, num_scenes: int = 1) -> dict:
+    """Scores ``num_proposals`` proposals on each of ``num_scenes`` synthetic scenes, ``repeats``
+    times; every scene is prepared (:func:`~rap.metrics.pdms.prepare_scene`) and scored
+    (:func:`~rap.metrics.pdms.score_scene`) inside the timed loop, as a training step that scores
+    a fresh scene's proposals on the fly would.
 
     Args:
         num_proposals: K per :func:`~rap.metrics.pdms.score_scene` call.
-        num_agents: Vehicles in the scene (plus 5 other objects).
-        repeats: Timed calls (after one warm-up call).
-        seed: Scene and proposal randomness.
+        num_agents: Vehicles in each scene (plus 5 other objects).
+        repeats: Timed passes over all scenes (after one warm-up call on the first scene).
+        seed: Scene and proposal randomness; scene i is drawn from ``default_rng(seed + i)``
+            (scene 0 is the single scene of ``num_scenes=1``).
+        num_scenes: N different scenes per pass.
 
     Returns:
-        Dict with ``proposals_per_s`` (median over repeats, everything included: rollout,
-        reference planner, scene preparation, all v1 and v2 metrics, human filter), ``seconds``
-        per call, ``num_proposals``, ``num_agents``, mean ``pdms`` / ``epdms``, ``machine``.
+        Dict with ``proposals_per_s`` and ``scenes_per_s`` (median pass; everything included:
+        scene preparation, rollout, reference planner, all v1 and v2 metrics, human filter),
+        ``seconds`` per pass, ``num_proposals``, ``num_scenes``, ``num_agents``, ``num_objects``
+        (of scene 0), mean ``pdms`` / ``epdms`` over all scenes and proposals, ``machine``.
     """
-    rng = np.random.default_rng(seed)
-    scene = synthetic_scoring_scene(rng, num_agents=num_agents)
-    proposals = synthetic_proposals(scene, rng, num_proposals)
+    n_scenes = max(int(num_scenes), 1)
+    scenes, proposals = [], []
+    for i in range(n_scenes):
+        rng = np.random.default_rng(seed + i)
+        scenes.append(synthetic_scoring_scene(rng, num_agents=num_agents))
+        proposals.append(synthetic_proposals(scenes[-1], rng, num_proposals))
     config = PDMScorerConfig()
-    result = score_scene(scene, proposals, config=config)
+    score_scene(scenes[0], proposals[0], config=config)  # warm-up (imports, cached constants)
     seconds = []
+    results = []
     for _ in range(max(int(repeats), 1)):
         start = time.perf_counter()
-        result = score_scene(scene, proposals, config=config, prepared=prepare_scene(scene, config))
+        results = [score_scene(sc, pr, config=config, prepared=prepare_scene(sc, config)) for sc, pr in zip(scenes, proposals)]
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
     return {
-        "proposals_per_s": num_proposals / median,
+        "proposals_per_s": n_scenes * num_proposals / median,
+        "scenes_per_s": n_scenes / median,
         "seconds": seconds,
         "num_proposals": int(num_proposals),
+        "num_scenes": n_scenes,
         "num_agents": int(num_agents),
-        "num_objects": len(scene.objects),
-        "mean_pdms": float(result.pdms.mean()),
-        "mean_epdms": float(result.epdms.mean()),
+        "num_objects": len(scenes[0].objects),
+        "mean_pdms": float(np.mean([r.pdms.mean() for r in results])),
+        "mean_epdms": float(np.mean([r.epdms.mean() for r in results])),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
 

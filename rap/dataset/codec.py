@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import zlib
 from enum import Enum
 
 import numpy as np
@@ -181,7 +182,9 @@ def decode(extension: str, data: bytes) -> np.ndarray:
         A writable array: (H, W, 3) uint8 for RGB images, otherwise the stored shape and dtype.
 
     Raises:
-        ValueError: unknown extension or corrupt data.
+        ValueError: unknown extension, or corrupt data (``"corrupt .<ext> data: ..."``; also
+            for a PNG chunk whose CRC-32 fails, which Pillow alone would not notice in the
+            image data).
     """
     ext = extension.lower().lstrip(".")
     if ext.endswith("npy.zst"):
@@ -189,29 +192,65 @@ def decode(extension: str, data: bytes) -> np.ndarray:
     elif "." in ext:
         ext = ext.rsplit(".", 1)[1]
     codec = codec_for_extension(ext)
-    if codec is ImageCodec.ZSTD:
-        zstd = _zstandard()
-        _, dctx = _zstd_contexts()
-        try:
-            raw = dctx.decompress(data)
-        except zstd.ZstdError:
-            # Frames without a content size (e.g. from streaming tools) need the stream API.
-            try:
-                raw = dctx.stream_reader(io.BytesIO(data)).read()
-            except zstd.ZstdError as err:
-                raise ValueError(f"corrupt .npy.zst data: {err}") from err
-        try:
-            return np.load(io.BytesIO(raw), allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"corrupt .npy.zst data: {err}") from err
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.mode == "I;16":
-                return np.array(image, dtype=np.uint16)
-            if image.mode in ("P", "CMYK", "YCbCr", "LA"):
-                image = image.convert("RGB")
-            return np.array(image)
-    except (UnidentifiedImageError, OSError) as err:
+        if codec is ImageCodec.ZSTD:
+            return _decode_zst(data)
+        if ext == "png":
+            _check_png_chunks(data)
+        return _decode_pil(data)
+    except ValueError as err:
         raise ValueError(f"corrupt .{ext} data: {err}") from err
+    except MemoryError:
+        raise
+    except Exception as err:  # zlib.error, struct.error, SyntaxError, EOFError, ... from the decoders
+        raise ValueError(f"corrupt .{ext} data: {type(err).__name__}: {err}") from err
+
+
+def _decode_zst(data: bytes) -> np.ndarray:
+    zstd = _zstandard()
+    _, dctx = _zstd_contexts()
+    try:
+        raw = dctx.decompress(data)
+    except zstd.ZstdError:
+        # Frames without a content size (e.g. from streaming tools) need the stream API.
+        try:
+            raw = dctx.stream_reader(io.BytesIO(data)).read()
+        except zstd.ZstdError as err:
+            raise ValueError(str(err)) from err
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Check every chunk's CRC-32 and that the file ends with IEND (Pillow skips the CRCs of
+    the image data, so a flipped pixel byte could otherwise decode silently)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ValueError("no PNG signature")
+    view = memoryview(data)
+    at = len(_PNG_SIGNATURE)
+    while True:
+        if at + 12 > len(data):
+            raise ValueError(f"truncated chunk at byte {at}")
+        length = int.from_bytes(view[at : at + 4], "big")
+        end = at + 8 + length
+        if end + 4 > len(data):
+            raise ValueError(f"chunk at byte {at} runs past the end of the data")
+        kind = bytes(view[at + 4 : at + 8])
+        if zlib.crc32(view[at + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
+            raise ValueError(f"bad CRC in chunk {kind!r} at byte {at}")
+        at = end + 4
+        if kind == b"IEND":
+            return
+
+
+def _decode_pil(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode == "I;16":
+            return np.array(image, dtype=np.uint16)
+        if image.mode in ("P", "CMYK", "YCbCr", "LA"):
+            image = image.convert("RGB")
+        return np.array(image)

@@ -7,6 +7,11 @@ one row per sample kind, ``per_kind`` tiles per row, each tile the sample's fron
 history (lavender) and target (chartreuse) drawn on the ground plane, beside a top-down plot of the same
 poses (over the sample's BEV raster when it has one).
 
+Damage: before reading, every shard the manifest lists is hashed and compared with its recorded
+SHA-256; the samples read are checked as they are read, and ``verify=True`` (``rap inspect
+--verify``) decodes every member of every sample. Whatever fails is listed in the result's
+``problems`` (damaged shards are not read) and ``rap inspect`` exits with status 2.
+
 Projection: trajectory poses are (x, y) on the ground, z = 0, in the acting agent's body frame
 (rear axle on the ground, x forward, y left); a camera record's ``cam_to_body`` maps OpenCV camera
 axes to that frame, so a point goes through ``inv(cam_to_body)``, the distortion model and ``K``.
@@ -21,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rap.dataset.manifest import MANIFEST_NAME, read_manifest
-from rap.dataset.reader import decode_record, iter_shard_members, list_shards
+from rap.dataset.manifest import MANIFEST_NAME, read_manifest, shard_digest_problem
+from rap.dataset.reader import ShardFormatError, decode_record, iter_shard_members, list_shards
 from rap.dataset.sample import SampleKind
 from rap.kinematics import DrivingCommand
 from rap.images import contact_sheet, save_png
@@ -242,14 +247,22 @@ def _label(record: dict) -> str:
     return text
 
 
-def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, max_samples: int = 10000, per_kind: int = 3) -> dict[str, Any]:
-    """Summarise a dataset directory and optionally draw its contact sheet.
+def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, max_samples: int = 10000, per_kind: int = 3, verify: bool = False) -> dict[str, Any]:
+    """Summarise a dataset directory, check it for damage, and optionally draw its contact sheet.
+
+    Every shard the manifest lists is first hashed and compared with its recorded SHA-256; a
+    shard that is missing or differs is reported in ``problems`` and not read. The shards read
+    are checked as they are read (tar structure, the ``.json`` and ``.npz`` members of the
+    samples summarised); a sample or shard that fails is reported in ``problems`` and skipped.
 
     Args:
         directory: the dataset directory (with or without ``manifest.json``).
         out_png: where to write the contact sheet PNG (None: no sheet).
-        max_samples: read at most this many samples (shards in order).
+        max_samples: summarise at most this many samples (shards in order).
         per_kind: tiles per sample kind in the sheet.
+        verify: also decode every member of every sample of every shard (all images, the
+            ``.npz`` and ``.json``), beyond ``max_samples``: finds damage a manifest cannot
+            (a dataset without one) or that slipped past it.
 
     Returns:
         JSON-ready dict: ``directory``, ``shards``, ``samples_read``, ``counts`` (kind → samples
@@ -258,7 +271,11 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
         ``target_heading_rad``, ``history_len``, ``perturbation`` {field → range}; each range
         ``{min, max, mean}`` or None), ``manifest`` (None, or its ``counts``, ``samples``,
         ``seed``, ``codec``, ``toolkit_version``, ``skipped``, ``rejected``),
-        ``contact_sheet`` (path or None) and ``contact_sheet_size`` ([W, H] or None).
+        ``contact_sheet`` (path or None), ``contact_sheet_size`` ([W, H] or None),
+        ``problems`` (one line per damaged shard or sample, naming the shard — and the sample
+        key and member — with expected and actual digests for a mismatch; empty when all is
+        well) and ``verified`` (``{"sha256_shards": shards whose digest matched the manifest,
+        "decoded_samples": samples whose every member decoded (0 without verify)}``).
 
     Raises:
         FileNotFoundError: no such directory.
@@ -268,9 +285,19 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: not a dataset directory")
     manifest = None
+    problems: list[str] = []
+    damaged: set[Path] = set()
     if (directory / MANIFEST_NAME).is_file():
         manifest = read_manifest(directory)
-    shards = list_shards(directory)
+        shards = [directory / entry.name for entry in manifest.shards]
+        for path, entry in zip(shards, manifest.shards):
+            problem = shard_digest_problem(path, entry.sha256, directory / MANIFEST_NAME)
+            if problem:
+                problems.append(problem)
+                damaged.add(path)
+    else:
+        shards = list_shards(directory)
+    hashed = len(shards) - len(damaged) if manifest is not None else 0
     counts: Counter = Counter()
     commands: Counter = Counter()
     cameras: dict[str, str] = {}
@@ -278,37 +305,53 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
     vals: dict[str, list[float]] = defaultdict(list)
     pert_vals: dict[str, list[float]] = defaultdict(list)
     picked: dict[str, list[dict]] = defaultdict(list)
-    read = 0
+    read = decoded = 0
     for path in shards:
-        if read >= max_samples:
+        if read >= max_samples and not verify:
             break
-        for key, fields in iter_shard_members(path):
-            if read >= max_samples:
-                break
-            record = decode_record(key, fields, decode_images=False, where=str(path))
-            read += 1
-            meta = record["meta"]
-            kind = meta["kind"]
-            counts[kind] += 1
-            status = meta["ego_status"]
-            commands[DrivingCommand(int(status["command"])).name.lower()] += 1
-            for cam in meta["camera_names"]:
-                rec = meta["cameras"].get(cam, {})
-                cameras.setdefault(cam, f"{rec.get('width', '?')}x{rec.get('height', '?')}")
-            has_bev |= meta.get("bev") is not None
-            target = np.asarray(record["target"]).reshape(-1, 3)
-            vals["speed_mps"].append(float(status["speed"]))
-            vals["target_x_m"] += target[:, 0].tolist()
-            vals["target_y_m"] += target[:, 1].tolist()
-            vals["target_heading_rad"] += target[:, 2].tolist()
-            if len(target):
-                vals["target_final_x_m"].append(float(target[-1, 0]))
-                vals["target_final_y_m"].append(float(target[-1, 1]))
-            vals["history_len"].append(float(np.asarray(record["history"]).reshape(-1, 3).shape[0]))
-            for field, value in (meta.get("perturbation") or {}).items():
-                pert_vals[field].append(float(value))
-            if out_png is not None and len(picked[kind]) < per_kind:
-                picked[kind].append(decode_record(key, fields, where=str(path)))
+        if path in damaged:
+            continue
+        try:
+            for key, fields in iter_shard_members(path, verify=False):  # hashed above
+                if read >= max_samples and not verify:
+                    break
+                try:
+                    full = decode_record(key, fields, where=str(path)) if verify else None
+                    if verify:
+                        decoded += 1
+                    if read >= max_samples:
+                        continue
+                    record = full or decode_record(key, fields, decode_images=False, where=str(path))
+                    if out_png is not None and len(picked.get(record["meta"]["kind"], ())) < per_kind:
+                        full = full or decode_record(key, fields, where=str(path))
+                except ShardFormatError as err:
+                    problems.append(str(err))
+                    continue
+                read += 1
+                meta = record["meta"]
+                kind = meta["kind"]
+                counts[kind] += 1
+                status = meta["ego_status"]
+                commands[DrivingCommand(int(status["command"])).name.lower()] += 1
+                for cam in meta["camera_names"]:
+                    rec = meta["cameras"].get(cam, {})
+                    cameras.setdefault(cam, f"{rec.get('width', '?')}x{rec.get('height', '?')}")
+                has_bev |= meta.get("bev") is not None
+                target = np.asarray(record["target"]).reshape(-1, 3)
+                vals["speed_mps"].append(float(status["speed"]))
+                vals["target_x_m"] += target[:, 0].tolist()
+                vals["target_y_m"] += target[:, 1].tolist()
+                vals["target_heading_rad"] += target[:, 2].tolist()
+                if len(target):
+                    vals["target_final_x_m"].append(float(target[-1, 0]))
+                    vals["target_final_y_m"].append(float(target[-1, 1]))
+                vals["history_len"].append(float(np.asarray(record["history"]).reshape(-1, 3).shape[0]))
+                for field, value in (meta.get("perturbation") or {}).items():
+                    pert_vals[field].append(float(value))
+                if out_png is not None and len(picked[kind]) < per_kind:
+                    picked[kind].append(full)
+        except ShardFormatError as err:  # the tar structure: the rest of the shard is unreadable
+            problems.append(str(err))
     ranges: dict[str, Any] = {name: _range(vals[name]) for name in ("speed_mps", "target_x_m", "target_y_m", "target_final_x_m", "target_final_y_m", "target_heading_rad", "history_len")}
     ranges["perturbation"] = {field: _range(v) for field, v in sorted(pert_vals.items())}
     result: dict[str, Any] = {
@@ -323,6 +366,8 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
         "manifest": None,
         "contact_sheet": None,
         "contact_sheet_size": None,
+        "problems": problems,
+        "verified": {"sha256_shards": hashed, "decoded_samples": decoded},
     }
     if manifest is not None:
         result["manifest"] = {
@@ -334,7 +379,7 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
             "skipped": len(manifest.skipped),
             "rejected": dict(manifest.rejected),
         }
-    if out_png is not None and picked:
+    if out_png is not None and any(picked.values()):
         sheet = _contact_sheet(picked, per_kind)
         save_png(out_png, sheet)
         result["contact_sheet"] = str(out_png)
@@ -380,5 +425,17 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"no {MANIFEST_NAME} (an unfinished run?)")
     if result["contact_sheet"]:
         lines.append(f"contact sheet: {result['contact_sheet']} ({result['contact_sheet_size'][0]}x{result['contact_sheet_size'][1]})")
+    checked = result.get("verified") or {}
+    done = []
+    if m:
+        done.append(f"sha256 of {checked.get('sha256_shards', 0)}/{result['shards']} shards matches {MANIFEST_NAME}")
+    if checked.get("decoded_samples"):
+        done.append(f"every member of {checked['decoded_samples']} samples decodes")
+    if done:
+        lines.append("checked: " + "; ".join(done))
+    problems = result.get("problems") or []
+    if problems:
+        lines.append(f"DAMAGED: {len(problems)} problem(s):")
+        lines += [f"  {p}" for p in problems]
     return "\n".join(lines)
 

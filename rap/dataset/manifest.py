@@ -43,6 +43,7 @@ __all__ = [
     "manifest_from_json",
     "write_manifest",
     "read_manifest",
+    "shard_digest_problem",
     "verify_shards",
 ]
 
@@ -293,6 +294,28 @@ def read_manifest(directory: str | Path) -> Manifest:
     return manifest_from_json(data, where=str(path))
 
 
+def shard_digest_problem(path: str | Path, expected_sha256: str, manifest_path: str | Path = MANIFEST_NAME) -> str | None:
+    """Hash one shard and compare it with the digest its manifest records.
+
+    Args:
+        path: the shard.
+        expected_sha256: the manifest's ``sha256`` of it.
+        manifest_path: named in the message.
+
+    Returns:
+        None when the file's SHA-256 matches; otherwise one line naming the shard and both
+        digests (``"<shard>: sha256 does not match <manifest>: expected <hex>, the file has
+        <hex> (damaged or changed after it was written)"``), or saying it is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return f"{path}: missing (listed in {manifest_path})"
+    digest = sha256_file(path)
+    if digest != expected_sha256:
+        return f"{path}: sha256 does not match {manifest_path}: expected {expected_sha256}, the file has {digest} (damaged or changed after it was written)"
+    return None
+
+
 def verify_shards(directory: str | Path, manifest: Manifest | None = None) -> list[str]:
     """Check that every shard the manifest lists exists with its recorded SHA-256.
 
@@ -301,18 +324,15 @@ def verify_shards(directory: str | Path, manifest: Manifest | None = None) -> li
         manifest: default: read from ``directory``.
 
     Returns:
-        Problems found, one line each naming the shard (empty when all is well).
+        Problems found, one line each naming the shard and, for a mismatch, the expected and
+        actual digests (see :func:`shard_digest_problem`); empty when all is well.
     """
 
     directory = Path(directory)
     manifest = manifest or read_manifest(directory)
     problems = []
     for entry in manifest.shards:
-        path = directory / entry.name
-        if not path.is_file():
-            problems.append(f"{path}: missing (listed in {MANIFEST_NAME})")
-            continue
-        digest = sha256_file(path)
-        if digest != entry.sha256:
-            problems.append(f"{path}: sha256 {digest} does not match {MANIFEST_NAME} ({entry.sha256})")
+        problem = shard_digest_problem(directory / entry.name, entry.sha256, directory / MANIFEST_NAME)
+        if problem:
+            problems.append(problem)
     return problems

@@ -11,12 +11,23 @@
 
 Only complete shards are read: ``*.tar`` files (a killed writer's ``*.tar.tmp`` is ignored), or
 those a ``manifest.json`` lists. The member layout is documented in :mod:`rap.dataset.writer`.
+
+Damaged shards are never read silently. When a ``manifest.json`` beside a shard lists it, every
+reader checks the file's SHA-256 against it each time it opens the shard, before reading it
+(:func:`verify_shard`: one extra sequential read; ``verify=False`` skips it for speed). Independently of the manifest,
+the tar structure is checked (header checksums, zero padding, the end-of-archive marker) and
+every member that is decoded is validated; all such damage raises :class:`ShardFormatError`
+naming the shard (and, for a member, the sample key and the member), never a raw
+``tarfile``/``zipfile``/``zstandard``/``json``/PIL error. Without a manifest some edits cannot be
+seen (a changed digit in a ``.json`` member is still valid JSON).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -26,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from rap.dataset.codec import decode
-from rap.dataset.manifest import MANIFEST_NAME, ShardEntry, read_manifest
+from rap.dataset.manifest import MANIFEST_NAME, ShardEntry, read_manifest, shard_digest_problem
 from rap.dataset.sample import Perturbation, Sample, SampleKind, SamplePlan
 from rap.kinematics import DrivingCommand, EgoStatus
 from rap.dataset.writer import BEV_FIELD
@@ -45,6 +56,7 @@ __all__ = [
     "ShardFormatError",
     "EGO_STATUS_FIELDS",
     "list_shards",
+    "verify_shard",
     "iter_shard_members",
     "decode_record",
     "iter_shard",
@@ -99,43 +111,231 @@ def _split_name(name: str) -> tuple[str, str]:
     return key, field if dot else ""
 
 
-def iter_shard_members(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+# --------------------------------------------------------------------------- verification
+
+def verify_shard(path: str | Path) -> bool:
+    """Check a shard against the SHA-256 the ``manifest.json`` beside it records.
+
+    Reads the manifest and hashes the whole file (every call: nothing is cached, so a file
+    changed since an earlier check is never taken on trust).
+
+    Returns:
+        True when the digest was checked and matches; False when there is no manifest beside
+        the shard or it does not list the shard (nothing to check against).
+
+    Raises:
+        ShardFormatError: the digest differs (the message names the shard, the manifest, the
+            expected and the actual digest) or the listed shard is missing.
+        ManifestError: a manifest beside the shard that does not validate.
+    """
+    path = Path(path)
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return False
+    expected = {e.name: e.sha256 for e in read_manifest(path.parent).shards}.get(path.name)
+    if expected is None:
+        return False
+    problem = shard_digest_problem(path, expected, path.parent / MANIFEST_NAME)
+    if problem:
+        raise ShardFormatError(problem)
+    return True
+
+
+# --------------------------------------------------------------------------- tar structure
+
+_BLOCK = tarfile.BLOCKSIZE  # [bytes] tar block: headers, data and padding are multiples of it
+
+
+def _tar_problem(raw, offset: int) -> str | None:
+    """What is wrong with the bytes where ``tarfile`` stopped reading headers (``offset``): a
+    complete shard has only the end-of-archive marker there (at least two zero blocks, then
+    zeros)."""
+    raw.seek(offset)
+    first = raw.read(_BLOCK)
+    if len(first) == _BLOCK and first.count(0) != _BLOCK:
+        try:
+            tarfile.TarInfo.frombuf(first, tarfile.ENCODING, "surrogateescape")
+            reason = "a header tarfile could not use"
+        except tarfile.HeaderError as err:
+            reason = str(err)
+        return f"invalid member header at byte {offset} ({reason}); the members after it cannot be read"
+    size = len(first)
+    while chunk := raw.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            at = offset + size + next(i for i, b in enumerate(chunk) if b)
+            return f"non-zero byte {at} in the end-of-archive marker that starts at byte {offset}"
+        size += len(chunk)
+    if size < 2 * _BLOCK:
+        return f"no end-of-archive marker after byte {offset} (a truncated file?)"
+    return None
+
+
+def _iter_tar_groups(path: Path, *, read_data: bool) -> Iterator[tuple[str, list[tuple[str, int, int, bytes | None]]]]:
+    """Walk a shard's members, checking the tar structure; group them by sample key.
+
+    Yields:
+        ``(key, [(field, data offset, size, data or None), ...])`` per sample, in file order
+        (``data`` only when ``read_data``).
+
+    Raises:
+        ShardFormatError: damage to the tar structure (a header whose checksum fails, non-zero
+            padding, a damaged end-of-archive marker, truncated data), a member that is not a
+            regular file or has no field, a duplicate member, or a key whose members are not
+            consecutive.
+    """
+    seen: set[str] = set()
+    key: str | None = None
+    group: list[tuple[str, int, int, bytes | None]] = []
+    names: set[str] = set()
+    try:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            file_size = os.fstat(raw.fileno()).st_size
+            for member in tar:
+                if not member.isreg() or member.issparse():
+                    raise ShardFormatError(f"{path}: member {member.name!r} is not a regular file")
+                k, field = _split_name(member.name)
+                if not field:
+                    raise ShardFormatError(f"{path}: member {member.name!r} has no '.<field>' after its key")
+                if member.name in names:
+                    raise ShardFormatError(f"{path}: member {member.name!r} appears twice")
+                names.add(member.name)
+                if k != key:
+                    if key is not None:
+                        yield key, group
+                    if k in seen:
+                        raise ShardFormatError(f"{path}: members of sample {k!r} are not consecutive")
+                    seen.add(k)
+                    key, group = k, []
+                pad = -member.size % _BLOCK
+                if member.offset_data + member.size + pad > file_size:
+                    raise ShardFormatError(f"{path}: damaged tar: member {member.name!r} is truncated (the file ends inside its data)")
+                data = None
+                if read_data:
+                    raw.seek(member.offset_data)
+                    data = raw.read(member.size)
+                else:
+                    raw.seek(member.offset_data + member.size)
+                padding = raw.read(pad) if pad else b""
+                if (data is not None and len(data) != member.size) or len(padding) != pad:
+                    raise ShardFormatError(f"{path}: damaged tar: member {member.name!r} is truncated (the file ends inside its data)")
+                if padding.count(0) != pad:
+                    at = member.offset_data + member.size + next(i for i, b in enumerate(padding) if b)
+                    raise ShardFormatError(f"{path}: damaged tar: non-zero padding byte {at} after member {member.name!r}")
+                group.append((field, member.offset_data, member.size, data))
+            problem = _tar_problem(raw, tar.offset)
+            if problem:
+                raise ShardFormatError(f"{path}: damaged tar: {problem}")
+    except (tarfile.TarError, EOFError, UnicodeError) as err:
+        raise ShardFormatError(f"{path}: damaged tar (or not a tar file): {err}") from err
+    if key is not None:
+        yield key, group
+
+
+def iter_shard_members(path: str | Path, *, verify: bool = True) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group a shard's members by sample.
+
+    Args:
+        path: the shard.
+        verify: first check the shard against the manifest beside it (:func:`verify_shard`).
 
     Yields:
         ``(key, {field: data})`` per sample, in file order; ``field`` is the member name after
         the key (``"CAM_F0.npy.zst"``, ``"json"``, ``"npz"``).
 
     Raises:
-        ShardFormatError: an unreadable/truncated tar, a member that is not a regular file, or a
-            key whose members are not consecutive.
+        ShardFormatError: a digest that does not match the manifest, damage to the tar
+            structure (header checksum, padding, end-of-archive marker, truncation), a member
+            that is not a regular file, or a key whose members are not consecutive.
     """
     path = Path(path)
-    seen: set[str] = set()
-    key: str | None = None
-    fields: dict[str, bytes] = {}
+    if verify:
+        verify_shard(path)
+    for key, group in _iter_tar_groups(path, read_data=True):
+        yield key, {field: data for field, _, _, data in group}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _meta_problem(meta, key: str) -> str | None:
+    """Why a parsed ``.json`` member is not a sample's metadata (see :mod:`rap.dataset.writer`),
+    or None."""
+    if not isinstance(meta, dict):
+        return f"expected a JSON object, got {type(meta).__name__}"
+    checks = {
+        "format": lambda v: isinstance(v, str),
+        "key": lambda v: v == key,
+        "scene_id": lambda v: isinstance(v, str),
+        "source": lambda v: isinstance(v, str),
+        "step": _is_int,
+        "kind": lambda v: v in _KINDS,
+        "agent_row": _is_int,
+        "agent_id": _is_int,
+        "viewer_pose": lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_number, v)),
+        "ego_status": lambda v: isinstance(v, dict)
+        and _is_number(v.get("speed"))
+        and all(isinstance(v.get(f), list) and len(v[f]) == 2 and all(map(_is_number, v[f])) for f in ("velocity", "acceleration"))
+        and v.get("command") in _COMMANDS
+        and _is_int(v.get("command")),
+        "perturbation": lambda v: v is None or (isinstance(v, dict) and set(v) == _PERTURBATION_FIELDS and all(map(_is_number, v.values()))),
+        "sampling": lambda v: isinstance(v, dict) and _is_int(v.get("num_poses")) and v["num_poses"] >= 0 and _is_number(v.get("interval_s")),
+        "camera_names": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+        "cameras": lambda v: isinstance(v, dict) and all(isinstance(r, dict) for r in v.values()),
+        "images": lambda v: isinstance(v, dict) and all(isinstance(f, str) for f in v.values()),
+        "bev": lambda v: v is None or isinstance(v, str),
+    }
+    for name, ok in checks.items():
+        if name not in meta:
+            return f"no field {name!r}"
+        if not ok(meta[name]):
+            return f"field {name!r} is invalid ({json.dumps(meta[name])[:120]})"
+    return None
+
+
+_KINDS = {k.value for k in SampleKind}
+_COMMANDS = {int(c) for c in DrivingCommand}
+_PERTURBATION_FIELDS = {f.name for f in dataclasses.fields(Perturbation)}
+_ARRAYS = ("target", "history", "viewer_pose")
+
+
+def _parse_meta(key: str, data: bytes, at: str) -> dict[str, Any]:
+    """The validated ``<key>.json`` document (``at`` names shard and sample in errors)."""
     try:
-        with tarfile.open(path, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    raise ShardFormatError(f"{path}: member {member.name!r} is not a regular file")
-                k, field = _split_name(member.name)
-                if not field:
-                    raise ShardFormatError(f"{path}: member {member.name!r} has no '.<field>' after its key")
-                if k != key:
-                    if key is not None:
-                        yield key, fields
-                    if k in seen:
-                        raise ShardFormatError(f"{path}: members of sample {k!r} are not consecutive")
-                    seen.add(k)
-                    key, fields = k, {}
-                fh = tar.extractfile(member)
-                assert fh is not None
-                fields[field] = fh.read()
-    except tarfile.TarError as err:
-        raise ShardFormatError(f"{path}: not a readable tar ({err})") from err
-    if key is not None:
-        yield key, fields
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ShardFormatError(f"{at}: member {key}.json: not valid JSON ({err})") from err
+    problem = _meta_problem(meta, key)
+    if problem:
+        raise ShardFormatError(f"{at}: member {key}.json: not a sample's metadata: {problem}")
+    return meta
+
+
+def _parse_arrays(key: str, data: bytes, meta: dict[str, Any], at: str) -> dict[str, np.ndarray]:
+    """The validated arrays of ``<key>.npz``."""
+    member = f"{key}.npz"
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            missing = [name for name in _ARRAYS if name not in npz.files]
+            if missing:
+                raise ShardFormatError(f"{at}: member {member}: no array {missing[0]!r} (it has {npz.files})")
+            arrays = {name: npz[name] for name in _ARRAYS}
+    except ShardFormatError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as err:  # BadZipFile, ValueError, OSError, EOFError, zlib.error, ...
+        raise ShardFormatError(f"{at}: member {member}: not a valid .npz ({type(err).__name__}: {err})") from err
+    shapes = {"target": (meta["sampling"]["num_poses"], 3), "history": (None, 3), "viewer_pose": (4,)}
+    for name, shape in shapes.items():
+        a = arrays[name]
+        if a.dtype != np.float64 or a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)) or not np.all(np.isfinite(a)):
+            want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+            raise ShardFormatError(f"{at}: member {member}: {name!r} must be a finite {want} float64 array, got shape {a.shape} dtype {a.dtype}")
+    return arrays
 
 
 def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] | None = None, decode_images: bool = True, where: str = "") -> dict[str, Any]:
@@ -155,27 +355,21 @@ def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] 
         decoding)}``.
 
     Raises:
-        ShardFormatError: a missing member or camera, or a member that does not decode.
+        ShardFormatError: a missing member or camera, or a member that does not decode or is
+            not what the format says (the message names the shard, the sample and the member).
     """
     at = f"{where}: sample {key!r}" if where else f"sample {key!r}"
     for required in ("json", "npz"):
         if required not in fields:
             raise ShardFormatError(f"{at}: missing member {key}.{required}")
-    try:
-        meta = json.loads(fields["json"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ShardFormatError(f"{at}: {key}.json is not valid JSON ({err})") from err
-    try:
-        with np.load(io.BytesIO(fields["npz"]), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in ("target", "history", "viewer_pose")}
-    except (KeyError, ValueError, OSError) as err:
-        raise ShardFormatError(f"{at}: {key}.npz is not a valid arrays file ({err})") from err
-    image_fields = meta.get("images", {})
-    names = list(cameras) if cameras is not None else list(meta.get("camera_names", image_fields))
+    meta = _parse_meta(key, fields["json"], at)
+    arrays = _parse_arrays(key, fields["npz"], meta, at)
+    image_fields = meta["images"]
+    names = list(cameras) if cameras is not None else list(meta["camera_names"])
     record: dict[str, Any] = {"key": key, "meta": meta, "images": {}, "bev": None, **arrays}
     encoded = {}
     wanted = [(cam, image_fields.get(cam)) for cam in names]
-    if meta.get("bev"):
+    if meta["bev"]:
         wanted.append((BEV_FIELD, meta["bev"]))
     for name, field in wanted:
         if field is None:
@@ -190,6 +384,8 @@ def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] 
             image = decode(ext, fields[field])
         except ValueError as err:
             raise ShardFormatError(f"{at}: member {key}.{field}: {err}") from err
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ShardFormatError(f"{at}: member {key}.{field}: expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
         if name == BEV_FIELD:
             record["bev"] = image
         else:
@@ -199,19 +395,31 @@ def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] 
     return record
 
 
-def iter_shard(path: str | Path, *, cameras: Sequence[str] | None = None, decode_images: bool = True) -> Iterator[dict[str, Any]]:
+def iter_shard(path: str | Path, *, cameras: Sequence[str] | None = None, decode_images: bool = True, verify: bool = True) -> Iterator[dict[str, Any]]:
     """Decode the samples of one shard, in file order (numpy only, no torch).
+
+    Args:
+        path: the shard.
+        cameras, decode_images: as :func:`decode_record`.
+        verify: before reading, check the shard's SHA-256 against the ``manifest.json`` beside
+            it, when there is one that lists it (:func:`verify_shard`: one extra sequential read
+            of the file). False skips the hash; damage to the tar structure and members that do
+            not decode are still errors.
 
     Yields:
         Record dicts (see :func:`decode_record`).
+
+    Raises:
+        ShardFormatError: see :func:`iter_shard_members` and :func:`decode_record`.
     """
     path = Path(path)
-    for key, fields in iter_shard_members(path):
+    for key, fields in iter_shard_members(path, verify=verify):
         yield decode_record(key, fields, cameras=cameras, decode_images=decode_images, where=str(path))
 
 
 def iter_dataset(source: str | Path | Sequence[str | Path], **kwargs) -> Iterator[dict[str, Any]]:
-    """:func:`iter_shard` over every shard of :func:`list_shards` ``(source)``, in order."""
+    """:func:`iter_shard` over every shard of :func:`list_shards` ``(source)``, in order
+    (keyword arguments, ``verify`` included, go to :func:`iter_shard`)."""
     for path in list_shards(source):
         yield from iter_shard(path, **kwargs)
 
@@ -247,19 +455,23 @@ def record_to_sample(record: dict[str, Any]) -> Sample:
 def summarize_shard(path: str | Path) -> tuple[ShardEntry, Counter]:
     """Entry and kind counts of a complete shard (what a resumed run needs for its manifest).
 
-    Reads only the tar headers and the ``.json`` members, plus the file hash.
+    Reads only the tar headers and the ``.json`` members, plus the file hash (it does not
+    check the shard against a manifest: it computes the digest one records).
 
     Returns:
         ``(ShardEntry(name, samples, sha256), Counter(kind -> samples))``.
+
+    Raises:
+        ShardFormatError: damage to the tar structure, a missing or invalid ``.json`` member.
     """
     path = Path(path)
     counts: Counter = Counter()
     samples = 0
-    for key, fields in iter_shard_members(path):
+    for key, fields in iter_shard_members(path, verify=False):  # this computes the digest
         if "json" not in fields:
             raise ShardFormatError(f"{path}: sample {key!r}: missing member {key}.json")
         samples += 1
-        counts[json.loads(fields["json"])["kind"]] += 1
+        counts[_parse_meta(key, fields["json"], f"{path}: sample {key!r}")["kind"]] += 1
     return ShardEntry(path.name, samples, sha256_file(path)), counts
 
 
@@ -402,9 +614,16 @@ class ShardDataset(_TorchIterableDataset):
         image_dtype: ``"uint8"`` or ``"float32"`` (scaled to 0-1).
         rank, world_size: distributed split (default: from ``torch.distributed`` when
             initialised, else a single process).
+        verify: check each shard against the manifest's SHA-256 when a consumer opens it, each
+            epoch (see :func:`iter_shard`; each DataLoader worker hashes the shards it reads);
+            False skips the hash for speed.
+
+    Raises (while iterating):
+        ShardFormatError: a shard whose digest does not match the manifest, damage to its tar
+            structure, or a member that does not decode (naming shard, sample and member).
     """
 
-    def __init__(self, source, *, shuffle_buffer: int = 0, seed: int = 0, cameras: Sequence[str] | None = None, image_dtype: str = "uint8", rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(self, source, *, shuffle_buffer: int = 0, seed: int = 0, cameras: Sequence[str] | None = None, image_dtype: str = "uint8", rank: int | None = None, world_size: int | None = None, verify: bool = True) -> None:
         _require_torch()
         super().__init__()
         if shuffle_buffer < 0:
@@ -417,6 +636,7 @@ class ShardDataset(_TorchIterableDataset):
         self.cameras = None if cameras is None else list(cameras)
         self.image_dtype = image_dtype
         self.rank, self.world_size = _dist_rank_world(rank, world_size)
+        self.verify = bool(verify)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -434,7 +654,7 @@ class ShardDataset(_TorchIterableDataset):
 
     def _records(self, shards: Sequence[Path]) -> Iterator[dict[str, Any]]:
         for path in shards:
-            yield from iter_shard(path, cameras=self.cameras)
+            yield from iter_shard(path, cameras=self.cameras, verify=self.verify)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker_id, num_workers = _consumer()
@@ -469,9 +689,15 @@ class ShardIndexDataset(_TorchDataset):
     Args:
         source: dataset directory, shard path or list of shard paths.
         cameras, image_dtype: as :class:`ShardDataset`.
+        verify: check every shard against the manifest's SHA-256 at construction (see
+            :func:`iter_shard`); False skips the hash for speed.
+
+    Raises:
+        ShardFormatError: at construction, a shard whose digest does not match the manifest or
+            whose tar structure is damaged; from ``dataset[i]``, a member that does not decode.
     """
 
-    def __init__(self, source, *, cameras: Sequence[str] | None = None, image_dtype: str = "uint8") -> None:
+    def __init__(self, source, *, cameras: Sequence[str] | None = None, image_dtype: str = "uint8", verify: bool = True) -> None:
         _require_torch()
         if image_dtype not in ("uint8", "float32"):
             raise ValueError(f"image_dtype must be 'uint8' or 'float32', got {image_dtype!r}")
@@ -481,20 +707,10 @@ class ShardIndexDataset(_TorchDataset):
         # Per sample: (shard index, key, ((field, offset, size), ...)).
         self.index: list[tuple[int, str, tuple[tuple[str, int, int], ...]]] = []
         for s, path in enumerate(self.shards):
-            try:
-                with tarfile.open(path, mode="r:") as tar:
-                    key, members = None, []
-                    for member in tar:
-                        k, field = _split_name(member.name)
-                        if k != key:
-                            if key is not None:
-                                self.index.append((s, key, tuple(members)))
-                            key, members = k, []
-                        members.append((field, member.offset_data, member.size))
-                    if key is not None:
-                        self.index.append((s, key, tuple(members)))
-            except tarfile.TarError as err:
-                raise ShardFormatError(f"{path}: not a readable tar ({err})") from err
+            if verify:
+                verify_shard(path)
+            for key, group in _iter_tar_groups(path, read_data=False):
+                self.index.append((s, key, tuple((field, offset, size) for field, offset, size, _ in group)))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -507,6 +723,8 @@ class ShardIndexDataset(_TorchDataset):
             for field, offset, size in members:
                 fh.seek(offset)
                 fields[field] = fh.read(size)
+                if len(fields[field]) != size:
+                    raise ShardFormatError(f"{self.shards[s]}: sample {key!r}: member {key}.{field} is truncated (the file shrank after it was indexed)")
         return decode_record(key, fields, cameras=self.cameras, where=str(self.shards[s]))
 
     def __getitem__(self, i: int) -> dict[str, Any]:

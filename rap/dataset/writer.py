@@ -75,7 +75,7 @@ import numpy as np
 
 from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, encode
 from rap.dataset.manifest import ShardEntry
-from rap.fileio import fsync_dir, sha256_file
+from rap.fileio import DiskFullError, close_quietly, disk_full_error, fsync_dir, is_disk_full, remove_quietly, sha256_file
 from rap.dataset.sample import Sample
 
 __all__ = [
@@ -268,7 +268,9 @@ class ShardWriter:
     renames it to ``path`` and fsyncs the directory, so a shard under its final name is always
     complete. An exception inside ``with`` (or :meth:`abort`) removes the temporary file; a killed
     process leaves it behind, and readers ignore it (they read ``*.tar`` only) until the next run
-    truncates and rewrites it.
+    truncates and rewrites it. A write that fails on a full disk removes the temporary file itself
+    and raises :class:`rap.fileio.DiskFullError` naming ``path``; the writer is then closed, and
+    cleaning up never raises.
 
     Usage::
 
@@ -291,14 +293,31 @@ class ShardWriter:
         self.codec = ImageCodec(codec)
         self.tmp_path = self.path.with_name(self.path.name + TMP_SUFFIX)
         self._fsync = fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.tmp_path, "wb")  # truncates a leftover from a killed run
-        self._hashing = _HashingFile(self._fh)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8")
+        self._fh = None
+        self._tar = None
         self._keys: set[str] = set()
         self.samples = 0
         self.counts: Counter[str] = Counter()
         self.entry: ShardEntry | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.tmp_path, "wb")  # truncates a leftover from a killed run
+            self._hashing = _HashingFile(self._fh)
+            self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8")
+        except BaseException as exc:
+            self._drop(exc)
+            raise
+
+    def _drop(self, exc: BaseException) -> None:
+        """Throw the unfinished shard away after ``exc`` (never raises for the cleanup); a full
+        disk is re-raised here as a :class:`DiskFullError` naming the shard, anything else is
+        re-raised by the caller."""
+        self._tar = None  # its end-of-archive blocks would only go to a file being removed
+        if self._fh is not None:
+            close_quietly(self._fh)
+        remove_quietly(self.tmp_path)
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise disk_full_error(exc, self.path) from exc
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -338,8 +357,12 @@ class ShardWriter:
         for name, _ in members:
             if not name.startswith(key + ".") or "/" in name:
                 raise ValueError(f"{self.path}: member {name!r} does not belong to sample {key!r}")
-        for name, data in sorted(members):
-            self._add_member(name, data)
+        try:
+            for name, data in sorted(members):
+                self._add_member(name, data)
+        except BaseException as exc:  # the tar is broken after a failed write: drop the shard
+            self._drop(exc)
+            raise
         self._keys.add(key)
         self.samples += 1
         if kind is not None:
@@ -359,31 +382,31 @@ class ShardWriter:
             return self.entry
         if self._tar is None:
             raise RuntimeError(f"{self.path}: writer was aborted")
-        self._tar.close()  # writes the end-of-archive blocks and record padding
-        self._tar = None
-        self._fh.flush()
-        if self._fsync:
-            os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.chmod(self.tmp_path, 0o644)
-        os.replace(self.tmp_path, self.path)
+        try:
+            self._tar.close()  # writes the end-of-archive blocks and record padding
+            self._tar = None
+            self._fh.flush()
+            if self._fsync:
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.chmod(self.tmp_path, 0o644)
+            os.replace(self.tmp_path, self.path)
+        except BaseException as exc:
+            self._drop(exc)
+            raise
         if self._fsync:
             fsync_dir(self.path.parent)
         self.entry = ShardEntry(self.path.name, self.samples, self._hashing.digest.hexdigest())
         return self.entry
 
     def abort(self) -> None:
-        """Drop the unfinished shard (removes ``<path>.tmp``)."""
+        """Drop the unfinished shard (removes ``<path>.tmp``); never raises."""
         if self.entry is not None:
             return
-        if self._tar is not None:
-            try:
-                self._tar.close()
-            except Exception:  # the file is being thrown away
-                pass
-            self._tar = None
-        self._fh.close()
-        self.tmp_path.unlink(missing_ok=True)
+        self._tar = None
+        if self._fh is not None:
+            close_quietly(self._fh)
+        remove_quietly(self.tmp_path)
 
 
 def write_shard(path: str | Path, samples: Iterable[Sample], codec: ImageCodec | str = DEFAULT_CODEC, *, fsync: bool = True) -> tuple[ShardEntry, Counter]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import PositiveFloat
+from pydantic import Field
 
-from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, ImageSide, SamplingSection
+from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, ImageSide, PositiveFloat, SamplingSection
 
 DEFAULT_EVAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "eval" / "default.yaml"
 
@@ -40,6 +40,9 @@ class NavsimSection(FrozenModel):
     sampling: SamplingSection = SamplingSection(num_poses=8, interval_s=0.5)  # NAVSIM: 8 x 0.5 s
     spacing_s: PositiveFloat = 1.0  # [s] between scoring steps
     previous_plan_offset_s: PositiveFloat = 0.5  # [s] the earlier query for extended comfort
+    # [s] longest one agent.plan() call may take; a call that takes longer fails its scene and
+    # the agent is not called again in that run (see rap.eval.agent.AgentCaller)
+    agent_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
 
 
 class TrackerSection(FrozenModel):

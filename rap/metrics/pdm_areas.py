@@ -1,25 +1,32 @@
-"""Exact point-in-polygon membership for many points, accelerated by a raster.
+"""Exact point-in-polygon membership for many points: a slab index over the polygons' edges.
 
 NAVSIM asks, for every corner and centre of every ego box (K proposals x 41 steps), which lane
 polygons and which drivable-area polygons strictly contain it (``shapely`` "contains"). Done point
-by point against each polygon that is ~100 ms per 1000 proposals. Here the polygons are
-rasterized on a grid (default 0.2 m) that covers only the queried points, with three cell states
-per polygon:
+by point with shapely that is ~100 ns per point and polygon. Here the polygons are indexed once
+(:class:`PreparedPolygons`, per scene) and the queries run as a few array operations over all
+(point, polygon) pairs:
 
-* *inside*: the cell centre is inside and no polygon edge passes through the cell or its eight
-  neighbours, so every point of the cell is inside;
-* *outside*: likewise, every point of the cell is outside;
-* *uncertain*: an edge passes within about one cell; such points are decided exactly by shapely
-  (or by a caller-supplied exact predicate).
+* *broad phase*: a uniform grid (cells of a few metres) lists the polygons whose bounding box
+  overlaps each cell; a point is paired with the polygons of its cell that matter for it;
+* *slabs*: the distinct vertex ordinates of each polygon cut it into horizontal slabs, each
+  crossed by a fixed short list of edges. A point's slab gives the edges a horizontal ray from it
+  can cross; the ray's crossing count is the point's parity (odd = inside). A crossing compares
+  the point's x with the edge's x at the point's y, and counts only where the difference exceeds
+  a bound on that computation's rounding error, so the parity equals GEOS's robust ray-crossing
+  count;
+* *exact fallback*: pairs whose answer is not certain that way (a point on the ordinate of one
+  of the polygon's vertices, or within rounding of an edge) are decided by
+  ``shapely.contains_xy``, or by a caller-supplied exact predicate.
 
-The result is therefore exact (it equals shapely's ``contains_xy``); the grid only decides how many
-points need the exact test (those within roughly 0.2-0.4 m of an edge). Edges are marked by
-sampling them every half cell and dilating the marks by one cell, which is conservative.
+The result is exact (it equals shapely's ``contains_xy``); the cost grows with the number of
+(point, nearby polygon) pairs, not with the area the points spread over. Points are processed in
+chunks of a few thousand so that every temporary array stays small.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from enum import IntEnum
 from typing import Callable, Sequence
 
@@ -31,7 +38,19 @@ __all__ = ["EgoAreaIndex", "PreparedPolygons", "SegmentGrid", "membership_bits",
 ExactFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 """(polygon index, x (P,), y (P,)) -> (P,) bool exact membership."""
 
-_MAX_CELLS = 400_000
+_CROSS_ERROR = 2e-15
+"""Crossing tests are certain when |px - x_edge(py)| > _CROSS_ERROR * (|xa| + 8 |dx|) (the
+floating-point error of x_edge is below 1.2e-16 |xa| + 6.1e-16 |dx|; this leaves a margin)."""
+
+_SLAB_WIDTH = 4
+"""Crossing edges per slab kept in the dense table (more go to the overflow list)."""
+
+_CHUNK_POINTS = 2048
+"""Points per membership pass: keeps the (point, polygon) pair arrays near 32 KB each, small
+enough to stay in cache and below the allocator's mmap / trim sizes (fresh pages are costly)."""
+
+_MAX_GRID_ENTRIES = 40_000
+"""Broad-phase grid size: cells grow from 2 m until the (cell, polygon) entries stay below this."""
 
 
 class EgoAreaIndex(IntEnum):
@@ -42,38 +61,189 @@ class EgoAreaIndex(IntEnum):
     ONCOMING_TRAFFIC = 2
 
 
+class _SlabIndex:
+    """Edges of L polygons sorted into horizontal slabs, plus a broad-phase grid of their bounds.
+
+    Slabs: ``ys`` are the distinct vertex ordinates of all polygons (U). A polygon's slab key is
+    ``j * (U + 1) + rank`` of each of its own vertex ordinates (``keys``, sorted); slab ``g``
+    spans from ``keys[g - 1]`` to ``keys[g]`` of the same polygon and is crossed by a fixed list
+    of non-horizontal edges. Each crossing edge is stored as (x at its lower end, lower y, dx/dy,
+    error bound): the first ``width`` of a slab in ``table`` (S + 1, width, 4), padded with edges
+    at x = -inf that are never crossed, any further ones in ``extra`` (CSR by slab).
+    """
+
+    def __init__(self, edges: np.ndarray, edge_poly: np.ndarray, bounds: np.ndarray):
+        self.edges, self.edge_owner = edges, edge_poly
+        x1, y1, x2, y2 = edges.T
+        self.ys, rank1 = np.unique(y1, return_inverse=True)  # every vertex starts one edge of its closed ring
+        u1 = self.ys.size + 1
+        self.u1 = u1
+        rank2 = np.searchsorted(self.ys, y2)
+        base = edge_poly.astype(np.int64) * u1
+        self.keys = np.unique(base + rank1)
+        self.keys_ext = np.append(self.keys, -1)  # keys[g] for g == len(keys)
+        slanted = np.flatnonzero(y1 != y2)
+        up = y2[slanted] > y1[slanted]
+        lo_rank = np.where(up, rank1[slanted], rank2[slanted])
+        hi_rank = np.where(up, rank2[slanted], rank1[slanted])
+        ga = np.searchsorted(self.keys, base[slanted] + lo_rank)
+        gb = np.searchsorted(self.keys, base[slanted] + hi_rank)
+        count = gb - ga  # the edge crosses slabs ga + 1 .. gb
+        entry_edge = np.repeat(slanted, count)
+        slab = np.repeat(ga + 1, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
+        order = np.argsort(slab, kind="stable")
+        entry_edge, slab = entry_edge[order], slab[order]
+        n_slabs = self.keys.size + 1
+        per_slab = np.bincount(slab, minlength=n_slabs)
+        start = np.concatenate([[0], np.cumsum(per_slab)])
+        # Crossing test of entry e with a point (px, py) in its slab: the edge's x at py is
+        # xa + (py - ya) * slope (|(py - ya) * slope| <= |dx|); its floating-point error is below
+        # 1.2e-16 * |xa| + 6.1e-16 * |dx|, so px - x beyond ``bound`` has the exact sign.
+        e_up = y2[entry_edge] > y1[entry_edge]
+        xa = np.where(e_up, x1[entry_edge], x2[entry_edge])
+        ya = np.where(e_up, y1[entry_edge], y2[entry_edge])
+        dx = np.where(e_up, x2[entry_edge] - x1[entry_edge], x1[entry_edge] - x2[entry_edge])
+        dy = np.where(e_up, y2[entry_edge] - y1[entry_edge], y1[entry_edge] - y2[entry_edge])
+        entries = np.stack([xa, ya, dx / dy, _CROSS_ERROR * (np.abs(xa) + 8.0 * np.abs(dx))], axis=1)
+        width = int(min(max(int(per_slab.max()) if per_slab.size else 0, 1), _SLAB_WIDTH))
+        table = np.zeros((n_slabs, width, 4))
+        table[:, :, 0] = -np.inf
+        rank_in_slab = np.arange(slab.size) - start[slab]
+        dense = rank_in_slab < width
+        table[slab[dense], rank_in_slab[dense]] = entries[dense]
+        self.table = np.ascontiguousarray(table.transpose(1, 2, 0))  # (width, 4, S + 1): slot, (xa, ya, slope, bound), slab
+        extra = ~dense
+        self.extra = entries[extra] if extra.any() else np.zeros((0, 4))
+        self.extra_start = np.concatenate([[0], np.cumsum(np.bincount(slab[extra], minlength=n_slabs))]) if extra.any() else np.zeros(n_slabs + 1, dtype=np.int64)
+        self._allowed_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+        # Broad phase: (cell, polygon) entries for every cell a polygon's bounds overlap.
+        ok = np.all(np.isfinite(bounds), axis=1)
+        b = bounds[ok]
+        poly_ids = np.flatnonzero(ok)
+        if b.shape[0] == 0:
+            self.cell, self.gx0, self.gy0, self.nx, self.ny = 1.0, 0.0, 0.0, 0, 0
+            self.cell_start = np.zeros(1, dtype=np.int64)
+            self.cell_poly = np.zeros(0, dtype=np.int64)
+            return
+        self.gx0, self.gy0 = float(b[:, 0].min()), float(b[:, 1].min())
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        cell = 2.0
+        while float(((w / cell + 2) * (h / cell + 2)).sum()) > _MAX_GRID_ENTRIES:
+            cell *= 2.0
+        self.cell = cell
+        self.nx = int((b[:, 2].max() - self.gx0) // cell) + 1
+        self.ny = int((b[:, 3].max() - self.gy0) // cell) + 1
+        cx0 = ((b[:, 0] - self.gx0) // cell).astype(np.int64)
+        cx1 = np.minimum(((b[:, 2] - self.gx0) // cell).astype(np.int64), self.nx - 1)
+        cy0 = ((b[:, 1] - self.gy0) // cell).astype(np.int64)
+        cy1 = np.minimum(((b[:, 3] - self.gy0) // cell).astype(np.int64), self.ny - 1)
+        wx = cx1 - cx0 + 1
+        count = wx * (cy1 - cy0 + 1)
+        owner = np.repeat(np.arange(b.shape[0]), count)
+        local = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        cid = (cy0[owner] + local // wx[owner]) * self.nx + cx0[owner] + local % wx[owner]
+        order = np.argsort(cid)  # any order of a cell's polygons will do
+        self.cell_poly = poly_ids[owner[order]]
+        self.cell_start = np.concatenate([[0], np.cumsum(np.bincount(cid, minlength=self.nx * self.ny))])
+
+    def candidates(self, px: np.ndarray, py: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(point, polygon) pairs whose polygon's bounds overlap the point's grid cell, for
+        polygons with ``allowed[j]`` (all when ``None``), grouped by point in point order."""
+        if self.nx == 0 or px.size == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        start, poly = self.cell_start, self.cell_poly
+        if allowed is not None:
+            cache_key = allowed.tobytes()
+            if cache_key not in self._allowed_cache:
+                keep = allowed[poly]
+                self._allowed_cache[cache_key] = (np.concatenate([[0], np.cumsum(keep)])[start], poly[keep])
+            start, poly = self._allowed_cache[cache_key]
+        gx = np.floor((px - self.gx0) * (1.0 / self.cell))
+        gy = np.floor((py - self.gy0) * (1.0 / self.cell))
+        pi = np.flatnonzero((gx >= 0) & (gx < self.nx) & (gy >= 0) & (gy < self.ny))
+        cid = (np.take(gy, pi) * self.nx + np.take(gx, pi)).astype(np.int64)
+        first = np.take(start, cid)
+        n = np.take(start, cid + 1) - first
+        ends = np.cumsum(n)
+        total = int(ends[-1]) if ends.size else 0
+        rep = np.repeat(pi, n)
+        idx = np.arange(total) + np.repeat(first - (ends - n), n)
+        return rep, np.take(poly, idx)
+
+    def parity(self, px: np.ndarray, py: np.ndarray, rank: np.ndarray, on_vertex_y: np.ndarray, pj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per pair (points px, py with their ordinate rank, polygon pj): (inside, unsure)."""
+        key = pj * self.u1 + rank
+        g = np.searchsorted(self.keys, key)
+        unsure = on_vertex_y & (np.take(self.keys_ext, g) == key)
+        inside = np.zeros(pj.size, dtype=bool)
+        for slot in self.table:  # (4, S + 1): xa, ya, slope, bound
+            xa, ya, slope, bound = (np.take(col, g) for col in slot)
+            d = px - (xa + (py - ya) * slope)
+            inside ^= d < -bound
+            unsure |= np.abs(d) <= bound
+        if self.extra.shape[0]:  # slabs crossed by more edges than the table holds
+            first = np.take(self.extra_start, g)
+            n = np.take(self.extra_start, g + 1) - first
+            total = int(n.sum())
+            if total:
+                pe = np.repeat(np.arange(pj.size), n)
+                ends = np.cumsum(n)
+                rows = self.extra[np.arange(total) + np.repeat(first - (ends - n), n)]
+                d = np.take(px, pe) - (rows[:, 0] + (np.take(py, pe) - rows[:, 1]) * rows[:, 2])
+                inside ^= (np.bincount(pe[d < -rows[:, 3]], minlength=pj.size) & 1).astype(bool)
+                unsure |= np.bincount(pe[np.abs(d) <= rows[:, 3]], minlength=pj.size) > 0
+        return inside, unsure
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PreparedPolygons:
-    """Shapely polygons prepared for fast exact membership queries (:func:`membership_bits`).
+    """Shapely polygons prepared for fast exact membership queries (:func:`membership_bits`);
+    build with :meth:`from_polygons`.
 
     Not a map element set: :class:`rap.scene.PolygonSet` holds a map's crosswalks, areas, ...
     as ids and open rings without holes; this is a query structure over any shapely polygons
-    (holes included, e.g. buffered centerlines) with their edges and bounds precomputed.
+    (holes included) with their edges, bounds and a slab index precomputed.
 
     Attributes:
         polygons: L shapely polygons (prepared).
-        edges: L arrays (E_l, 4) of ring edges x1, y1, x2, y2 [m] (all rings).
         bounds: (L, 4) min x, min y, max x, max y [m].
-        exact: Optional exact predicate for uncertain cells; ``None`` uses ``shapely.contains_xy``.
+        index: The slab index and broad-phase grid (internal).
+        exact: Optional exact predicate for undecided points; ``None`` uses ``shapely.contains_xy``.
+        exact_only: Optional (L,) bool: polygons decided by ``exact`` alone (e.g. a distance
+            test); such a polygon only has to cover the region (its bounds select the points).
     """
 
     polygons: tuple
-    edges: tuple
     bounds: np.ndarray
+    index: _SlabIndex = dataclasses.field(repr=False)
     exact: ExactFn | None = None
+    exact_only: np.ndarray | None = None
 
     @classmethod
-    def from_polygons(cls, polygons: Sequence[shapely.Polygon], exact: ExactFn | None = None) -> PreparedPolygons:
+    def from_polygons(cls, polygons: Sequence[shapely.Polygon], exact: ExactFn | None = None, exact_only: np.ndarray | None = None) -> PreparedPolygons:
         polys = tuple(polygons)
-        edges = []
-        for p in polys:
-            if not isinstance(p, shapely.Polygon):
-                raise ValueError(f"PreparedPolygons: expected Polygon, got {type(p).__name__}")
-            shapely.prepare(p)
-            rings = [np.asarray(p.exterior.coords)[:, :2]] + [np.asarray(r.coords)[:, :2] for r in p.interiors]
-            edges.append(np.concatenate([np.concatenate([r[:-1], r[1:]], axis=1) for r in rings], axis=0))
-        bounds = np.array([p.bounds for p in polys], dtype=np.float64).reshape(-1, 4)
-        return cls(polys, tuple(edges), bounds, exact)
+        arr = np.empty(len(polys), dtype=object)
+        arr[:] = polys
+        if len(polys):
+            bad = np.flatnonzero(shapely.get_type_id(arr) != shapely.GeometryType.POLYGON)
+            if bad.size:
+                raise ValueError(f"PreparedPolygons: expected Polygon, got {type(polys[int(bad[0])]).__name__}")
+        shapely.prepare(arr)
+        rings, ring_poly = shapely.get_rings(arr, return_index=True)
+        coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+        same = ring_of[1:] == ring_of[:-1]  # consecutive vertices of one (closed) ring
+        edges = np.concatenate([coords[:-1][same], coords[1:][same]], axis=1)
+        owner = ring_poly[ring_of[:-1][same]]
+        bounds = shapely.bounds(arr).reshape(-1, 4)
+        only = None if exact_only is None else np.asarray(exact_only, dtype=bool).reshape(len(polys))
+        return cls(polys, bounds, _SlabIndex(edges, owner, bounds), exact, only)
+
+    @functools.cached_property
+    def edges(self) -> tuple:
+        """L arrays (E_l, 4) of ring edges x1, y1, x2, y2 [m] (exterior, then interior rings)."""
+        counts = np.bincount(self.index.edge_owner, minlength=len(self.polygons))
+        return tuple(np.split(self.index.edges, np.cumsum(counts)[:-1]))
 
     def __len__(self) -> int:
         return len(self.polygons)
@@ -168,45 +338,6 @@ class SegmentGrid:
         return out
 
 
-def _window_status(edges: np.ndarray, x0: float, y0: float, res: float, nx: int, ny: int) -> tuple[np.ndarray, np.ndarray]:
-    """One polygon on a grid window: (ny, nx) bool "cell centre inside" and (ny, nx) bool
-    "uncertain" (an edge passes through the cell or one of its eight neighbours)."""
-    x1, y1, x2, y2 = edges.T
-    # Centre parity by scanlines: crossings of each row of cell centres with the edges.
-    ymin, ymax = np.minimum(y1, y2), np.maximum(y1, y2)
-    r_lo = np.clip(np.ceil((ymin - y0) / res - 0.5), 0, ny).astype(np.int64)
-    r_hi = np.clip(np.ceil((ymax - y0) / res - 0.5), 0, ny).astype(np.int64)
-    count = np.where(y1 != y2, r_hi - r_lo, 0)
-    total = int(count.sum())
-    parity = np.zeros((ny, nx), dtype=bool)
-    if total:
-        e = np.repeat(np.arange(len(edges)), count)
-        rows = np.repeat(r_lo, count) + (np.arange(total) - np.repeat(np.cumsum(count) - count, count))
-        yc = y0 + (rows + 0.5) * res
-        xc = x1[e] + (yc - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
-        cols = np.clip(np.ceil((xc - x0) / res - 0.5), 0, nx).astype(np.int64)
-        hist = np.bincount(rows * (nx + 1) + cols, minlength=ny * (nx + 1)).reshape(ny, nx + 1)
-        right = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # crossings at or right of column c
-        parity = (right[:, 1:] & 1).astype(bool)
-    # Cells an edge passes through: samples every half cell, then a one-cell dilation.
-    length = np.hypot(x2 - x1, y2 - y1)
-    n_s = np.ceil(length / (0.5 * res)).astype(np.int64) + 1
-    e = np.repeat(np.arange(len(edges)), n_s)
-    t = (np.arange(int(n_s.sum())) - np.repeat(np.cumsum(n_s) - n_s, n_s)) / np.repeat(np.maximum(n_s - 1, 1), n_s)
-    ix = np.floor((x1[e] + t * (x2[e] - x1[e]) - x0) / res).astype(np.int64)
-    iy = np.floor((y1[e] + t * (y2[e] - y1[e]) - y0) / res).astype(np.int64)
-    keep = (ix >= -1) & (ix <= nx) & (iy >= -1) & (iy <= ny)
-    mark = np.zeros((ny + 2, nx + 2), dtype=bool)  # padded by one cell on each side
-    mark[iy[keep] + 1, ix[keep] + 1] = True
-    dil = mark.copy()
-    dil[:, 1:] |= mark[:, :-1]
-    dil[:, :-1] |= mark[:, 1:]
-    dil2 = dil.copy()
-    dil2[1:, :] |= dil[:-1, :]
-    dil2[:-1, :] |= dil[1:, :]
-    return parity, dil2[1:-1, 1:-1]
-
-
 def membership_bits(
     polys: PreparedPolygons, xy: np.ndarray, resolution: float = 0.2, relevant: np.ndarray | None = None
 ) -> np.ndarray:
@@ -216,13 +347,15 @@ def membership_bits(
     Args:
         polys: The polygons.
         xy: (P, 2) query points [m].
-        resolution: Grid cell size [m] (speed only; the answer does not depend on it).
+        resolution: Unused (kept for callers of the former raster version; the answer never
+            depended on it).
         relevant: Optional (P, W) or (W,) uint64 masks of the polygons that matter per point;
-            bits outside them may be wrong (they are not decided exactly), saving exact tests.
+            bits outside them are left 0 (not computed).
 
     Returns:
         (P, W) uint64 with W = ceil(L / 64) (at least 1).
     """
+    del resolution
     pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     p, n_poly = pts.shape[0], len(polys)
     n_words = max((n_poly + 63) // 64, 1)
@@ -230,77 +363,77 @@ def membership_bits(
     if p == 0 or n_poly == 0:
         return out
     px, py = np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1])
-    lo = np.array([px.min(), py.min()])
-    hi = np.array([px.max(), py.max()])
-    res = float(resolution)
-    area = (hi[0] - lo[0] + 4 * res) * (hi[1] - lo[1] + 4 * res)
-    if area / (res * res) > _MAX_CELLS:
-        res = float(np.sqrt(area / _MAX_CELLS))
-    x0 = np.floor(lo[0] / res) * res - 2 * res
-    y0 = np.floor(lo[1] / res) * res - 2 * res
-    nx = int(np.ceil((hi[0] - x0) / res)) + 3
-    ny = int(np.ceil((hi[1] - y0) / res)) + 3
-    # Coordinates are >= 2 cells inside the grid, so truncation is floor (int32 casts are fast).
-    ix = np.minimum(((px - x0) * (1.0 / res)).astype(np.int32), nx - 1)
-    iy = np.minimum(((py - y0) * (1.0 / res)).astype(np.int32), ny - 1)
-    gx1, gy1 = x0 + nx * res, y0 + ny * res
-    b = polys.bounds
-    touching = np.nonzero((b[:, 0] <= gx1) & (b[:, 2] >= x0) & (b[:, 1] <= gy1) & (b[:, 3] >= y0))[0]
-    if touching.size == 0:
-        return out
-    cell = iy * nx + ix
-    occupied = np.zeros(ny * nx, dtype=bool)
-    occupied[cell] = True
-    occupied = occupied.reshape(ny, nx)
-    inside_bits = np.zeros((ny, nx, n_words), dtype=np.uint64)
-    unsure_bits = np.zeros((ny, nx, n_words), dtype=np.uint64)
-    for j in touching:
-        # Window of the grid around the polygon's bounding box (one cell of margin).
-        wx0 = max(int(np.floor((b[j, 0] - x0) / res)) - 1, 0)
-        wx1 = min(int(np.floor((b[j, 2] - x0) / res)) + 2, nx)
-        wy0 = max(int(np.floor((b[j, 1] - y0) / res)) - 1, 0)
-        wy1 = min(int(np.floor((b[j, 3] - y0) / res)) + 2, ny)
-        if wx1 <= wx0 or wy1 <= wy0:
-            continue
-        # Shrink the window to the cells that hold query points.
-        occ = occupied[wy0:wy1, wx0:wx1]
-        rows = np.flatnonzero(occ.any(axis=1))
-        if rows.size == 0:
-            continue
-        cols = np.flatnonzero(occ.any(axis=0))
-        wy0, wy1 = wy0 + int(rows[0]), wy0 + int(rows[-1]) + 1
-        wx0, wx1 = wx0 + int(cols[0]), wx0 + int(cols[-1]) + 1
-        parity, uncertain = _window_status(polys.edges[j], x0 + wx0 * res, y0 + wy0 * res, res, wx1 - wx0, wy1 - wy0)
-        bit = np.uint64(1) << np.uint64(j % 64)
-        word = j // 64
-        win_in = inside_bits[wy0:wy1, wx0:wx1, word]
-        np.bitwise_or(win_in, bit, out=win_in, where=parity)
-        win_un = unsure_bits[wy0:wy1, wx0:wx1, word]
-        np.bitwise_or(win_un, bit, out=win_un, where=uncertain)
-    out = inside_bits.reshape(ny * nx, n_words)[cell]
-    unsure = unsure_bits.reshape(ny * nx, n_words)[cell]
-    out &= ~unsure  # uncertain cells are decided exactly below
-    if relevant is not None:
-        unsure &= np.asarray(relevant, dtype=np.uint64)
-    rows = np.nonzero(unsure.any(axis=1))[0]
-    if rows.size == 0:
-        return out
-    flags = np.unpackbits(unsure[rows].view(np.uint8), axis=1, bitorder="little")  # (R, 64 W)
-    r_idx, j_idx = np.nonzero(flags)
-    order = np.argsort(j_idx, kind="stable")
-    r_idx, j_idx = r_idx[order], j_idx[order]
-    js, starts = np.unique(j_idx, return_index=True)
-    ends = np.append(starts[1:], j_idx.size)
-    for j, a, z in zip(js, starts, ends):
-        pi = rows[r_idx[a:z]]
-        j = int(j)
-        if polys.exact is None:
-            hit = shapely.contains_xy(polys.polygons[j], pts[pi, 0], pts[pi, 1])
+    # Runs of points that share their relevant mask (score_states passes three).
+    per_point = None
+    if relevant is None:
+        blocks = [(0, p, None)]
+    else:
+        rel = np.asarray(relevant, dtype=np.uint64)
+        if rel.ndim == 1:
+            blocks = [(0, p, rel)]
         else:
-            hit = np.asarray(polys.exact(j, pts[pi, 0], pts[pi, 1]), dtype=bool)
-        if hit.any():
-            out[pi[hit], j // 64] |= np.uint64(1) << np.uint64(j % 64)
+            rel = np.broadcast_to(rel, (p, n_words))
+            cuts = np.flatnonzero((rel[1:] != rel[:-1]).any(axis=1)) + 1
+            if cuts.size < 16:
+                edges = np.concatenate([[0], cuts, [p]])
+                blocks = [(int(a), int(z), rel[a]) for a, z in zip(edges[:-1], edges[1:])]
+            else:
+                blocks, per_point = [(0, p, None)], rel
+    # Chunks of points keep every temporary small (cache-resident, no allocator churn).
+    for a, z, mask in blocks:
+        allowed = None if mask is None else bits_to_bool(mask, n_poly)
+        if allowed is not None and not allowed.any():
+            continue
+        for c0 in range(a, z, _CHUNK_POINTS):
+            c1 = min(z, c0 + _CHUNK_POINTS)
+            _membership_chunk(polys, px[c0:c1], py[c0:c1], allowed, None if per_point is None else per_point[c0:c1], out[c0:c1])
     return out
+
+
+def _membership_chunk(
+    polys: PreparedPolygons, px: np.ndarray, py: np.ndarray, allowed: np.ndarray | None, per_point: np.ndarray | None, out: np.ndarray
+) -> None:
+    """:func:`membership_bits` for a few thousand points, written into ``out`` (their rows)."""
+    index = polys.index
+    rep, pj = index.candidates(px, py, allowed)
+    if per_point is not None:  # arbitrary per-point masks: filter the pairs
+        word = per_point[rep, pj >> 6]
+        keep = ((word >> (pj & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
+        rep, pj = rep[keep], pj[keep]
+    if rep.size == 0:
+        return
+    # Slab parity for every pair; undecided pairs and exact-only polygons go to the exact test.
+    rank = np.searchsorted(index.ys, py)
+    on_vertex_y = np.take(index.ys, np.minimum(rank, index.ys.size - 1)) == py if index.ys.size else np.zeros(px.size, dtype=bool)
+    inside, unsure = index.parity(np.take(px, rep), np.take(py, rep), np.take(rank, rep), np.take(on_vertex_y, rep), pj)
+    if polys.exact_only is not None:
+        unsure |= np.take(polys.exact_only, pj)
+    todo = np.flatnonzero(unsure)
+    if todo.size:
+        order = todo[np.argsort(pj[todo], kind="stable")]
+        cut = np.flatnonzero(np.diff(pj[order])) + 1
+        for group in np.split(order, cut):
+            j = int(pj[group[0]])
+            pi = rep[group]
+            if polys.exact is None:
+                hit = shapely.contains_xy(polys.polygons[j], px[pi], py[pi])
+            else:
+                hit = np.asarray(polys.exact(j, px[pi], py[pi]), dtype=bool)
+            inside[group] = hit
+    # OR the bits of each point's inside pairs (pairs are sorted by point).
+    sel = np.flatnonzero(inside)
+    if sel.size == 0:
+        return
+    hp, hj = np.take(rep, sel), np.take(pj, sel)
+    bits = np.left_shift(np.uint64(1), (hj & 63).astype(np.uint64))
+    words = hj >> 6
+    for w in range(out.shape[1]):
+        mine = np.flatnonzero(words == w) if out.shape[1] > 1 else np.arange(hp.size)
+        if mine.size == 0:
+            continue
+        wp = hp[mine]
+        heads = np.flatnonzero(np.concatenate([[True], wp[1:] != wp[:-1]]))
+        out[wp[heads], w] = np.bitwise_or.reduceat(bits[mine], heads)
 
 
 def bits_to_bool(bits: np.ndarray, n: int) -> np.ndarray:
@@ -312,12 +445,10 @@ def bits_to_bool(bits: np.ndarray, n: int) -> np.ndarray:
 
 def index_bits(indices: np.ndarray, n: int) -> np.ndarray:
     """(W,) uint64 mask with the bits of boolean / index selection ``indices`` over n items set."""
-    sel = np.zeros(n, dtype=bool)
-    sel[np.asarray(indices)] = True
-    words = np.zeros(max((n + 63) // 64, 1), dtype=np.uint64)
-    for j in np.nonzero(sel)[0]:
-        words[j // 64] |= np.uint64(1) << np.uint64(j % 64)
-    return words
+    n_words = max((n + 63) // 64, 1)
+    sel = np.zeros(64 * n_words, dtype=bool)
+    sel[: n][np.asarray(indices)] = True
+    return np.packbits(sel, bitorder="little").view("<u8").astype(np.uint64)
 
 
 def membership(polys: PreparedPolygons, xy: np.ndarray, resolution: float = 0.2) -> np.ndarray:

@@ -227,8 +227,10 @@ class PDMResult:
 class PreparedScene:
     """Scene geometry prepared once for any number of :func:`score_states` calls.
 
-    All map polygons go into one :class:`~rap.metrics.pdm_areas.PreparedPolygons` (one raster pass per
-    call); the masks are (W,) uint64 bit masks selecting each layer from its membership bits.
+    All map layers go into one :class:`~rap.metrics.pdm_areas.PreparedPolygons` (one membership
+    pass per call); the masks are (W,) uint64 bit masks selecting each layer from its membership
+    bits. The lane-keeping layer is one region decided by the exact distance test alone (its
+    polygon is the bounding box of the zone).
     """
 
     scene: ScoringScene
@@ -248,17 +250,19 @@ def prepare_scene(scene: ScoringScene, config: PDMScorerConfig | None = None) ->
     cfg = config if config is not None else PDMScorerConfig()
     lane_ids = sorted(scene.lane_polygons)
     lanes = [scene.lane_polygons[i] for i in lane_ids]
-    line = shapely.LineString(scene.centerline[:, :2])
+    line_xy = scene.centerline[:, :2]
+    line = shapely.LineString(line_xy)
     shapely.prepare(line)
     limit = cfg.lane_keeping_deviation_limit
-    zone = shapely.buffer(line, limit, quad_segs=8)
-    zone_parts = [zone] if isinstance(zone, shapely.Polygon) else list(zone.geoms)
-    layers = [lanes, list(scene.drivable_area), list(scene.intersections), zone_parts]
+    # Lane keeping is "distance to the centerline <= limit" (exact, by the segment grid); the
+    # layer's polygon is only the zone's bounding box, which selects the points to test.
+    near_line = SegmentGrid(line_xy, limit)
+    lo, hi = line_xy.min(axis=0) - limit, line_xy.max(axis=0) + limit
+    zone_box = shapely.box(lo[0], lo[1], hi[0], hi[1])
+    layers = [lanes, list(scene.drivable_area), list(scene.intersections), [zone_box]]
     polys = [p for layer in layers for p in layer]
     bounds = np.cumsum([0] + [len(layer) for layer in layers])
     lk_start = int(bounds[3])
-
-    near_line = SegmentGrid(scene.centerline[:, :2], limit)
 
     def exact(j: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         if j >= lk_start:
@@ -268,17 +272,24 @@ def prepare_scene(scene: ScoringScene, config: PDMScorerConfig | None = None) ->
     n = len(polys)
     mask = lambda a, b: index_bits(np.arange(a, b), n)  # noqa: E731
     route = [i for i, lane in enumerate(lane_ids) if lane in scene.route_lane_ids]
+    red_by_ids: dict[frozenset, tuple] = {}  # steps with the same red lights share one tuple
+    red_lights = []
+    for t in range(scene.objects.num_steps):
+        ids = scene.red_light_lane_ids[t] if t < len(scene.red_light_lane_ids) else frozenset()
+        if ids not in red_by_ids:
+            red_by_ids[ids] = scene.red_light_polygons(t)
+        red_lights.append(red_by_ids[ids])
     return PreparedScene(
         scene=scene,
-        areas=PreparedPolygons.from_polygons(polys, exact=exact),
+        areas=PreparedPolygons.from_polygons(polys, exact=exact, exact_only=np.arange(n) >= lk_start),
         lane_mask=mask(bounds[0], bounds[1]),
         route_mask=index_bits(np.asarray(route, dtype=np.int64), n),
         drivable_mask=mask(bounds[1], bounds[2]),
         intersection_mask=mask(bounds[2], bounds[3]),
         lane_keeping_mask=mask(bounds[3], bounds[4]),
         centerline=line,
-        centerline_grid=SegmentGrid(scene.centerline[:, :2], 5.0, cell=5.0),
-        red_lights=tuple(scene.red_light_polygons(t) for t in range(scene.objects.num_steps)),
+        centerline_grid=SegmentGrid(line_xy, 5.0, cell=5.0),
+        red_lights=tuple(red_lights),
     )
 
 

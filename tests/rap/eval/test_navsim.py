@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ def test_cli_eval_navsim(tmp_path):
     result = runner.invoke(app, ["eval", "navsim", "--agent", "constant_velocity", "--scenes", "synthetic:1", "--max-scenes", "2", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(doc) == {"pdms", "epdms", "scenes", "subscores"} and doc["scenes"] == 2
+    assert set(doc) == {"pdms", "epdms", "scenes", "failed", "subscores"} and doc["scenes"] == 2 and doc["failed"] == 0
     assert {"NC", "DAC", "DDC", "TLC", "EP", "TTC", "LK", "HC", "EC"} <= set(doc["subscores"])
     bad = runner.invoke(app, ["eval", "navsim", "--agent", "nope", "--scenes", "synthetic:1", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "nope" in bad.output
@@ -145,5 +146,7 @@ def test_an_agent_returning_the_wrong_type_gets_a_clear_error(tmp_path):
         def plan(self, observation):
             return np.zeros((8, 3))
 
-    with pytest.raises(ValueError, match=r"agent 'broken' returned ndarray for scene synthetic-0 step \d+"):
-        evaluate_navsim(Broken(), "synthetic:1", tmp_path, max_scenes=1, pictures=False)
+    report = evaluate_navsim(Broken(), "synthetic:1", tmp_path, max_scenes=1, pictures=False)  # a scene failure, not a crash
+    row = report["rows"][0]
+    assert row["failed"] and report["failed"] == 1 and report["pdms"] == 0.0
+    assert re.fullmatch(r"agent 'broken' returned ndarray for scene synthetic-0 step \d+; expected rap.trajectory.Trajectory", row["error"])

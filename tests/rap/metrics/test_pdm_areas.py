@@ -1,12 +1,13 @@
-"""Tests for rap/metrics/pdm_areas.py: exact raster-accelerated membership and ego-area flags."""
+"""Tests for rap/metrics/pdm_areas.py: exact slab-indexed membership and ego-area flags."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import shapely
+import shapely.affinity
 
-from rap.metrics.pdm_areas import EgoAreaIndex, PreparedPolygons, SegmentGrid, ego_areas, membership
+from rap.metrics.pdm_areas import EgoAreaIndex, PreparedPolygons, SegmentGrid, bits_to_bool, ego_areas, index_bits, membership, membership_bits
 from rap.metrics.pdm_collisions import ego_box
 from rap.sim import StateIndex
 
@@ -80,3 +81,61 @@ def test_ego_area_flags_on_a_two_lane_road():
         got = ego_areas(corners, centers, lanes, on_route, drivable)[0, 0]
         assert got.tolist() == want, name
         assert got.shape == (len(EgoAreaIndex),)
+
+
+def _assert_membership_matches(polys, pts, **kwargs):
+    got = membership(PreparedPolygons.from_polygons(polys, **kwargs), pts)
+    want = np.stack([shapely.contains_xy(p, pts[:, 0], pts[:, 1]) for p in polys], axis=1)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_membership_exact_near_edges_far_from_the_origin():
+    # UTM-sized coordinates and points within rounding of edges, on edges and on vertex ordinates:
+    # the slab test must defer every uncertain case to shapely.
+    offset = np.array([631_234.5, 5_412_345.25])
+    polys = [shapely.affinity.translate(p, *offset) for p in _polygons()[:8]]
+    rng = np.random.default_rng(2)
+    verts = np.concatenate([shapely.get_coordinates(p) for p in polys])
+    a, b = verts[:-1], verts[1:]
+    t = rng.uniform(0, 1, (len(a), 1))
+    on_edge = a + t * (b - a)
+    normal = np.stack([-(b - a)[:, 1], (b - a)[:, 0]], axis=1)
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+    pts = np.concatenate([
+        on_edge,
+        on_edge + 1e-9 * normal,
+        on_edge - 1e-9 * normal,
+        on_edge + 1e-6 * normal,
+        verts,
+        np.stack([verts[:, 0] + rng.uniform(-3, 3, len(verts)), verts[:, 1]], axis=1),  # on vertex ordinates
+        offset + rng.uniform([-5, -10], [135, 25], size=(5000, 2)),
+    ])
+    _assert_membership_matches(polys, pts)
+
+
+def test_membership_relevant_masks_and_exact_only():
+    polys = _polygons()
+    rng = np.random.default_rng(3)
+    pts = rng.uniform([-5, -10], [135, 25], size=(6000, 2))
+    n = len(polys)
+    calls = []
+
+    def exact(j, x, y):
+        calls.append(j)
+        return shapely.contains_xy(polys[j], x, y)
+
+    only = np.zeros(n, dtype=bool)
+    only[[1, 66]] = True  # decided by the exact predicate alone (a hole-free lane, a box in word 1)
+    prepared = PreparedPolygons.from_polygons(polys, exact=exact, exact_only=only)
+    want = np.stack([shapely.contains_xy(p, pts[:, 0], pts[:, 1]) for p in polys], axis=1)
+    # Three runs of points with their own masks (as score_states passes them), then arbitrary masks.
+    masks = [index_bits(np.arange(0, 40), n), index_bits(np.array([1, 5, 66]), n), index_bits(np.arange(60, n), n)]
+    run = np.repeat(np.arange(3), [2000, 2000, 2000])
+    per_run = np.stack(masks)[run]
+    random_masks = np.stack([index_bits(rng.uniform(size=n) < 0.5, n) for _ in range(len(pts))])
+    for relevant in (per_run, random_masks):
+        got = bits_to_bool(membership_bits(prepared, pts, relevant=relevant), n)
+        rel = bits_to_bool(relevant, n)
+        np.testing.assert_array_equal(got & rel, want & rel)
+        assert not (got & ~rel).any()  # bits outside the masks are left 0
+    assert {1, 66} <= set(calls)

@@ -1,0 +1,38 @@
+"""Non-finite config values are refused at load, naming the key (a run that accepts
+``sampling.interval_s=.inf`` fails every unit and ends late with an unnamed error)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rap.config import ConfigError, load_config
+from rap.eval.config import EvalConfig
+from rap.generate import GenerateConfig
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "sampling.interval_s=.inf",
+        "history.interval_s=.nan",
+        "recovery.rejoin_horizon_s=.inf",
+        "cross_agent.min_cv_error_m=.inf",
+        "cross_agent.min_speed_mps=.nan",
+    ],
+)
+def test_generate_config_refuses_non_finite_values(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(GenerateConfig, None, [override])
+
+
+@pytest.mark.parametrize("override", ["navsim.spacing_s=.inf", "navsim.previous_plan_offset_s=.nan", "observation.history.interval_s=.inf", "navsim.agent_timeout_s=.inf"])
+def test_eval_config_refuses_non_finite_values(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(EvalConfig, None, [override])
+
+
+def test_finite_values_still_load():
+    cfg = load_config(GenerateConfig, None, ["sampling.interval_s=0.25", "cross_agent.min_cv_error_m=0"])
+    assert cfg.sampling.interval_s == 0.25 and cfg.cross_agent.min_cv_error_m == 0.0
