@@ -144,10 +144,10 @@ def one_core_rows(configs: list[tuple[int, int]], agents: int, repeats: int, see
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--proposals", default="256,1000,4096", help="comma-separated K per score_scene call")
+    parser.add_argument("--proposals", default="256,1000,4096", help="comma-separated K per score_scene call (empty: none)")
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--naive-proposals", type=int, default=40)
+    parser.add_argument("--naive-proposals", type=int, default=40, help="proposals for the naive loop (0: skip it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--core-configs", default="64x50,1000x1", help="one-core rows: comma-separated KxN (proposals per scene x scenes); empty: none")
     parser.add_argument("--baseline", default=None, help="git revision whose code the one-core rows are compared with")
@@ -156,10 +156,12 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    naive, diff = naive_rate(args.naive_proposals, args.agents, args.seed)
-    rows.append({"mode": "naive", "num_proposals": args.naive_proposals, "proposals_per_s": naive, "max_score_diff": diff})
-    print(json.dumps(rows[-1]), flush=True)
-    for k in (int(v) for v in args.proposals.split(",")):
+    naive, diff = float("nan"), float("nan")
+    if args.naive_proposals > 0:
+        naive, diff = naive_rate(args.naive_proposals, args.agents, args.seed)
+        rows.append({"mode": "naive", "num_proposals": args.naive_proposals, "proposals_per_s": naive, "max_score_diff": diff})
+        print(json.dumps(rows[-1]), flush=True)
+    for k in (int(v) for v in args.proposals.split(",") if v):
         res = bench_score(num_proposals=k, num_agents=args.agents, repeats=args.repeats, seed=args.seed)
         rows.append({"mode": "vectorized", "num_proposals": k, "proposals_per_s": res["proposals_per_s"], "seconds": res["seconds"]})
         print(json.dumps(rows[-1]), flush=True)
@@ -182,11 +184,12 @@ def main() -> None:
         args.out.write_text(json.dumps({"meta": meta, "rows": rows, "one_core": core}, indent=2) + "\n")
     print(f"\n{meta['date']}, {meta['machine']}, Python {meta['python']}, numpy {meta['numpy']}, "
           f"{args.agents} agents (+5 other objects), median of {args.repeats} runs\n")
-    print("| scorer | proposals per call | proposals/s | vs naive |")
-    print("|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['mode']} | {r['num_proposals']} | {r['proposals_per_s']:.0f} | {r['vs_naive']:.0f}x |")
-    print(f"\nnaive vs vectorized max |score difference| on the naive subset: {diff:.1e}")
+    if rows:
+        print("| scorer | proposals per call | proposals/s | vs naive |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['mode']} | {r['num_proposals']} | {r['proposals_per_s']:.0f} | {r['vs_naive']:.0f}x |")
+        print(f"\nnaive vs vectorized max |score difference| on the naive subset: {diff:.1e}")
     if core:
         rounds = f", median of {args.rounds} alternating rounds" if base_hash else ""
         print(f"\none core (CPU 0, BLAS/OpenMP 1 thread), scene preparation included, median of {args.repeats} passes{rounds}\n")

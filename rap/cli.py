@@ -63,6 +63,37 @@ def _load(source: str, record: int):
         return spec, load_scene(spec, record)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # e.g. no permission to read the file
+        raise _fail(_os_error(exc, source)) from None
+
+
+def _os_error(exc: OSError, fallback: object) -> str:
+    """``PATH: reason`` of an OSError, one line."""
+    return f"{exc.filename if exc.filename is not None else fallback}: {exc.strerror or exc}"
+
+
+def _not_a_folder(path: Path) -> Optional[tuple[Path, str]]:
+    """The first of ``path`` and its parents that exists, with what it is, when it is not a
+    folder (a file where an output folder must go), else None."""
+    for candidate in (path, *path.parents):
+        try:
+            if candidate.is_dir():
+                return None
+            if candidate.is_file():
+                return candidate, "is a file, not a folder"
+            if candidate.exists() or candidate.is_symlink():
+                return candidate, "exists and is not a folder"
+        except OSError:  # cannot look: writing there reports it
+            return None
+    return None
+
+
+def _check_out_folder(out: Path, option: str = "--out") -> None:
+    """Refuse an output folder that is an existing file, or lies under one, before any work."""
+    blocker = _not_a_folder(out)
+    if blocker is not None:
+        where, what = blocker
+        raise _fail(f"{option} {out}: {what}" if where == out else f"{option} {out}: {where}: {what}")
 
 
 def _rig(name: str, size: tuple[int, int], distortion: bool):
@@ -91,6 +122,7 @@ def render(
 
     width, height = parse_size(size)
     wanted = _outputs(outputs)
+    _check_out_folder(out)
     spec, scene = _load(source, record)
     the_rig = _rig(rig, (width, height), distortion)
     step = spec.step if spec.step is not None else scene.current_index
@@ -98,6 +130,8 @@ def render(
         doc = render_to_dir(scene, the_rig, out, step=step, agent_id=agent, outputs=wanted)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # e.g. no permission to write --out
+        raise _fail(_os_error(exc, out)) from None
     console.print(f"rendered {len(the_rig)} view(s) of {scene.scene_id} step {step} from agent {doc['viewer']['id']} into {out}")
     console.print(f"contact sheet: {Path(out) / 'contact_sheet.png'}")
 
@@ -111,13 +145,23 @@ def check_projection_cmd(
     """Render a perception frame's 3D boxes through its own calibration and compare each box's
     rendered 2D extent with Waymo's projected_lidar_labels; last line is JSON."""
     from rap.render.projection_check import check_projection
+    from rap.sources.tfrecord import require_regular_file
 
     if not path.exists():
         raise _fail(f"{path}: no such file")
+    if path.is_dir():
+        raise _fail(f"{path}: is a directory; expected a Waymo perception Frame TFRecord file")
+    try:
+        require_regular_file(path)  # a named pipe would block the reader forever
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc) if isinstance(exc, ValueError) else _os_error(exc, path)) from None
+    _check_out_folder(out)
     try:
         result = check_projection(path, out, record=record)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(_os_error(exc, path)) from None
     table = Table(title=f"rendered vs Waymo projected boxes ({path.name})")
     table.add_column("camera")
     table.add_column("boxes", justify="right")
@@ -273,6 +317,12 @@ def inspect(
     if not directory.is_dir():
         raise _fail(f"{directory}: no such directory")
     sheet = out if out is not None else directory / "contact_sheet.png"
+    where = f"--out {sheet}" if out is not None else f"contact sheet {sheet}"
+    if sheet.is_dir():
+        raise _fail(f"{where}: is a directory; " + ("--out names the contact sheet PNG file" if out is not None else "give --out"))
+    blocker = _not_a_folder(sheet.parent)
+    if blocker is not None:
+        raise _fail(f"{where}: {blocker[0]}: {blocker[1]}")
     if not any(directory.glob("*.tar")) and not (directory / "manifest.json").exists():
         raise _fail(f"{directory}: no dataset here (no manifest.json and no shard-*.tar)")
     try:
@@ -329,6 +379,7 @@ def eval_navsim_cmd(
     from rap.eval.navsim import evaluate_navsim
 
     exit_scenes_failed = 3
+    _check_out_folder(out)
     try:
         cfg = load_config(EvalConfig, config or DEFAULT_EVAL_CONFIG, list(ctx.args))
     except ConfigError as exc:
@@ -378,10 +429,13 @@ def eval_wod_e2e_cmd(
     for path in (frames, predictions):
         if not path.exists():
             raise _fail(f"{path}: no such file or directory")
+    _check_out_folder(out)
     try:
-        report = evaluate_wod_e2e(frames, predictions, out)
+        report = evaluate_wod_e2e(frames, predictions, out)  # a folder as --predictions: PredictionsError
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # e.g. no permission to read an input or write --out
+        raise _fail(_os_error(exc, out)) from None
     summary = report["summary"]
     table = Table(title="WOD-E2E")
     for key in summary:

@@ -235,7 +235,7 @@ def manifest_to_json(manifest: Manifest, validate: bool = True) -> bytes:
     }
     if validate:
         _validate_doc(doc, MANIFEST_NAME)
-    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
 
 
 def manifest_from_json(data: bytes | str, where: str = MANIFEST_NAME) -> Manifest:

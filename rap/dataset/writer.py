@@ -117,7 +117,8 @@ def _json_default(value):
 
 
 def _json_bytes(doc) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default).encode("utf-8")
+    # ASCII with escapes: a file name that is not UTF-8 (surrogate-escaped by Python) survives.
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_json_default).encode("ascii")
 
 
 def sample_metadata(sample: Sample, image_members: dict[str, str] | None = None, bev_member: str | None = None) -> dict:

@@ -65,6 +65,7 @@ import numpy as np
 
 from rap.fileio import atomic_writer
 from rap.metrics.rfs import rater_feedback_score
+from rap.sources.tfrecord import NotARegularFileError, require_regular_file
 from rap.sources.wod_e2e import E2EFrame, iter_e2e_frames
 from rap.trajectory import WOD_E2E_SAMPLING
 
@@ -176,15 +177,24 @@ def load_predictions(path: str | Path) -> dict[str, FramePrediction]:
         Frame name -> :class:`FramePrediction`, in file order.
 
     Raises:
-        PredictionsError: naming the file, the frame and the field that is wrong.
+        PredictionsError: naming the file, the frame and the field that is wrong; also a folder,
+            a named pipe or a device instead of a file, and JSON nested too deeply to parse.
         OSError: the file cannot be read.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PredictionsError(path, None, None, "is a directory; expected the predictions JSON file")
+    try:
+        require_regular_file(path)  # a named pipe would block in open() forever
+    except NotARegularFileError as exc:
+        raise PredictionsError(path, None, None, f"is {exc.what}, not a regular file; expected the predictions JSON file") from None
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PredictionsError(path, None, None, f"not valid JSON: {exc}") from exc
+    except RecursionError:  # e.g. 200 000 '[': the parser recurses once per level
+        raise PredictionsError(path, None, None, "not valid JSON: nested too deeply to parse") from None
     if not isinstance(doc, dict):
         raise PredictionsError(path, None, None, f"expected a JSON object with 'frames', got {type(doc).__name__}")
     if "format" in doc and doc["format"] != PREDICTIONS_FORMAT:

@@ -1,26 +1,27 @@
-"""Exact point-in-polygon membership for many points: a slab index over the polygons' edges.
+"""Exact point-in-polygon membership for many points.
 
 NAVSIM asks, for every corner and centre of every ego box (K proposals x 41 steps), which lane
 polygons and which drivable-area polygons strictly contain it (``shapely`` "contains"). Done point
 by point with shapely that is ~100 ns per point and polygon. Here the polygons are indexed once
-(:class:`PreparedPolygons`, per scene) and the queries run as a few array operations over all
-(point, polygon) pairs:
+per scene (:class:`PreparedPolygons`) and :func:`membership_bits` answers a whole query in array
+operations, on one of two paths (both exact; only their cost differs):
 
-* *broad phase*: a uniform grid (cells of a few metres) lists the polygons whose bounding box
-  overlaps each cell; a point is paired with the polygons of its cell that matter for it;
-* *slabs*: the distinct vertex ordinates of each polygon cut it into horizontal slabs, each
-  crossed by a fixed short list of edges. A point's slab gives the edges a horizontal ray from it
-  can cross; the ray's crossing count is the point's parity (odd = inside). A crossing compares
-  the point's x with the edge's x at the point's y, and counts only where the difference exceeds
+* *pairs* (sparse queries, e.g. 64 proposals): a uniform grid (cells of a few metres) lists the
+  polygons whose bounding box overlaps each cell, and a point is paired with the polygons of its
+  cell that matter for it. The distinct vertex ordinates of each polygon cut it into horizontal
+  slabs, each crossed by a fixed short list of edges; a point's slab gives the edges a horizontal
+  ray from it can cross, and the crossing count is its parity (odd = inside). A crossing compares
+  the point's x with the edge's x at the point's y and counts only where the difference exceeds
   a bound on that computation's rounding error, so the parity equals GEOS's robust ray-crossing
-  count;
-* *exact fallback*: pairs whose answer is not certain that way (a point on the ordinate of one
-  of the polygon's vertices, or within rounding of an edge) are decided by
-  ``shapely.contains_xy``, or by a caller-supplied exact predicate.
+  count. Points are processed in chunks of a few thousand so that every temporary stays small.
+* *raster* (dense queries, e.g. 1000 proposals): the polygons are rasterized on a grid (default
+  0.2 m) that covers only the queried points, with three states per cell: inside, outside, or
+  uncertain (an edge passes within about one cell; edges are sampled every half cell and the
+  marks dilated by one cell, which is conservative).
 
-The result is exact (it equals shapely's ``contains_xy``); the cost grows with the number of
-(point, nearby polygon) pairs, not with the area the points spread over. Points are processed in
-chunks of a few thousand so that every temporary array stays small.
+Pairs and points the fast test cannot decide (a point on the ordinate of one of the polygon's
+vertices or within rounding of an edge; a point in an uncertain cell) go to
+``shapely.contains_xy``, or to a caller-supplied exact predicate.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ _SLAB_WIDTH = 4
 _CHUNK_POINTS = 2048
 """Points per membership pass: keeps the (point, polygon) pair arrays near 32 KB each, small
 enough to stay in cache and below the allocator's mmap / trim sizes (fresh pages are costly)."""
+
+EXACT_ONLY_MARGIN = 0.05
+"""[m] how far an exact-only polygon may be from the region its exact predicate decides."""
+
+_RASTER_MIN_DENSITY = 0.4
+"""Queries with at least this many points per raster cell (over their bounding box) use the
+raster path (cost ~ cells, shared by the points); sparser ones the slab pairs (cost ~ points)."""
+
+_MAX_CELLS = 400_000
+"""Raster path: the grid resolution coarsens so that it never has more cells than this."""
 
 _MAX_GRID_ENTRIES = 40_000
 """Broad-phase grid size: cells grow from 2 m until the (cell, polygon) entries stay below this."""
@@ -210,8 +221,10 @@ class PreparedPolygons:
         bounds: (L, 4) min x, min y, max x, max y [m].
         index: The slab index and broad-phase grid (internal).
         exact: Optional exact predicate for undecided points; ``None`` uses ``shapely.contains_xy``.
-        exact_only: Optional (L,) bool: polygons decided by ``exact`` alone (e.g. a distance
-            test); such a polygon only has to cover the region (its bounds select the points).
+        exact_only: Optional (L,) bool: polygons that only approximate their region (e.g. a
+            buffered line for a distance test), to within :data:`EXACT_ONLY_MARGIN` of their
+            edges; ``exact`` decides their points (the raster path of large queries trusts the
+            polygon farther than the margin from its edges).
     """
 
     polygons: tuple
@@ -338,6 +351,141 @@ class SegmentGrid:
         return out
 
 
+def _window_status(edges: np.ndarray, x0: float, y0: float, res: float, nx: int, ny: int) -> tuple[np.ndarray, np.ndarray]:
+    """One polygon on a grid window: (ny, nx) bool "cell centre inside" and (ny, nx) bool
+    "uncertain" (an edge passes through the cell or one of its eight neighbours)."""
+    x1, y1, x2, y2 = edges.T
+    # Centre parity by scanlines: crossings of each row of cell centres with the edges.
+    ymin, ymax = np.minimum(y1, y2), np.maximum(y1, y2)
+    r_lo = np.clip(np.ceil((ymin - y0) / res - 0.5), 0, ny).astype(np.int64)
+    r_hi = np.clip(np.ceil((ymax - y0) / res - 0.5), 0, ny).astype(np.int64)
+    count = np.where(y1 != y2, r_hi - r_lo, 0)
+    total = int(count.sum())
+    parity = np.zeros((ny, nx), dtype=bool)
+    if total:
+        e = np.repeat(np.arange(len(edges)), count)
+        rows = np.repeat(r_lo, count) + (np.arange(total) - np.repeat(np.cumsum(count) - count, count))
+        yc = y0 + (rows + 0.5) * res
+        xc = x1[e] + (yc - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
+        cols = np.clip(np.ceil((xc - x0) / res - 0.5), 0, nx).astype(np.int64)
+        hist = np.bincount(rows * (nx + 1) + cols, minlength=ny * (nx + 1)).reshape(ny, nx + 1)
+        right = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # crossings at or right of column c
+        parity = (right[:, 1:] & 1).astype(bool)
+    # Cells an edge passes through: samples every half cell, then a one-cell dilation.
+    length = np.hypot(x2 - x1, y2 - y1)
+    n_s = np.ceil(length / (0.5 * res)).astype(np.int64) + 1
+    e = np.repeat(np.arange(len(edges)), n_s)
+    t = (np.arange(int(n_s.sum())) - np.repeat(np.cumsum(n_s) - n_s, n_s)) / np.repeat(np.maximum(n_s - 1, 1), n_s)
+    ix = np.floor((x1[e] + t * (x2[e] - x1[e]) - x0) / res).astype(np.int64)
+    iy = np.floor((y1[e] + t * (y2[e] - y1[e]) - y0) / res).astype(np.int64)
+    keep = (ix >= -1) & (ix <= nx) & (iy >= -1) & (iy <= ny)
+    mark = np.zeros((ny + 2, nx + 2), dtype=bool)  # padded by one cell on each side
+    mark[iy[keep] + 1, ix[keep] + 1] = True
+    dil = mark.copy()
+    dil[:, 1:] |= mark[:, :-1]
+    dil[:, :-1] |= mark[:, 1:]
+    dil2 = dil.copy()
+    dil2[1:, :] |= dil[:-1, :]
+    dil2[:-1, :] |= dil[1:, :]
+    return parity, dil2[1:-1, 1:-1]
+
+
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` grown by ``steps`` cells (8-neighbourhood)."""
+    for _ in range(max(steps, 0)):
+        grown = mask.copy()
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown.copy()
+        mask[1:, :] |= grown[:-1, :]
+        mask[:-1, :] |= grown[1:, :]
+    return mask
+
+
+def _membership_raster(
+    polys: PreparedPolygons, px: np.ndarray, py: np.ndarray, resolution: float, relevant: np.ndarray | None, n_words: int
+) -> np.ndarray:
+    """:func:`membership_bits` for dense queries: the polygons are rasterized on a grid over the
+    points (three states per cell: inside, outside, uncertain near an edge) and only points in
+    uncertain cells are tested exactly. An exact-only polygon is trusted only farther than
+    :data:`EXACT_ONLY_MARGIN` from its edges."""
+    out = np.zeros((px.size, n_words), dtype=np.uint64)
+    lo = np.array([px.min(), py.min()])
+    hi = np.array([px.max(), py.max()])
+    res = float(resolution)
+    area = (hi[0] - lo[0] + 4 * res) * (hi[1] - lo[1] + 4 * res)
+    if area / (res * res) > _MAX_CELLS:
+        res = float(np.sqrt(area / _MAX_CELLS))
+    x0 = np.floor(lo[0] / res) * res - 2 * res
+    y0 = np.floor(lo[1] / res) * res - 2 * res
+    nx = int(np.ceil((hi[0] - x0) / res)) + 3
+    ny = int(np.ceil((hi[1] - y0) / res)) + 3
+    # Coordinates are >= 2 cells inside the grid, so truncation is floor (int32 casts are fast).
+    ix = np.minimum(((px - x0) * (1.0 / res)).astype(np.int32), nx - 1)
+    iy = np.minimum(((py - y0) * (1.0 / res)).astype(np.int32), ny - 1)
+    gx1, gy1 = x0 + nx * res, y0 + ny * res
+    b = polys.bounds
+    touching = np.nonzero((b[:, 0] <= gx1) & (b[:, 2] >= x0) & (b[:, 1] <= gy1) & (b[:, 3] >= y0))[0]
+    if touching.size == 0:
+        return out
+    cell = iy * nx + ix
+    occupied = np.zeros(ny * nx, dtype=bool)
+    occupied[cell] = True
+    occupied = occupied.reshape(ny, nx)
+    inside_bits = np.zeros((ny, nx, n_words), dtype=np.uint64)
+    unsure_bits = np.zeros((ny, nx, n_words), dtype=np.uint64)
+    only = polys.exact_only if polys.exact_only is not None else np.zeros(len(polys), dtype=bool)
+    for j in touching:
+        # Window of the grid around the polygon's bounding box (one cell of margin).
+        wx0 = max(int(np.floor((b[j, 0] - x0) / res)) - 1, 0)
+        wx1 = min(int(np.floor((b[j, 2] - x0) / res)) + 2, nx)
+        wy0 = max(int(np.floor((b[j, 1] - y0) / res)) - 1, 0)
+        wy1 = min(int(np.floor((b[j, 3] - y0) / res)) + 2, ny)
+        if wx1 <= wx0 or wy1 <= wy0:
+            continue
+        # Shrink the window to the cells that hold query points.
+        occ = occupied[wy0:wy1, wx0:wx1]
+        rows = np.flatnonzero(occ.any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(occ.any(axis=0))
+        wy0, wy1 = wy0 + int(rows[0]), wy0 + int(rows[-1]) + 1
+        wx0, wx1 = wx0 + int(cols[0]), wx0 + int(cols[-1]) + 1
+        parity, uncertain = _window_status(polys.edges[j], x0 + wx0 * res, y0 + wy0 * res, res, wx1 - wx0, wy1 - wy0)
+        if only[j]:  # an approximate polygon: widen the uncertain band to the margin
+            uncertain = _dilate(uncertain, int(np.ceil(EXACT_ONLY_MARGIN / res)) - 1)
+        bit = np.uint64(1) << np.uint64(j % 64)
+        word = j // 64
+        win_in = inside_bits[wy0:wy1, wx0:wx1, word]
+        np.bitwise_or(win_in, bit, out=win_in, where=parity)
+        win_un = unsure_bits[wy0:wy1, wx0:wx1, word]
+        np.bitwise_or(win_un, bit, out=win_un, where=uncertain)
+    out = inside_bits.reshape(ny * nx, n_words)[cell]
+    unsure = unsure_bits.reshape(ny * nx, n_words)[cell]
+    out &= ~unsure  # uncertain cells are decided exactly below
+    if relevant is not None:
+        unsure &= np.asarray(relevant, dtype=np.uint64)
+    rows = np.nonzero(unsure.any(axis=1))[0]
+    if rows.size == 0:
+        return out
+    flags = np.unpackbits(unsure[rows].view(np.uint8), axis=1, bitorder="little")  # (R, 64 W)
+    r_idx, j_idx = np.nonzero(flags)
+    order = np.argsort(j_idx, kind="stable")
+    r_idx, j_idx = r_idx[order], j_idx[order]
+    js, starts = np.unique(j_idx, return_index=True)
+    ends = np.append(starts[1:], j_idx.size)
+    for j, a, z in zip(js, starts, ends):
+        pi = rows[r_idx[a:z]]
+        j = int(j)
+        if polys.exact is None:
+            hit = shapely.contains_xy(polys.polygons[j], px[pi], py[pi])
+        else:
+            hit = np.asarray(polys.exact(j, px[pi], py[pi]), dtype=bool)
+        if hit.any():
+            out[pi[hit], j // 64] |= np.uint64(1) << np.uint64(j % 64)
+    return out
+
+
 def membership_bits(
     polys: PreparedPolygons, xy: np.ndarray, resolution: float = 0.2, relevant: np.ndarray | None = None
 ) -> np.ndarray:
@@ -347,15 +495,14 @@ def membership_bits(
     Args:
         polys: The polygons.
         xy: (P, 2) query points [m].
-        resolution: Unused (kept for callers of the former raster version; the answer never
-            depended on it).
+        resolution: Raster cell [m] for large queries (speed only; the answer never depends
+            on it).
         relevant: Optional (P, W) or (W,) uint64 masks of the polygons that matter per point;
-            bits outside them are left 0 (not computed).
+            bits outside them are not decided exactly (they may be wrong).
 
     Returns:
         (P, W) uint64 with W = ceil(L / 64) (at least 1).
     """
-    del resolution
     pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     p, n_poly = pts.shape[0], len(polys)
     n_words = max((n_poly + 63) // 64, 1)
@@ -363,6 +510,11 @@ def membership_bits(
     if p == 0 or n_poly == 0:
         return out
     px, py = np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1])
+    span_x = float(px.max() - px.min()) + 4 * resolution  # (column reductions: (P, 2).max(axis=0) is slow)
+    span_y = float(py.max() - py.min()) + 4 * resolution
+    cells = min(span_x * span_y / (resolution * resolution), _MAX_CELLS)
+    if p >= _RASTER_MIN_DENSITY * cells:  # dense: one raster serves many points per cell
+        return _membership_raster(polys, px, py, resolution, relevant, n_words)
     # Runs of points that share their relevant mask (score_states passes three).
     per_point = None
     if relevant is None:

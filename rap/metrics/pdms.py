@@ -229,8 +229,7 @@ class PreparedScene:
 
     All map layers go into one :class:`~rap.metrics.pdm_areas.PreparedPolygons` (one membership
     pass per call); the masks are (W,) uint64 bit masks selecting each layer from its membership
-    bits. The lane-keeping layer is one region decided by the exact distance test alone (its
-    polygon is the bounding box of the zone).
+    bits. The lane-keeping zone is an exact-only polygon: the distance test decides its points.
     """
 
     scene: ScoringScene
@@ -254,12 +253,13 @@ def prepare_scene(scene: ScoringScene, config: PDMScorerConfig | None = None) ->
     line = shapely.LineString(line_xy)
     shapely.prepare(line)
     limit = cfg.lane_keeping_deviation_limit
-    # Lane keeping is "distance to the centerline <= limit" (exact, by the segment grid); the
-    # layer's polygon is only the zone's bounding box, which selects the points to test.
+    # Lane keeping is "distance to the centerline <= limit", decided exactly by the segment grid;
+    # the buffered line (within 3 mm of that zone) bounds the points to test and serves the
+    # raster path of large queries away from its edges.
     near_line = SegmentGrid(line_xy, limit)
-    lo, hi = line_xy.min(axis=0) - limit, line_xy.max(axis=0) + limit
-    zone_box = shapely.box(lo[0], lo[1], hi[0], hi[1])
-    layers = [lanes, list(scene.drivable_area), list(scene.intersections), [zone_box]]
+    zone = shapely.buffer(line, limit, quad_segs=8)
+    zone_parts = [zone] if isinstance(zone, shapely.Polygon) else list(zone.geoms)
+    layers = [lanes, list(scene.drivable_area), list(scene.intersections), zone_parts]
     polys = [p for layer in layers for p in layer]
     bounds = np.cumsum([0] + [len(layer) for layer in layers])
     lk_start = int(bounds[3])
@@ -773,9 +773,49 @@ def score_scene(
 # ----------------------------------------------------------------------------------------------
 
 
+def _finite_array(values: ArrayLike, func: str, name: str) -> np.ndarray:
+    """``values`` as float64, or a ValueError naming the argument when they are not numbers or
+    not finite."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{func}: {name} must be numbers: {exc}") from None
+    bad = ~np.isfinite(arr.reshape(-1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{func}: {name} must be finite; value {i} (flat index) is {float(arr.reshape(-1)[i])}")
+    return arr
+
+
+def _unit_scores(values: ArrayLike, func: str, name: str) -> np.ndarray:
+    """Flat float64 scores, each finite and in [0, 1], or a ValueError naming the argument and
+    the first bad index."""
+    try:
+        s = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{func}: {name} must be numbers: {exc}") from None
+    bad = ~(np.isfinite(s) & (s >= 0.0) & (s <= 1.0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{func}: {name}[{i}] is {float(s[i])}; scores must be finite and in [0, 1] ({int(bad.sum())} such value(s))")
+    return s
+
+
+def _points(values: ArrayLike, count: int, func: str, name: str) -> np.ndarray:
+    """(count, 2) finite points, or a ValueError naming the argument."""
+    arr = _finite_array(values, func, name)
+    if arr.size != 2 * count:
+        raise ValueError(f"{func}: {name} must have shape ({count}, 2), got {arr.shape}")
+    return arr.reshape(count, 2)
+
+
 def aggregate_v1(scores: ArrayLike) -> float:
-    """Dataset PDMS: the mean of per-scene scores (S,)."""
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    """Dataset PDMS: the mean of per-scene scores (S,).
+
+    Raises:
+        ValueError: no scores, or a score that is not finite or outside [0, 1] (named by index).
+    """
+    s = _unit_scores(scores, "aggregate_v1", "scores")
     if s.size == 0:
         raise ValueError("aggregate_v1: no scores")
     return float(s.mean())
@@ -790,36 +830,57 @@ def aggregate_v2(
     """Dataset EPDMS with NAVSIM v2's two-stage (pseudo closed-loop) aggregation.
 
     Args:
-        first_stage_scores: (M,) scores of the original (first-stage) scenes.
+        first_stage_scores: (M,) scores of the original (first-stage) scenes, in [0, 1].
         first_stage_endpoints: (M, 2) world x, y where each first-stage agent plan ends [m].
-        second_stage: For each first-stage scene, (scores (n_i,), start points (n_i, 2)) of its
-            second-stage (synthetic, 4 s later) scenes; ``None`` or all-empty means none.
-        kernel_variance: sigma^2 of the weight kernel exp(-d^2 / (2 sigma^2)) [m^2].
+        second_stage: For each first-stage scene, (scores (n_i,) in [0, 1], start points
+            (n_i, 2)) of its second-stage (synthetic, 4 s later) scenes; ``None`` or all-empty
+            means none.
+        kernel_variance: sigma^2 of the weight kernel exp(-d^2 / (2 sigma^2)) [m^2]; finite, > 0.
 
     Returns:
         With second-stage scenes: mean over first-stage scenes of (first-stage score +
         kernel-weighted mean of its second-stage scores) / 2, the second-stage weights of a scene
         normalized to sum to 1 (a scene without second-stage scenes counts its first-stage score
         for both halves). Without any: the plain mean of the first-stage scores.
+
+    Raises:
+        ValueError: naming the argument: no first-stage scores; a score not finite or outside
+            [0, 1]; endpoints or start points not finite or of the wrong shape; a
+            ``kernel_variance`` that is not a finite number > 0; second-stage groups that do not
+            match the first-stage scenes; second-stage scenes without endpoints.
     """
-    first = np.asarray(first_stage_scores, dtype=np.float64).reshape(-1)
+    func = "aggregate_v2"
+    first = _unit_scores(first_stage_scores, func, "first_stage_scores")
     if first.size == 0:
         raise ValueError("aggregate_v2: no first-stage scores")
-    if not second_stage or all(np.asarray(sc).size == 0 for sc, _ in second_stage):
+    try:
+        variance = float(kernel_variance)
+    except (TypeError, ValueError):
+        raise ValueError(f"aggregate_v2: kernel_variance must be a number [m^2], got {kernel_variance!r}") from None
+    if not (np.isfinite(variance) and variance > 0.0):
+        raise ValueError(f"aggregate_v2: kernel_variance must be finite and > 0 [m^2], got {variance}")
+    ends = None if first_stage_endpoints is None else _points(first_stage_endpoints, first.size, func, "first_stage_endpoints")
+    groups = []
+    for i, group in enumerate(second_stage or ()):
+        try:
+            sc, starts = group
+        except (TypeError, ValueError):
+            raise ValueError(f"aggregate_v2: second_stage[{i}] must be a pair (scores, start points)") from None
+        sc = _unit_scores(sc, func, f"second_stage[{i}] scores")
+        groups.append((sc, _points(starts, sc.size, func, f"second_stage[{i}] start points")))
+    if not groups or all(sc.size == 0 for sc, _ in groups):
         return float(first.mean())
-    if len(second_stage) != first.size:
-        raise ValueError(f"aggregate_v2: {len(second_stage)} second-stage groups for {first.size} first-stage scenes")
-    if first_stage_endpoints is None:
+    if len(groups) != first.size:
+        raise ValueError(f"aggregate_v2: {len(groups)} second-stage groups for {first.size} first-stage scenes")
+    if ends is None:
         raise ValueError("aggregate_v2: first_stage_endpoints are needed with second-stage scenes")
-    ends = np.asarray(first_stage_endpoints, dtype=np.float64).reshape(-1, 2)
     total = 0.0
-    for i, (sc, starts) in enumerate(second_stage):
-        sc = np.asarray(sc, dtype=np.float64).reshape(-1)
+    for i, (sc, starts) in enumerate(groups):
         if sc.size == 0:
             total += first[i]
             continue
-        d2 = ((np.asarray(starts, dtype=np.float64).reshape(-1, 2) - ends[i]) ** 2).sum(axis=1)
-        w = np.exp(-d2 / (2.0 * kernel_variance))
+        d2 = ((starts - ends[i]) ** 2).sum(axis=1)
+        w = np.exp(-d2 / (2.0 * variance))
         w = w / w.sum() if w.sum() > 0 else np.full(sc.size, 1.0 / sc.size)
         total += 0.5 * (first[i] + float((w * sc).sum()))
     return float(total / first.size)

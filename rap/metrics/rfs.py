@@ -59,6 +59,7 @@ visualisation outputs; the parameters travel in a :class:`RaterFeedbackConfig`.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -211,6 +212,23 @@ def _longitudinal_directions(rater_trajs: np.ndarray) -> np.ndarray:
     return filled / np.linalg.norm(filled, axis=-1, keepdims=True)
 
 
+def _positive_int(value, name: str, unit: str) -> int:
+    """``value`` as an int >= 1 (integral floats accepted), or a ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a positive integer [{unit}], got {value!r}")
+    number = float(value)
+    if not (np.isfinite(number) and number.is_integer() and number >= 1):
+        raise ValueError(f"{name} must be a positive integer [{unit}], got {value!r}")
+    return int(number)
+
+
+def _float_array(value, name: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be an array of numbers: {exc}") from None
+
+
 def rater_feedback_score(
     pred_trajs: np.ndarray,
     pred_probs: np.ndarray,
@@ -254,14 +272,21 @@ def rater_feedback_score(
         - ``rater_scores``: (B, P) their scores.
 
     Raises:
-        ValueError: on shapes, non-finite values, probabilities or scores out of range, a frame
+        ValueError: naming the argument: ``frequency`` / ``length_seconds`` not positive
+            integers, a ``config`` that is not a :class:`RaterFeedbackConfig`, shapes (also
+            ``rater_trajs`` / ``rater_scores`` with another number of frames than
+            ``pred_trajs``), non-finite values, probabilities or scores out of range, a frame
             without raters, or a horizon shorter than 5 s.
     """
+    if config is not None and not isinstance(config, RaterFeedbackConfig):
+        raise ValueError(f"config must be a RaterFeedbackConfig or None, got {type(config).__name__}")
     cfg = config if config is not None else RaterFeedbackConfig()
-    pred = np.asarray(pred_trajs, dtype=np.float64)
-    probs = np.asarray(pred_probs, dtype=np.float64)
-    speed = np.asarray(init_speed, dtype=np.float64)
-    num_poses = int(frequency) * int(length_seconds)
+    frequency = _positive_int(frequency, "frequency", "Hz")
+    length_seconds = _positive_int(length_seconds, "length_seconds", "s")
+    pred = _float_array(pred_trajs, "pred_trajs")
+    probs = _float_array(pred_probs, "pred_probs")
+    speed = _float_array(init_speed, "init_speed")
+    num_poses = frequency * length_seconds
     if pred.ndim != 4 or pred.shape[-1] != 2:
         raise ValueError(f"pred_trajs must have shape (B, K, T, 2), got {pred.shape}")
     batch, num_preds = pred.shape[:2]
@@ -274,6 +299,13 @@ def rater_feedback_score(
         raise ValueError(f"pred_probs must have shape {(batch, num_preds)}, got {probs.shape}")
     if speed.shape != (batch,):
         raise ValueError(f"init_speed must have shape {(batch,)}, got {speed.shape}")
+    for name, frames in (("rater_trajs", rater_trajs), ("rater_scores", rater_scores)):
+        try:
+            count = len(frames)
+        except TypeError:
+            raise ValueError(f"{name} must be a sequence with one entry per frame, got {type(frames).__name__}") from None
+        if count != batch:
+            raise ValueError(f"{name} has {count} frames but pred_trajs has {batch}")
     for name, arr in (("pred_trajs", pred), ("pred_probs", probs), ("init_speed", speed)):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} has non-finite values")

@@ -11,6 +11,10 @@ Two spellings address scenes:
   every record of a file or folder, as ``rap generate`` and ``rap eval`` take it;
   ``synthetic:N`` means seeds 0..N-1.
 
+Paths must be regular files (or, where a folder is read, folders): a named pipe, a device or a
+socket is refused up front, naming it, before any reader opens it (a FIFO would block forever);
+inside a folder only regular files are listed.
+
 Readers are imported lazily, so a source's heavy dependencies load only when it is used.
 """
 
@@ -33,6 +37,33 @@ SOURCES: dict[str, tuple[str, str]] = {
 GENERATED = {"synthetic"}
 
 
+def _unknown_kind(source: str, kind: str) -> ValueError:
+    return ValueError(f"source {source!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(SOURCES))}")
+
+
+def _require_regular(path: str | Path) -> None:
+    """Refuse a named pipe, device or socket (or folder) by its ``stat``, before opening it."""
+    from rap.sources.tfrecord import require_regular_file
+
+    require_regular_file(path)
+
+
+def _check_input_path(kind: str, path: Path, *, folder_ok: bool) -> None:
+    """The path exists and is a regular file, or a folder where ``folder_ok``.
+
+    Raises:
+        FileNotFoundError: it does not exist.
+        ValueError: a folder where one file is expected, a named pipe, a device or a socket.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file" + (" or directory" if folder_ok else ""))
+    if path.is_dir():
+        if not folder_ok:
+            raise ValueError(f"{path}: is a directory; {kind}:PATH here names one file (rap generate and rap eval navsim read folders)")
+        return
+    _require_regular(path)
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """A parsed ``KIND:PATH[@STEP]`` string; ``step`` None means the scene's current step."""
@@ -52,7 +83,7 @@ class SourceSpec:
         if not sep or not rest:
             raise ValueError(f"source {text!r}: expected KIND:PATH[@STEP] with KIND one of {sorted(SOURCES)}")
         if kind not in SOURCES:
-            raise ValueError(f"source {text!r}: unknown kind {kind!r}; known kinds: {sorted(SOURCES)}")
+            raise _unknown_kind(text, kind)
         path, step = rest, None
         if "@" in rest:
             head, _, tail = rest.rpartition("@")
@@ -71,7 +102,8 @@ def load_scene(spec: SourceSpec, record: int = 0) -> Scene:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the step is outside the scene, or the reader's own errors.
+        ValueError: a folder for ``womd:`` or a path that is not a regular file (a named pipe,
+            a device), the step is outside the scene, or the reader's own errors.
     """
     module_name, func_name = SOURCES[spec.kind]
     loader = getattr(importlib.import_module(module_name), func_name)
@@ -80,10 +112,16 @@ def load_scene(spec: SourceSpec, record: int = 0) -> Scene:
             raise ValueError(f"source {spec.kind}:{spec.path}: expected a non-negative integer seed")
         scene = loader(int(spec.path))
     else:
-        if not Path(spec.path).exists():
-            raise FileNotFoundError(f"{spec.path}: no such file")
+        path = Path(spec.path)
+        _check_input_path(spec.kind, path, folder_ok=spec.kind == "scenarionet")
         if record < 0:
             raise ValueError(f"{spec.path}: record must be >= 0, got {record}")
+        if path.is_dir():  # a scenarionet dataset folder: record k is its k-th file
+            from rap.sources.scenarionet import scenarionet_files
+
+            files = scenarionet_files(path)
+            if record < len(files) and files[record].exists():
+                _require_regular(files[record])
         try:
             scene = loader(spec.path, record)
         except IndexError as exc:  # the file has fewer records
@@ -103,6 +141,9 @@ class WorkUnit:
     path: str
     record: int
     offset: Optional[int] = None  # [bytes] TFRecord offset, for random access
+    # Why this unit cannot be read, found while listing (a mapped file that is a named pipe or
+    # a device); load_unit raises it, so the run skips and reports the unit instead of blocking.
+    problem: Optional[str] = None
 
     @property
     def source(self) -> str:
@@ -112,8 +153,13 @@ class WorkUnit:
 def list_units(source: str) -> list[WorkUnit]:
     """Enumerate the work units of ``KIND:PATH`` (a file or a folder), in a stable order.
 
+    Inside a folder only regular files are listed (a ``*.tfrecord`` named pipe is left out); a
+    file that a scenarionet ``dataset_mapping.pkl`` names but that is a named pipe or a device
+    becomes a unit whose loading raises that problem (skipped and reported, never opened).
+
     Raises:
-        ValueError: unknown kind or no inputs; FileNotFoundError: missing path.
+        ValueError: unknown kind, no inputs, or a path that is not a regular file or folder (a
+            named pipe, a device); FileNotFoundError: missing path.
     """
     kind, sep, path_text = source.partition(":")
     if not sep or not path_text:
@@ -123,10 +169,9 @@ def list_units(source: str) -> list[WorkUnit]:
             raise ValueError(f"source {source!r}: synthetic:N needs a positive number of scenes (seeds 0..N-1)")
         return [WorkUnit(seed, kind, path_text, seed) for seed in range(int(path_text))]
     if kind not in SOURCES:
-        raise ValueError(f"source {source!r}: unknown kind {kind!r}; generate reads womd, scenarionet, synthetic")
+        raise _unknown_kind(source, kind)
     path = Path(path_text)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+    _check_input_path(kind, path, folder_ok=True)
     units: list[WorkUnit] = []
     if kind == "womd":
         from rap.sources.tfrecord import index_records
@@ -141,8 +186,14 @@ def list_units(source: str) -> list[WorkUnit]:
     elif kind == "scenarionet":
         from rap.sources.scenarionet import scenarionet_files
 
-        for k, _ in enumerate(scenarionet_files(path)):
-            units.append(WorkUnit(len(units), kind, str(path), k))
+        for k, file in enumerate(scenarionet_files(path)):
+            problem = None
+            if file != path and file.exists():  # a missing mapped file is reported when read
+                try:
+                    _require_regular(file)
+                except ValueError as exc:
+                    problem = str(exc)
+            units.append(WorkUnit(len(units), kind, str(path), k, problem=problem))
     if not units:
         raise ValueError(f"source {source!r}: no input scenes found")
     return units
@@ -150,6 +201,8 @@ def list_units(source: str) -> list[WorkUnit]:
 
 def load_unit(unit: WorkUnit) -> Scene:
     """The unit's scene (raises ValueError/OSError naming the file and record on bad input)."""
+    if unit.problem is not None:
+        raise ValueError(f"{unit.source} record {unit.record}: {unit.problem}")
     if unit.kind == "womd" and unit.offset is not None:
         from rap.sources.tfrecord import RecordIndex, read_record_at
         from rap.sources.womd import scene_from_womd
@@ -160,6 +213,9 @@ def load_unit(unit: WorkUnit) -> Scene:
     loader = getattr(importlib.import_module(module_name), func_name)
     if unit.kind in GENERATED:
         return loader(unit.record)
+    path = Path(unit.path)
+    if path.exists() and not path.is_dir():  # folders' files were checked by list_units
+        _require_regular(path)
     return loader(unit.path, unit.record)
 
 

@@ -20,6 +20,35 @@ global, before the global is imported or called):
 * ``metadrive.scenario[.scenario_description].ScenarioDescription`` (MetaDrive's dict subclass,
   found in pickles of unconverted ``export_scenarios`` output), rebuilt as a plain dict.
 
+Limits (a file of a few KB passes the allow-list and can still describe terabytes; everything
+below is refused with :class:`ScenarioNetLimitError`, naming the file, the field where it is known
+and the limit, before the memory is allocated):
+
+* What one pickle may build, its budget (:func:`pickle_budget`): ``max(MIN_PICKLE_BUDGET,
+  PICKLE_BUDGET_FACTOR x file size)`` = max(64 MiB, 1000 x the file size), at most
+  ``MAX_DENSE_BYTES`` = 2 GiB. Real files are numpy arrays stored raw, so they expand by a small
+  factor (float32 -> float64: 2, shared strings in ``object_state`` lists: ~30); 1000 leaves
+  room and still stops a 4 KB file at 64 MiB.
+* While unpickling, every allow-listed global that can allocate is replaced by a checked
+  stand-in: numpy arrays (``ndarray(shape, ...)``, ``_reconstruct``, ``_frombuffer``, and the
+  ``BUILD`` state of an array) are charged elements x max(8, itemsize) bytes (an object element
+  64) before they exist, whatever their buffer or strides (a zero-stride view of 8 bytes still
+  counts as the copy the converter would make); an array state must hold exactly as many
+  elements as its shape (numpy crashes on an object array state that holds fewer); containers
+  built by calling ``list`` / ``tuple`` / ``set`` / ``frozenset`` / ``dict`` / ``OrderedDict`` /
+  ``defaultdict`` are charged 64 bytes per item (112 per row of an array); ``str`` may only
+  decode text, numpy scalar types only take scalars.
+* After unpickling, the object graph is measured as if every shared reference were a copy (it is,
+  once converted): a list of 10 references to a list of 10 ... of floats counts every leaf.
+  Numbers 8 bytes, str 4 per character, bytes 1 per byte, arrays as above, containers the sum of
+  their items. Above the budget it is refused, naming the field holding most of it; nesting
+  deeper than ``MAX_DEPTH`` = 64 containers (scenario files nest 6) and self-referencing
+  containers are refused too.
+* ``length`` above ``MAX_STEPS`` = 100 000 steps, and dense (agents, steps) / (lights, steps)
+  arrays above the file's budget (80 / 4 bytes per cell; ``MAX_DENSE_BYTES`` for a dict given
+  in memory), are refused before the timestamps and arrays are made. A traffic-light state list
+  shared by several lights is converted once; lane-width distances are computed in chunks.
+
 Field mapping (``T`` = ``length``; required fields raise when missing, optional ones as stated):
 
 * ``id`` (required) -> ``Scene.scene_id``; ``length`` (required, int >= 1) -> number of steps;
@@ -111,7 +140,10 @@ precision (tracks, lanes and widths, lines, lights, stop lines, drivable area).
 Directory layout: a ScenarioNet dataset folder holds ``dataset_summary.pkl`` (per-file
 metadata, not read) and ``dataset_mapping.pkl`` ({file name: folder relative to the dataset}),
 with the scenario files beside them or in sub-folders (``scenarionet combine`` / ``convert`` with
-several workers). See :func:`scenarionet_files`.
+several workers). Mapped (and walked) files must resolve inside the dataset folder; a folder
+without scenarios is an error, not an empty dataset; a listed path that is not a regular file
+(a folder, a named pipe, a device) is refused before it is opened for reading. See
+:func:`scenarionet_files`.
 """
 
 from __future__ import annotations
@@ -121,10 +153,14 @@ import collections
 import dataclasses
 import functools
 import importlib
+import io
+import itertools
 import math
 import os
 import pickle
 import re
+import reprlib
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
@@ -164,9 +200,16 @@ __all__ = [
     "DEFAULT_TIMESTEP",
     "DEFAULT_BOX_SIZE",
     "KMH_TO_MPS",
+    "MAX_STEPS",
+    "MAX_DENSE_BYTES",
+    "MIN_PICKLE_BUDGET",
+    "PICKLE_BUDGET_FACTOR",
+    "MAX_DEPTH",
     "ScenarioNetError",
+    "ScenarioNetLimitError",
     "BadPickleError",
     "RefusedGlobalError",
+    "pickle_budget",
     "SafeUnpickler",
     "safe_load",
     "scene_from_scenarionet",
@@ -179,6 +222,15 @@ SUMMARY_FILE = "dataset_summary.pkl"  # ScenarioDescription.DATASET.SUMMARY_FILE
 MAPPING_FILE = "dataset_mapping.pkl"  # ScenarioDescription.DATASET.MAPPING_FILE
 DEFAULT_TIMESTEP = 0.1  # [s] ScenarioNet resamples every dataset to 10 Hz.
 KMH_TO_MPS = 1.0 / 3.6  # [m/s per km/h]
+
+# Limits (see "Limits" in the module docs).
+MAX_STEPS = 100_000  # steps of one scenario (2.8 h at 10 Hz; datasets have 91 to ~300)
+MAX_DENSE_BYTES = 2 * 2**30  # [bytes] (agents, steps) and (lights, steps) arrays, and any budget
+MIN_PICKLE_BUDGET = 64 * 2**20  # [bytes] what any pickle may build
+PICKLE_BUDGET_FACTOR = 1000  # what a pickle may build, per byte of the file
+MAX_DEPTH = 64  # nesting of containers (scenario files nest 6 deep)
+_TRACK_CELL_BYTES = 80  # [bytes] per (agent, step): 9 float64 channels, valid, temporaries
+_LIGHT_CELL_BYTES = 4  # [bytes] per (light, step): state, valid, and their copies
 
 # (length, width, height) [m] for tracks without box sizes.
 DEFAULT_BOX_SIZE: dict[AgentType, tuple[float, float, float]] = {
@@ -228,6 +280,7 @@ _LIGHT_STATES.update(
     }
 )
 _INT_ID = re.compile(r"0|[1-9][0-9]*")
+_DISTANCE_CHUNK = 2**20  # (points x segments) per chunk of lane width computations
 _INT64_MAX = 2**63 - 1
 
 
@@ -249,6 +302,16 @@ class ScenarioNetError(ValueError):
         super().__init__(message)
         self.path = path
         self.field = field
+
+    def __reduce__(self):  # Picklable across processes, attributes and subclass kept.
+        return (_restore_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore_error(cls: type, args: tuple, attributes: dict) -> ScenarioNetError:
+    err = Exception.__new__(cls)
+    err.args = args
+    err.__dict__.update(attributes)
+    return err
 
 
 class BadPickleError(ScenarioNetError):
@@ -273,6 +336,38 @@ class RefusedGlobalError(BadPickleError):
         self.name = name
 
 
+class ScenarioNetLimitError(ScenarioNetError):
+    """The file implies more than a limit allows (see "Limits" in the module docs): refused
+    before the memory is allocated.
+
+    Attributes:
+        value: What the file implies (bytes, steps, levels), as the message says.
+        limit: The limit it exceeds, in the same unit.
+    """
+
+    def __init__(
+        self, message: str, *, path: str, field: str | None = None, value: int = 0, limit: int = 0
+    ) -> None:
+        super().__init__(message, path=path, field=field)
+        self.value = value
+        self.limit = limit
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel = 3
+_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 200
+for _name in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
+    setattr(_BRIEF, _name, 10)
+
+
+def _brief(value: Any) -> str:
+    """A bounded repr for messages (a file's values may be huge, deep or self-referencing)."""
+    try:
+        return _BRIEF.repr(value)
+    except Exception:  # noqa: BLE001 (any failure of a repr: e.g. an int beyond the digit limit)
+        return f"<{type(value).__name__}>"
+
+
 class _Where:
     """Formats errors as '<path> scenario <id>: <field> <problem>'."""
 
@@ -283,14 +378,44 @@ class _Where:
     def error(self, field: str, problem: str) -> ScenarioNetError:
         return ScenarioNetError(f"{self.prefix}: {field} {problem}", path=self.path, field=field)
 
+    def limit(self, field: str, problem: str, value: int, limit: int) -> ScenarioNetLimitError:
+        return ScenarioNetLimitError(
+            f"{self.prefix}: {field} {problem}", path=self.path, field=field, value=value,
+            limit=limit,
+        )  # fmt: skip
+
 
 # ----------------------------------------------------------------------------------------------
 # Allow-list unpickler.
 # ----------------------------------------------------------------------------------------------
 
 
+def _human(num_bytes: float) -> str:
+    """A byte count for messages: ``"7.2 GB"``, ``"64 MiB"`` style with binary units."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if num_bytes < 1024 or unit == "TiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    raise AssertionError  # unreachable
+
+
+def pickle_budget(file_size: int) -> int:
+    """Bytes a pickle of ``file_size`` bytes may reconstruct: ``max(MIN_PICKLE_BUDGET,
+    PICKLE_BUDGET_FACTOR * file_size)``, at most ``MAX_DENSE_BYTES`` (see "Limits")."""
+    return min(MAX_DENSE_BYTES, max(MIN_PICKLE_BUDGET, PICKLE_BUDGET_FACTOR * max(0, file_size)))
+
+
 class _ScenarioDescription(dict):
-    """Stands in for MetaDrive's ``ScenarioDescription`` (a dict subclass with no own state)."""
+    """Stands in for MetaDrive's ``ScenarioDescription`` (a dict subclass with no own state).
+
+    Pickles build it with ``NEWOBJ`` and ``SETITEMS``; calling it with arguments (``REDUCE``)
+    would copy an arbitrary iterable and is refused.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            raise pickle.UnpicklingError("ScenarioDescription() takes no arguments in a pickle")
+        super().__init__()
 
 
 def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -302,7 +427,12 @@ def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
 
 @functools.cache
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """(module, name) -> object, the only globals :class:`SafeUnpickler` resolves."""
+    """(module, name) -> object, the only globals :class:`SafeUnpickler` resolves.
+
+    :class:`SafeUnpickler` hands out guarded stand-ins for those that can allocate (see
+    :class:`_Guard`); ``int float complex bool``, ``numpy.dtype``, ``_codecs.encode`` and
+    ``ScenarioDescription`` are given as they are.
+    """
     allowed: dict[tuple[str, str], Any] = {}
     builtin_types = (dict, list, tuple, set, frozenset, int, float, complex, bool, str)
     for t in builtin_types:
@@ -317,12 +447,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         allowed[(module, "ScenarioDescription")] = _ScenarioDescription
 
     # numpy 2 keeps these in numpy._core, numpy 1 in numpy.core; pickles name either.
-    try:
-        multiarray = importlib.import_module("numpy._core.multiarray")
-        numeric = importlib.import_module("numpy._core.numeric")
-    except ImportError:  # numpy < 2
-        multiarray = importlib.import_module("numpy.core.multiarray")
-        numeric = importlib.import_module("numpy.core.numeric")
+    multiarray, numeric = _numpy_core()
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
         allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
@@ -341,50 +466,559 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
+@functools.cache
+def _numpy_core() -> tuple[Any, Any]:
+    try:
+        return (
+            importlib.import_module("numpy._core.multiarray"),
+            importlib.import_module("numpy._core.numeric"),
+        )
+    except ImportError:  # numpy < 2
+        return (
+            importlib.import_module("numpy.core.multiarray"),
+            importlib.import_module("numpy.core.numeric"),
+        )
+
+
+# Globals given as they are: calling them cannot allocate more than their (pickle-bounded)
+# arguments (int("9" * n) is capped by Python's 4300-digit limit).
+_UNGUARDED = (int, float, complex, bool, np.dtype, _latin1_encode, _ScenarioDescription)
+_SCALAR_ARGS = (type(None), bool, int, float, complex, str, bytes, np.generic)
+_PY_OBJECT_BYTES = 64  # [bytes] charged per Python object a call creates (list(x), tuple(x), ...)
+_ARRAY_ROW_BYTES = 112  # [bytes] charged per row object list(array) creates (a view or scalar)
+
+
+def _cell_bytes(dtype: np.dtype) -> int:
+    """Bytes charged per array element: at least 8 (the float64 the converter makes of it)."""
+    return _PY_OBJECT_BYTES if dtype.hasobject else max(8, dtype.itemsize)
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    """A numpy shape argument as a tuple of ints >= 0 (raises UnpicklingError otherwise)."""
+    if type(value) is tuple and all(type(d) is int and d >= 0 for d in value):
+        return value
+    dims = value if isinstance(value, (tuple, list)) else (value,)
+    out = []
+    for d in dims:
+        if not isinstance(d, (int, np.integer)) or isinstance(d, (bool, np.bool_)) or d < 0:
+            raise pickle.UnpicklingError(f"bad numpy shape {_brief(value)}")
+        out.append(int(d))
+    return tuple(out)
+
+
+def _as_dtype(value: Any) -> np.dtype:
+    if isinstance(value, _Guard):
+        value = value.target
+    try:
+        return np.dtype(value.decode("latin1") if isinstance(value, bytes) else value)
+    except (TypeError, ValueError) as e:
+        raise pickle.UnpicklingError(f"bad numpy dtype {_brief(value)} ({e})") from None
+
+
+class _Guard:
+    """Stand-in for an allow-listed global that can allocate: calls are checked and their result
+    charged to the load's budget before anything is built. Not a type, so ``NEWOBJ`` (which
+    calls ``cls.__new__`` directly) refuses it."""
+
+    def __init__(self, target: Any, call: Callable[..., Any]) -> None:
+        self.target = target
+        self._call = call
+
+    def __call__(self, *args: Any) -> Any:
+        return self._call(*args)
+
+    def __repr__(self) -> str:
+        return f"<guarded {getattr(self.target, '__qualname__', self.target)!r}>"
+
+
+class _PendingArray(np.ndarray):
+    """What the guarded ``_reconstruct`` / ``ndarray`` / ``_frombuffer`` build: an ndarray whose
+    ``__setstate__`` (pickle's ``BUILD``) checks the state against the budget and its data first
+    (numpy crashes on an object array whose state lists fewer elements than its shape). Each load
+    makes a subclass bound to its unpickler; :meth:`SafeUnpickler.load` replaces these arrays by
+    plain ndarray views in dicts, lists and object arrays."""
+
+    _unpickler: SafeUnpickler
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("bad numpy array state")
+        shape, dtype, _, raw = state[-4:]
+        shape = _shape(shape)
+        if not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError(f"bad numpy array state dtype {_brief(dtype)}")
+        self._unpickler._charge_array(shape, dtype)
+        size = math.prod(shape)
+        if dtype.hasobject:
+            if not isinstance(raw, list) or len(raw) != size:
+                got = f"{len(raw)} values" if isinstance(raw, list) else type(raw).__name__
+                raise BadPickleError(
+                    f"{self._unpickler.path}: numpy object array of shape {shape} ({size} elements)"
+                    f" has {got} in its pickled state",
+                    path=self._unpickler.path,
+                )
+        elif not isinstance(raw, (bytes, bytearray, str)):
+            raise pickle.UnpicklingError(f"bad numpy array data {type(raw).__name__}")
+        np.ndarray.__setstate__(self, state)
+
+
 class SafeUnpickler(pickle.Unpickler):
-    """A ``pickle.Unpickler`` that resolves only allow-listed globals (see module docs).
+    """A ``pickle.Unpickler`` that resolves only allow-listed globals and bounds what it builds
+    (see module docs, "Pickle allow-list" and "Limits").
 
     A refused global raises :class:`RefusedGlobalError` from ``find_class``, before the global
-    is imported, so no code named by the pickle runs. Persistent ids are refused too.
+    is imported, so no code named by the pickle runs. Persistent ids are refused too. Numpy
+    arrays, numpy scalars and the containers built by calling a global are checked before they
+    are allocated and charged to ``max_bytes``; after loading, the whole object graph is measured
+    as if every shared reference were a copy (nested shared lists count every leaf) and refused
+    when it expands beyond ``max_bytes`` or nests deeper than ``MAX_DEPTH``; both raise
+    :class:`ScenarioNetLimitError`.
 
     Args:
         file: Binary file object positioned at the pickle.
         path: The file's name, for error messages.
+        max_bytes: The budget; by default :func:`pickle_budget` of the file's size (of what is
+            left of it after the current position when it has no file descriptor).
     """
 
-    def __init__(self, file: BinaryIO, *, path: str | os.PathLike = "<memory>") -> None:
+    def __init__(
+        self,
+        file: BinaryIO,
+        *,
+        path: str | os.PathLike = "<memory>",
+        max_bytes: int | None = None,
+    ) -> None:
         super().__init__(file)
         self.path = os.fspath(path)
+        self.file_size = _stream_size(file)
+        self.max_bytes = pickle_budget(self.file_size) if max_bytes is None else int(max_bytes)
+        self.charged = 0  # [bytes] what checked calls have built so far
+        self._pending = type("_PendingArray", (_PendingArray,), {"_unpickler": self})
+        self._guards: dict[tuple[str, str], Any] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         obj = _allowed_globals().get((module, name))
         if obj is None:
             raise RefusedGlobalError(self.path, module, name)
-        return obj
+        if any(obj is t for t in _UNGUARDED):
+            return obj
+        if (module, name) not in self._guards:
+            self._guards[(module, name)] = _Guard(obj, self._checked_call(obj, f"{module}.{name}"))
+        return self._guards[(module, name)]
 
     def persistent_load(self, pid: Any) -> Any:
         raise BadPickleError(f"{self.path}: persistent ids are not allowed", path=self.path)
 
+    def load(self) -> Any:
+        obj = super().load()
+        return _check_graph(obj, self)
 
-def safe_load(path: str | os.PathLike) -> Any:
+    # -- budget --------------------------------------------------------------------------------
+
+    def _limit_error(self, what: str, need: int) -> ScenarioNetLimitError:
+        return ScenarioNetLimitError(
+            f"{self.path}: {what} needs {_human(need)}, more than the limit of "
+            f"{_human(self.max_bytes)} for this {_human(self.file_size)} file "
+            f"(max({_human(MIN_PICKLE_BUDGET)}, {PICKLE_BUDGET_FACTOR} x the file size), at most "
+            f"{_human(MAX_DENSE_BYTES)})",
+            path=self.path,
+            field=None,
+            value=need,
+            limit=self.max_bytes,
+        )
+
+    def _charge(self, num_bytes: int, what: str) -> None:
+        if self.charged + num_bytes > self.max_bytes:
+            raise self._limit_error(what, self.charged + num_bytes)
+        self.charged += num_bytes
+
+    def _charge_array(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        num_bytes = math.prod(shape) * _cell_bytes(dtype)
+        if self.charged + num_bytes > self.max_bytes:  # (the message is made only when needed)
+            what = f"numpy array of shape {shape} {dtype}"
+            raise self._limit_error(what, self.charged + num_bytes)
+        self.charged += num_bytes
+
+    def _checked_call(self, target: Any, name: str) -> Callable[..., Any]:
+        multiarray, numeric = _numpy_core()
+        pending = self._pending
+
+        def unwrap(args: tuple) -> tuple:
+            return tuple(a.target if isinstance(a, _Guard) else a for a in args)
+
+        if target is np.ndarray:
+
+            def ndarray(shape: Any, dtype: Any = float, *rest: Any) -> np.ndarray:
+                dt = _as_dtype(dtype)
+                self._charge_array(_shape(shape), dt)
+                return np.ndarray(_shape(shape), dt, *unwrap(rest)).view(pending)
+
+            return ndarray
+        if target is multiarray._reconstruct:
+
+            def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+                if not (subtype is np.ndarray or getattr(subtype, "target", None) is np.ndarray):
+                    raise pickle.UnpicklingError(f"_reconstruct of {_brief(subtype)}")
+                dt = _as_dtype(dtype)
+                self._charge_array(_shape(shape), dt)
+                return multiarray._reconstruct(pending, _shape(shape), dt)
+
+            return reconstruct
+        if target is numeric._frombuffer:
+
+            def frombuffer(buf: Any, dtype: Any, shape: Any, *rest: Any) -> np.ndarray:
+                if not isinstance(buf, (bytes, bytearray)):
+                    raise pickle.UnpicklingError(f"_frombuffer of {type(buf).__name__}")
+                dt = _as_dtype(dtype)
+                self._charge_array(_shape(shape), dt)
+                return numeric._frombuffer(buf, dt, _shape(shape), *unwrap(rest)).view(pending)
+
+            return frombuffer
+        if target is multiarray.scalar:
+
+            def scalar(dtype: Any, *rest: Any) -> Any:
+                if not isinstance(dtype, np.dtype):
+                    raise pickle.UnpicklingError(f"numpy scalar of {_brief(dtype)}")
+                self._charge(_cell_bytes(dtype), f"numpy scalar {dtype}")
+                return multiarray.scalar(dtype, *unwrap(rest))
+
+            return scalar
+        if isinstance(target, type) and issubclass(target, np.generic):
+
+            def numpy_scalar(*args: Any) -> Any:
+                if not all(isinstance(a, _SCALAR_ARGS) for a in args):
+                    raise pickle.UnpicklingError(f"{name}() of a non-scalar")
+                self._charge(sum(len(a) if isinstance(a, (str, bytes)) else 8 for a in args),
+                             name)  # fmt: skip
+                return target(*args)
+
+            return numpy_scalar
+        if target is str:
+
+            def text(*args: Any) -> str:
+                if args and not isinstance(args[0], (str, bytes, bytearray)):
+                    raise pickle.UnpicklingError(f"{name}() of a {type(args[0]).__name__}")
+                return str(*args)
+
+            return text
+
+        # Containers (list tuple set frozenset dict OrderedDict defaultdict): copying an array
+        # or a container makes one object per element.
+        def container(*args: Any) -> Any:
+            args = unwrap(args)
+            for a in args:
+                if isinstance(a, np.ndarray):
+                    rows = a.shape[0] if a.ndim else 1
+                    self._charge(rows * _ARRAY_ROW_BYTES, f"{name}() of a numpy array")
+                elif not isinstance(a, type) and hasattr(a, "__len__"):
+                    self._charge(len(a) * _PY_OBJECT_BYTES, f"{name}() of {len(a)} items")
+            return target(*args)
+
+        return container
+
+
+def _stream_size(file: BinaryIO) -> int:
+    """Bytes in ``file`` (its whole size with a file descriptor, else from here to its end)."""
+    try:
+        return os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    try:
+        here = file.tell()
+        end = file.seek(0, os.SEEK_END)
+        file.seek(here)
+        return max(0, end - here)
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def _leaf_bytes(obj: Any) -> int:
+    """Expanded bytes of an object without children (see :func:`_check_graph`)."""
+    if isinstance(obj, str):
+        return max(8, 4 * len(obj))  # numpy keeps str as UCS-4
+    if isinstance(obj, (bytes, bytearray)):
+        return max(8, len(obj))
+    if isinstance(obj, int):
+        return max(8, (obj.bit_length() + 7) // 8)
+    if isinstance(obj, np.ndarray):
+        return obj.size * _cell_bytes(obj.dtype)
+    if isinstance(obj, np.generic):
+        return max(8, obj.nbytes)
+    return 8
+
+
+def _is_container(obj: Any) -> bool:
+    return isinstance(obj, (dict, list, tuple, set, frozenset)) or (
+        isinstance(obj, np.ndarray) and obj.dtype.hasobject
+    )
+
+
+def _object_elements(arr: np.ndarray) -> list[Any]:
+    """The Python objects an object (or structured, with object fields) array holds."""
+    if arr.dtype.fields is None:
+        return arr.reshape(-1).tolist() if arr.ndim != 1 else list(arr)
+    return [v for name in arr.dtype.names if arr.dtype[name].hasobject
+            for v in arr[name].reshape(-1).tolist()]  # fmt: skip
+
+
+def _key_of(parent: Any, child: Any) -> Any:
+    """How ``parent`` holds ``child`` (found by identity; only used to name a field)."""
+    if isinstance(parent, dict):
+        for k, v in parent.items():
+            if v is child:
+                return k
+        return ("key", next((k for k in parent if k is child), None))
+    if isinstance(parent, (list, tuple)):
+        return next((i for i, v in enumerate(parent) if v is child), "?")
+    if isinstance(parent, np.ndarray):
+        return next((i for i, v in enumerate(_object_elements(parent)) if v is child), "?")
+    return "{}"
+
+
+def _field_name(keys: list[Any]) -> str:
+    """``tracks['0'].state.position`` from the keys on the way down."""
+    out = ""
+    for key in keys:
+        if isinstance(key, tuple) and key[:1] == ("key",):
+            out += f"{{key {_brief(key[1])}}}"
+        elif key == "{}":
+            out += "{...}"
+        elif isinstance(key, str) and key.isidentifier():
+            out += f".{key}" if out else key
+        else:
+            out += f"[{_brief(key)}]"
+    return out or "top level"
+
+
+def _field_of(chain: list[Any]) -> tuple[str, list[Any]]:
+    """The field name of the last object of ``chain`` (root first), and its keys."""
+    keys = [_key_of(parent, child) for parent, child in itertools.pairwise(chain)]
+    return _field_name(keys), keys
+
+
+def _check_graph(root: Any, unpickler: SafeUnpickler) -> Any:
+    """Measures what the unpickled graph would cost if every shared reference were a copy (which
+    is what converting it does) and replaces the load's pending arrays by plain ndarrays.
+
+    Expanded bytes: a number, bool, None or other leaf 8; an int its size; a str 4 per character;
+    bytes 1 per byte; an array elements x ``_cell_bytes``; a container the sum over its children
+    (keys included) plus 8. Memoised per object, so shared objects cost their size once to
+    measure but count at every reference. One iterative pass; field names are looked up only
+    for an error.
+
+    Raises:
+        ScenarioNetLimitError: Expanded bytes above ``unpickler.max_bytes`` (naming the field that
+            holds most of them) or nesting deeper than ``MAX_DEPTH`` (naming where).
+        BadPickleError: The graph refers to itself.
+    """
+    path = unpickler.path
+    pending = unpickler._pending
+    plain: dict[int, Any] = {}  # id(old object) -> its replacement
+    cost: dict[int, int] = {}  # id(container) -> expanded bytes
+    height: dict[int, int] = {}  # id(container) -> nesting levels from it down
+    visiting: set[int] = set()
+    keep: list[Any] = []  # containers measured (keeps their ids unique while the dicts live)
+    # Frames: [container, children, next index, bytes so far, deepest child, dict?, rebuild?]
+    stack: list[list[Any]] = []
+
+    def too_deep(chain: list[Any]) -> ScenarioNetLimitError:
+        _, keys = _field_of(chain)
+        while keys and isinstance(keys[-1], int):  # name the field, not the index inside it
+            keys = keys[:-1]
+        field = _field_name(keys[:8]) + ("..." if len(keys) > 8 else "")
+        return ScenarioNetLimitError(
+            f"{path}: {field} is nested more than {MAX_DEPTH} levels deep (the limit)",
+            path=path, field=field, value=MAX_DEPTH + 1, limit=MAX_DEPTH,
+        )  # fmt: skip
+
+    def replace(obj: Any) -> Any:
+        if id(obj) in plain:
+            return plain[id(obj)]
+        if isinstance(obj, pending):
+            plain[id(obj)] = obj.view(np.ndarray)
+            return plain[id(obj)]
+        if isinstance(obj, _Guard):
+            return obj.target
+        return obj
+
+    def open_frame(obj: Any) -> None:
+        if len(stack) >= MAX_DEPTH:
+            raise too_deep([f[0] for f in stack] + [obj])
+        is_dict = isinstance(obj, dict)
+        total = 8
+        if is_dict:
+            kids: Any = list(obj.items())
+            for k in obj:
+                if type(k) is str:
+                    total += max(8, 4 * len(k))
+                else:
+                    kids.append((_KEY, k))
+            if isinstance(obj, collections.defaultdict) and isinstance(obj.default_factory, _Guard):
+                obj.default_factory = obj.default_factory.target
+        elif isinstance(obj, (list, tuple)):
+            kids = obj
+        elif isinstance(obj, (set, frozenset)):
+            kids = list(obj)
+        else:  # an object array
+            kids = _object_elements(obj)
+            total = 8 * obj.size
+        visiting.add(id(obj))
+        stack.append([obj, kids, 0, total, 0, is_dict, False])
+
+    if _is_container(root):
+        open_frame(root)
+    while stack:
+        frame = stack[-1]
+        obj, kids, i, total, levels, is_dict, _ = frame
+        n = len(kids)
+        descended = False
+        while i < n:
+            child = kids[i]
+            i += 1
+            if is_dict:
+                key, child = child
+            t = type(child)
+            if t is str:
+                total += max(8, 4 * len(child))
+                continue
+            if t is float or t is bool or child is None:
+                total += 8
+                continue
+            if t is int:
+                total += 8 if -(2**63) <= child < 2**63 else _leaf_bytes(child)
+                continue
+            if t is pending or t is np.ndarray:
+                if t is pending:  # a plain array takes its place
+                    if is_dict:
+                        obj[key] = replace(child)
+                    elif isinstance(obj, list):
+                        obj[i - 1] = replace(child)
+                    else:
+                        frame[6] = True  # rebuild the tuple / fix the object array at the end
+                if not child.dtype.hasobject:
+                    total += child.size * _cell_bytes(child.dtype)
+                    continue
+            elif t is _Guard:
+                if is_dict and key is _KEY:  # a type used as a dict key
+                    obj[child.target] = obj.pop(child)
+                elif is_dict:
+                    obj[key] = child.target
+                elif isinstance(obj, list):
+                    obj[i - 1] = child.target
+                else:
+                    frame[6] = True
+                total += 8
+                continue
+            elif not _is_container(child):
+                total += _leaf_bytes(child)
+                continue
+            cid = id(child)
+            if cid in cost:
+                total += cost[cid]
+                levels = max(levels, height[cid])
+                if len(stack) + height[cid] > MAX_DEPTH:
+                    raise too_deep([f[0] for f in stack] + [child])
+                if cid in plain:  # a rebuilt tuple
+                    if is_dict and key is not _KEY:
+                        obj[key] = plain[cid]
+                    elif isinstance(obj, list):
+                        obj[i - 1] = plain[cid]
+                    else:
+                        frame[6] = True
+                continue
+            if cid in visiting:
+                field, _ = _field_of([f[0] for f in stack] + [child])
+                raise BadPickleError(
+                    f"{path}: {field} contains itself (a cyclic pickle)", path=path
+                )
+            frame[2], frame[3], frame[4] = i, total, levels
+            open_frame(child)
+            descended = True
+            break
+        if descended:
+            continue
+        stack.pop()
+        visiting.discard(id(obj))
+        if frame[6]:  # a tuple or object array holding pending arrays, guards or rebuilt tuples
+            if type(obj) is tuple:
+                plain[id(obj)] = tuple(replace(v) for v in obj)
+            elif isinstance(obj, np.ndarray) and obj.flags.writeable and obj.dtype.fields is None:
+                for index in np.ndindex(obj.shape):
+                    obj[index] = replace(obj[index])
+        cost[id(obj)] = total
+        height[id(obj)] = levels + 1
+        keep.append(obj)
+        if stack:
+            parent = stack[-1]
+            parent[3] += total
+            parent[4] = max(parent[4], levels + 1)
+            if id(obj) in plain:  # a rebuilt tuple replaces this one in its parent
+                holder, index = parent[0], parent[2] - 1
+                if parent[5]:
+                    if parent[1][index][0] is not _KEY:
+                        holder[parent[1][index][0]] = plain[id(obj)]
+                elif isinstance(holder, list):
+                    holder[index] = plain[id(obj)]
+                else:
+                    parent[6] = True
+
+    total = cost.get(id(root), _leaf_bytes(root))
+    fixed_root = replace(root)
+    if total > unpickler.max_bytes:
+        # Name the field holding most of it: go down while one child holds over half.
+        chain = [root]
+        obj = root
+        while id(obj) in cost:
+            if isinstance(obj, dict):
+                kids = list(obj.values()) + [k for k in obj if type(k) is not str]
+            elif isinstance(obj, (list, tuple, set, frozenset)):
+                kids = list(obj)
+            else:
+                kids = _object_elements(obj)
+            sizes = [cost.get(id(k), 0) if _is_container(k) else _leaf_bytes(k) for k in kids]
+            if not sizes or 2 * max(sizes) <= cost[id(obj)]:
+                break
+            obj = kids[sizes.index(max(sizes))]
+            chain.append(obj)
+        field, _ = _field_of(chain)
+        here = cost[id(obj)] if id(obj) in cost else _leaf_bytes(obj)
+        raise ScenarioNetLimitError(
+            f"{path}: {field} expands to {_human(here)} (the whole file to {_human(total)}, "
+            f"counting a shared object once per reference), more than the limit of "
+            f"{_human(unpickler.max_bytes)} for this {_human(unpickler.file_size)} file "
+            f"(max({_human(MIN_PICKLE_BUDGET)}, {PICKLE_BUDGET_FACTOR} x the file size), at most "
+            f"{_human(MAX_DENSE_BYTES)})",
+            path=path, field=field, value=total, limit=unpickler.max_bytes,
+        )  # fmt: skip
+    return fixed_root
+
+
+_KEY = object()  # marks a dict key among a dict's children in _check_graph
+
+
+def safe_load(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
     """Reads one pickle file through :class:`SafeUnpickler`.
 
     Args:
-        path: The file.
+        path: The file (a regular file: a folder, pipe or device is refused before it is read).
+        max_bytes: The unpickler's budget; default :func:`pickle_budget` of the file size.
 
     Returns:
         The unpickled object (builtin containers, numpy arrays and scalars).
 
     Raises:
         RefusedGlobalError: The pickle references a global outside the allow-list.
-        BadPickleError: The file is truncated or otherwise not a readable pickle.
+        ScenarioNetLimitError: The pickle would build more than the budget allows, or nests
+            deeper than ``MAX_DEPTH``.
+        BadPickleError: The file is truncated or otherwise not a readable pickle, or not a
+            regular file.
         OSError: The file cannot be opened (e.g. ``FileNotFoundError``).
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         try:
-            return SafeUnpickler(f, path=path).load()
-        except BadPickleError:
+            return SafeUnpickler(f, path=path, max_bytes=max_bytes).load()
+        except ScenarioNetError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
                 IndexError, KeyError, OverflowError, MemoryError, UnicodeError) as e:  # fmt: skip
@@ -392,6 +1026,36 @@ def safe_load(path: str | os.PathLike) -> Any:
                 f"{path}: not a readable pickle, truncated or corrupt ({type(e).__name__}: {e})",
                 path=path,
             ) from e
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """Opens ``path`` for reading without blocking on a named pipe; refuses what is not a
+    regular file with :class:`BadPickleError` (``"<path>: is a named pipe (FIFO), not a regular
+    file"``), before reading anything."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        raise BadPickleError(f"{path}: is a directory, not a regular file", path=path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = next((w for test, w in _NON_REGULAR if test(mode)), "not a regular file")
+            raise BadPickleError(f"{path}: is {what}, not a regular file", path=path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_NON_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,24 +1068,33 @@ def scenarionet_files(path: str | os.PathLike) -> list[Path]:
 
     * A file: that file.
     * A folder with ``dataset_mapping.pkl``: the files it maps ({file name: folder relative to the
-      dataset folder}, as ScenarioNet writes it), which may lie in sub-folders or, for combined
-      datasets, in sibling folders; other ``.pkl`` files in the folder are not scenarios of this
-      dataset and are left out. Sorted by their path relative to the folder.
+      dataset folder}, as ScenarioNet writes it), which may lie in sub-folders; other ``.pkl``
+      files in the folder are not scenarios of this dataset and are left out. Sorted by their
+      path relative to the folder.
     * A folder without one: every ``*.pkl`` below it, at any depth, except the
       ``dataset_summary.pkl`` / ``dataset_mapping.pkl`` files of sub-datasets; sorted by relative
       path.
+
+    Every listed file must lie inside the folder once ``..`` and symbolic links are resolved: a
+    mapping entry such as ``"../../etc"``, an absolute folder, or a link to a file elsewhere is
+    refused, and so the whole dataset. (``scenarionet combine`` writes its mapping relative to
+    the combined folder, so a combined dataset whose sources lie beside it rather than below it,
+    ``"../waymo/..."``, is refused too: combine into a folder that holds the sources.)
 
     Listed files are not opened; a missing mapped file shows up when it is read.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ScenarioNetError: ``dataset_mapping.pkl`` cannot be read or is not such a dict.
+        ScenarioNetError: ``dataset_mapping.pkl`` cannot be read or is not such a dict; a listed
+            file lies outside the folder (naming the mapping file and the entry, or the link);
+            or the folder holds no scenarios (``"no ScenarioNet scenarios in DIR: ..."``).
     """
     root = Path(path)
-    if root.is_file():
-        return [root]
+    if root.exists() and not root.is_dir():
+        return [root]  # A file; what is not a regular file is refused when it is read.
     if not root.is_dir():
         raise FileNotFoundError(f"{os.fspath(path)}: no such file or directory")
+    inside = root.resolve()
     mapping_path = root / MAPPING_FILE
     if mapping_path.is_file():
         mapping = safe_load(mapping_path)
@@ -435,18 +1108,47 @@ def scenarionet_files(path: str | os.PathLike) -> list[Path]:
         for name, folder in mapping.items():
             if not isinstance(name, str) or not isinstance(folder, str) or not name:
                 raise ScenarioNetError(
-                    f"{mapping_path}: entry {name!r}: {folder!r} is not a file name -> folder "
-                    "pair of strings",
+                    f"{mapping_path}: entry {_brief(name)}: {_brief(folder)} is not a file name "
+                    "-> folder pair of strings",
                     path=str(mapping_path),
-                    field=repr(name),
+                    field=_brief(name),
                 )
-            relative.append(os.path.normpath(os.path.join(folder, name)))
+            rel = os.path.normpath(os.path.join(folder, name))
+            real = (root / rel).resolve()
+            if not real.is_relative_to(inside):
+                raise ScenarioNetError(
+                    f"{mapping_path}: entry {_brief(name)}: {_brief(folder)} puts the file at "
+                    f"{real}, outside the dataset folder {root} (mapped files must lie inside "
+                    "it, after resolving '..' and symbolic links)",
+                    path=str(mapping_path),
+                    field=_brief(name),
+                )
+            relative.append(rel)
+        if not relative:
+            raise ScenarioNetError(
+                f"no ScenarioNet scenarios in {root}: its {MAPPING_FILE} maps no files",
+                path=str(root),
+            )
         return [root / r for r in sorted(relative, key=lambda r: r.replace(os.sep, "/"))]
     files = [
         f
         for f in root.rglob("*.pkl")
         if f.is_file() and f.name not in (SUMMARY_FILE, MAPPING_FILE)
     ]
+    for f in files:
+        real = f.resolve()
+        if not real.is_relative_to(inside):
+            raise ScenarioNetError(
+                f"{f}: a link to {real}, outside the dataset folder {root} (scenario files must "
+                "lie inside it, after resolving symbolic links)",
+                path=str(f),
+            )
+    if not files:
+        raise ScenarioNetError(
+            f"no ScenarioNet scenarios in {root}: no *.pkl scenario files in it or its "
+            "sub-folders",
+            path=str(root),
+        )
     return sorted(files, key=lambda f: f.relative_to(root).as_posix())
 
 
@@ -464,8 +1166,9 @@ def load_scenarionet(path: str | os.PathLike, record: int = 0) -> Scene:
     Raises:
         IndexError: No such record.
         ScenarioNetError: The file is a bad pickle (:class:`BadPickleError`,
-            :class:`RefusedGlobalError`) or cannot be converted; the message names the file, the
-            scenario and the field.
+            :class:`RefusedGlobalError`), beyond a limit (:class:`ScenarioNetLimitError`) or
+            cannot be converted; the message names the file, the scenario and the field. For a
+            folder, also what :func:`scenarionet_files` raises.
         OSError: The file cannot be opened.
     """
     root = Path(path)
@@ -499,8 +1202,8 @@ def iter_scenarionet(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ScenarioNetError: The folder's ``dataset_mapping.pkl`` is bad (the dataset cannot be
-            listed, so nothing is read).
+        ScenarioNetError: The folder cannot be listed (a bad ``dataset_mapping.pkl``, a path
+            outside the folder, no scenarios; see :func:`scenarionet_files`), so nothing is read.
     """
 
     def report(err: ScenarioNetError) -> None:
@@ -523,7 +1226,9 @@ def iter_scenarionet(
 
 
 def _load_file(file: Path) -> Scene:
-    return scene_from_scenarionet(safe_load(file), path=file)
+    scenario = safe_load(file)  # Refuses what is not a regular file, before reading it.
+    budget = pickle_budget(os.stat(file).st_size)
+    return scene_from_scenarionet(scenario, path=file, max_bytes=budget)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,18 +1237,25 @@ def _load_file(file: Path) -> Scene:
 
 
 def scene_from_scenarionet(
-    scenario: Mapping[str, Any], *, path: str | os.PathLike = "<memory>"
+    scenario: Mapping[str, Any],
+    *,
+    path: str | os.PathLike = "<memory>",
+    max_bytes: int = MAX_DENSE_BYTES,
 ) -> Scene:
     """Converts one ScenarioNet scenario dict into a Scene (see module docs for the mapping).
 
     Args:
         scenario: The unpickled scenario description.
         path: File it came from (for ``Scene.source`` and error messages).
+        max_bytes: Limit on the dense (agents, steps) and (lights, steps) arrays the scenario
+            implies (a file's pickle budget when loaded from one); at most ``MAX_DENSE_BYTES``.
 
     Returns:
         The validated Scene.
 
     Raises:
+        ScenarioNetLimitError: ``length`` above ``MAX_STEPS``, or dense arrays above
+            ``max_bytes``; checked before they are allocated.
         ScenarioNetError: Anything that cannot be converted; the message names the file, the
             scenario and the field, e.g. ``"a.pkl scenario 'x': tracks['12'].state.heading[40]
             is NaN"``.
@@ -558,10 +1270,14 @@ def scene_from_scenarionet(
     scene_id = str(raw_id)
     where = _Where(path, scene_id)
 
+    max_bytes = min(int(max_bytes), MAX_DENSE_BYTES)
     num_steps = _required(scenario, "length", "length", where)
     if not _is_int(num_steps) or num_steps < 1:
-        raise where.error("length", f"must be an integer >= 1, got {num_steps!r}")
+        raise where.error("length", f"must be an integer >= 1, got {_brief(num_steps)}")
     num_steps = int(num_steps)
+    if num_steps > MAX_STEPS:
+        raise where.limit("length", f"is {num_steps}, more than the limit of {MAX_STEPS} steps",
+                          num_steps, MAX_STEPS)  # fmt: skip
     metadata = _required(scenario, "metadata", "metadata", where)
     if not isinstance(metadata, Mapping):
         raise where.error("metadata", f"must be a dict, got {type(metadata).__name__}")
@@ -574,16 +1290,18 @@ def scene_from_scenarionet(
         current = 0
     if not _is_int(current) or not 0 <= current < num_steps:
         raise where.error(
-            "metadata.current_time_index", f"{current!r} out of range [0, {num_steps})"
+            "metadata.current_time_index", f"{_brief(current)} out of range [0, {num_steps})"
         )
 
     raw_tracks = _required(scenario, "tracks", "tracks", where)
     sdc_id = _required(metadata, "sdc_id", "metadata.sdc_id", where)
-    tracks, ego_index = _tracks(raw_tracks, sdc_id, timestamps, dataset, where)
+    tracks, ego_index = _tracks(raw_tracks, sdc_id, timestamps, dataset, where, max_bytes)
 
     feature_ids = _IdMap()
     map_elements, lane_polygons = _map(scenario.get("map_features"), dataset, feature_ids, where)
-    lights = _traffic_lights(scenario.get("dynamic_map_states"), num_steps, feature_ids, where)
+    lights = _traffic_lights(
+        scenario.get("dynamic_map_states"), num_steps, feature_ids, where, max_bytes
+    )
     map_elements = dataclasses.replace(
         map_elements,
         stop_lines=stop_lines(map_elements.lanes, map_elements.stop_signs, lights),
@@ -691,7 +1409,7 @@ def _timestamps(metadata: Mapping, num_steps: int, where: _Where) -> np.ndarray:
             or not math.isfinite(rate)
             or rate <= 0
         ):
-            raise where.error("metadata.sample_rate", f"must be a number > 0, got {rate!r}")
+            raise where.error("metadata.sample_rate", f"must be a number > 0, got {_brief(rate)}")
         return np.arange(num_steps, dtype=np.float64) * float(rate)
     field = f"metadata.{key}"
     ts = _per_step(raw, field, num_steps, where)
@@ -742,22 +1460,43 @@ def _id_list(value: Any, field: str, ids: _IdMap, where: _Where) -> tuple[int, .
     return tuple(dict.fromkeys(out))
 
 
+def _check_dense(
+    where: _Where, field: str, what: str, rows: int, num_steps: int, cell: int, max_bytes: int
+) -> None:
+    """Refuses (rows, steps) arrays of ``cell`` bytes per element beyond ``max_bytes``."""
+    need = rows * num_steps * cell
+    if need > max_bytes:
+        raise where.limit(
+            field,
+            f"{rows} {what} x {num_steps} steps need {_human(need)} of ({what}, steps) arrays, "
+            f"more than the limit of {_human(max_bytes)}",
+            need,
+            max_bytes,
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # Tracks.
 # ----------------------------------------------------------------------------------------------
 
 
 def _tracks(
-    raw_tracks: Any, sdc_id: Any, timestamps: np.ndarray, dataset: str | None, where: _Where
+    raw_tracks: Any,
+    sdc_id: Any,
+    timestamps: np.ndarray,
+    dataset: str | None,
+    where: _Where,
+    max_bytes: int,
 ) -> tuple[AgentTracks, int]:
     if not isinstance(raw_tracks, Mapping):
         raise where.error("tracks", f"must be a dict, got {type(raw_tracks).__name__}")
     num_steps = timestamps.shape[0]
     keys = list(raw_tracks)
     n = len(keys)
+    _check_dense(where, "tracks", "tracks", n, num_steps, _TRACK_CELL_BYTES, max_bytes)
     ego_index = next((i for i, k in enumerate(keys) if k == sdc_id or str(k) == str(sdc_id)), None)
     if ego_index is None:
-        raise where.error("metadata.sdc_id", f"{sdc_id!r} is not a key of tracks")
+        raise where.error("metadata.sdc_id", f"{_brief(sdc_id)} is not a key of tracks")
 
     ids = _IdMap()
     out = {name: np.zeros((n, num_steps)) for name in ("x", "y", "z", "heading", "vx", "vy")}
@@ -766,14 +1505,14 @@ def _tracks(
     agent_ids = np.zeros(n, dtype=np.int64)
     types = np.zeros(n, dtype=np.int8)
     for i, key in enumerate(keys):
-        f = f"tracks[{key!r}]"
+        f = f"tracks[{_brief(key)}]"
         track = raw_tracks[key]
         if not isinstance(track, Mapping):
             raise where.error(f, f"must be a dict, got {type(track).__name__}")
         agent_ids[i] = ids(key, f"{f} (key)", where)
         kind = _required(track, "type", f"{f}.type", where)
         if not isinstance(kind, str) or kind not in _AGENT_TYPES:
-            raise where.error(f"{f}.type", f"{kind!r} is not a known agent type")
+            raise where.error(f"{f}.type", f"{_brief(kind)} is not a known agent type")
         types[i] = _AGENT_TYPES[kind]
         state = _required(track, "state", f"{f}.state", where)
         if not isinstance(state, Mapping):
@@ -902,12 +1641,12 @@ def _map(
     seen: dict[int, Any] = {}
 
     for key, feature in raw.items():
-        f = f"map_features[{key!r}]"
+        f = f"map_features[{_brief(key)}]"
         if not isinstance(feature, Mapping):
             raise where.error(f, f"must be a dict, got {type(feature).__name__}")
         fid = ids(key, f"{f} (key)", where)
         if fid in seen:
-            raise where.error(f, f"has the same id as map_features[{seen[fid]!r}]")
+            raise where.error(f, f"has the same id as map_features[{_brief(seen[fid])}]")
         seen[fid] = key
         kind = _required(feature, "type", f"{f}.type", where)
         if not isinstance(kind, str):
@@ -989,7 +1728,7 @@ def _lanes(
         types[k] = lane.lane_type
         interp = feat.get("interpolating")
         if interp is not None and not isinstance(interp, (bool, np.bool_, int, np.integer)):
-            raise where.error(f"{f}.interpolating", f"must be a bool, got {interp!r}")
+            raise where.error(f"{f}.interpolating", f"must be a bool, got {_brief(interp)}")
         interpolating[k] = lane.interpolating or bool(interp)
         for unit, factor in (("mph", MPH_TO_MPS), ("kmh", KMH_TO_MPS)):
             value = feat.get(f"speed_limit_{unit}")
@@ -1001,7 +1740,7 @@ def _lanes(
                 or not math.isfinite(value)
                 or value < 0
             ):
-                raise where.error(f"{f}.speed_limit_{unit}", f"is invalid ({value!r})")
+                raise where.error(f"{f}.speed_limit_{unit}", f"is invalid ({_brief(value)})")
             speed[k] = float(value) * factor
             has_speed[k] = value > 0
             break
@@ -1063,12 +1802,24 @@ def _width_from_boundaries(
             lo, hi = max(0, lo), min(centerline.shape[0] - 1, hi)
             if line is None or hi < lo:
                 continue
-            dists.append(geometry.point_polyline_distance(centerline[lo : hi + 1, :2], line[:, :2]))
+            dists.append(_point_polyline_distance(centerline[lo : hi + 1, :2], line[:, :2]))
         if dists:
             medians.append(float(np.median(np.concatenate(dists))))
     if not medians:
         return None
     return sum(medians) if len(medians) == 2 else 2.0 * medians[0]
+
+
+def _point_polyline_distance(points: np.ndarray, polyline: np.ndarray) -> np.ndarray:
+    """:func:`rap.geometry.point_polyline_distance` in chunks of points, so that its
+    (points, segments) temporaries stay near ``_DISTANCE_CHUNK`` elements whatever the sizes."""
+    rows = max(1, _DISTANCE_CHUNK // max(1, polyline.shape[0]))
+    if points.shape[0] <= rows:
+        return geometry.point_polyline_distance(points, polyline)
+    return np.concatenate(
+        [geometry.point_polyline_distance(points[k : k + rows], polyline)
+         for k in range(0, points.shape[0], rows)]
+    )  # fmt: skip
 
 
 def _index(value: Any, field: str, where: _Where) -> int:
@@ -1078,13 +1829,13 @@ def _index(value: Any, field: str, where: _Where) -> int:
             raise ValueError
         return int(value)
     except (TypeError, ValueError):
-        raise where.error(field, f"is not an integer ({value!r})") from None
+        raise where.error(field, f"is not an integer ({_brief(value)})") from None
 
 
 def _width_from_polygon(centerline: np.ndarray, ring: np.ndarray) -> float | None:
     """Twice the median distance from the centerline to the lane surface outline [m]."""
     outline = np.concatenate([ring[:, :2], ring[:1, :2]])
-    d = geometry.point_polyline_distance(centerline[:, :2], outline)
+    d = _point_polyline_distance(centerline[:, :2], outline)
     d = d[d > 0]
     return 2.0 * float(np.median(d)) if d.size else None
 
@@ -1112,18 +1863,23 @@ def _drivable_area(elements: MapElements, lane_rings: list[np.ndarray]) -> Polyg
 # ----------------------------------------------------------------------------------------------
 
 
-def _traffic_lights(raw: Any, num_steps: int, ids: _IdMap, where: _Where) -> TrafficLights:
+def _traffic_lights(
+    raw: Any, num_steps: int, ids: _IdMap, where: _Where, max_bytes: int
+) -> TrafficLights:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise where.error("dynamic_map_states", f"must be a dict, got {type(raw).__name__}")
+    _check_dense(where, "dynamic_map_states", "traffic lights", len(raw), num_steps,
+                 _LIGHT_CELL_BYTES, max_bytes)  # fmt: skip
+    converted: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}  # id(seq) -> (seq, s, v)
     lane_ids: list[int] = []
     stop_points: list[np.ndarray] = []
     states: list[np.ndarray] = []
     valid: list[np.ndarray] = []
     rows: dict[int, Any] = {}
     for key, entry in raw.items():
-        f = f"dynamic_map_states[{key!r}]"
+        f = f"dynamic_map_states[{_brief(key)}]"
         if not isinstance(entry, Mapping):
             raise where.error(f, f"must be a dict, got {type(entry).__name__}")
         if entry.get("type", "TRAFFIC_LIGHT") != "TRAFFIC_LIGHT":
@@ -1144,10 +1900,14 @@ def _traffic_lights(raw: Any, num_steps: int, ids: _IdMap, where: _Where) -> Tra
             raise where.error(field, f"must be a sequence, got {type(seq).__name__}")
         if len(seq) != num_steps:
             raise where.error(field, f"has {len(seq)} steps, expected {num_steps}")
-        s = np.zeros(num_steps, dtype=np.int8)
-        v = np.zeros(num_steps, dtype=bool)
-        for t, value in enumerate(seq):
-            s[t], v[t] = _light_state(value, f"{field}[{t}]", where)
+        if id(seq) in converted:  # A sequence shared by several entries is converted once.
+            _, s, v = converted[id(seq)]
+        else:
+            s = np.zeros(num_steps, dtype=np.int8)
+            v = np.zeros(num_steps, dtype=bool)
+            for t, value in enumerate(seq):
+                s[t], v[t] = _light_state(value, f"{field}[{t}]", where)
+            converted[id(seq)] = (seq, s, v)  # seq kept: its id stays unique
         lane_ids.append(lane_id)
         stop_points.append(stop_point)
         states.append(s)
@@ -1171,4 +1931,4 @@ def _light_state(value: Any, field: str, where: _Where) -> tuple[int, bool]:
             return int(state), ok
     elif _is_int(value) and 0 <= value <= max(LightState):
         return int(value), True
-    raise where.error(field, f"{value!r} is not a known traffic light state")
+    raise where.error(field, f"{_brief(value)} is not a known traffic light state")

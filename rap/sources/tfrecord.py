@@ -12,13 +12,16 @@ where ``masked_crc32c(b) = (((c >> 15) | (c << 17)) + 0xA282EAD8) mod 2**32`` wi
 tensorflow/tsl/lib/hash/crc32c.h. CRC-32C comes from the ``google-crc32c`` package.
 
 Corruption is reported as :class:`TFRecordError`, naming the file, the record index and the
-byte offset where that record starts.
+byte offset where that record starts. A path that is not a regular file (a folder, a named pipe,
+a device such as ``/dev/zero``) is refused before anything is read, with
+:class:`NotARegularFileError`: reading a FIFO would block forever and a device has no size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import struct
 import warnings
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -29,6 +32,8 @@ from rap.fileio import atomic_writer
 
 __all__ = [
     "TFRecordError",
+    "NotARegularFileError",
+    "require_regular_file",
     "masked_crc32c",
     "encode_record",
     "iter_records",
@@ -62,6 +67,74 @@ class TFRecordError(ValueError):
 
     def __reduce__(self):  # Keep the attributes when pickled across processes.
         return (type(self), (self.path, self.record, self.offset, self.reason))
+
+
+class NotARegularFileError(ValueError):
+    """A path given as an input file is a folder, a named pipe, a device or a socket.
+
+    Attributes:
+        path: The path, as given.
+        what: What it is instead, e.g. ``"a named pipe (FIFO)"``.
+    """
+
+    def __init__(self, path: PathLike, what: str) -> None:
+        self.path = os.fspath(path)
+        self.what = what
+        super().__init__(f"{self.path}: is {what}, not a regular file")
+
+    def __reduce__(self):  # Keep the attributes when pickled across processes.
+        return (type(self), (self.path, self.what))
+
+
+_NON_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _non_regular(mode: int) -> str | None:
+    """What a file of ``st_mode`` is when it is not a regular file, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _NON_REGULAR if test(mode)), "not a regular file")
+
+
+def require_regular_file(path: PathLike) -> None:
+    """Raise :class:`NotARegularFileError` unless ``path`` (links followed) is a regular file.
+
+    Only ``stat``s the path: never opens it, so a named pipe cannot block.
+
+    Raises:
+        NotARegularFileError: a folder, a named pipe, a device or a socket.
+        FileNotFoundError / OSError: the path does not exist or cannot be looked at.
+    """
+    what = _non_regular(os.stat(path).st_mode)
+    if what is not None:
+        raise NotARegularFileError(path, what)
+
+
+def _open_regular(path: PathLike) -> BinaryIO:
+    """Open ``path`` for binary reading, refusing anything but a regular file.
+
+    The file is opened non-blocking (a named pipe would otherwise block in ``open`` until a
+    writer comes) and checked with ``fstat`` on the open descriptor, so the check and the read
+    concern the same file.
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | nonblock)
+    try:
+        what = _non_regular(os.fstat(fd).st_mode)
+        if what is not None:
+            raise NotARegularFileError(path, what)
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -114,6 +187,8 @@ def iter_records(
 
     Raises:
         TFRecordError: A corrupt or truncated record (when not ``skip_corrupt``).
+        NotARegularFileError: ``path`` is a folder, a named pipe or a device (also with
+            ``skip_corrupt``: there is no record to skip).
         OSError: The file cannot be read.
     """
 
@@ -125,7 +200,7 @@ def iter_records(
         else:
             warnings.warn(f"skipped corrupt TFRecord record: {err}", RuntimeWarning, stacklevel=3)
 
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         file_size = os.fstat(f.fileno()).st_size
         record = 0
         offset = 0
@@ -232,9 +307,14 @@ def index_records(path: PathLike) -> list[RecordIndex]:
 
     Stops at the first unrecoverable framing error, which :func:`read_record_at` (or
     :func:`iter_records`) reports when that record is read.
+
+    Raises:
+        NotARegularFileError: ``path`` is a folder, a named pipe or a device (``/dev/zero``
+            would otherwise index as an empty file).
+        OSError: The file cannot be read.
     """
     entries = []
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         file_size = os.fstat(f.fileno()).st_size
         offset, record = 0, 0
         while offset + _HEADER.size <= file_size:
@@ -258,8 +338,9 @@ def read_record_at(path: PathLike, entry: RecordIndex) -> bytes:
 
     Raises:
         TFRecordError: naming the file, the record index and the byte offset.
+        NotARegularFileError: ``path`` is a folder, a named pipe or a device.
     """
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         file_size = os.fstat(f.fileno()).st_size
         f.seek(entry.offset)
         header = _read_exact(f, _HEADER.size)

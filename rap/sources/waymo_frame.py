@@ -36,6 +36,11 @@ Conventions found in the data, and what is converted here (and nowhere else):
   Waymo's projection, and so does each converted box: comparisons between the two are unchanged.
 * **Images** are decoded from JPEG with Pillow lazily, on first access to
   ``frame.images[name]``, and cached on the frame (5 decoded images of one frame take ~28 MB).
+  Before Pillow reads anything, the size in the JPEG's frame header (:func:`jpeg_size`) must be
+  the calibration's and at most :data:`MAX_IMAGE_SIDE` (8192) px a side; otherwise the image is
+  refused, naming the file, record, camera and size, without decoding. Only the JPEG decoder is
+  used (a PNG or other format in the field is refused). Calibrations above ``MAX_IMAGE_SIDE``
+  are refused when the frame is read.
 * **Rolling shutter.** Waymo's cameras read out column by column (``LEFT_TO_RIGHT``) over ~45 ms;
   Waymo's own projection (``camera_model.cc``) models the camera's motion during readout. This
   module models the pose at each image's ``pose_timestamp`` (:meth:`WaymoFrame.body_to_frame`)
@@ -61,6 +66,8 @@ from rasterizer.camera import OPENCV_FROM_FLU, PinholeCamera, Rig, pose_matrix
 
 __all__ = [
     "CAMERA_NAMES",
+    "MAX_IMAGE_SIDE",
+    "jpeg_size",
     "WaymoLabelType",
     "WaymoFrameError",
     "WaymoBoxes",
@@ -79,6 +86,44 @@ WAYMO_TO_RAP_PIXEL = -0.5  # Units: px
 
 # Rotations in the files are orthonormal to ~1e-9; anything worse than this is a bad record.
 _ROTATION_TOLERANCE = 1e-3
+
+# Largest camera image side accepted, in calibrations and JPEG headers (Waymo's cameras are
+# 1920 px wide; 8192 px a side decodes to 192 MiB of RGB). Larger is refused, never decoded.
+MAX_IMAGE_SIDE = 8192  # Units: px
+
+# JPEG start-of-frame markers (ITU T.81 table B.1): SOF0-3, 5-7, 9-11, 13-15 carry the size.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame header, without decoding; None when ``data``
+    is not a JPEG or no frame header comes before the scan (or it gives no height)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # Fill byte.
+            i += 1
+            continue
+        i += 2
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # No length: TEM, RSTn, SOI.
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or start of scan before a frame header.
+            return None
+        length = int.from_bytes(data[i : i + 2], "big")
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            if i + 7 > n:
+                return None
+            height = int.from_bytes(data[i + 3 : i + 5], "big")
+            width = int.from_bytes(data[i + 5 : i + 7], "big")
+            return (width, height) if height > 0 else None
+        i += length
+    return None
 
 
 class WaymoLabelType(enum.IntEnum):
@@ -201,13 +246,31 @@ class LazyJpegImages(Mapping):
     def __repr__(self) -> str:
         return f"<lazy JPEG images {list(self._jpegs)}>"
 
+    def _check_size(self, name: str, field_name: str, size: tuple[int, int]) -> None:
+        """Refuses a header size beyond :data:`MAX_IMAGE_SIDE` or other than the calibration's."""
+        width, height = size
+        if max(width, height) > MAX_IMAGE_SIDE:
+            raise self._error(self._path, self._record, field_name, f"camera {name}: JPEG header says the image is {width}x{height}, more than the limit of {MAX_IMAGE_SIDE} px a side; not decoded")
+        expected = self._sizes.get(name)
+        if expected is not None and (width, height) != tuple(expected):
+            raise self._error(self._path, self._record, field_name, f"camera {name}: JPEG header says the image is {width}x{height}, calibration says {expected[0]}x{expected[1]}; not decoded")
+
     def _decode(self, name: str) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
         field_name = self._fields.get(name, f"images[{name}].image")
+        data = self._jpegs[name]
+        header = jpeg_size(data)
+        if header is not None:  # Checked before Pillow reads anything.
+            self._check_size(name, field_name, header)
         try:
-            with Image.open(io.BytesIO(self._jpegs[name])) as img:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
+                self._check_size(name, field_name, img.size)  # Pillow's reading of the header.
                 rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except WaymoFrameError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise self._error(self._path, self._record, field_name, f"camera {name}: JPEG is larger than {MAX_IMAGE_SIDE} px a side; not decoded ({exc})") from exc
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise self._error(self._path, self._record, field_name, f"camera {name}: cannot decode JPEG: {exc}") from exc
         expected = self._sizes.get(name)
@@ -306,6 +369,8 @@ def _camera_from_calibration(calib, path: Path, record: int, index: int) -> Pinh
         raise WaymoFrameError(path, record, f"{field_name}.intrinsic", f"camera {name}: expected 9 finite values [f_u, f_v, c_u, c_v, k1, k2, p1, p2, k3], got {intrinsic.tolist()}")
     if not (calib.width > 0 and calib.height > 0):
         raise WaymoFrameError(path, record, f"{field_name}.width/height", f"camera {name}: size {calib.width}x{calib.height}")
+    if max(calib.width, calib.height) > MAX_IMAGE_SIDE:
+        raise WaymoFrameError(path, record, f"{field_name}.width/height", f"camera {name}: size {calib.width}x{calib.height} is more than the limit of {MAX_IMAGE_SIDE} px a side")
     extrinsic = _transform(calib.extrinsic.transform, path, record, f"{field_name}.extrinsic.transform")
     cam_to_body = pose_matrix(extrinsic[:3, :3] @ OPENCV_FROM_FLU, extrinsic[:3, 3])
     f_u, f_v, c_u, c_v, k1, k2, p1, p2, k3 = intrinsic.tolist()

@@ -31,7 +31,11 @@ what is converted here (and nowhere else):
 * ``intent`` is :class:`E2EIntent` (``EgoIntent.Intent``).
 * The initial speed (the Rater Feedback Score scales its trust regions with it) is the norm of
   the last past velocity, the ego's velocity now.
-* Images are decoded from JPEG with Pillow lazily, on first access to ``frame.images[name]``.
+* Images are decoded from JPEG with Pillow lazily, on first access to ``frame.images[name]``,
+  after their header size is checked against the calibration and
+  :data:`~rap.sources.waymo_frame.MAX_IMAGE_SIDE` (as in :mod:`rap.sources.waymo_frame`: a
+  larger or mismatched image is refused without decoding); calibrations above that size are
+  refused when the frame is read.
 
 Errors on bad input are :class:`E2EFrameError` (a :class:`~rap.sources.waymo_frame.WaymoFrameError`,
 a ``ValueError``) naming the file, the record and the field; TFRecord framing errors come from
@@ -48,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rap.sources.waymo_frame import CAMERA_NAMES, WAYMO_TO_RAP_PIXEL, LazyJpegImages, WaymoFrameError
+from rap.sources.waymo_frame import CAMERA_NAMES, MAX_IMAGE_SIDE, WAYMO_TO_RAP_PIXEL, LazyJpegImages, WaymoFrameError
 from rap.trajectory import WOD_E2E_SAMPLING, Trajectory, TrajectorySampling
 from rasterizer.camera import OPENCV_FROM_FLU, PinholeCamera, pose_matrix
 
@@ -248,6 +252,8 @@ def _camera_from_calibration(calib, path: Path, record: int, index: int) -> Pinh
         raise E2EFrameError(path, record, f"{field_name}.intrinsic", f"camera {name}: expected 9 finite values [f_u, f_v, c_u, c_v, k1, k2, p1, p2, k3], got {intrinsic.tolist()}")
     if not (calib.width > 0 and calib.height > 0):
         raise E2EFrameError(path, record, f"{field_name}.width/height", f"camera {name}: size {calib.width}x{calib.height}")
+    if max(calib.width, calib.height) > MAX_IMAGE_SIDE:
+        raise E2EFrameError(path, record, f"{field_name}.width/height", f"camera {name}: size {calib.width}x{calib.height} is more than the limit of {MAX_IMAGE_SIDE} px a side")
     extrinsic = _rigid_transform(calib.extrinsic.transform, path, record, f"{field_name}.extrinsic.transform")
     f_u, f_v, c_u, c_v, k1, k2, p1, p2, k3 = intrinsic.tolist()
     try:

@@ -28,6 +28,18 @@ Field mapping:
   any step (in order of first appearance), ``state`` per step (UNKNOWN and ``valid`` False at steps
   where the lane has no state), ``stop_point`` from the lane's first state.
 
+Limits (a valid record of a few MB can describe terabytes: 200 000 timestamps and 200 000 empty
+tracks serialize to 2 MB and would need 298 GiB of (agents, steps) arrays). Refused with
+:class:`WomdLimitError` (a ``ValueError`` naming the file, the record, the field, the value and
+the limit) before anything is allocated:
+
+* more than ``MAX_STEPS`` = 100 000 ``timestamps_seconds`` (WOMD has 91; 2.8 h at 10 Hz);
+* dense arrays beyond the record's budget (:func:`record_budget`: max(64 MiB, 1000 x the
+  record's size), at most ``MAX_DENSE_BYTES`` = 2 GiB): tracks x steps x 80 bytes (9 float64
+  channels, ``valid``, temporaries), and lanes with a light state x steps x 2 bytes. Every
+  track's ``states`` count is checked before the track arrays are made, so they never exceed
+  what the record holds.
+
 Derived geometry (WOMD maps have no lane widths, stop lines or drivable area):
 
 1. Lane ``width``: for each side with ``left_boundaries`` / ``right_boundaries`` segments, the
@@ -92,6 +104,12 @@ from rap.sources.derived import (
 from rap.sources.tfrecord import TFRecordError, iter_records
 
 __all__ = [
+    "MAX_STEPS",
+    "MAX_DENSE_BYTES",
+    "MIN_RECORD_BUDGET",
+    "RECORD_BUDGET_FACTOR",
+    "WomdLimitError",
+    "record_budget",
     "REAR_AXLE_RATIO",
     "DEFAULT_LANE_WIDTH",
     "MIN_LANE_WIDTH",
@@ -104,20 +122,88 @@ __all__ = [
     "derive_drivable_area",
 ]
 
+# Limits (see "Limits" in the module docs).
+MAX_STEPS = 100_000  # steps of one scenario (2.8 h at 10 Hz; WOMD scenarios have 91)
+MAX_DENSE_BYTES = 2 * 2**30  # [bytes] dense arrays of any record, however large
+MIN_RECORD_BUDGET = 64 * 2**20  # [bytes] dense arrays allowed to any record, however small
+RECORD_BUDGET_FACTOR = 1000  # dense-array bytes allowed per byte of the record
+_TRACK_CELL_BYTES = 80  # [bytes] per (agent, step): 9 float64 channels, valid, temporaries
+_LIGHT_CELL_BYTES = 2  # [bytes] per (lane, step): state and valid
+
 _STATE_FIELDS = (
     "center_x", "center_y", "center_z", "length", "width", "height", "heading",
     "velocity_x", "velocity_y",
 )  # fmt: skip
 
 
+class WomdLimitError(ValueError):
+    """A record implies arrays beyond a limit (see "Limits" in the module docs); refused before
+    they are allocated.
+
+    Attributes:
+        path: The file.
+        record: The record's index in it.
+        field: The absurd field (``timestamps_seconds``, ``tracks``, ``dynamic_map_states``).
+        value: What the record implies (steps, or bytes), as the message says.
+        limit: The limit it exceeds, in the same unit.
+    """
+
+    def __init__(self, message: str, *, path: str, record: int, field: str, value: int, limit: int):
+        super().__init__(message)
+        self.path = path
+        self.record = record
+        self.field = field
+        self.value = value
+        self.limit = limit
+
+    def __reduce__(self):  # Keep the attributes when pickled across processes.
+        args = (str(self), self.path, self.record, self.field, self.value, self.limit)
+        return (_limit_error, args)
+
+
+def _limit_error(message: str, path: str, record: int, field: str, value: int, limit: int):
+    return WomdLimitError(message, path=path, record=record, field=field, value=value, limit=limit)
+
+
+def record_budget(record_size: int) -> int:
+    """Bytes of dense arrays a record of ``record_size`` bytes may imply: ``max(MIN_RECORD_BUDGET,
+    RECORD_BUDGET_FACTOR * record_size)``, at most ``MAX_DENSE_BYTES``."""
+    return min(MAX_DENSE_BYTES, max(MIN_RECORD_BUDGET, RECORD_BUDGET_FACTOR * max(0, record_size)))
+
+
+def _gib(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
 class _Where:
     """Formats error messages as '<path> record <n>: <field> <problem>'."""
 
     def __init__(self, path: str, record: int) -> None:
+        self.path = path
+        self.record = record
         self.prefix = f"{path} record {record}"
 
     def error(self, field: str, problem: str) -> ValueError:
         return ValueError(f"{self.prefix}: {field} {problem}")
+
+    def limit(self, field: str, problem: str, value: int, limit: int) -> WomdLimitError:
+        return WomdLimitError(
+            f"{self.prefix}: {field} {problem}", path=self.path, record=self.record, field=field,
+            value=value, limit=limit,
+        )  # fmt: skip
+
+    def check_dense(self, field: str, what: str, rows: int, steps: int, cell: int, budget: int):
+        """Refuses (rows, steps) arrays of ``cell`` bytes per element beyond ``budget``."""
+        need = rows * steps * cell
+        if need > budget:
+            raise self.limit(
+                field,
+                f"{rows} {what} x {steps} steps need {_gib(need)} of dense arrays, more than the "
+                f"limit of {_gib(budget)} for this record (max({_gib(MIN_RECORD_BUDGET)}, "
+                f"{RECORD_BUDGET_FACTOR} x its size), at most {_gib(MAX_DENSE_BYTES)})",
+                need,
+                budget,
+            )
 
 
 def scene_from_womd(
@@ -137,6 +223,9 @@ def scene_from_womd(
         The validated Scene.
 
     Raises:
+        WomdLimitError: More than ``MAX_STEPS`` timestamps, or dense (agents, steps) or (lanes,
+            steps) arrays beyond :func:`record_budget` of the record's size; checked before they
+            are allocated.
         ValueError: Anything that cannot be converted; the message names the file, the record
             index and the field, e.g. ``"a.tfrecord record 0: tracks[12].states[40].heading is
             NaN"``.
@@ -144,15 +233,25 @@ def scene_from_womd(
     path = os.fspath(path)
     where = _Where(path, record)
     if isinstance(scenario, (bytes, bytearray, memoryview)):
+        size = len(scenario)
         try:
             scenario = scenario_pb2.Scenario.FromString(bytes(scenario))
         except DecodeError as e:
             raise where.error("payload", f"is not a Scenario proto ({e})") from None
-    if not isinstance(scenario, scenario_pb2.Scenario):
+    elif isinstance(scenario, scenario_pb2.Scenario):
+        size = scenario.ByteSize()
+    else:
         raise TypeError(f"expected a Scenario proto or bytes, got {type(scenario).__name__}")
+    budget = record_budget(size)
 
+    num_steps = len(scenario.timestamps_seconds)
+    if num_steps > MAX_STEPS:
+        raise where.limit("timestamps_seconds",
+                          f"has {num_steps} steps, more than the limit of {MAX_STEPS}",
+                          num_steps, MAX_STEPS)  # fmt: skip
+    num_tracks = len(scenario.tracks)
+    where.check_dense("tracks", "tracks", num_tracks, num_steps, _TRACK_CELL_BYTES, budget)
     timestamps = np.asarray(scenario.timestamps_seconds, dtype=np.float64)
-    num_steps = timestamps.shape[0]
     if num_steps == 0:
         raise where.error("timestamps_seconds", "is empty")
     if not np.all(np.isfinite(timestamps)):
@@ -171,7 +270,7 @@ def scene_from_womd(
 
     tracks = _tracks(scenario, num_steps, where)
     map_elements = _map(scenario, where)
-    lights = _traffic_lights(scenario, num_steps, where)
+    lights = _traffic_lights(scenario, num_steps, where, budget)
     map_elements = dataclasses.replace(
         map_elements, stop_lines=stop_lines(map_elements.lanes, map_elements.stop_signs, lights)
     )
@@ -280,6 +379,11 @@ def _indexed_payloads(
 
 def _tracks(scenario: scenario_pb2.Scenario, num_steps: int, where: _Where) -> AgentTracks:
     n = len(scenario.tracks)
+    for i, track in enumerate(scenario.tracks):  # Before allocating: each state is in the record.
+        if len(track.states) != num_steps:
+            raise where.error(
+                f"tracks[{i}].states", f"has {len(track.states)} entries, expected {num_steps}"
+            )
     values = {name: np.zeros((n, num_steps), dtype=np.float64) for name in _STATE_FIELDS}
     valid = np.zeros((n, num_steps), dtype=bool)
     ids = np.zeros(n, dtype=np.int64)
@@ -287,10 +391,6 @@ def _tracks(scenario: scenario_pb2.Scenario, num_steps: int, where: _Where) -> A
     allowed_types = {int(t) for t in AgentType}
     for i, track in enumerate(scenario.tracks):
         states = track.states
-        if len(states) != num_steps:
-            raise where.error(
-                f"tracks[{i}].states", f"has {len(states)} entries, expected {num_steps}"
-            )
         if track.object_type not in allowed_types:
             raise where.error(f"tracks[{i}].object_type", f"{track.object_type} is unknown")
         ids[i] = track.id
@@ -515,7 +615,7 @@ def _lane_width(
 
 
 def _traffic_lights(
-    scenario: scenario_pb2.Scenario, num_steps: int, where: _Where
+    scenario: scenario_pb2.Scenario, num_steps: int, where: _Where, budget: int
 ) -> TrafficLights:
     dynamic = scenario.dynamic_map_states
     if len(dynamic) == 0:
@@ -537,6 +637,9 @@ def _traffic_lights(
                 rows[ls.lane] = len(rows)
                 stop_points.append(_point(ls.stop_point, f"{field}.stop_point", where))
             entries.append((rows[ls.lane], t, ls.state))
+    where.check_dense(
+        "dynamic_map_states", "lanes", len(rows), num_steps, _LIGHT_CELL_BYTES, budget
+    )
     states = np.zeros((len(rows), num_steps), dtype=np.int8)
     valid = np.zeros((len(rows), num_steps), dtype=bool)
     if entries:

@@ -7,6 +7,7 @@ import pytest
 import shapely
 import shapely.affinity
 
+from rap.metrics import pdm_areas
 from rap.metrics.pdm_areas import EgoAreaIndex, PreparedPolygons, SegmentGrid, bits_to_bool, ego_areas, index_bits, membership, membership_bits
 from rap.metrics.pdm_collisions import ego_box
 from rap.sim import StateIndex
@@ -28,7 +29,7 @@ def _polygons() -> list:
 
 
 @pytest.mark.parametrize("resolution", [0.05, 0.1, 0.37])
-def test_membership_equals_shapely_contains(resolution):
+def test_membership_equals_shapely_contains(resolution, path):
     polys = _polygons()
     rng = np.random.default_rng(0)
     pts = rng.uniform([-5, -10], [135, 25], size=(20000, 2))
@@ -83,13 +84,20 @@ def test_ego_area_flags_on_a_two_lane_road():
         assert got.shape == (len(EgoAreaIndex),)
 
 
+@pytest.fixture(params=["pairs", "raster"])
+def path(request, monkeypatch):
+    """Forces membership_bits onto one of its two paths (sparse pairs, dense raster)."""
+    monkeypatch.setattr(pdm_areas, "_RASTER_MIN_DENSITY", np.inf if request.param == "pairs" else 0.0)
+    return request.param
+
+
 def _assert_membership_matches(polys, pts, **kwargs):
     got = membership(PreparedPolygons.from_polygons(polys, **kwargs), pts)
     want = np.stack([shapely.contains_xy(p, pts[:, 0], pts[:, 1]) for p in polys], axis=1)
     np.testing.assert_array_equal(got, want)
 
 
-def test_membership_exact_near_edges_far_from_the_origin():
+def test_membership_exact_near_edges_far_from_the_origin(path):
     # UTM-sized coordinates and points within rounding of edges, on edges and on vertex ordinates:
     # the slab test must defer every uncertain case to shapely.
     offset = np.array([631_234.5, 5_412_345.25])
@@ -113,7 +121,7 @@ def test_membership_exact_near_edges_far_from_the_origin():
     _assert_membership_matches(polys, pts)
 
 
-def test_membership_relevant_masks_and_exact_only():
+def test_membership_relevant_masks_and_exact_only(path):
     polys = _polygons()
     rng = np.random.default_rng(3)
     pts = rng.uniform([-5, -10], [135, 25], size=(6000, 2))
@@ -137,5 +145,21 @@ def test_membership_relevant_masks_and_exact_only():
         got = bits_to_bool(membership_bits(prepared, pts, relevant=relevant), n)
         rel = bits_to_bool(relevant, n)
         np.testing.assert_array_equal(got & rel, want & rel)
-        assert not (got & ~rel).any()  # bits outside the masks are left 0
-    assert {1, 66} <= set(calls)
+    if path == "pairs":
+        assert {1, 66} <= set(calls)  # every candidate point of an exact-only polygon goes to it
+
+
+@pytest.mark.parametrize("radius, quad_segs, resolution", [(10.0, 180, 0.1), (1.0, 4, 0.005)])
+def test_exact_only_polygon_defers_to_its_predicate(path, radius, quad_segs, resolution):
+    # A polygon approximating a disc (to 1e-3 m, or to 1.9 cm with raster cells of 5 mm: the
+    # raster path must widen its uncertain band to the margin); the exact predicate is the disc.
+    disc = shapely.Point(0, 0).buffer(radius, quad_segs=quad_segs)
+    rng = np.random.default_rng(4)
+    pts = rng.uniform(-1.2 * radius, 1.2 * radius, size=(30000, 2))
+    ring = rng.uniform(0, 2 * np.pi, 4000)
+    near = rng.uniform(radius - 0.03, radius + 0.03, (4000, 1))
+    pts = np.concatenate([pts, np.stack([np.cos(ring), np.sin(ring)], axis=1) * near])
+    truth = np.hypot(pts[:, 0], pts[:, 1]) <= radius
+    assert (truth != shapely.contains_xy(disc, pts[:, 0], pts[:, 1])).any()  # the polygon alone is wrong
+    prepared = PreparedPolygons.from_polygons([disc], exact=lambda j, x, y: np.hypot(x, y) <= radius, exact_only=[True])
+    np.testing.assert_array_equal(membership(prepared, pts, resolution)[:, 0], truth)

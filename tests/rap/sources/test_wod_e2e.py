@@ -305,7 +305,7 @@ def test_image_size_mismatch_is_reported_on_decode():
     msg = make_frame()
     msg.frame.images[0].image = jpeg((10, 10), (0, 0, 0))
     frame = e2e_frame_from_bytes(msg.SerializeToString(), path="f.tfrecord", record=2)
-    with pytest.raises(E2EFrameError, match=r"f.tfrecord: record 2: field frame.images\[0\].image: camera FRONT: decoded image is 10x10, calibration says 32x24"):
+    with pytest.raises(E2EFrameError, match=r"f.tfrecord: record 2: field frame.images\[0\].image: camera FRONT: JPEG header says the image is 10x10, calibration says 32x24; not decoded"):
         frame.images["FRONT"]
     msg.frame.images[1].image = b"not a jpeg"
     frame = e2e_frame_from_bytes(msg.SerializeToString())
