@@ -79,19 +79,27 @@ class _SlabIndex:
     ``j * (U + 1) + rank`` of each of its own vertex ordinates (``keys``, sorted); slab ``g``
     spans from ``keys[g - 1]`` to ``keys[g]`` of the same polygon and is crossed by a fixed list
     of non-horizontal edges. Each crossing edge is stored as (x at its lower end, lower y, dx/dy,
-    error bound): the first ``width`` of a slab in ``table`` (S + 1, width, 4), padded with edges
-    at x = -inf that are never crossed, any further ones in ``extra`` (CSR by slab).
+    error bound): the first ``width`` of each slab in ``table`` (width, 4, S + 1), padded with
+    edges at x = -inf that are never crossed, any further ones in ``extra`` (CSR by slab).
+    The broad phase lists, per grid cell (``cell`` metres), the polygons whose bounds overlap it
+    (``cell_poly[cell_start[c]:cell_start[c + 1]]``).
     """
 
     def __init__(self, edges: np.ndarray, edge_poly: np.ndarray, bounds: np.ndarray):
         self.edges, self.edge_owner = edges, edge_poly
         x1, y1, x2, y2 = edges.T
-        self.ys, rank1 = np.unique(y1, return_inverse=True)  # every vertex starts one edge of its closed ring
+        # Distinct vertex ordinates (every vertex starts one edge of its closed ring) and ranks.
+        by_y = np.argsort(y1, kind="stable")
+        y_sorted = y1[by_y]
+        new_y = np.concatenate([[True], y_sorted[1:] != y_sorted[:-1]]) if y1.size else np.zeros(0, dtype=bool)
+        self.ys = y_sorted[new_y]
+        rank1 = np.empty(y1.size, dtype=np.int64)
+        rank1[by_y] = np.cumsum(new_y) - 1
         u1 = self.ys.size + 1
         self.u1 = u1
         rank2 = np.searchsorted(self.ys, y2)
         base = edge_poly.astype(np.int64) * u1
-        self.keys = np.unique(base + rank1)
+        self.keys = _sorted_unique(base + rank1)
         self.keys_ext = np.append(self.keys, -1)  # keys[g] for g == len(keys)
         slanted = np.flatnonzero(y1 != y2)
         up = y2[slanted] > y1[slanted]
@@ -121,7 +129,7 @@ class _SlabIndex:
         table[:, :, 0] = -np.inf
         rank_in_slab = np.arange(slab.size) - start[slab]
         dense = rank_in_slab < width
-        table[slab[dense], rank_in_slab[dense]] = entries[dense]
+        table.reshape(-1, 4)[slab[dense] * width + rank_in_slab[dense]] = entries[dense]
         self.table = np.ascontiguousarray(table.transpose(1, 2, 0))  # (width, 4, S + 1): slot, (xa, ya, slope, bound), slab
         extra = ~dense
         self.extra = entries[extra] if extra.any() else np.zeros((0, 4))
@@ -154,7 +162,8 @@ class _SlabIndex:
         owner = np.repeat(np.arange(b.shape[0]), count)
         local = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
         cid = (cy0[owner] + local // wx[owner]) * self.nx + cx0[owner] + local % wx[owner]
-        order = np.argsort(cid)  # any order of a cell's polygons will do
+        # Any order of a cell's polygons will do; 16-bit cell ids sort by radix (much faster).
+        order = np.argsort(cid.astype(np.uint16), kind="stable") if self.nx * self.ny <= 1 << 16 else np.argsort(cid)
         self.cell_poly = poly_ids[owner[order]]
         self.cell_start = np.concatenate([[0], np.cumsum(np.bincount(cid, minlength=self.nx * self.ny))])
 
@@ -334,7 +343,7 @@ class SegmentGrid:
         out = np.full(x.shape[0], np.nan)
         if rep.size:
             order = np.lexsort((seg, d, rep))
-            first = order[np.unique(rep[order], return_index=True)[1]]
+            first = order[_run_starts(rep[order])]
             out[rep[first]] = self.arc[seg[first]] + t[first] * (self.arc[seg[first] + 1] - self.arc[seg[first]])
         missing = np.isnan(out)
         if missing.any():
@@ -388,6 +397,20 @@ def _window_status(edges: np.ndarray, x0: float, y0: float, res: float, nx: int,
     dil2[1:, :] |= dil[:-1, :]
     dil2[:-1, :] |= dil[1:, :]
     return parity, dil2[1:-1, 1:-1]
+
+
+def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Indices where each run of equal values in a sorted array starts (``np.unique``'s
+    ``return_index``, without its cost)."""
+    if sorted_values.size == 0:
+        return np.zeros(0, dtype=np.intp)
+    return np.flatnonzero(np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]]))
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` via a sort (numpy 2's ``unique`` hashes, which is slow here)."""
+    v = np.sort(values)
+    return v[_run_starts(v)]
 
 
 def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:

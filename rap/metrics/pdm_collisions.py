@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 
+_IS_AGENT = np.isin(np.arange(max(ObjectKind) + 1), [int(a) for a in AGENT_KINDS])
+"""Lookup table: is ObjectKind k one of AGENT_KINDS."""
+
 FRONT_RIGHT, FRONT_LEFT, REAR_LEFT, REAR_RIGHT = range(4)
 """Corner order of :func:`rap.geometry.box_corners_2d` (the front edge is corners 0-1)."""
 
@@ -289,8 +292,10 @@ def find_contacts(
 def _first_events(keys: np.ndarray, pair: np.ndarray) -> np.ndarray:
     """Indices of the first event (smallest key) of each pair id."""
     order = np.lexsort((keys, pair))
-    _, first = np.unique(pair[order], return_index=True)
-    return order[first]
+    ordered = pair[order]
+    if ordered.size == 0:
+        return order
+    return order[np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))]
 
 
 def _first_step(k: int, kk: np.ndarray, tt: np.ndarray) -> np.ndarray:
@@ -355,7 +360,7 @@ def no_at_fault_collisions(
         | (ctype == CollisionType.STOPPED_TRACK)
         | ((ctype == CollisionType.ACTIVE_LATERAL) & risky)
     )
-    agent = np.isin(objects.kinds[nn], [int(a) for a in AGENT_KINDS])
+    agent = _IS_AGENT[objects.kinds[nn]]
     penalty = np.where(agent, 0.0, cfg.non_agent_penalty)
     np.minimum.at(score, kk[at_fault], penalty[at_fault])
     return score, _first_step(k, kk[at_fault], tt[at_fault])

@@ -46,6 +46,7 @@ def _fail(owner: object, name: str, message: str) -> ValueError:
 
 
 _TRACK_AXES = "(num_objects, num_steps)"
+_KNOWN_KIND = np.isin(np.arange(max(ObjectKind) + 1), [int(k) for k in ObjectKind])  # lookup by value
 
 
 def _float_array(owner: object, name: str, shape: tuple[int | None, ...], axes: str = "") -> np.ndarray:
@@ -172,14 +173,15 @@ class ObjectTracks:
         except (TypeError, ValueError) as e:
             raise _fail(self, "ids", f"expected integers ({e})") from None
         n = ids.shape[0]
-        if np.unique(ids).size != n:
+        sorted_ids = np.sort(ids)
+        if (sorted_ids[1:] == sorted_ids[:-1]).any():
             raise _fail(self, "ids", "ids must be unique")
         ids.flags.writeable = False
         object.__setattr__(self, "ids", ids)
         kinds = np.array(self.kinds, dtype=np.int64, copy=True).reshape(-1)
         if kinds.shape != (n,):
             raise _fail(self, "kinds", f"expected shape ({n},), got {kinds.shape}")
-        if not np.isin(kinds, [int(k) for k in ObjectKind]).all():
+        if kinds.size and not (kinds.min() >= 0 and kinds.max() < _KNOWN_KIND.size and _KNOWN_KIND[kinds].all()):
             raise _fail(self, "kinds", "values must be ObjectKind")
         kinds = kinds.astype(np.int8)
         kinds.flags.writeable = False

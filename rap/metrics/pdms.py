@@ -35,7 +35,8 @@ regularizer matrix (see :mod:`rap.sim.tracker`); ``LQRConfig(velocity_regularize
 (``tracker.velocity_regularizer=nuplan`` in ``rap eval navsim``) is the only option that departs
 from the official scorer.
 
-Exactness: area membership (rasterized with an exact fallback), lane-keeping distances, box
+Exactness: area membership (an exact per-point test for sparse queries, a raster with an exact
+fallback for dense ones), lane-keeping distances, box
 contacts (separating axes) and progress projections reproduce shapely's answers exactly;
 :mod:`rap.metrics.pdm_naive` (a loop-based transcription of NAVSIM's scorer) agrees proposal by
 proposal in the tests.
