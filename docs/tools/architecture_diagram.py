@@ -48,6 +48,17 @@ def arrow(draw, a, b, colour=INK, width=3):
         draw.line([b, tip], fill=colour, width=width)
 
 
+def pipeline(draw, x0, y0, names, notes, fill, highlighted, width=128, height=56, step=136):
+    """One row of the data paths: boxes joined by arrows, a grey note under each box."""
+    for k, (name, note) in enumerate(zip(names, notes)):
+        bx = x0 + k * step
+        box(draw, (bx, y0, bx + width - 14, y0 + height), name, [], fill if k in highlighted else COLOURS["core"], size=15)
+        for j, line in enumerate(note.split("\n")):
+            draw.text((bx, y0 + height + 6 + 15 * j), line, fill=GREY, font=font(11))
+        if k:
+            arrow(draw, (bx - 16, y0 + height // 2), (bx - 2, y0 + height // 2))
+
+
 def main() -> None:
     img = Image.new("RGB", (W, H), BG)
     d = ImageDraw.Draw(img)
@@ -72,26 +83,13 @@ def main() -> None:
     px = 780
     d.text((px, 12), "Data paths", fill=INK, font=font(18))
     d.text((px, 44), "training data", fill=GREY, font=font(15))
-    top = ["source", "Scene", "augment", "Sample", "shard", "training"]
-    sub = ["sources/registry", "rap/scene.py", "targets · recovery ·\ncross_agent", "dataset/sample", "dataset/writer,\nreader", "planners/ (next) via\nobservation_from_sample"]
-    bw, bh, step = 128, 56, 136
-    for k, (name, note) in enumerate(zip(top, sub)):
-        bx = px + k * step
-        box(d, (bx, 70, bx + bw - 14, 70 + bh), name, [], COLOURS["augment"] if k in (2, 3) else COLOURS["core"], size=15)
-        for j, line in enumerate(note.split("\n")):
-            d.text((bx, 70 + bh + 6 + 15 * j), line, fill=GREY, font=font(11))
-        if k:
-            arrow(d, (bx - 16, 70 + bh // 2), (bx - 2, 70 + bh // 2))
+    pipeline(d, px, 70, ["source", "Scene", "augment", "Sample", "shard", "training"],
+             ["sources/registry", "rap/scene.py", "targets · recovery ·\ncross_agent", "dataset/sample", "dataset/writer,\nreader", "planners/ (next) via\nobservation_from_sample"],
+             COLOURS["augment"], (2, 3))  # fmt: skip
     d.text((px, 250), "evaluation", fill=GREY, font=font(15))
-    top = ["Scene", "Observation", "agent", "simulation", "metrics", "report"]
-    sub = ["sources/registry", "eval/observe\n(+ render)", "eval/agent\n(protocol)", "sim: tracker,\nbicycle, idm", "metrics/pdms, rfs", "eval/navsim\n(json, md, html)"]
-    for k, (name, note) in enumerate(zip(top, sub)):
-        bx = px + k * step
-        box(d, (bx, 276, bx + bw - 14, 276 + bh), name, [], COLOURS["eval"] if k in (1, 2) else COLOURS["core"], size=15)
-        for j, line in enumerate(note.split("\n")):
-            d.text((bx, 276 + bh + 6 + 15 * j), line, fill=GREY, font=font(11))
-        if k:
-            arrow(d, (bx - 16, 276 + bh // 2), (bx - 2, 276 + bh // 2))
+    pipeline(d, px, 276, ["Scene", "Observation", "agent", "simulation", "metrics", "report"],
+             ["sources/registry", "eval/observe\n(+ render)", "eval/agent\n(protocol)", "sim: tracker,\nbicycle, idm", "metrics/pdms, rfs", "eval/navsim\n(json, md, html)"],
+             COLOURS["eval"], (1, 2))  # fmt: skip
     note = [
         "One input type for planners: an Observation (views, camera records, ego status,",
         "history, requested sampling). Evaluators build it from a Scene with eval/observe.Observer;",
