@@ -1,0 +1,159 @@
+"""Planner models. Every model maps a batch (see :mod:`planners.features`) to::
+
+    {"proposals": (B, K, T, 3) x, y, heading in the acting frame [m, m, rad],
+     "score_logits": (B, K, len(SCORE_NAMES)) | None,   # predicted NAVSIM sub-scores (logits)
+     "trajectory": (B, T, 3)}                            # the proposal the model drives
+
+* :class:`RAPPlanner` — the method's architecture: a shared image backbone over every camera, a
+  learned camera embedding and token positions, an ego-status encoder (speed, velocity,
+  acceleration, driving command, past poses), K learned trajectory queries refined by R
+  transformer-decoder layers (self-attention among proposals, cross-attention over the image
+  tokens), and a scorer head predicting NC, DAC, TTC, EP, comfort and PDMS per proposal;
+  inference drives the proposal with the best predicted PDMS.
+* :class:`RegressionPlanner` — baseline: the same backbone, one trajectory regressed from pooled
+  camera features and the status (no proposals, no scorer).
+* :class:`EgoStatusMLP` — NAVSIM's ego-status baseline: no cameras, an MLP on the status.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from planners.backbones import build_backbone, load_backbone_weights
+from planners.config import ModelSection
+from planners.features import SCORE_NAMES, status_dim, status_features
+
+__all__ = ["RAPPlanner", "RegressionPlanner", "EgoStatusMLP", "build_model", "POSITION_SCALE"]
+
+POSITION_SCALE = 10.0  # [m] heads predict x, y in these units (targets span tens of metres)
+_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, what pretrained backbones expect
+_STD = (0.229, 0.224, 0.225)
+
+
+def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+
+
+def _to_poses(raw: torch.Tensor, num_poses: int) -> torch.Tensor:
+    """Head output (..., T*3) in model units to poses (..., T, 3) in metres and radians."""
+    poses = raw.unflatten(-1, (num_poses, 3))
+    return poses * poses.new_tensor([POSITION_SCALE, POSITION_SCALE, 1.0])
+
+
+class _ImageEncoder(nn.Module):
+    """Cameras (B, N, 3, H, W) uint8 → tokens (B, N, L, D), with camera and position embeddings."""
+
+    def __init__(self, cfg: ModelSection, num_cameras: int, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.backbone = build_backbone(cfg.backbone.name)
+        if cfg.backbone.weights:
+            load_backbone_weights(self.backbone, cfg.backbone.weights)
+        self.frozen = cfg.backbone.frozen
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        with torch.no_grad():
+            self.backbone.eval()
+            w, h = image_size
+            num_tokens = self.backbone(torch.zeros(1, 3, h, w)).shape[1]
+            self.backbone.train()
+        self.proj = nn.Linear(self.backbone.out_channels, cfg.d_model)
+        self.camera_embed = nn.Parameter(torch.randn(num_cameras, 1, cfg.d_model) * 0.02)
+        self.position_embed = nn.Parameter(torch.randn(1, num_tokens, cfg.d_model) * 0.02)
+        self.num_cameras = num_cameras
+
+    def train(self, mode: bool = True) -> "_ImageEncoder":
+        super().train(mode)
+        if self.frozen:  # a frozen backbone keeps its batch-norm statistics
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, n = images.shape[:2]
+        if n != self.num_cameras:
+            raise ValueError(f"the model was built for {self.num_cameras} cameras, the batch has {n}")
+        x = images.flatten(0, 1).float().div(255.0)
+        x = (x - self.mean) / self.std
+        if self.frozen:
+            with torch.no_grad():
+                feats = self.backbone(x)
+        else:
+            feats = self.backbone(x)
+        tokens = self.proj(feats) + self.position_embed  # (B*N, L, D)
+        tokens = tokens.unflatten(0, (b, n)) + self.camera_embed[None]
+        return tokens
+
+
+class RAPPlanner(nn.Module):
+    """Multi-proposal planner with a learned scorer (see the module docstring)."""
+
+    def __init__(self, cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.num_poses, self.history_len, self.num_proposals = num_poses, history_len, cfg.num_proposals
+        self.images = _ImageEncoder(cfg, num_cameras, image_size)
+        self.status = _mlp(status_dim(history_len), d, d)
+        self.queries = nn.Parameter(torch.randn(cfg.num_proposals, d) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerDecoderLayer(d, cfg.num_heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True) for _ in range(cfg.num_layers)
+        )
+        self.traj_embed = nn.Linear(num_poses * 3, d)
+        self.traj_heads = nn.ModuleList(_mlp(d, d, num_poses * 3) for _ in range(cfg.num_layers))
+        self.score_head = _mlp(2 * d, d, len(SCORE_NAMES))
+
+    def forward(self, batch: dict) -> dict:
+        tokens = self.images(batch["images"]).flatten(1, 2)  # (B, N*L, D)
+        s = self.status(status_features(batch, self.history_len))  # (B, D)
+        memory = torch.cat([tokens, s[:, None]], dim=1)
+        q = self.queries[None] + s[:, None]
+        traj = q.new_zeros((q.shape[0], self.num_proposals, self.num_poses * 3))
+        for layer, head in zip(self.layers, self.traj_heads):
+            q = layer(q + self.traj_embed(traj.detach()), memory)
+            traj = traj + head(q)
+        logits = self.score_head(torch.cat([q, self.traj_embed(traj)], dim=-1))
+        proposals = _to_poses(traj, self.num_poses)
+        best = logits[..., SCORE_NAMES.index("pdms")].argmax(dim=1)
+        chosen = proposals[torch.arange(proposals.shape[0], device=proposals.device), best]
+        return {"proposals": proposals, "score_logits": logits, "trajectory": chosen}
+
+
+class RegressionPlanner(nn.Module):
+    """One trajectory from pooled camera features and the status (baseline)."""
+
+    def __init__(self, cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.num_poses, self.history_len = num_poses, history_len
+        self.images = _ImageEncoder(cfg, num_cameras, image_size)
+        self.status = _mlp(status_dim(history_len), d, d)
+        self.head = _mlp(d * (num_cameras + 1), 2 * d, num_poses * 3)
+
+    def forward(self, batch: dict) -> dict:
+        pooled = self.images(batch["images"]).mean(dim=2).flatten(1)  # (B, N*D)
+        feats = torch.cat([pooled, self.status(status_features(batch, self.history_len))], dim=1)
+        trajectory = _to_poses(self.head(feats), self.num_poses)
+        return {"proposals": trajectory[:, None], "score_logits": None, "trajectory": trajectory}
+
+
+class EgoStatusMLP(nn.Module):
+    """NAVSIM's ego-status MLP: status and history in, one trajectory out, no cameras."""
+
+    def __init__(self, cfg: ModelSection, *, num_cameras: int = 0, image_size=None, history_len: int, num_poses: int) -> None:
+        super().__init__()
+        self.num_poses, self.history_len = num_poses, history_len
+        self.mlp = _mlp(status_dim(history_len), 2 * cfg.d_model, num_poses * 3)
+
+    def forward(self, batch: dict) -> dict:
+        trajectory = _to_poses(self.mlp(status_features(batch, self.history_len)), self.num_poses)
+        return {"proposals": trajectory[:, None], "score_logits": None, "trajectory": trajectory}
+
+
+MODELS = {"rap": RAPPlanner, "regression": RegressionPlanner, "ego_mlp": EgoStatusMLP}
+
+
+def build_model(cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int) -> nn.Module:
+    """The planner ``cfg.type`` for ``num_cameras`` views of ``image_size`` (width, height),
+    ``history_len`` past poses and ``num_poses`` output poses."""
+    return MODELS[cfg.type](cfg, num_cameras=num_cameras, image_size=tuple(image_size), history_len=history_len, num_poses=num_poses)

@@ -1,0 +1,42 @@
+"""Scorer targets on the fly: the true NAVSIM sub-scores of every proposal the model makes,
+computed by rap's own PDM scorer from each sample's stored scoring context
+(:mod:`rap.augment.scoring_context`), not from a precomputed metric cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from planners.features import SCORE_NAMES
+from rap.trajectory import TrajectorySampling
+
+__all__ = ["scorer_targets"]
+
+
+def scorer_targets(contexts: Sequence, proposals: torch.Tensor, sampling: TrajectorySampling, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """True sub-scores of the proposals of the samples that want them.
+
+    Args:
+        contexts: one scoring context per sample (None where the shard has none).
+        proposals: (B, K, T, 3) the model's proposals (detached here).
+        sampling: the proposals' sampling.
+        wanted: (B,) per-sample scorer-loss weight; samples with weight 0 are not scored.
+
+    Returns:
+        (targets (B, K, len(SCORE_NAMES)) float32 in [0, 1] (zeros where not scored),
+        scored (B,) bool).
+    """
+    b, k = proposals.shape[:2]
+    poses = proposals.detach().float().cpu().numpy().astype(np.float64)
+    targets = np.zeros((b, k, len(SCORE_NAMES)), dtype=np.float32)
+    scored = np.zeros(b, dtype=bool)
+    for i, ctx in enumerate(contexts):
+        if ctx is None or float(wanted[i]) <= 0 or not np.all(np.isfinite(poses[i])):
+            continue
+        scores = ctx.score(poses[i], sampling)
+        targets[i] = np.stack([np.clip(np.asarray(scores[name], dtype=np.float64), 0.0, 1.0) for name in SCORE_NAMES], axis=1)
+        scored[i] = True
+    device = proposals.device
+    return torch.from_numpy(targets).to(device), torch.from_numpy(scored).to(device)
