@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(
@@ -356,10 +356,99 @@ def bench_score_cmd(
     print(json.dumps(result, sort_keys=True, default=str))
 
 
+DEFAULT_TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny.yaml"
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Argument(None, help="YAML train config, e.g. configs/train/tiny.yaml (with --resume: default the run's own config.yaml)"),
+    out: Path = typer.Option(..., "--out", help="run folder (new or empty; with --resume, a run to continue)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last.pt (same config)"),
+) -> None:
+    """Train a planner on shard datasets written by rap generate.
+
+    Extra arguments are dotted config overrides, e.g. data.datasets=[out/ds_a,out/ds_b]
+    train.max_steps=200. Under torchrun every rank runs this command (DDP). Last stdout line is
+    JSON with steps, samples_per_s, final_loss, val_loss, checkpoint.
+    Exit status: 0 trained; 2 usage, config or data error (nothing written); 3 the loss became
+    NaN/inf (the last good weights are kept in last.pt).
+    """
+    import os
+    import time as _time
+
+    from planners.config import TrainConfig
+    from planners.train import CONFIG_FILE, TrainDiverged
+    from planners.train import train as run_train
+    from rap.config import ConfigError, load_config
+
+    exit_diverged = 3
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if config is None:
+        if not resume:
+            raise _fail("give a config file (e.g. configs/train/tiny.yaml), or --resume to continue a run with its own config")
+        config = out / CONFIG_FILE
+    try:
+        cfg = load_config(TrainConfig, config, list(ctx.args))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    progress = Progress(
+        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} samples/s"),
+        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not rank0,
+    )  # fmt: skip
+    state: dict = {"task": None}
+
+    def on_start(info: dict) -> None:
+        counts = info["counts"]
+        console.print(
+            f"training {cfg.model.type} on {sum(counts['train'].values())} samples ({info['scenes']['train']} scenes; "
+            + ", ".join(f"{k} {v}" for k, v in counts["train"].items())
+            + f"), validating on {sum(counts['val'].values())} ({info['scenes']['val']} scenes); {info['world_size']} rank(s) on {info['device']}"
+        )
+        if info["without_scoring"] and cfg.model.type == "rap" and cfg.loss.scorer_weight > 0:
+            console.print(f"[yellow]warning:[/yellow] {info['without_scoring']} samples have no scoring context (datasets written before rap.scoring/1): they train without the scorer loss")
+        progress.start()
+        state["task"] = progress.add_task("train", total=info["max_steps"], completed=info["start_step"], loss="–", rate="–")
+
+    def on_log(row: dict) -> None:
+        if state["task"] is None:
+            return
+        if "loss" in row:
+            progress.update(state["task"], completed=row["step"], loss=f"{row['loss']:.4f}", rate=f"{row['samples_per_s']:.1f}")
+        if row.get("val_loss") is not None:
+            progress.console.print(f"step {row['step']}: validation loss {row['val_loss']:.4f}")
+
+    start = _time.perf_counter()
+    try:
+        try:
+            result = run_train(cfg, out, resume=resume, on_log=on_log, on_start=on_start)
+        finally:
+            if state["task"] is not None:
+                progress.stop()
+    except TrainDiverged as exc:
+        raise _fail(str(exc), exit_diverged) from None
+    except ValueError as exc:  # TrainError, DataError, BackboneWeightsError, CheckpointError
+        raise _fail(str(exc)) from None
+    if rank0:
+        console.print(f"{result['steps']} steps in {_time.perf_counter() - start:.0f} s; checkpoint {result['checkpoint']}; loss curve {out / 'loss.png'}")
+        print(json.dumps({k: result[k] for k in ("steps", "samples_per_s", "final_loss", "val_loss", "checkpoint")}, sort_keys=True))
+
+
+def _load_any_agent(spec: str):
+    """A built-in agent, an agent file/module, or a checkpoint of rap train (``*.pt``)."""
+    from rap.eval.agent import load_agent
+
+    if spec.endswith((".pt", ".pth", ".ckpt")):
+        from planners.agent import CheckpointAgent
+
+        return CheckpointAgent(spec)  # CheckpointError (a ValueError) names the file
+    return load_agent(spec)
+
+
 @eval_app.command("navsim", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def eval_navsim_cmd(
     ctx: typer.Context,
-    agent: str = typer.Option(..., "--agent", help="expert | constant_velocity | log_replay | path/to/agent.py | package.module (with build_agent())"),
+    agent: str = typer.Option(..., "--agent", help="expert | constant_velocity | log_replay | path/to/agent.py | package.module (with build_agent()) | a rap train checkpoint (*.pt)"),
     scenes: str = typer.Option(..., "--scenes", help="synthetic:N (seeds 0..N-1) | womd:PATH | scenarionet:DIR"),
     out: Path = typer.Option(Path("out/eval_navsim"), "--out", help="folder for navsim_eval.json/.md, index.html and BEV pictures"),
     max_scenes: Optional[int] = typer.Option(None, "--max-scenes", min=1, help="stop after this many scoring steps"),
@@ -374,7 +463,6 @@ def eval_navsim_cmd(
     invalid plan: each scored 0 and listed in the reports).
     """
     from rap.config import ConfigError, load_config
-    from rap.eval.agent import load_agent
     from rap.eval.config import DEFAULT_EVAL_CONFIG, EvalConfig
     from rap.eval.navsim import evaluate_navsim
 
@@ -385,7 +473,7 @@ def eval_navsim_cmd(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     try:
-        the_agent = load_agent(agent)  # AgentLoadError (a ValueError): one line naming the file
+        the_agent = _load_any_agent(agent)  # AgentLoadError / CheckpointError (ValueErrors): one line naming the file
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
