@@ -32,6 +32,7 @@ bench: install
 	$(PY) benchmarks/bench_render.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

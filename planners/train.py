@@ -188,6 +188,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, on_
     """
     out = Path(out_dir)
     rank, world = _dist()
+    created = not out.exists()
     if rank == 0:
         _check_out(out, resume)
         out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +198,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, on_
             return _train(config, out, resume, rank, world, on_log, on_start)
     except LockHeldError:
         raise TrainError(f"--out {out}: another rap train is writing this folder") from None
+    except ValueError:
+        if rank == 0 and created:  # refused before training: leave no trace of this run
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            if out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_log, on_start) -> dict[str, Any]:

@@ -505,6 +505,41 @@ def eval_navsim_cmd(
         raise _fail(f"{len(failed_rows)} of {report['scenes']} scenes failed (agent {report['agent']!r}; each scored 0)", exit_scenes_failed)
 
 
+@eval_app.command("open-loop")
+def eval_open_loop_cmd(
+    agent: str = typer.Option(..., "--agent", help="a rap train checkpoint (*.pt), constant_velocity, or an agent file/module without privileges"),
+    data: Path = typer.Option(..., "--data", help="dataset folder written by rap generate"),
+    out: Path = typer.Option(Path("out/eval_open_loop"), "--out", help="folder for open_loop_eval.json"),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="stop after this many samples"),
+) -> None:
+    """Open-loop errors against a dataset's targets: ADE, FDE, minADE over proposals, L2 at
+    1/2/3 s and the collision rate with logged road users, per sample kind; last line is JSON
+    with ade, fde, min_ade, samples. Exit 0 on success, 2 on a usage or input error."""
+    from planners.open_loop import REPORT_NAME, evaluate_open_loop
+
+    _check_out_folder(out)
+    try:
+        the_agent = _load_any_agent(agent)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    with Progress(TextColumn("samples"), TextColumn("{task.completed}"), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("samples", total=None, last="")
+        try:
+            report = evaluate_open_loop(the_agent, data, out, max_samples=max_samples, on_sample=lambda row: bar.update(task, advance=1, last=f"{row['kind']} ADE {row['ade']:.2f} m"))
+        except ValueError as exc:  # ShardFormatError too
+            raise _fail(str(exc)) from None
+    table = Table(title=escape(f"{report['agent']} on {data}: {report['samples']} samples"))
+    columns = ("ade", "fde", "min_ade", "l2_1s", "l2_2s", "l2_3s", "collision_rate")
+    table.add_column("kind")
+    for key in ("samples", *columns):
+        table.add_column(key, justify="right")
+    for kind, row in [("all", report), *report["per_kind"].items()]:
+        table.add_row(kind, str(row["samples"]), *("–" if row.get(k) is None else f"{row[k]:.3f}" for k in columns))
+    console.print(table)
+    console.print(f"report: {Path(out) / REPORT_NAME}")
+    print(json.dumps({k: report[k] for k in ("ade", "fde", "min_ade", "samples", "l2_1s", "l2_2s", "l2_3s", "collision_rate")}, sort_keys=True))
+
+
 @eval_app.command("wod-e2e")
 def eval_wod_e2e_cmd(
     frames: Path = typer.Option(..., "--frames", help="WOD-E2E E2EDFrame TFRecord file or directory of them"),
