@@ -56,8 +56,9 @@ class DataSection(FrozenModel):
 
     datasets: list[str] = []  # shard folders written by `rap generate`
     dataset_weights: Optional[list[PositiveFloat]] = None  # sampling weight of each dataset (default: by size)
-    # Relative sampling weight of one sample of each kind (RAP: recovery and cross-agent samples as small fractions).
-    kind_sampling: KindWeights = KindWeights(ego=1.0, recovery=0.3, cross_agent=0.3)
+    # Share of each kind in the batches drawn from a dataset (renormalised over the kinds it has;
+    # RAP: recovery and cross-agent samples as small fractions).
+    kind_fractions: KindWeights = KindWeights(ego=0.6, recovery=0.2, cross_agent=0.2)
     cameras: list[str] = ["CAM_L0", "CAM_F0", "CAM_R0"]  # image order; [] for models without images
     image_size: tuple[ImageSide, ImageSide] = (256, 128)  # [px] (width, height) the loader resizes to
     history_poses: PositiveInt = 3  # past poses the model reads (the dataset's history)

@@ -6,7 +6,7 @@
   ``crc32(scene_id)`` falls under ``data.val_fraction``: the same scenes whatever the datasets'
   order).
 * :func:`global_batch` draws the samples of training step ``s`` from ``(seed, s)`` alone, with
-  probabilities from the dataset weights and the per-kind sampling weights: a resumed run reads
+  probabilities from the dataset weights and the per-kind fractions: a resumed run reads
   exactly the batches an uninterrupted one would, and under DDP rank ``r`` of ``R`` reads
   positions ``r, r+R, ...`` of the global batch (ranks read disjoint samples).
 * :class:`SampleDataset` decodes one sample (only the configured cameras), resizes its views in
@@ -161,21 +161,28 @@ def _read_meta(shard: Path, key: str, members: Sequence[tuple[str, int, int]]) -
 
 
 def _probabilities(samples: Sequence[IndexedSample], config: TrainConfig) -> np.ndarray:
-    """Sampling probability of each training sample: dataset weight spread over the dataset's
-    samples in proportion to their kind's sampling weight."""
+    """Sampling probability of each training sample: each dataset's weight (default: its size)
+    is split among the kinds it holds by ``data.kind_fractions`` (renormalised over those
+    kinds), and each kind's share evenly among its samples."""
     data = config.data
-    kind_w = np.array([data.kind_sampling.of(s.kind) for s in samples], dtype=np.float64)
-    ds = np.array([s.dataset for s in samples])
-    probs = np.zeros(len(samples))
     num_ds = len(data.datasets)
-    totals = np.bincount(ds, weights=kind_w, minlength=num_ds)
+    ds = np.array([s.dataset for s in samples])
+    kinds = np.array([KINDS.index(s.kind) for s in samples])
     sizes = np.bincount(ds, minlength=num_ds).astype(np.float64)
     ds_weight = np.asarray(data.dataset_weights, dtype=np.float64) if data.dataset_weights is not None else sizes
+    frac = np.array([data.kind_fractions.of(k) for k in KINDS])
+    probs = np.zeros(len(samples))
     for d in range(num_ds):
-        if totals[d] > 0:
-            probs[ds == d] = ds_weight[d] * kind_w[ds == d] / totals[d]
+        in_d = ds == d
+        count = np.bincount(kinds[in_d], minlength=len(KINDS)).astype(np.float64)
+        share = np.where(count > 0, frac, 0.0)
+        if share.sum() <= 0:
+            continue
+        share = share / share.sum()
+        per_sample = np.divide(share, count, out=np.zeros_like(share), where=count > 0)
+        probs[in_d] = ds_weight[d] * per_sample[kinds[in_d]]
     if probs.sum() <= 0:
-        raise DataError("data.kind_sampling: every training sample has sampling weight 0")
+        raise DataError("data.kind_fractions: every training sample has sampling weight 0")
     return probs / probs.sum()
 
 

@@ -103,3 +103,24 @@ def test_rap_planner_overfits_one_batch(tiny_dataset):
         optimizer.step()
         losses.append(float(loss.detach()))
     assert min(losses[-10:]) < losses[0] / 10, losses[::15]
+
+
+def test_batches_follow_the_kind_fractions_and_dataset_weights(tiny_dataset):
+    """Each kind gets its configured share of the batches whatever its sample count; the draw of
+    a step depends on (seed, step) alone."""
+    import numpy as np
+
+    from planners.data import global_batch
+
+    cfg = tiny_config(tiny_dataset, "data.val_fraction=0", "data.kind_fractions={ego: 0.5, recovery: 0.3, cross_agent: 0.2}")
+    index = TrainingIndex(cfg)
+    kinds = np.array([s.kind for s in index.train])
+    draws = np.concatenate([global_batch(index.probabilities, 0, step, 64) for step in range(200)])
+    for kind, share in (("ego", 0.5), ("recovery", 0.3), ("cross_agent", 0.2)):
+        assert np.mean(kinds[draws] == kind) == pytest.approx(share, abs=0.02), kind
+    assert np.array_equal(global_batch(index.probabilities, 0, 7, 16), global_batch(index.probabilities, 0, 7, 16))
+    assert not np.array_equal(global_batch(index.probabilities, 0, 7, 16), global_batch(index.probabilities, 1, 7, 16))
+    two = tiny_config(tiny_dataset, "data.val_fraction=0", f"data.datasets=[{tiny_dataset},{tiny_dataset}]", "data.dataset_weights=[3,1]")
+    index2 = TrainingIndex(two)
+    ds = np.array([s.dataset for s in index2.train])
+    assert index2.probabilities[ds == 0].sum() == pytest.approx(0.75)
