@@ -12,11 +12,16 @@ an intersection, ~20 driving agents, pedestrians, a parked car and a cone); prop
   and scored with the reference as a pair. Timed on a subset (``--naive-proposals``); the reference
   rollout is given to it, so its time excludes the reference planner.
 * ``one core``: what training needs — N different scenes, each prepared
-  (``prepare_scene``) and its K proposals scored (``score_scene``), on one core (a child process
-  pinned to CPU 0 with OMP/OpenBLAS/MKL at one thread); reports scenes/s and proposals/s for each
+  (``prepare_scene``) and their K proposals scored, on one core (a child process pinned to CPU 0
+  with OMP/OpenBLAS/MKL at one thread): all N scenes in one ``score_scenes`` call when N > 1 and
+  the code has it (``score_scene`` per scene otherwise); reports scenes/s and proposals/s for each
   ``--core-configs`` entry. With ``--baseline REF`` the same loop also runs on the code of git
-  revision REF (its ``rap/`` and ``rasterizer/`` extracted with ``git archive``), alternating
-  with the working tree ``--rounds`` times, and the table gives the ratio (median of rounds).
+  revision REF (its ``rap/`` and ``rasterizer/`` extracted with ``git archive``), or with
+  ``--baseline-path DIR`` on a copy of that code in DIR (``DIR/rap``, ``DIR/rasterizer``),
+  alternating with the working tree ``--rounds`` times, and the table gives the ratio (median of
+  rounds). Each child also reports scenes/s in CPU time (its fastest pass by ``process_time``), which
+  a VM whose vCPUs are shared with other guests disturbs less than wall time; the table gives that
+  ratio too.
 
 Each vectorized configuration runs ``--repeats`` times; the median proposals/s is reported with its
 ratio to the naive loop. The naive scorer's sub-scores are compared with the vectorized ones on
@@ -24,7 +29,7 @@ the same proposals (they must agree exactly). Prints Markdown tables (machine, d
 also writes the rows as JSON.
 
 Usage: python benchmarks/bench_score.py [--proposals 256,1000,4096] [--agents 20] [--repeats 5]
-       [--core-configs 64x50,1000x1] [--baseline REF] [--rounds 3]
+       [--core-configs 64x50,1000x1] [--baseline REF | --baseline-path DIR] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -56,9 +61,11 @@ import json, os, statistics, sys, time
 if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {0})
 import numpy as np
+import rap.metrics.pdms as pdms
 from rap.metrics.pdms import PDMScorerConfig, prepare_scene, score_scene
 from rap.perf import synthetic_proposals, synthetic_scoring_scene
 k, n, agents, repeats, seed = (int(v) for v in sys.argv[1:6])
+batched = n > 1 and hasattr(pdms, "score_scenes")
 scenes, proposals = [], []
 for i in range(n):
     rng = np.random.default_rng(seed + i)
@@ -66,13 +73,17 @@ for i in range(n):
     proposals.append(synthetic_proposals(scenes[-1], rng, k))
 cfg = PDMScorerConfig()
 score_scene(scenes[0], proposals[0], config=cfg)
-seconds = []
+seconds, cpu = [], []
 for _ in range(repeats):
-    start = time.perf_counter()
-    results = [score_scene(s, p, config=cfg, prepared=prepare_scene(s, cfg)) for s, p in zip(scenes, proposals)]
+    start, start_cpu = time.perf_counter(), time.process_time()
+    if batched:
+        results = pdms.score_scenes(scenes, proposals, config=cfg, prepared=[prepare_scene(s, cfg) for s in scenes])
+    else:
+        results = [score_scene(s, p, config=cfg, prepared=prepare_scene(s, cfg)) for s, p in zip(scenes, proposals)]
     seconds.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
 median = statistics.median(seconds)
-print(json.dumps({"scenes_per_s": n / median, "proposals_per_s": n * k / median,
+print(json.dumps({"scenes_per_s": n / median, "proposals_per_s": n * k / median, "batched": batched, "cpu_scenes_per_s": n / min(cpu),
                   "mean_epdms": float(np.mean([r.epdms.mean() for r in results]))}))
 """
 
@@ -109,12 +120,19 @@ def extract_revision(ref: str, into: Path) -> str:
     return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def one_core_rows(configs: list[tuple[int, int]], agents: int, repeats: int, seed: int, baseline: str | None, rounds: int) -> tuple[list[dict], str | None]:
+def one_core_rows(
+    configs: list[tuple[int, int]], agents: int, repeats: int, seed: int, baseline: str | None, rounds: int, baseline_path: Path | None = None
+) -> tuple[list[dict], str | None]:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         base_root = None
         base_hash = None
-        if baseline is not None:
+        if baseline_path is not None:
+            base_root = Path(baseline_path).resolve()
+            if not (base_root / "rap").is_dir():
+                raise SystemExit(f"--baseline-path: {base_root} has no rap/ package")
+            base_hash = base_root.name
+        elif baseline is not None:
             base_root = Path(tmp)
             base_hash = extract_revision(baseline, base_root)
         for k, n in configs:
@@ -132,6 +150,8 @@ def one_core_rows(configs: list[tuple[int, int]], agents: int, repeats: int, see
                     "proposals_per_s": statistics.median(r["proposals_per_s"] for r in runs),
                     "rounds": [r["scenes_per_s"] for r in runs],
                     "mean_epdms": runs[0]["mean_epdms"],
+                    "batched": bool(runs[0].get("batched", False)),
+                    "cpu_scenes_per_s": statistics.median(r["cpu_scenes_per_s"] for r in runs),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -139,6 +159,9 @@ def one_core_rows(configs: list[tuple[int, int]], agents: int, repeats: int, see
                 ratios = [a["scenes_per_s"] / b["scenes_per_s"] for a, b in zip(now, before)]
                 rows[-2]["vs_before"] = statistics.median(ratios)
                 rows[-1]["vs_before"] = 1.0
+                cpu_ratios = [a["cpu_scenes_per_s"] / b["cpu_scenes_per_s"] for a, b in zip(now, before)]
+                rows[-2]["vs_before_cpu"] = statistics.median(cpu_ratios)
+                rows[-1]["vs_before_cpu"] = 1.0
     return rows, base_hash
 
 
@@ -151,6 +174,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--core-configs", default="64x50,1000x1", help="one-core rows: comma-separated KxN (proposals per scene x scenes); empty: none")
     parser.add_argument("--baseline", default=None, help="git revision whose code the one-core rows are compared with")
+    parser.add_argument("--baseline-path", type=Path, default=None, help="folder with a copy of the code to compare with (DIR/rap, DIR/rasterizer); instead of --baseline")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of this tree and the baseline per one-core row")
     parser.add_argument("--out", type=Path, default=None, help="optional JSON output path")
     args = parser.parse_args()
@@ -168,7 +192,7 @@ def main() -> None:
     for row in rows:
         row["vs_naive"] = row["proposals_per_s"] / naive
     configs = [tuple(int(v) for v in c.split("x")) for c in args.core_configs.split(",") if c]
-    core, base_hash = one_core_rows(configs, args.agents, args.repeats, args.seed, args.baseline, args.rounds)
+    core, base_hash = one_core_rows(configs, args.agents, args.repeats, args.seed, args.baseline, args.rounds, args.baseline_path)
     meta = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -193,11 +217,13 @@ def main() -> None:
     if core:
         rounds = f", median of {args.rounds} alternating rounds" if base_hash else ""
         print(f"\none core (CPU 0, BLAS/OpenMP 1 thread), scene preparation included, median of {args.repeats} passes{rounds}\n")
-        print("| code | proposals per scene | scenes | scenes/s | proposals/s | vs before |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| code | proposals per scene | scenes | scenes/s | proposals/s | vs before | scenes/s (CPU time) | vs before (CPU time) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in core:
             ratio = f"{r['vs_before']:.2f}x" if "vs_before" in r else ""
-            print(f"| {r['code']} | {r['num_proposals']} | {r['num_scenes']} | {r['scenes_per_s']:.1f} | {r['proposals_per_s']:.0f} | {ratio} |")
+            cpu_ratio = f"{r['vs_before_cpu']:.2f}x" if "vs_before_cpu" in r else ""
+            print(f"| {r['code']} | {r['num_proposals']} | {r['num_scenes']} | {r['scenes_per_s']:.1f} | {r['proposals_per_s']:.0f} | {ratio} "
+                  f"| {r['cpu_scenes_per_s']:.1f} | {cpu_ratio} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ pedestrians on the kerb and a parked car and traffic cone. Proposals
 speeds, lateral offsets and wiggles, so every metric is exercised.
 
 :func:`bench_score` (what ``rap bench-score`` calls) prepares and scores K proposals per call on N
-such scenes (different seeds) and reports proposals and scenes per second.
+such scenes (different seeds) and reports proposals and scenes per second; with N > 1 it scores
+them as training does, all N in one :func:`~rap.metrics.pdms.score_scenes` call.
 
 Rendering: :func:`bench_render` (what ``rap bench-render`` calls) renders a scene's rig step after
 step and reports views per second.
@@ -29,7 +30,7 @@ import numpy as np
 import shapely
 
 from rap.metrics.pdm_inputs import EgoState, ObjectKind, ObjectTracks, PreviousPlan, ScoringScene
-from rap.metrics.pdms import PDMScorerConfig, prepare_scene, score_scene
+from rap.metrics.pdms import PDMScorerConfig, prepare_scene, score_scene, score_scenes
 from rap.render.scene_raster import SceneRasterizer
 from rap.render.session import open_renderer
 from rap.scene import Scene
@@ -238,11 +239,14 @@ def synthetic_proposals(scene: ScoringScene, rng: np.random.Generator, num_propo
     return out
 
 
-def bench_score(num_proposals: int = 1000, num_agents: int = 20, repeats: int = 3, seed: int = 0, num_scenes: int = 1) -> dict:
+def bench_score(
+    num_proposals: int = 1000, num_agents: int = 20, repeats: int = 3, seed: int = 0, num_scenes: int = 1, batched: bool | None = None
+) -> dict:
     """Scores ``num_proposals`` proposals on each of ``num_scenes`` synthetic scenes, ``repeats``
-    times; every scene is prepared (:func:`~rap.metrics.pdms.prepare_scene`) and scored
-    (:func:`~rap.metrics.pdms.score_scene`) inside the timed loop, as a training step that scores
-    a fresh scene's proposals on the fly would.
+    times; every scene is prepared (:func:`~rap.metrics.pdms.prepare_scene`) and scored inside the
+    timed loop, as a training step that scores fresh scenes' proposals on the fly would: all
+    scenes in one :func:`~rap.metrics.pdms.score_scenes` call (``batched``), or one
+    :func:`~rap.metrics.pdms.score_scene` call per scene.
 
     Args:
         num_proposals: K per :func:`~rap.metrics.pdms.score_scene` call.
@@ -251,14 +255,17 @@ def bench_score(num_proposals: int = 1000, num_agents: int = 20, repeats: int = 
         seed: Scene and proposal randomness; scene i is drawn from ``default_rng(seed + i)``
             (scene 0 is the single scene of ``num_scenes=1``).
         num_scenes: N different scenes per pass.
+        batched: One ``score_scenes`` call per pass; ``None``: when ``num_scenes`` > 1.
 
     Returns:
         Dict with ``proposals_per_s`` and ``scenes_per_s`` (median pass; everything included:
         scene preparation, rollout, reference planner, all v1 and v2 metrics, human filter),
         ``seconds`` per pass, ``num_proposals``, ``num_scenes``, ``num_agents``, ``num_objects``
-        (of scene 0), mean ``pdms`` / ``epdms`` over all scenes and proposals, ``machine``.
+        (of scene 0), mean ``pdms`` / ``epdms`` over all scenes and proposals, ``machine``,
+        ``batched`` (whether ``score_scenes`` scored them).
     """
     n_scenes = max(int(num_scenes), 1)
+    use_batch = n_scenes > 1 if batched is None else bool(batched)
     scenes, proposals = [], []
     for i in range(n_scenes):
         rng = np.random.default_rng(seed + i)
@@ -270,7 +277,10 @@ def bench_score(num_proposals: int = 1000, num_agents: int = 20, repeats: int = 
     results = []
     for _ in range(max(int(repeats), 1)):
         start = time.perf_counter()
-        results = [score_scene(sc, pr, config=config, prepared=prepare_scene(sc, config)) for sc, pr in zip(scenes, proposals)]
+        if use_batch:
+            results = score_scenes(scenes, proposals, config=config, prepared=[prepare_scene(sc, config) for sc in scenes])
+        else:
+            results = [score_scene(sc, pr, config=config, prepared=prepare_scene(sc, config)) for sc, pr in zip(scenes, proposals)]
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
     return {
@@ -284,6 +294,7 @@ def bench_score(num_proposals: int = 1000, num_agents: int = 20, repeats: int = 
         "mean_pdms": float(np.mean([r.pdms.mean() for r in results])),
         "mean_epdms": float(np.mean([r.epdms.mean() for r in results])),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "batched": use_batch,
     }
 
 

@@ -12,6 +12,7 @@ from rap.metrics.pdms import (
     aggregate_v2,
     prepare_scene,
     score_scene,
+    score_scenes,
     score_states,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "aggregate_v2",
     "prepare_scene",
     "score_scene",
+    "score_scenes",
     "score_states",
 ]

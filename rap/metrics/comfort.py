@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from enum import IntEnum
 
 import numpy as np
@@ -152,7 +153,9 @@ def _savgol_plan(n: int, window: int, polyorder: int, deriv: int, delta: float) 
     return plan
 
 
-def savgol_filter(x: np.ndarray, window: int, polyorder: int, deriv: int = 0, delta: float = 1.0) -> np.ndarray:
+def savgol_filter(
+    x: np.ndarray, window: int, polyorder: int, deriv: int = 0, delta: float = 1.0, groups: Sequence[int] | None = None
+) -> np.ndarray:
     """Savitzky-Golay filter along the last axis, equal to ``scipy.signal.savgol_filter`` with
     ``mode="interp"`` (odd or even ``window``).
 
@@ -162,6 +165,9 @@ def savgol_filter(x: np.ndarray, window: int, polyorder: int, deriv: int = 0, de
         polyorder: Polynomial order (< window).
         deriv: Derivative order.
         delta: Sample spacing [s] for derivatives.
+        groups: Row counts along the first axis (summing to its length), each filtered bit for
+            bit as a call on that group alone would (see :func:`rap.sim.tracker.small_matmul`);
+            ``None``: one group.
 
     Returns:
         (..., n) float64 filtered signals (or derivatives, per unit of ``delta``).
@@ -170,7 +176,7 @@ def savgol_filter(x: np.ndarray, window: int, polyorder: int, deriv: int = 0, de
     n = arr.shape[-1]
     plan = _savgol_plan(n, int(window), int(polyorder), int(deriv), float(delta))
     if plan.fit is not None:
-        return small_matmul(small_matmul(arr, plan.fit.T), plan.evaluate.T)
+        return small_matmul(small_matmul(arr, plan.fit.T, groups), plan.evaluate.T, groups)
     out = np.empty(arr.shape)
     i0, i1 = plan.interior
     half = window // 2
@@ -179,8 +185,8 @@ def savgol_filter(x: np.ndarray, window: int, polyorder: int, deriv: int = 0, de
         start = i0 + half - k
         acc += c * arr[..., start : start + (i1 - i0)]
     out[..., i0:i1] = acc
-    out[..., :half] = small_matmul(arr[..., :window], plan.head.T)
-    out[..., n - half :] = small_matmul(arr[..., n - window :], plan.tail.T)
+    out[..., :half] = small_matmul(arr[..., :window], plan.head.T, groups)
+    out[..., n - half :] = small_matmul(arr[..., n - window :], plan.tail.T, groups)
     return out
 
 
@@ -209,7 +215,7 @@ def _accelerations(states: np.ndarray, center: bool, vehicle: VehicleParameters)
 
 
 def comfort_signals(
-    states: np.ndarray, dt: float, filters: ComfortFilters, vehicle: VehicleParameters = PACIFICA
+    states: np.ndarray, dt: float, filters: ComfortFilters, vehicle: VehicleParameters = PACIFICA, groups: Sequence[int] | None = None
 ) -> np.ndarray:
     """The six smoothed comfort signals.
 
@@ -218,6 +224,8 @@ def comfort_signals(
         dt: Step [s].
         filters: Window settings (:data:`V1_FILTERS` or :data:`V2_FILTERS`).
         vehicle: Footprint (for box-centre accelerations).
+        groups: Row counts (summing to K) computed as separate calls would, bit for bit
+            (:func:`savgol_filter`); ``None``: one group.
 
     Returns:
         (K, 6, S) float64 signals, rows :class:`ComfortIndex` [m/s^2, m/s^2, m/s^3, m/s^3,
@@ -227,19 +235,19 @@ def comfort_signals(
     n = s.shape[1]
     ax, ay = _accelerations(s, filters.center_referenced, vehicle)
     w_acc = _window(filters.accel_window, n)
-    lon = np.round(savgol_filter(ax, w_acc, 2), 8)
-    lat = np.round(savgol_filter(ay, w_acc, 2), 8)
+    lon = np.round(savgol_filter(ax, w_acc, 2, groups=groups), 8)
+    lat = np.round(savgol_filter(ay, w_acc, 2, groups=groups), 8)
     w_smooth = _window(filters.accel_smoothing_window, n)
     w_jerk = _window(filters.jerk_window, n)
     mag = np.hypot(s[..., StateIndex.ACCELERATION_X], s[..., StateIndex.ACCELERATION_Y])
-    mag_s = np.round(savgol_filter(mag, w_smooth, 2), 8)
-    lon_s = np.round(savgol_filter(ax, w_smooth, 2), 8)
-    jerk = np.round(savgol_filter(mag_s, w_jerk, 2, deriv=1, delta=dt), 8)
-    lon_jerk = np.round(savgol_filter(lon_s, w_jerk, 2, deriv=1, delta=dt), 8)
+    mag_s = np.round(savgol_filter(mag, w_smooth, 2, groups=groups), 8)
+    lon_s = np.round(savgol_filter(ax, w_smooth, 2, groups=groups), 8)
+    jerk = np.round(savgol_filter(mag_s, w_jerk, 2, deriv=1, delta=dt, groups=groups), 8)
+    lon_jerk = np.round(savgol_filter(lon_s, w_jerk, 2, deriv=1, delta=dt, groups=groups), 8)
     heading = _unwrap(s[..., StateIndex.HEADING])
     w_yaw = _window(filters.yaw_window, n)
-    yaw_accel = np.round(savgol_filter(heading, w_yaw, 3, deriv=2, delta=dt), 8)
-    yaw_rate = np.round(savgol_filter(heading, w_yaw, 2, deriv=1, delta=dt), 8)
+    yaw_accel = np.round(savgol_filter(heading, w_yaw, 3, deriv=2, delta=dt, groups=groups), 8)
+    yaw_rate = np.round(savgol_filter(heading, w_yaw, 2, deriv=1, delta=dt, groups=groups), 8)
     return np.stack([lon, lat, jerk, lon_jerk, yaw_accel, yaw_rate], axis=1)
 
 
@@ -249,6 +257,7 @@ def comfort_checks(
     filters: ComfortFilters,
     bounds: ComfortBounds | None = None,
     vehicle: VehicleParameters = PACIFICA,
+    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Whether each comfort signal stays strictly within its bounds at every step.
 
@@ -258,12 +267,13 @@ def comfort_checks(
         filters: Window settings.
         bounds: Limits; ``None`` means ``ComfortBounds()``.
         vehicle: Footprint.
+        groups: Row counts computed as separate calls would (:func:`comfort_signals`).
 
     Returns:
         (K, 6) bool, columns :class:`ComfortIndex`.
     """
     b = bounds if bounds is not None else ComfortBounds()
-    sig = comfort_signals(states, dt, filters, vehicle)
+    sig = comfort_signals(states, dt, filters, vehicle, groups)
     lo = np.array([b.min_lon_accel, -b.max_abs_lat_accel, -b.max_abs_jerk, -b.max_abs_lon_jerk, -b.max_abs_yaw_accel, -b.max_abs_yaw_rate])
     hi = np.array([b.max_lon_accel, b.max_abs_lat_accel, b.max_abs_jerk, b.max_abs_lon_jerk, b.max_abs_yaw_accel, b.max_abs_yaw_rate])
     return ((sig > lo[None, :, None]) & (sig < hi[None, :, None])).all(axis=-1)
@@ -275,21 +285,23 @@ def is_comfortable(
     filters: ComfortFilters,
     bounds: ComfortBounds | None = None,
     vehicle: VehicleParameters = PACIFICA,
+    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """(K,) float64 comfort score: 1 if every check of :func:`comfort_checks` passes, else 0."""
-    return comfort_checks(states, dt, filters, bounds, vehicle).all(axis=-1).astype(np.float64)
+    """(K,) float64 comfort score: 1 if every check of :func:`comfort_checks` passes, else 0
+    (``groups``: see :func:`comfort_signals`)."""
+    return comfort_checks(states, dt, filters, bounds, vehicle, groups).all(axis=-1).astype(np.float64)
 
 
-def _extended_features(states: np.ndarray, dt: float) -> np.ndarray:
+def _extended_features(states: np.ndarray, dt: float, groups: Sequence[int] | None = None) -> np.ndarray:
     """(K, 4, n) acceleration magnitude, jerk, yaw rate, yaw acceleration (v2 definitions)."""
     n = states.shape[1]
     mag = np.hypot(states[..., StateIndex.ACCELERATION_X], states[..., StateIndex.ACCELERATION_Y])
-    acc = np.round(savgol_filter(mag, min(8, n), 2), 8)
-    jerk = np.round(savgol_filter(acc, min(15, n), 2, deriv=1, delta=dt), 8)
+    acc = np.round(savgol_filter(mag, min(8, n), 2, groups=groups), 8)
+    jerk = np.round(savgol_filter(acc, min(15, n), 2, deriv=1, delta=dt, groups=groups), 8)
     heading = _unwrap(states[..., StateIndex.HEADING])
     w = min(5, n)
-    yaw_rate = np.round(savgol_filter(heading, w, 2, deriv=1, delta=dt), 8)
-    yaw_accel = np.round(savgol_filter(heading, w, 2, deriv=2, delta=dt), 8)
+    yaw_rate = np.round(savgol_filter(heading, w, 2, deriv=1, delta=dt, groups=groups), 8)
+    yaw_accel = np.round(savgol_filter(heading, w, 2, deriv=2, delta=dt, groups=groups), 8)
     return np.stack([acc, jerk, yaw_rate, yaw_accel], axis=1)
 
 
@@ -299,6 +311,7 @@ def extended_comfort(
     offset_steps: int,
     dt: float,
     bounds: ExtendedComfortBounds | None = None,
+    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Two-frame extended comfort (EPDMS ``EC``).
 
@@ -309,6 +322,9 @@ def extended_comfort(
         offset_steps: Time between the plans in steps (NAVSIM: 0.5 s / 0.1 s = 5).
         dt: Step [s].
         bounds: RMS limits; ``None`` means ``ExtendedComfortBounds()``.
+        groups: Row counts of ``current`` (summing to K), one previous plan each: ``previous``
+            is then (len(groups), S, 11) and every group's result is bit-identical to a call
+            with its rows and its (S, 11) previous plan alone (one pass for many scenes).
 
     Returns:
         (K,) float64: 1 where the plans agree on their overlap (current steps 0 .. S-1-offset vs
@@ -321,8 +337,15 @@ def extended_comfort(
         prev = prev[None]
     if not 0 < offset_steps < cur.shape[1]:
         raise ValueError(f"extended_comfort: offset_steps must be in (0, {cur.shape[1]}), got {offset_steps}")
-    f_cur = _extended_features(cur[:, :-offset_steps], dt)
-    f_prev = _extended_features(prev[:, offset_steps:], dt)
+    if groups is not None:
+        groups = [int(g) for g in groups]
+        if prev.shape[0] != len(groups) or sum(groups) != cur.shape[0]:
+            raise ValueError(f"extended_comfort: with groups, previous needs one plan per group ({len(groups)}) and the groups must sum to {cur.shape[0]}")
+        f_cur = _extended_features(cur[:, :-offset_steps], dt, groups)
+        f_prev = np.repeat(_extended_features(prev[:, offset_steps:], dt, [1] * len(groups)), groups, axis=0)
+    else:
+        f_cur = _extended_features(cur[:, :-offset_steps], dt)
+        f_prev = _extended_features(prev[:, offset_steps:], dt)
     rms = np.sqrt(np.mean((f_cur - f_prev) ** 2, axis=-1))  # (K, 4)
     limits = np.array([b.acceleration, b.jerk, b.yaw_rate, b.yaw_accel])
     return (rms <= limits[None, :]).all(axis=-1).astype(np.float64)

@@ -35,6 +35,7 @@ __all__ = [
     "ego_box",
     "ego_centers",
     "Contacts",
+    "StackedObjects",
     "find_contacts",
     "no_at_fault_collisions",
     "time_to_collision",
@@ -193,13 +194,83 @@ class Contacts:
     n: tuple
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class StackedObjects:
+    """The objects of several scenes as one set, for contact search and NC / TTC over many
+    scenes' rollouts at once (:func:`find_contacts` with ``row_scene``). Arrays are laid out as
+    :class:`~rap.metrics.pdm_inputs.ObjectTracks` (N, S), N the objects of all scenes in scene
+    order and S the most steps of any scene; a scene with fewer steps repeats its last step
+    (invalid), so every lookup reads what that scene's own tracks give.
+
+    Attributes:
+        kinds, x, y, heading, vx, vy, length, width, valid: As in ``ObjectTracks``.
+        steps: (N,) int64 steps of each object's own scene.
+        scene: (N,) int64 scene index of each object.
+        starts: (G + 1,) int64 first object of each scene (and N).
+    """
+
+    kinds: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    heading: np.ndarray
+    vx: np.ndarray
+    vy: np.ndarray
+    length: np.ndarray
+    width: np.ndarray
+    valid: np.ndarray
+    steps: np.ndarray
+    scene: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def stack(cls, tracks: Sequence[ObjectTracks]) -> StackedObjects:
+        """The objects of ``tracks`` (one ``ObjectTracks`` per scene), scene after scene."""
+        s_max = max((t.num_steps for t in tracks), default=1)
+
+        def per_step(name: str) -> np.ndarray:
+            parts = []
+            for t in tracks:
+                a = getattr(t, name)
+                if t.num_steps < s_max:
+                    pad = False if name == "valid" else a[:, -1:]
+                    a = np.concatenate([a, np.broadcast_to(pad, (a.shape[0], s_max - t.num_steps))], axis=1)
+                parts.append(a)
+            return np.concatenate(parts) if parts else np.zeros((0, s_max), dtype=bool if name == "valid" else np.float64)
+
+        counts = np.array([len(t) for t in tracks], dtype=np.int64)
+        return cls(
+            kinds=np.concatenate([t.kinds for t in tracks]) if tracks else np.zeros(0, np.int8),
+            x=per_step("x"), y=per_step("y"), heading=per_step("heading"), vx=per_step("vx"), vy=per_step("vy"),
+            length=np.concatenate([t.length for t in tracks]) if tracks else np.zeros(0),
+            width=np.concatenate([t.width for t in tracks]) if tracks else np.zeros(0),
+            valid=per_step("valid"),
+            steps=np.repeat(np.array([t.num_steps for t in tracks], dtype=np.int64), counts),
+            scene=np.repeat(np.arange(len(tracks), dtype=np.int64), counts),
+            starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        )
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.x.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.kinds.shape[0])
+
+    def first_valid_speed(self) -> np.ndarray:
+        """(N,) speed at each object's first valid step [m/s] (as ``ObjectTracks``)."""
+        first = np.argmax(self.valid, axis=1)
+        rows = np.arange(len(self))
+        return np.hypot(self.vx[rows, first], self.vy[rows, first])
+
+
 def find_contacts(
     states: np.ndarray,
-    objects: ObjectTracks,
+    objects: ObjectTracks | StackedObjects,
     last_step: int,
     vehicle: VehicleParameters = PACIFICA,
     config: CollisionConfig | None = None,
     dt: float = 0.1,
+    row_scene: np.ndarray | None = None,
 ) -> Contacts:
     """All ego-object contacts for steps 0..``last_step`` and every look-ahead.
 
@@ -214,8 +285,13 @@ def find_contacts(
         vehicle: Ego footprint.
         config: Look-ahead steps.
         dt: Step [s].
+        row_scene: With :class:`StackedObjects`: (K,) int64 scene of each row of ``states``
+            (rows sorted by scene); a row meets only its own scene's objects. The contacts are
+            those of each scene searched alone (in another order), in the stacked numbering.
     """
     cfg = config if config is not None else CollisionConfig()
+    if row_scene is not None:
+        return _find_contacts_stacked(states, objects, last_step, vehicle, cfg, dt, np.asarray(row_scene, dtype=np.int64))
     looks = [int(d) for d in cfg.ttc_lookahead_steps]
     empty = tuple(np.zeros(0, dtype=np.int64) for _ in looks)
     top = min(int(last_step), states.shape[1] - 1, objects.num_steps - 1)
@@ -266,22 +342,146 @@ def find_contacts(
     near = ddx <= reach * np.float32(1 + 1e-4) + np.float32(1e-3)  # float32 slack; exact test follows
     kk, aa = np.nonzero(near)
     tt, nn = ta[aa], na[aa]
+    return _exact_contacts(kk, tt, nn, objects, ok, looks, cx, cy, vx, vy, heading, vehicle, dt)
+
+
+def _find_contacts_stacked(
+    states: np.ndarray, objects: StackedObjects, last_step: int, vehicle: VehicleParameters, cfg: CollisionConfig, dt: float, row_scene: np.ndarray
+) -> Contacts:
+    """:func:`find_contacts` for many scenes at once: the same per-pair arithmetic, with the
+    broad phase kept within each scene (ego rows of scene g against the objects of scene g)."""
+    looks = [int(d) for d in cfg.ttc_lookahead_steps]
+    empty = tuple(np.zeros(0, dtype=np.int64) for _ in looks)
+    top = min(int(last_step), states.shape[1] - 1, objects.num_steps - 1)
+    if len(objects) == 0 or top < 0 or states.shape[0] == 0:
+        return Contacts(empty, empty, empty)
+    if np.any(np.diff(row_scene) < 0):
+        raise ValueError("find_contacts: row_scene must be sorted (rows grouped by scene)")
+    n_scenes = objects.starts.size - 1
+    sub = states[:, : top + 1]
+    speed = np.hypot(sub[..., StateIndex.VELOCITY_X], sub[..., StateIndex.VELOCITY_Y])
+    heading = sub[..., StateIndex.HEADING]
+    cos_h, sin_h = np.cos(heading), np.sin(heading)
+    d = vehicle.rear_axle_to_center
+    cx = sub[..., StateIndex.X] + d * cos_h
+    cy = sub[..., StateIndex.Y] + d * sin_h
+    vx, vy = cos_h * speed, sin_h * speed
+    half = 0.5 * max(looks) * dt
+    mx, my = cx + vx * half, cy + vy * half
+    ego_r = float(np.hypot(vehicle.half_length, vehicle.half_width)) + speed * half
+    # Objects (step-major, as find_contacts): a look-ahead counts while it is within the
+    # object's own scene's steps (and the scene's steps cover the ego step).
+    steps = np.arange(top + 1)
+    ahead = steps[:, None] + np.asarray(looks)[None, :]  # (Te, D)
+    idx = np.minimum(ahead, objects.num_steps - 1)
+    own = objects.steps  # (N,)
+    ok = (ahead[:, :, None] < own[None, None, :]) & objects.valid.T[idx]  # (Te, D, N)
+    ox = np.ascontiguousarray(objects.x.T[idx])
+    oy = np.ascontiguousarray(objects.y.T[idx])
+    w = ok.astype(np.float64)
+    cnt = np.maximum(w.sum(axis=1), 1.0)
+    ocx = (ox * w).sum(axis=1) / cnt
+    ocy = (oy * w).sum(axis=1) / cnt
+    spread = np.where(ok, np.hypot(ox - ocx[:, None], oy - ocy[:, None]), 0.0).max(axis=1)
+    obj_r = 0.5 * np.hypot(objects.length, objects.width)[None, :] + spread  # (Te, N)
+    any_ok = ok.any(axis=1)
+    # Per scene, drop (step, object) pairs out of reach of every row of that scene.
+    row_counts = np.bincount(row_scene, minlength=n_scenes)
+    row_starts = np.concatenate([[0], np.cumsum(row_counts)])
+    has_rows = np.flatnonzero(row_counts)
+    lo_x = np.full((n_scenes, top + 1), np.inf)
+    hi_x = np.full((n_scenes, top + 1), -np.inf)
+    lo_y, hi_y = lo_x.copy(), hi_x.copy()
+    lo_x[has_rows] = np.minimum.reduceat(mx - ego_r, row_starts[has_rows], axis=0)
+    hi_x[has_rows] = np.maximum.reduceat(mx + ego_r, row_starts[has_rows], axis=0)
+    lo_y[has_rows] = np.minimum.reduceat(my - ego_r, row_starts[has_rows], axis=0)
+    hi_y[has_rows] = np.maximum.reduceat(my + ego_r, row_starts[has_rows], axis=0)
+    g = objects.scene
+    active = any_ok & (ocx + obj_r >= lo_x[g].T) & (ocx - obj_r <= hi_x[g].T)
+    active &= (ocy + obj_r >= lo_y[g].T) & (ocy - obj_r <= hi_y[g].T)
+    ta, na = np.nonzero(active)
+    if ta.size == 0:
+        return Contacts(empty, empty, empty)
+    # Every (active pair, row) of the same scene as dense (A, rows) blocks (each scene's rows laid
+    # out step-major and padded with NaN, never near), tested per look-ahead with the exact
+    # test's circles in float32, relative to a point of the scene (its first row at step 0). The
+    # circles are widened by 1 cm plus 1e-6 of the scene's extent E (the rows' farthest centre
+    # from that point plus their largest 0.9 s travel): a pair that can pass the exact test has
+    # all its terms within E, so float32 rounding (< 5e-7 E) stays inside the margin; the
+    # survivors get the exact test.
+    k_max = int(row_counts.max())
+    local = np.arange(states.shape[0]) - row_starts[row_scene]
+    anchor = np.minimum(row_starts[:-1], states.shape[0] - 1)
+    org_x, org_y = cx[anchor, 0], cy[anchor, 0]  # (G,)
+    rel_x, rel_y = cx - org_x[row_scene, None], cy - org_y[row_scene, None]
+    extent = np.zeros(n_scenes)
+    reach_row = np.maximum(np.abs(rel_x), np.abs(rel_y)).max(axis=1) + speed.max(axis=1) * (max(looks) * dt)
+    extent[has_rows] = np.maximum.reduceat(reach_row, row_starts[has_rows])
+
+    def by_scene(a: np.ndarray) -> np.ndarray:
+        out = np.full((n_scenes, top + 1, k_max), np.nan, dtype=np.float32)
+        out[row_scene, :, local] = a
+        return out
+
+    ga = g[na]
+    ex = by_scene(rel_x)[ga, ta]  # (A, rows)
+    ey = by_scene(rel_y)[ga, ta]
+    evx = by_scene(vx)[ga, ta]
+    evy = by_scene(vy)[ga, ta]
+    box_r = float(np.hypot(vehicle.half_length, vehicle.half_width))
+    margin = 0.01 + 1e-6 * extent[ga]
+    limit = ((box_r + 0.5 * np.hypot(objects.length, objects.width)[na] + margin) ** 2).astype(np.float32)[:, None]
+    near = np.zeros(ex.shape, dtype=bool)
+    per_look = []
+    for j, look in enumerate(looks):
+        t2 = np.minimum(ta + look, objects.num_steps - 1)
+        ox_j = (objects.x[na, t2] - org_x[ga]).astype(np.float32)[:, None]
+        oy_j = (objects.y[na, t2] - org_y[ga]).astype(np.float32)[:, None]
+        shift = np.float32(look * dt)
+        dx = ox_j - (ex + evx * shift)
+        dy = oy_j - (ey + evy * shift)
+        dx *= dx
+        dy *= dy
+        dx += dy
+        hit = dx <= limit
+        hit &= ok[ta, j, na][:, None]
+        near |= hit
+        per_look.append(hit)
+    aa, k_local = np.nonzero(near)
+    kk = row_starts[ga[aa]] + k_local
+    tt, nn = ta[aa], na[aa]
+    flat = aa * k_max + k_local
+    return _exact_contacts(kk, tt, nn, objects, ok, looks, cx, cy, vx, vy, heading, vehicle, dt, [np.take(np.ravel(h), flat) for h in per_look])
+
+
+def _exact_contacts(kk, tt, nn, objects, ok, looks, cx, cy, vx, vy, heading, vehicle, dt, maybe=None) -> Contacts:
+    """The separating-axis test of every candidate (row, step, object) per look-ahead (lookups
+    by flat index: the same values as 2-d indexing, cheaper). ``maybe``: per look-ahead, (P,)
+    bool, the candidates that can pass it at all (they include every valid one that passes the
+    exact circle test); ``None``: all valid ones."""
     hl, hw = vehicle.half_length, vehicle.half_width
     box_r = float(np.hypot(hl, hw))
     circle_r = 0.5 * np.hypot(objects.length, objects.width)
     out_k, out_t, out_n = [], [], []
-    ecx, ecy, evx, evy, eh = cx[kk, tt], cy[kk, tt], vx[kk, tt], vy[kk, tt], heading[kk, tt]
+    e = kk * cx.shape[1] + tt
+    ecx, ecy, evx, evy, eh = (np.take(np.ravel(a), e) for a in (cx, cy, vx, vy, heading))
+    n_look, n_obj, n_steps = ok.shape[1], ok.shape[2], objects.x.shape[1]
+    ok_flat = np.ravel(ok)
+    ox, oy, oh = np.ravel(objects.x), np.ravel(objects.y), np.ravel(objects.heading)
     for j, look in enumerate(looks):
-        sel = np.nonzero(ok[tt, j, nn])[0]
-        n1 = nn[sel]
-        s2 = tt[sel] + look
+        if maybe is None:
+            sel = np.flatnonzero(np.take(ok_flat, (tt * n_look + j) * n_obj + nn))
+        else:
+            sel = np.flatnonzero(maybe[j])
+        n1 = np.take(nn, sel)
+        o = n1 * n_steps + (np.take(tt, sel) + look)
         shift = look * dt
-        dx = objects.x[n1, s2] - (ecx[sel] + evx[sel] * shift)
-        dy = objects.y[n1, s2] - (ecy[sel] + evy[sel] * shift)
-        close = np.nonzero(dx * dx + dy * dy <= (box_r + circle_r[n1]) ** 2 + 1e-9)[0]  # per-look-ahead circles
-        sel, n1, s2, dx, dy = sel[close], n1[close], s2[close], dx[close], dy[close]
+        dx = np.take(ox, o) - (np.take(ecx, sel) + np.take(evx, sel) * shift)
+        dy = np.take(oy, o) - (np.take(ecy, sel) + np.take(evy, sel) * shift)
+        close = np.flatnonzero(dx * dx + dy * dy <= (box_r + np.take(circle_r, n1)) ** 2 + 1e-9)  # per-look-ahead circles
+        sel, n1, o, dx, dy = sel[close], n1[close], o[close], dx[close], dy[close]
         hit = obb_overlap(
-            dx, dy, eh[sel], hl, hw, objects.heading[n1, s2], 0.5 * objects.length[n1], 0.5 * objects.width[n1]
+            dx, dy, np.take(eh, sel), hl, hw, np.take(oh, o), 0.5 * np.take(objects.length, n1), 0.5 * np.take(objects.width, n1)
         )
         out_k.append(kk[sel[hit]])
         out_t.append(tt[sel[hit]])

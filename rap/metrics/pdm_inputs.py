@@ -8,8 +8,8 @@ and shapely geometry, all in one world frame (x forward east, y left north, SI u
 * :class:`PreviousPlan` — the agent's plan from 0.5 s earlier (for extended comfort, EC).
 * :class:`ScoringScene` — map polygons, route, traffic lights, optional history / human plan.
 
-Arrays are copied, checked and made read-only in ``__post_init__``; a bad field raises
-``ValueError`` naming ``Class.field``.
+Arrays are copied, checked and made read-only in ``__post_init__``; a bad field (wrong shape,
+NaN / inf values or polygon vertices) raises ``ValueError`` naming ``Class.field``.
 """
 
 from __future__ import annotations
@@ -277,6 +277,20 @@ def _polygon_parts(owner: object, name: str, geom: object) -> tuple[shapely.Poly
     raise _fail(owner, name, f"expected polygonal geometry, got {geom.geom_type}")
 
 
+def _check_finite_vertices(owner: object, name: str, parts: tuple, label: str) -> None:
+    """ValueError naming ``Class.name`` (and ``label`` with the part) when a vertex of one of
+    ``parts`` (exterior or hole) is NaN or infinite."""
+    if not parts:
+        return
+    coords, which = shapely.get_coordinates(list(parts), return_index=True)
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        x, y = (float(v) for v in coords[i])
+        where = label.format(part=int(which[i]))
+        raise _fail(owner, name, f"{where} has a non-finite vertex ({x}, {y}); polygon coordinates must be finite")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ScoringScene:
     """Everything the PDM scorer needs about one scene, in the world frame.
@@ -333,13 +347,16 @@ class ScoringScene:
             raise _fail(self, "objects", f"expected ObjectTracks, got {type(self.objects).__name__}")
         if self.objects.num_steps < 41:
             raise _fail(self, "objects", f"need >= 41 steps (4 s at 0.1 s), got {self.objects.num_steps}")
-        object.__setattr__(self, "drivable_area", _polygon_parts(self, "drivable_area", self.drivable_area))
-        object.__setattr__(self, "intersections", _polygon_parts(self, "intersections", self.intersections))
+        for name in ("drivable_area", "intersections"):
+            parts = _polygon_parts(self, name, getattr(self, name))
+            _check_finite_vertices(self, name, parts, "polygon {part}")
+            object.__setattr__(self, name, parts)
         lanes: dict[int, shapely.Polygon] = {}
         for key, poly in dict(self.lane_polygons).items():
             parts = _polygon_parts(self, "lane_polygons", poly)
             if len(parts) != 1:
                 raise _fail(self, "lane_polygons", f"lane {key} must be one polygon, got {len(parts)} parts")
+            _check_finite_vertices(self, "lane_polygons", parts, f"lane {key}")
             lanes[int(key)] = parts[0]
         object.__setattr__(self, "lane_polygons", lanes)
         object.__setattr__(self, "route_lane_ids", frozenset(int(i) for i in self.route_lane_ids))

@@ -349,8 +349,9 @@ def path_hits(
     """Where sampled paths run into boxes: the first hit sample of every (path, box) pair.
 
     A sample hits a box when it is closer than ``clearance`` to it, or, with ``clearance`` None,
-    when it lies inside it (boundary included). Pairs are pruned coarse to fine (bounding
-    circle of the path, every ``stride``-th sample) with exact bounds, so the result is the
+    when it lies inside it (boundary included). Pairs and samples are pruned coarse to fine
+    (bounding circle of the path; every ``stride``-th sample, and only the samples nearest to a
+    coarse sample close enough to the box are tested) with exact bounds, so the result is the
     same as testing every sample against every box.
 
     Args:
@@ -408,41 +409,53 @@ def path_hits(
     cand[own, row_ids[own]] = False
     pb, pn = np.nonzero(cand)
     # (2) Box centre near one of every stride-th sample (bound: the farthest any sample lies
-    # from its nearest coarse sample).
+    # from its nearest coarse sample). A sample can only hit the box when its nearest coarse
+    # sample is that near, so (3) tests only the samples of the near coarse samples.
+    cand = None
     if stride > 1 and pb.size:
         first_coarse = min(stride // 2, k - 1)
         coarse = np.arange(first_coarse, k, stride)
-        nearest = coarse[np.abs(np.arange(k)[:, None] - coarse[None]).argmin(axis=1)]
-        slack = np.sqrt(((px2 - px2[:, nearest]) ** 2 + (py2 - py2[:, nearest]) ** 2).max(axis=1))  # (B,)
+        nearest = np.abs(np.arange(k)[:, None] - coarse[None]).argmin(axis=1)  # (K,) position in ``coarse``
+        slack = np.sqrt(((px2 - px2[:, coarse[nearest]]) ** 2 + (py2 - py2[:, coarse[nearest]]) ** 2).max(axis=1))  # (B,)
         cols = slice(first_coarse, None, stride)
         qx, qy = pair(cx, 0, pb, pn)[:, None], pair(cy, 0, pb, pn)[:, None]
-        dc2 = ((path_rows(px, pb, cols) - qx) ** 2 + (path_rows(py, pb, cols) - qy) ** 2).min(axis=1)
+        d2c = (path_rows(px, pb, cols) - qx) ** 2 + (path_rows(py, pb, cols) - qy) ** 2  # (P, coarse)
         bound = pair(radius, 0, pb, pn) + (reach + slack + _SLACK)[pb]
-        near = dc2 <= bound * bound
+        near_c = d2c <= (bound * bound)[:, None]
+        near = near_c.any(axis=1)
         pb, pn = pb[near], pn[near]
+        cand = near_c[near][:, nearest]  # (P, K) samples worth the exact test
     if pb.size == 0:
         return PathHits(empty, empty, empty, np.zeros(0), row_ids)
-    # (3) Every sample against the box, in the box's frame.
-    rx = path_rows(px, pb) - pair(cx, 0, pb, pn)[:, None]  # (P, K)
-    ry = path_rows(py, pb) - pair(cy, 0, pb, pn)[:, None]
+    # (3) The candidate samples (every sample without the coarse stage) against the box, in
+    # the box's frame; the first hit of each pair.
     axis = pair(np.asarray(boxes.axis, dtype=np.float64), 1, pb, pn)
-    ex, ey = axis[:, 0, None], axis[:, 1, None]
+    if cand is None:
+        pi, si = np.nonzero(np.ones((pb.size, k), dtype=bool))
+    else:
+        pi, si = np.nonzero(cand)  # pair-major, samples in order
+    bi = pb[pi]
+    rx = (px[si] if px.ndim == 1 else px[bi, si]) - pair(cx, 0, pb, pn)[pi]
+    ry = (py[si] if py.ndim == 1 else py[bi, si]) - pair(cy, 0, pb, pn)[pi]
+    ex, ey = axis[pi, 0], axis[pi, 1]
     ax = np.abs(rx * ex + ry * ey)
     ay = np.abs(ry * ex - rx * ey)
-    hl, hw = pair(hl, 0, pb, pn)[:, None], pair(hw, 0, pb, pn)[:, None]
+    hl, hw = pair(hl, 0, pb, pn)[pi], pair(hw, 0, pb, pn)[pi]
     if clearance is None:
         hit = (ax <= hl) & (ay <= hw)
     else:
         lx = ax - hl
         ly = ay - hw
         dist2 = np.maximum(lx, 0.0) ** 2 + np.maximum(ly, 0.0) ** 2
-        hit = dist2 < (reach[pb] ** 2)[:, None]
+        hit = dist2 < reach[bi] ** 2
     if sample_valid is not None:
         ok = np.asarray(sample_valid, dtype=bool)
-        hit &= ok if ok.ndim == 1 else ok[pb]
-    has = hit.any(axis=1)
-    pb, pn, hit, axis = pb[has], pn[has], hit[has], axis[has]
-    first = hit.argmax(axis=1)
+        hit &= ok[si] if ok.ndim == 1 else ok[bi, si]
+    pi, si = pi[hit], si[hit]
+    heads = np.flatnonzero(np.concatenate([[True], pi[1:] != pi[:-1]])) if pi.size else np.zeros(0, dtype=np.int64)
+    hit_pairs = pi[heads]
+    first = si[heads]
+    pb, pn, axis = pb[hit_pairs], pn[hit_pairs], axis[hit_pairs]
     tk = np.broadcast_to(tan, (b, k, 2))[pb, first]
     if boxes.speed is not None:
         sp = pair(boxes.speed, 0, pb, pn) * np.einsum("pd,pd->p", axis, tk)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -130,7 +131,8 @@ def interpolate_poses(
         proposals: (K, T, 3) x, y, heading [m, m, rad] in the ego (rear-axle) frame at now,
             sampled as ``sampling`` says (the current pose excluded).
         sampling: The proposals' sampling (T poses every ``interval_s``).
-        origin: (3,) current rear-axle pose x, y, heading in the world frame [m, m, rad].
+        origin: (3,) current rear-axle pose x, y, heading in the world frame [m, m, rad], or
+            (K, 3) one per plan.
         num_steps: Output poses, the first at now.
         dt: Output step [s].
 
@@ -152,7 +154,13 @@ def interpolate_poses(
     lo = np.minimum(np.floor(u + 1e-12).astype(np.intp), t - 1)
     w = (u - lo)[None, :, None]
     local = knots[:, lo] * (1.0 - w) + knots[:, lo + 1] * w  # (K, S, 3)
-    ox, oy, oh = (float(v) for v in np.asarray(origin, dtype=np.float64)[:3])
+    o = np.asarray(origin, dtype=np.float64)
+    if o.ndim == 2:
+        if o.shape != (k, 3):
+            raise ValueError(f"interpolate_poses: origin must be (3,) or ({k}, 3), got {o.shape}")
+        ox, oy, oh = (o[:, i, None] for i in range(3))  # (K, 1): the same arithmetic per row
+    else:
+        ox, oy, oh = (float(v) for v in o[:3])
     c, s = np.cos(oh), np.sin(oh)
     out = np.empty_like(local)
     out[..., PoseIndex.X] = ox + c * local[..., PoseIndex.X] - s * local[..., PoseIndex.Y]
@@ -167,14 +175,32 @@ threads spin and stall when the other cores are busy (a shared 2-core host), so 
 kept below that size."""
 
 
-def small_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def small_matmul(a: np.ndarray, b: np.ndarray, groups: Sequence[int] | None = None) -> np.ndarray:
     """``a @ b`` for a (..., m) by (m, n) with a tall ``a``, computed in row blocks small enough
-    for a single-threaded BLAS call each (fast and immune to busy-core stalls)."""
+    for a single-threaded BLAS call each (fast and immune to busy-core stalls).
+
+    BLAS rounds a row's products differently depending on the shape of the call and the row's
+    place in it, so ``groups`` (row counts along ``a``'s first axis, summing to its length)
+    computes each group by itself, exactly as ``small_matmul`` of that group alone would: the
+    batched scorer passes one group per scene to get the bits of scoring each scene alone."""
     a2 = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
     out = np.empty((a2.shape[0], b.shape[1]))
     rows = max(_SINGLE_THREAD_MNK // max(a2.shape[1] * b.shape[1], 1), 1)
-    for start in range(0, a2.shape[0], rows):
-        np.matmul(a2[start : start + rows], b, out=out[start : start + rows])
+    if groups is None:
+        for start in range(0, a2.shape[0], rows):
+            np.matmul(a2[start : start + rows], b, out=out[start : start + rows])
+    else:
+        # The same BLAS calls as small_matmul on each group alone (a contiguous block of a2).
+        per = a2.shape[0] // a.shape[0] if a.shape[0] else 1  # rows of a2 per leading item
+        lo = 0
+        for g in groups:
+            hi = lo + int(g) * per
+            for start in range(lo, hi, rows):
+                stop = min(start + rows, hi)
+                np.matmul(a2[start:stop], b, out=out[start:stop])
+            lo = hi
+        if lo != a2.shape[0]:
+            raise ValueError(f"small_matmul: groups sum to {lo // max(per, 1)}, expected {a.shape[0]}")
     return out.reshape(a.shape[:-1] + (b.shape[1],))
 
 
@@ -229,13 +255,17 @@ def _solve_tridiagonal(diag: np.ndarray, off: float, rhs: np.ndarray) -> np.ndar
     return x
 
 
-def fit_profiles(poses: np.ndarray, dt: float, config: LQRConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fit_profiles(
+    poses: np.ndarray, dt: float, config: LQRConfig | None = None, groups: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Velocity and curvature profiles of reference poses (nuPlan's regularized least squares).
 
     Args:
         poses: (K, N, 3) world poses x, y, heading [m, m, rad] every ``dt`` seconds, N >= 3.
         dt: Pose spacing [s].
         config: Regularization weights; ``None`` means ``LQRConfig()``.
+        groups: Row counts (summing to K) fitted as separate calls would fit them, bit for bit
+            (see :func:`small_matmul`); ``None``: one group.
 
     Returns:
         velocity (K, N - 1) [m/s] and curvature (K, N - 1) [1/m] at poses 0 .. N - 2.
@@ -248,7 +278,7 @@ def fit_profiles(poses: np.ndarray, dt: float, config: LQRConfig | None = None) 
     m = d.shape[1]
     heading = p[:, :-1, PoseIndex.HEADING]
     along = np.cos(heading) * d[..., PoseIndex.X] + np.sin(heading) * d[..., PoseIndex.Y]  # (K, M)
-    sol = small_matmul(along, _velocity_fit_matrix(m, float(dt), float(cfg.jerk_penalty), cfg.velocity_regularizer).T)
+    sol = small_matmul(along, _velocity_fit_matrix(m, float(dt), float(cfg.jerk_penalty), cfg.velocity_regularizer).T, groups)
     velocity = np.empty((p.shape[0], m))
     velocity[:, 0] = sol[:, 0]
     velocity[:, 1:] = sol[:, :1] + np.cumsum(sol[:, 1:] * dt, axis=1)
@@ -340,6 +370,7 @@ def track(
     reference: np.ndarray,
     initial_states: np.ndarray,
     config: RolloutConfig | None = None,
+    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Executes reference poses with the LQR tracker on the kinematic bicycle.
 
@@ -347,6 +378,9 @@ def track(
         reference: (K, N, 3) world reference poses every ``config.dt`` seconds, the first at now.
         initial_states: (11,) or (K, 11) current vehicle state(s) (columns :class:`StateIndex`).
         config: Rollout constants; ``None`` means ``RolloutConfig()``.
+        groups: Row counts (summing to K): the rows are tracked in one pass, every group's
+            states bit-identical to ``track`` of that group alone (the batched scorer tracks many
+            scenes at once this way); ``None``: one group.
 
     Returns:
         (K, N, 11) executed states; row 0 is the initial state.
@@ -361,38 +395,47 @@ def track(
     if init.shape not in ((len(StateIndex),), (k, len(StateIndex))):
         raise ValueError(f"track: initial_states must be (11,) or ({k}, 11), got {init.shape}")
     dt = cfg.dt
-    velocity, curvature = fit_profiles(ref, dt, lqr)  # (K, N - 1)
+    if groups is not None:
+        groups = [int(g) for g in groups]
+        if any(g < 0 for g in groups) or sum(groups) != k:
+            raise ValueError(f"track: groups must be row counts summing to {k}, got {groups}")
+    velocity, curvature = fit_profiles(ref, dt, lqr, groups)  # (K, N - 1)
     last = n - 2
     horizon = lqr.tracking_horizon
     window = np.minimum(np.arange(n - 1)[:, None] + np.arange(horizon)[None, :], last)  # (N-1, H)
     weights, _ = _lateral_constants(horizon)
-    curv_sums = small_matmul(curvature[:, window], weights)  # (K, N-1, 5)
+    curv_sums = small_matmul(curvature[:, window], weights, groups)  # (K, N-1, 5)
     b_lon = horizon * dt
     lon_gain = lqr.q_longitudinal * b_lon / (b_lon * lqr.q_longitudinal * b_lon + lqr.r_longitudinal)
 
-    ref_sin, ref_cos = np.sin(ref[..., PoseIndex.HEADING]), np.cos(ref[..., PoseIndex.HEADING])
-    states = np.empty((k, n, len(StateIndex)))
-    states[:, 0] = init
-    current = states[:, 0]
+    # The loop works step-major on (component, K) arrays, so that every per-row quantity is a
+    # contiguous (K,) vector (the same arithmetic as on (K, 11) rows, much less memory traffic).
+    ref_t = np.ascontiguousarray(ref.transpose(1, 2, 0))  # (N, 3, K)
+    ref_sin, ref_cos = np.sin(ref_t[:, PoseIndex.HEADING]), np.cos(ref_t[:, PoseIndex.HEADING])  # (N, K)
+    velocity_t = np.ascontiguousarray(velocity.T)  # (N - 1, K)
+    curv_t = np.ascontiguousarray(curv_sums.transpose(1, 2, 0))  # (N - 1, 5, K)
+    states_t = np.empty((n, len(StateIndex), k))
+    states_t[0] = np.broadcast_to(init, (k, len(StateIndex))).T
+    current = states_t[0].T  # (K, 11) view with contiguous columns
     for i in range(n - 1):
         v = current[:, StateIndex.VELOCITY_X]
-        ex = current[:, StateIndex.X] - ref[:, i, PoseIndex.X]
-        ey = current[:, StateIndex.Y] - ref[:, i, PoseIndex.Y]
-        lateral = -ex * ref_sin[:, i] + ey * ref_cos[:, i]
-        heading_err = _wrap(current[:, StateIndex.HEADING] - ref[:, i, PoseIndex.HEADING])
-        v_ref = velocity[:, min(i + horizon, last)]
+        ex = current[:, StateIndex.X] - ref_t[i, PoseIndex.X]
+        ey = current[:, StateIndex.Y] - ref_t[i, PoseIndex.Y]
+        lateral = -ex * ref_sin[i] + ey * ref_cos[i]
+        heading_err = _wrap(current[:, StateIndex.HEADING] - ref_t[i, PoseIndex.HEADING])
+        v_ref = velocity_t[min(i + horizon, last)]
 
         stop = (v_ref <= lqr.stopping_velocity) & (v <= lqr.stopping_velocity)
         accel_lqr = -lon_gain * (v - v_ref)
         accel = np.where(stop, -lqr.stopping_proportional_gain * (v - v_ref), accel_lqr)
         steer_rate = _lateral_steering_rate(
             lateral, heading_err, current[:, StateIndex.STEERING_ANGLE], v, accel_lqr,
-            curv_sums[:, i], horizon, dt, cfg.vehicle.wheel_base, lqr,
+            curv_t[i].T, horizon, dt, cfg.vehicle.wheel_base, lqr,
         )
         steer_rate = np.where(stop, 0.0, steer_rate)
-        current = propagate(current, accel, steer_rate, dt, cfg.vehicle, cfg.bicycle)
-        states[:, i + 1] = current
-    return states
+        current = propagate(current, accel, steer_rate, dt, cfg.vehicle, cfg.bicycle)  # keeps the layout
+        states_t[i + 1] = current.T
+    return np.ascontiguousarray(states_t.transpose(2, 0, 1))
 
 
 def _initial_state_array(ego: Any) -> np.ndarray:

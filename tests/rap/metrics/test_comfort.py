@@ -93,3 +93,24 @@ def test_extended_comfort_same_plan_passes_and_different_fails():
     np.testing.assert_array_equal(extended_comfort(np.concatenate([later, turning, braking]), a, 5, 0.1), [1.0, 0.0, 0.0])
     with pytest.raises(ValueError):
         extended_comfort(later, a, 0, 0.1)
+
+
+def test_grouped_comfort_equals_each_group_alone():
+    """Comfort of many scenes' rollouts in one pass (groups) is bit-identical to each group's own
+    call (the Savitzky-Golay edge products go to BLAS, which rounds by call shape)."""
+    rng = np.random.default_rng(8)
+    sizes = [3, 66, 1, 20]
+    states = rng.normal(0.0, 1.0, (sum(sizes), 41, 11)).cumsum(axis=1) * 0.1
+    bounds = np.cumsum([0] + sizes)
+    for filters in (V1_FILTERS, V2_FILTERS):
+        grouped = comfort_signals(states, 0.1, filters, groups=sizes)
+        together = is_comfortable(states, 0.1, filters, groups=sizes)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            assert np.array_equal(grouped[lo:hi], comfort_signals(states[lo:hi], 0.1, filters))
+            assert np.array_equal(together[lo:hi], is_comfortable(states[lo:hi], 0.1, filters))
+    previous = rng.normal(0.0, 1.0, (len(sizes), 41, 11)).cumsum(axis=1) * 0.1
+    ec = extended_comfort(states, previous, 5, 0.1, groups=sizes)
+    for g, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        assert np.array_equal(ec[lo:hi], extended_comfort(states[lo:hi], previous[g], 5, 0.1))
+    with pytest.raises(ValueError, match="one plan per group"):
+        extended_comfort(states, previous[:2], 5, 0.1, groups=sizes)

@@ -113,3 +113,40 @@ def test_contacts_batch_shapes(objects_factory):
     c = find_contacts(states, objs, 40, config=CollisionConfig())
     assert len(c.k) == len(CollisionConfig().ttc_lookahead_steps)
     assert set(c.k[0].tolist()) == {0, 2}
+
+
+def test_stacked_contacts_equal_each_scenes_own(objects_factory):
+    """find_contacts over several scenes' rows and stacked objects (scenes of 41 and 51 steps)
+    finds exactly each scene's own contacts, NC and TTC."""
+    from rap.metrics.pdm_collisions import StackedObjects
+
+    make_objects = objects_factory
+    rng = np.random.default_rng(5)
+    scenes = []
+    for g in range(4):
+        specs = [dict(x=float(rng.uniform(5, 60)), y=float(rng.choice([0.0, 0.8, 3.5, -3.5])), vx=float(rng.uniform(-8, 8)),
+                      heading=float(rng.uniform(-0.3, 0.3)), kind=int(rng.integers(0, 4))) for _ in range(int(rng.integers(0, 7)))]  # fmt: skip
+        objs = make_objects(specs, num_steps=51 if g % 2 else 41)
+        rows = np.concatenate([_drive(float(v), y0=float(y)) for v, y in zip(rng.uniform(0, 16, 5), rng.choice([0.0, 1.0, 3.5], 5))])
+        scenes.append((objs, rows))
+    stacked = StackedObjects.stack([o for o, _ in scenes])
+    states = np.concatenate([r for _, r in scenes])
+    row_scene = np.repeat(np.arange(4), [len(r) for _, r in scenes])
+    areas = _areas(len(states), multiple=True)
+    rear = np.zeros((len(states), 41), bool)
+    together = find_contacts(states, stacked, 40, row_scene=row_scene)
+    nc_all, _ = no_at_fault_collisions(states, areas, stacked, contacts=together)
+    (v1_all, _), (v2_all, _) = time_to_collision(states, areas, rear, stacked, (40, 31), contacts=together)
+    total = 0
+    for g, (objs, rows) in enumerate(scenes):
+        lo, o0 = 5 * g, int(stacked.starts[g])
+        alone = find_contacts(rows, objs, 40)
+        for j in range(len(alone.k)):
+            mine = (together.k[j] >= lo) & (together.k[j] < lo + 5)
+            got = set(zip(together.k[j][mine] - lo, together.t[j][mine], together.n[j][mine] - o0))
+            assert got == set(zip(alone.k[j], alone.t[j], alone.n[j]))
+            total += len(got)
+        nc, _ = no_at_fault_collisions(rows, areas[:5], objs, contacts=alone)
+        (v1, _), (v2, _) = time_to_collision(rows, areas[:5], rear[:5], objs, (40, 31), contacts=alone)
+        assert np.array_equal(nc_all[lo : lo + 5], nc) and np.array_equal(v1_all[lo : lo + 5], v1) and np.array_equal(v2_all[lo : lo + 5], v2)
+    assert total > 10  # not a trivial case

@@ -57,3 +57,37 @@ def test_step_major_arrays_are_rejected_naming_the_field(name):
 def test_step_major_valid_is_rejected():
     with pytest.raises(ValueError, match=r"ObjectTracks\.valid: expected a \(2, 41\) bool array \(num_objects, num_steps\), got bool \(41, 2\)"):
         _tracks(valid=np.ones((41, 2), dtype=bool))
+
+
+# Hostile polygons: a NaN or infinite vertex is refused, naming the field (and the lane).
+
+
+def _bad_polygon(value: float, hole: bool = False):
+    import shapely
+
+    with np.errstate(invalid="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if hole:
+                return shapely.Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], holes=[[(1, 1), (value, 1), (2, 2)]])
+            return shapely.Polygon([(0, 0), (value, 0), (1, 1)])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_polygon_vertices_are_refused_naming_the_field(scene_factory, value):
+    import dataclasses
+
+    import shapely
+
+    scene = scene_factory()
+    cases = [
+        (dict(drivable_area=[shapely.box(0, 0, 1, 1), _bad_polygon(value)]), r"ScoringScene\.drivable_area: polygon 1 "),
+        (dict(drivable_area=_bad_polygon(value, hole=True)), r"ScoringScene\.drivable_area: polygon 0 "),
+        (dict(intersections=shapely.MultiPolygon([shapely.box(0, 0, 1, 1), _bad_polygon(value)])), r"ScoringScene\.intersections: polygon 1 "),
+        (dict(lane_polygons={**scene.lane_polygons, 9: _bad_polygon(value)}), r"ScoringScene\.lane_polygons: lane 9 "),
+    ]
+    for fields, message in cases:
+        with pytest.raises(ValueError, match=message + "has a non-finite vertex"):
+            dataclasses.replace(scene, **fields)

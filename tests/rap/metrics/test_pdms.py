@@ -230,3 +230,52 @@ def test_bench_score_runs():
     out = bench_score(num_proposals=16, num_agents=5, repeats=1)
     assert out["proposals_per_s"] > 0 and out["num_proposals"] == 16
     assert 0.0 <= out["mean_pdms"] <= 1.0 and 0.0 <= out["mean_epdms"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile configurations: weights and thresholds are checked, naming the field.
+# ------------------------------------------------------------------------------------------------
+
+WEIGHTS = ["v1_progress_weight", "v1_ttc_weight", "v1_comfort_weight", "progress_weight", "ttc_weight",
+           "lane_keeping_weight", "history_comfort_weight", "extended_comfort_weight"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", WEIGHTS)
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, -1.0, "5"])
+def test_config_rejects_bad_weights_naming_the_field(name, value):
+    with pytest.raises(ValueError, match=rf"PDMScorerConfig\.{name} must be"):
+        PDMScorerConfig(**{name: value})
+
+
+def test_config_rejects_all_zero_weight_vectors():
+    with pytest.raises(ValueError, match="v1 weights .* are all 0"):
+        PDMScorerConfig(v1_progress_weight=0.0, v1_ttc_weight=0.0, v1_comfort_weight=0.0)
+    zero_v2 = dict(progress_weight=0.0, ttc_weight=0.0, lane_keeping_weight=0.0, history_comfort_weight=0.0)
+    with pytest.raises(ValueError, match="v2 weights .* are all 0"):
+        PDMScorerConfig(**zero_v2, extended_comfort_weight=0.0)
+    with pytest.raises(ValueError, match="v2 weights .* are all 0"):  # EC alone: 0 / 0 without a previous plan
+        PDMScorerConfig(**zero_v2)
+    # Some weights 0 is fine: the scores are then the weighted mean of the others.
+    cfg = PDMScorerConfig(v1_ttc_weight=0.0, v1_comfort_weight=0.0, ttc_weight=0.0, extended_comfort_weight=0.0)
+    assert cfg.v1_weights.tolist() == [5.0, 0.0, 0.0] and cfg.v2_weights.tolist() == [5.0, 0.0, 2.0, 2.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("driving_direction_horizon_s", 0.0), ("driving_direction_horizon_s", np.nan),
+        ("driving_direction_compliance_threshold", -1.0), ("driving_direction_violation_threshold", np.inf),
+        ("progress_distance_threshold", np.nan), ("progress_distance_threshold", -5.0),
+        ("lane_keeping_deviation_limit", 0.0), ("lane_keeping_horizon_s", -2.0), ("lane_keeping_horizon_s", np.inf),
+        ("area_resolution", 0.0), ("area_resolution", np.nan), ("ttc_v2_max_lookahead_steps", -1), ("ttc_v2_max_lookahead_steps", 2.5),
+    ],
+)  # fmt: skip
+def test_config_rejects_bad_thresholds_naming_the_field(name, value):
+    with pytest.raises(ValueError, match=rf"PDMScorerConfig\.{name} must"):
+        PDMScorerConfig(**{name: value})
+
+
+def test_config_thresholds_must_be_ordered():
+    with pytest.raises(ValueError, match="driving_direction_compliance_threshold must not exceed"):
+        PDMScorerConfig(driving_direction_compliance_threshold=7.0)
+    PDMScorerConfig(driving_direction_compliance_threshold=6.0)  # equal is allowed

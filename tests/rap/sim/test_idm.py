@@ -312,3 +312,26 @@ def test_route_path_resamples_and_limits_curves():
     np.testing.assert_allclose(path.points[:, 0], np.arange(0.0, 20.01, 0.5))
     assert path.vmax[0] == 10.0 and path.vmax[-1] == 5.0
     np.testing.assert_array_equal(path.lane_starts, [0.0, 10.0])
+
+
+def test_coarse_to_fine_pruning_equals_testing_every_sample():
+    """The coarse stage (every 4th sample, then only the samples near the near coarse ones) finds
+    the same contacts as the plain test of every sample against every box."""
+    rng = np.random.default_rng(7)
+    b, k, n = 40, 90, 25
+    s = np.arange(k, dtype=float)
+    curvature = rng.uniform(-0.03, 0.03, b)[:, None]
+    h = curvature * s[None] + rng.uniform(-np.pi, np.pi, b)[:, None]
+    pts = np.cumsum(np.stack([np.cos(h), np.sin(h)], -1), axis=1) + rng.uniform(-30, 30, (b, 1, 2))
+    tan = np.stack([np.cos(h), np.sin(h)], -1)
+    centre = pts[:, rng.integers(0, k, n)] + rng.normal(0, 3.0, (b, n, 2))
+    hd = rng.uniform(-3, 3, (b, n))
+    boxes = Boxes(centre=centre, axis=np.stack([np.cos(hd), np.sin(hd)], -1), half_length=rng.uniform(0.3, 3, (b, n)),
+                  half_width=rng.uniform(0.3, 2.0, (b, n)), velocity=rng.normal(0, 5, (b, n, 2)), valid=rng.random((b, n)) < 0.9)  # fmt: skip
+    ok = rng.random((b, k)) < 0.95
+    for clearance in (None, rng.uniform(0.2, 1.5, b)):
+        fast = path_hits(pts, tan, boxes, clearance, sample_valid=ok)
+        plain = path_hits(pts, tan, boxes, clearance, sample_valid=ok, stride=1)
+        assert fast.row.size > 20  # not a trivial case
+        for name in ("row", "obstacle", "sample", "speed"):
+            assert np.array_equal(getattr(fast, name), getattr(plain, name)), name

@@ -69,3 +69,32 @@ def test_obstacle_ahead_in_lane_slows_the_candidates_only_while_it_is_there():
     assert x_always < 25.0 < x_free
     assert x_always < x_brief <= x_free + 1e-9
 
+
+
+def test_batched_candidates_equal_candidates_scene_by_scene():
+    """idm_candidates_batch plans many scenes in one pass, each bit-identical to idm_candidates."""
+    from rap.sim.reference import idm_candidates_batch
+
+    rng = np.random.default_rng(2)
+    egos, lines, obstacles, limits = [], [], [], []
+    for i in range(7):
+        e = _ego(float(rng.uniform(0.0, 15.0)))
+        e[[StateIndex.X, StateIndex.Y, StateIndex.HEADING]] = [rng.uniform(-5, 5), rng.uniform(-1, 1), rng.uniform(-0.1, 0.1)]
+        curve = rng.uniform(-0.01, 0.01)
+        s = np.arange(-10.0, 150.0 + 40 * i)
+        line = np.stack([s, curve * s**2], axis=1)
+        boxes = [(float(rng.uniform(5, 80)), float(rng.uniform(-3, 3))) for _ in range(int(rng.integers(0, 6)))]
+        steps = 41 if i % 2 else 51
+        obs = _obstacles(boxes, steps=steps, polygons=[shapely.box(40, -4, 43, 4)] if i % 3 == 0 else ())
+        if boxes:  # some moving, some invalid for a while
+            obs = Obstacles(obs.x + np.arange(steps) * 0.3, obs.y, obs.heading, obs.vx + 3.0, obs.vy, obs.length, obs.width,
+                            obs.valid & (np.arange(steps) % 7 != 3), obs.polygons)  # fmt: skip
+        egos.append(e)
+        lines.append(line)
+        obstacles.append(obs)
+        limits.append(None if i == 4 else float(rng.uniform(5.0, 15.0)))
+    batch = idm_candidates_batch(egos, lines, obstacles, limits)
+    assert len(batch) == 7
+    for i in range(7):
+        assert np.array_equal(batch[i], idm_candidates(egos[i], lines[i], obstacles[i], limits[i]))
+    assert idm_candidates_batch([], [], []) == []

@@ -229,3 +229,52 @@ def test_navsim_regularizer_is_the_default_and_changes_braking_rollouts():
     gap = np.abs(a[0, :, StateIndex.X] - b[0, :, StateIndex.X]).max()
     assert 0.01 < gap < 2.0
 
+
+
+def _random_references(rng: np.random.Generator, sizes: list[int]) -> tuple[list, list]:
+    refs, inits = [], []
+    for k in sizes:
+        props = np.cumsum(rng.uniform(0.0, 6.0, (k, 8, 3)) * [1.0, 0.2, 0.05], axis=1)
+        origin = rng.normal(0.0, 100.0, 3)
+        init = np.zeros(11)
+        init[[StateIndex.X, StateIndex.Y, StateIndex.HEADING]] = origin
+        init[StateIndex.VELOCITY_X] = rng.uniform(0.0, 15.0)
+        refs.append(interpolate_poses(props, NAVSIM_SAMPLING, origin))
+        inits.append(np.broadcast_to(init, (k, 11)))
+    return refs, inits
+
+
+def test_grouped_tracking_equals_tracking_each_group_alone():
+    """One pass over many scenes' plans (groups) gives each group's rollouts bit for bit."""
+    from rap.sim.tracker import small_matmul
+
+    rng = np.random.default_rng(3)
+    sizes = [1, 81, 17, 64, 2, 130]
+    refs, inits = _random_references(rng, sizes)
+    batch = track(np.concatenate(refs), np.concatenate(inits), groups=sizes)
+    for part, ref, init in zip(np.split(batch, np.cumsum(sizes)[:-1]), refs, inits):
+        assert np.array_equal(part, track(ref, init))
+    for nu in (LQRConfig(velocity_regularizer="nuplan"),):
+        cfg = RolloutConfig(lqr=nu)
+        batch = track(np.concatenate(refs), np.concatenate(inits), cfg, groups=sizes)
+        assert np.array_equal(batch[-sizes[-1] :], track(refs[-1], inits[-1], cfg))
+    with pytest.raises(ValueError, match="groups"):
+        track(np.concatenate(refs), np.concatenate(inits), groups=[1, 2])
+    # The grouped product is each group's own product (BLAS rounds by call shape, so one call
+    # for all rows would not do).
+    a = rng.normal(size=(300, 40, 10))
+    b = rng.normal(size=(10, 5))
+    grouped = small_matmul(a, b, [100, 3, 197])
+    assert np.array_equal(grouped[100:103], small_matmul(a[100:103], b))
+    assert np.array_equal(grouped[103:], small_matmul(a[103:], b))
+
+
+def test_interpolate_poses_takes_one_origin_per_plan():
+    rng = np.random.default_rng(4)
+    props = np.cumsum(rng.uniform(0.0, 5.0, (6, 8, 3)), axis=1)
+    origins = rng.normal(0.0, 50.0, (6, 3))
+    together = interpolate_poses(props, NAVSIM_SAMPLING, origins)
+    for i in range(6):
+        assert np.array_equal(together[i], interpolate_poses(props[i : i + 1], NAVSIM_SAMPLING, origins[i])[0])
+    with pytest.raises(ValueError, match="origin"):
+        interpolate_poses(props, NAVSIM_SAMPLING, origins[:2])
