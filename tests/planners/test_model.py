@@ -89,20 +89,20 @@ def test_wta_l1_pulls_only_the_closest_proposal_and_wraps_heading():
 def test_rap_planner_overfits_one_batch(tiny_dataset):
     """The trajectory loss on one fixed batch falls at least 10x."""
     torch.manual_seed(0)
-    cfg = tiny_config(tiny_dataset, "model.num_proposals=4", "model.num_layers=2", "model.d_model=64")
+    cfg = tiny_config(tiny_dataset, "model.num_proposals=4", "model.num_layers=1", "model.d_model=64")
     index = TrainingIndex(cfg)
     data = SampleDataset(index, "train", cfg)
-    batch = collate_samples([data[i] for i in range(0, min(len(data), 64), 8)])
+    batch = collate_samples([data[i] for i in range(0, min(len(data), 40), 10)])
     model = build_model(cfg.model, num_cameras=3, image_size=(64, 32), history_len=3, num_poses=index.sampling.num_poses)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(150):
+    for _ in range(80):
         loss, _ = wta_l1(model(batch)["proposals"], batch["target"], torch.ones(len(batch["key"])))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    assert min(losses[-10:]) < losses[0] / 10, losses[::15]
+    assert min(losses[-5:]) < losses[0] / 10, losses[::8]
 
 
 def test_batches_follow_the_kind_fractions_and_dataset_weights(tiny_dataset):
