@@ -3,7 +3,7 @@
 * :class:`TrainingIndex` indexes every sample of the configured datasets (tar headers and the
   small ``.json`` members only), checks them (format version, cameras, trajectory sampling) and
   splits them by scene into train and validation (a scene is held out when
-  ``crc32(scene_id)`` falls under ``data.val_fraction``: the same scenes whatever the datasets'
+  a hash of its id falls under ``data.val_fraction``, at least one scene when there are several: the same scenes whatever the datasets'
   order).
 * :func:`global_batch` draws the samples of training step ``s`` from ``(seed, s)`` alone, with
   probabilities from the dataset weights and the per-kind fractions: a resumed run reads
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zlib
+import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,7 +33,7 @@ from rap.dataset.reader import ShardFormatError, ShardIndexDataset, collate, lis
 from rap.dataset.writer import SAMPLE_FORMAT
 from rap.trajectory import TrajectorySampling
 
-__all__ = ["DataError", "TrainingIndex", "SampleDataset", "global_batch", "StepBatchSampler", "collate_samples", "scene_in_val"]
+__all__ = ["DataError", "TrainingIndex", "SampleDataset", "global_batch", "StepBatchSampler", "collate_samples", "val_scenes"]
 
 
 class DataError(ValueError):
@@ -41,9 +41,20 @@ class DataError(ValueError):
     version, a camera the shards lack, mixed samplings); the message names the dataset."""
 
 
-def scene_in_val(scene_id: str, fraction: float) -> bool:
-    """Whether ``scene_id`` is held out for validation (fixed by the id alone)."""
-    return (zlib.crc32(scene_id.encode("utf-8")) % 1_000_000) < round(fraction * 1_000_000)
+def _scene_hash(scene_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the id (the first 8 bytes of its SHA-256)."""
+    return int.from_bytes(hashlib.sha256(scene_id.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def val_scenes(scene_ids, fraction: float) -> set[str]:
+    """The scenes held out for validation: those whose id hashes under ``fraction``, and at least
+    the lowest-hashing one when ``fraction > 0`` and there are two scenes or more (fixed by the
+    ids alone, whatever the datasets' order)."""
+    ids = sorted(set(scene_ids))
+    held = {s for s in ids if _scene_hash(s) < fraction}
+    if not held and fraction > 0 and len(ids) >= 2:
+        held = {min(ids, key=_scene_hash)}
+    return held
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +144,9 @@ class TrainingIndex:
         self.sampling = TrajectorySampling(num_poses, interval)
         self.source_size = next(iter(sizes)) if len(sizes) == 1 else None
         self.rig = next(iter(rigs)) if len(rigs) == 1 else None
-        self.train = [s for s in samples if not scene_in_val(s.scene_id, data.val_fraction)]
-        self.val = [s for s in samples if scene_in_val(s.scene_id, data.val_fraction)]
+        held = val_scenes((s.scene_id for s in samples), data.val_fraction)
+        self.train = [s for s in samples if s.scene_id not in held]
+        self.val = [s for s in samples if s.scene_id in held]
         if not self.train:
             raise DataError(f"data.val_fraction={data.val_fraction}: every scene is held out for validation; lower it")
         self.counts = {"train": dict(Counter(s.kind for s in self.train)), "val": dict(Counter(s.kind for s in self.val))}

@@ -124,3 +124,14 @@ def test_batches_follow_the_kind_fractions_and_dataset_weights(tiny_dataset):
     index2 = TrainingIndex(two)
     ds = np.array([s.dataset for s in index2.train])
     assert index2.probabilities[ds == 0].sum() == pytest.approx(0.75)
+
+
+def test_validation_scenes_are_fixed_by_id_and_never_empty_with_several_scenes():
+    from planners.data import val_scenes
+
+    ids = [f"synthetic-{i}" for i in range(1000)]
+    held = val_scenes(ids, 0.1)
+    assert 70 <= len(held) <= 130  # about 10 %, even for ids one character apart
+    assert val_scenes(reversed(ids), 0.1) == held
+    assert len(val_scenes(["synthetic-0", "synthetic-1"], 0.1)) == 1  # at least one scene
+    assert val_scenes(["synthetic-0", "synthetic-1"], 0.0) == set() and val_scenes(["only"], 0.5) <= {"only"}
