@@ -3,7 +3,10 @@
 Each input scene (one record of a Waymo Motion file, one ScenarioNet pickle) is one *work unit*
 and becomes one shard, ``shard-<unit>.tar``: for every sampled step, the logged ego's own views,
 counterfactual recovery views and cross-agent views, rendered with the scene rasterizer and
-written through :class:`rap.dataset.writer.ShardWriter` (temporary name, renamed when complete).
+written through :class:`rap.dataset.writer.ShardWriter` (temporary name, renamed when complete),
+each with its scoring context (:mod:`rap.augment.scoring_context`; ``scoring_context: false``
+leaves it out, and a context that cannot be built is counted under ``rejected`` as
+``scoring_context_<reason>`` while the sample is still written).
 After its shard is in place a unit writes a small JSON record into ``<out>/.units/``; ``--resume``
 skips units whose record exists and whose shard still has the recorded sha256, and redoes the
 others, so a killed run (even ``kill -9``) ends with the same shards and manifest as an
@@ -99,6 +102,9 @@ class GenerateConfig(FrozenModel):
     codec: Literal["zst", "png"] = "zst"  # zst: ~15x faster than PNG at equal or smaller size
     bev: bool = False  # also store a BEV raster per sample (auxiliary target)
     bev_size: tuple[ImageSide, ImageSide] = (256, 256)  # [px]
+    # Store each sample's scoring context (<key>.scoring.npz.zst, rap.augment.scoring_context):
+    # what the PDM scorer needs to score any plan of the acting agent during training.
+    scoring_context: bool = True
 
     @property
     def trajectory_sampling(self) -> TrajectorySampling:
@@ -176,6 +182,7 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
     Bad input is caught and recorded as skipped (the run goes on); nothing already written is
     touched.
     """
+    from rap.augment.scoring_context import ScoringContextBuilder
     from rap.render.rigs import get_rig
     from rap.render.scene_raster import SceneRasterizer
     from rap.render.session import worker_renderer
@@ -195,6 +202,7 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
         bev_rig = get_rig("bev", tuple(config.bev_size)) if config.bev else None
         cameras = {cam.name: camera_record(cam) for cam in rig}
         rast = SceneRasterizer(worker_renderer(), scene)
+        contexts = ScoringContextBuilder(scene) if config.scoring_context else None
         writer = ShardWriter(out_dir / shard_name(unit.index), config.codec)
         with writer:  # an exception removes the partial shard
             for plan in plans:
@@ -204,7 +212,12 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
                 else:
                     views = rast.render(plan.step, rig, plan.agent_row)
                     bev = rast.render(plan.step, bev_rig, plan.agent_row)[0].rgb if bev_rig else None
-                writer.add(Sample(plan, {v.camera_name: v.rgb for v in views}, cameras, bev))
+                scoring = None
+                if contexts is not None:
+                    scoring, reason = contexts.build(plan)
+                    if reason is not None:  # the sample is written without one, and counted
+                        rejects[f"scoring_context_{reason}"] += 1
+                writer.add(Sample(plan, {v.camera_name: v.rgb for v in views}, cameras, bev, scoring))
             entry = writer.close()
     except Exception as exc:  # one scene that breaks generation is skipped and counted, not the run
         if is_disk_full(exc):

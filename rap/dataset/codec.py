@@ -32,12 +32,13 @@ from __future__ import annotations
 import io
 import os
 import threading
+import zipfile
 import zlib
 from enum import Enum
 
 import numpy as np
 
-__all__ = ["ImageCodec", "DEFAULT_CODEC", "EXTENSIONS", "ZSTD_LEVEL", "PNG_LEVEL", "encode", "decode", "codec_for_extension"]
+__all__ = ["ImageCodec", "DEFAULT_CODEC", "EXTENSIONS", "ZSTD_LEVEL", "PNG_LEVEL", "encode", "decode", "codec_for_extension", "npz_bytes"]
 
 
 class ImageCodec(str, Enum):
@@ -54,6 +55,7 @@ ZSTD_LEVEL = 3  # zstd compression level (fixed: part of the byte-identity contr
 PNG_LEVEL = 6  # zlib level (fixed, as rap.images.save_png)
 
 _JPEG_EXTENSIONS = ("jpg", "jpeg")
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # earliest zip timestamp: fixed so npz bytes are deterministic
 _local = threading.local()
 
 
@@ -254,3 +256,19 @@ def _decode_pil(data: bytes) -> np.ndarray:
         if image.mode in ("P", "CMYK", "YCbCr", "LA"):
             image = image.convert("RGB")
         return np.array(image)
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A ``numpy.load``-able ``.npz`` with deterministic bytes (stored entries in name order,
+    fixed timestamps and attributes; ``numpy.savez`` stamps the current time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.create_system = 3  # unix
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_STORED
+            zf.writestr(info, npy.getvalue())
+    return buf.getvalue()

@@ -261,7 +261,7 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
         max_samples: summarise at most this many samples (shards in order).
         per_kind: tiles per sample kind in the sheet.
         verify: also decode every member of every sample of every shard (all images, the
-            ``.npz`` and ``.json``), beyond ``max_samples``: finds damage a manifest cannot
+            ``.npz``, ``.json`` and scoring context), beyond ``max_samples``: finds damage a manifest cannot
             (a dataset without one) or that slipped past it.
 
     Returns:
@@ -269,7 +269,8 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
         read), ``commands``, ``cameras`` (name → "WxH"), ``has_bev``, ``ranges`` (``speed_mps``,
         ``target_x_m``, ``target_y_m``, ``target_final_x_m``, ``target_final_y_m``,
         ``target_heading_rad``, ``history_len``, ``perturbation`` {field → range}; each range
-        ``{min, max, mean}`` or None), ``manifest`` (None, or its ``counts``, ``samples``,
+        ``{min, max, mean}`` or None), ``scoring_contexts`` (samples read that carry a
+        scoring context, ``<key>.scoring.npz.zst``), ``manifest`` (None, or its ``counts``, ``samples``,
         ``seed``, ``codec``, ``toolkit_version``, ``skipped``, ``rejected``),
         ``contact_sheet`` (path or None), ``contact_sheet_size`` ([W, H] or None),
         ``problems`` (one line per damaged shard or sample, naming the shard — and the sample
@@ -305,7 +306,7 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
     vals: dict[str, list[float]] = defaultdict(list)
     pert_vals: dict[str, list[float]] = defaultdict(list)
     picked: dict[str, list[dict]] = defaultdict(list)
-    read = decoded = 0
+    read = decoded = scored = 0
     for path in shards:
         if read >= max_samples and not verify:
             break
@@ -337,6 +338,7 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
                     rec = meta["cameras"].get(cam, {})
                     cameras.setdefault(cam, f"{rec.get('width', '?')}x{rec.get('height', '?')}")
                 has_bev |= meta.get("bev") is not None
+                scored += record.get("scoring") is not None
                 target = np.asarray(record["target"]).reshape(-1, 3)
                 vals["speed_mps"].append(float(status["speed"]))
                 vals["target_x_m"] += target[:, 0].tolist()
@@ -362,6 +364,7 @@ def inspect_dataset(directory: str | Path, out_png: str | Path | None = None, ma
         "commands": dict(sorted(commands.items())),
         "cameras": cameras,
         "has_bev": has_bev,
+        "scoring_contexts": scored,
         "ranges": ranges,
         "manifest": None,
         "contact_sheet": None,
@@ -409,6 +412,8 @@ def format_report(result: dict[str, Any]) -> str:
     lines.append("counts: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
     lines.append("commands: " + ", ".join(f"{k} {v}" for k, v in result["commands"].items()))
     lines.append("cameras: " + ", ".join(f"{k} {v}" for k, v in result["cameras"].items()) + ("  + BEV" if result["has_bev"] else ""))
+    if "scoring_contexts" in result:
+        lines.append(f"scoring contexts: {result['scoring_contexts']} of {result['samples_read']} samples read")
     for name, r in result["ranges"].items():
         if name == "perturbation":
             for field, rr in r.items():

@@ -13,7 +13,9 @@ skipped inputs sorted, so equal runs give byte-identical manifests. Fields::
       "counts": {"ego": 10, "recovery": 20, "cross_agent": 5},   # samples by kind
       "shards": [{"name": "shard-000000.tar", "samples": 32, "sha256": "<64 hex>"}, ...],
       "skipped": [{"source": "womd:a.tfrecord", "record": 3, "reason": "..."}, ...],
-      "rejected": {"off_road": 4, ...}      # candidate samples rejected, by reason
+      "rejected": {"off_road": 4, ...}      # candidate samples rejected, by reason (and
+                                            # "scoring_context_<reason>": samples written
+                                            # without their scoring context)
     }
 
 ``counts`` must add up to the shards' samples. :func:`read_manifest` validates every field and

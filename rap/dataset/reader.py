@@ -1,6 +1,8 @@
 """Read dataset shards: plain iteration (numpy only) and torch datasets for training.
 
-* :func:`iter_shard` decodes one shard into record dicts with numpy arrays (no torch needed).
+* :func:`iter_shard` decodes one shard into record dicts with numpy arrays (no torch needed);
+  ``record["scoring"]`` is the sample's :class:`~rap.dataset.scoring.ScoringContext` (None for
+  shards written without one), with which a trainer scores proposals online.
 * :func:`record_to_sample` turns a record back into a :class:`~rap.dataset.sample.Sample`.
 * :class:`ShardDataset` (``torch.utils.data.IterableDataset``) streams a dataset directory or a
   shard list: each DataLoader worker (and each distributed rank) reads a disjoint subset of
@@ -39,6 +41,8 @@ import numpy as np
 from rap.dataset.codec import decode
 from rap.dataset.manifest import MANIFEST_NAME, ShardEntry, read_manifest, shard_digest_problem
 from rap.dataset.sample import Perturbation, Sample, SampleKind, SamplePlan
+from rap.dataset.scoring import SCORING_EXTENSION, SCORING_FIELD, ScoringFormatError
+from rap.dataset.scoring import decode as decode_scoring
 from rap.kinematics import DrivingCommand, EgoStatus
 from rap.dataset.writer import BEV_FIELD
 from rap.fileio import sha256_file
@@ -338,6 +342,23 @@ def _parse_arrays(key: str, data: bytes, meta: dict[str, Any], at: str) -> dict[
     return arrays
 
 
+_SCORING_MEMBER = f"{SCORING_FIELD}.{SCORING_EXTENSION}"
+
+
+def _parse_scoring(key: str, fields: dict[str, bytes], at: str):
+    """The decoded ``<key>.scoring.npz.zst`` member, or None when the sample has none."""
+    data = fields.get(_SCORING_MEMBER)
+    if data is None:
+        other = sorted(f for f in fields if f.startswith(SCORING_FIELD + "."))
+        if other:
+            raise ShardFormatError(f"{at}: member {key}.{other[0]}: unknown scoring member (this reader knows {key}.{_SCORING_MEMBER})")
+        return None
+    try:
+        return decode_scoring(data)
+    except ScoringFormatError as err:
+        raise ShardFormatError(f"{at}: member {key}.{_SCORING_MEMBER}: {err}") from err
+
+
 def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] | None = None, decode_images: bool = True, where: str = "") -> dict[str, Any]:
     """Decode one sample's members.
 
@@ -351,8 +372,9 @@ def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] 
     Returns:
         ``{"key", "meta" (the json document), "images" {camera: (H, W, 3) uint8},
         "bev" (H, W, 3) uint8 | None, "target" (T, 3) float64, "history" (H, 3) float64,
-        "viewer_pose" (4,) float64, "encoded" {field: (extension, bytes)} (only when not
-        decoding)}``.
+        "viewer_pose" (4,) float64, "scoring" (a :class:`~rap.dataset.scoring.ScoringContext`,
+        or None for a sample written without one), "encoded" {field: (extension, bytes)} (only
+        when not decoding)}``.
 
     Raises:
         ShardFormatError: a missing member or camera, or a member that does not decode or is
@@ -366,7 +388,7 @@ def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] 
     arrays = _parse_arrays(key, fields["npz"], meta, at)
     image_fields = meta["images"]
     names = list(cameras) if cameras is not None else list(meta["camera_names"])
-    record: dict[str, Any] = {"key": key, "meta": meta, "images": {}, "bev": None, **arrays}
+    record: dict[str, Any] = {"key": key, "meta": meta, "images": {}, "bev": None, **arrays, "scoring": _parse_scoring(key, fields, at)}
     encoded = {}
     wanted = [(cam, image_fields.get(cam)) for cam in names]
     if meta["bev"]:
@@ -449,7 +471,7 @@ def record_to_sample(record: dict[str, Any]) -> Sample:
         target=Trajectory(record["target"], sampling),
         perturbation=None if pert is None else Perturbation(**pert),
     )
-    return Sample(plan=plan, images=dict(record["images"]), cameras=dict(meta["cameras"]), bev=record.get("bev"))
+    return Sample(plan=plan, images=dict(record["images"]), cameras=dict(meta["cameras"]), bev=record.get("bev"), scoring=record.get("scoring"))
 
 
 def summarize_shard(path: str | Path) -> tuple[ShardEntry, Counter]:
@@ -494,8 +516,9 @@ def record_to_tensors(record: dict[str, Any], *, cameras: Sequence[str] | None =
     Returns:
         ``{"images": (num_cams, 3, H, W) uint8 | float32, "target": (T, 3) float32,
         "history": (H, 3) float32, "ego_status": (5,) float32 (see EGO_STATUS_FIELDS),
-        "command": () int64 (DrivingCommand), "kind": str, "key": str}``, plus ``"bev"``
-        (3, H, W) when the sample has one.
+        "command": () int64 (DrivingCommand), "kind": str, "key": str, "scoring":
+        ScoringContext | None}`` (the scoring context as decoded, see
+        :mod:`rap.dataset.scoring`), plus ``"bev"`` (3, H, W) when the sample has one.
 
     Raises:
         ValueError: cameras of different sizes (they cannot be stacked).
@@ -527,6 +550,7 @@ def record_to_tensors(record: dict[str, Any], *, cameras: Sequence[str] | None =
         "command": torch.tensor(int(status["command"]), dtype=torch.int64),
         "kind": meta["kind"],
         "key": record["key"],
+        "scoring": record.get("scoring"),
     }
     if record.get("bev") is not None:
         out["bev"] = to_chw(record["bev"])
@@ -539,8 +563,10 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Returns:
         ``{"images": (B, num_cams, 3, H, W), "target": (B, T, 3), "history": (B, H_max, 3)
         (left-padded with zeros), "history_valid": (B, H_max) bool, "ego_status": (B, 5),
-        "command": (B,) int64, "kind": list[str], "key": list[str]}``, plus ``"bev"``
-        (B, 3, H, W) when every sample has one.
+        "command": (B,) int64, "kind": list[str], "key": list[str], "scoring":
+        list[ScoringContext | None]}`` (score a batch with
+        :func:`rap.dataset.scoring.score_batch`), plus ``"bev"`` (B, 3, H, W) when every sample
+        has one.
 
     Raises:
         ValueError: an empty batch, or images / targets of different shapes (naming the keys).
@@ -570,6 +596,7 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "command": torch.stack([b["command"] for b in batch]),
         "kind": [b["kind"] for b in batch],
         "key": keys,
+        "scoring": [b.get("scoring") for b in batch],
     }
     if all("bev" in b for b in batch):
         out["bev"] = torch.stack([b["bev"] for b in batch])

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rap.kinematics import DrivingCommand, EgoStatus  # noqa: F401  (part of a sample)
 from rap.trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from rap.dataset.scoring import ScoringContext
 
 
 class SampleKind(str, Enum):
@@ -72,9 +76,12 @@ class Sample:
         images: camera name → (H, W, 3) uint8 semantic raster.
         cameras: camera name → JSON-ready camera record (intrinsics, distortion, cam_to_body).
         bev: optional (H, W, 3) uint8 BEV raster (auxiliary target).
+        scoring: optional :class:`~rap.dataset.scoring.ScoringContext`: what the PDM scorer
+            needs to score plans of the acting agent (see :mod:`rap.augment.scoring_context`).
     """
 
     plan: SamplePlan
     images: dict[str, np.ndarray]
     cameras: dict[str, dict]
     bev: np.ndarray | None = None
+    scoring: ScoringContext | None = None

@@ -37,6 +37,15 @@ sample is a run of consecutive members sharing a key (the member name up to its 
     the arrays, a ``numpy.load``-able zip (stored, fixed timestamps): ``target`` (T, 3) float64
     and ``history`` (H, 3) float64 poses (x, y, heading) [m, m, rad] in the acting frame
     (history oldest first, ending one interval before now), ``viewer_pose`` (4,) float64.
+``<key>.scoring.npz.zst``
+    optional (``rap generate`` writes it unless ``scoring_context=false``): the sample's
+    scoring context (:mod:`rap.dataset.scoring`, format ``rap.scoring/1``), what rap's PDM
+    scorer needs to score any plan of the acting agent, in its frame: its state, the other road
+    users over 5 s, drivable area, lanes, intersections, route, red lights, speed limit and the
+    progress reference, cropped around the agent; a zstd-compressed ``.npz`` of fixed-point
+    integer arrays. Decode it with :func:`rap.dataset.scoring.decode` (the reader's
+    ``record["scoring"]``); the ``.json`` does not mention it, and shards without it read the
+    same (``record["scoring"] is None``).
 
 Every tar header is fixed (mtime 0, uid/gid 0, empty uname/gname, mode 0o644), image codecs and
 JSON are deterministic, so the same samples give a byte-identical shard.
@@ -66,17 +75,18 @@ import json
 import os
 import re
 import tarfile
-import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, encode
+from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, encode, npz_bytes
 from rap.dataset.manifest import ShardEntry
 from rap.fileio import DiskFullError, close_quietly, disk_full_error, fsync_dir, is_disk_full, remove_quietly, sha256_file
 from rap.dataset.sample import Sample
+from rap.dataset.scoring import SCORING_EXTENSION, SCORING_FIELD, ScoringContext
+from rap.dataset.scoring import encode as encode_scoring
 
 __all__ = [
     "SAMPLE_FORMAT",
@@ -95,10 +105,9 @@ __all__ = [
 SAMPLE_FORMAT = "rap.sample/1"
 TMP_SUFFIX = ".tmp"
 BEV_FIELD = "bev"
-_RESERVED_FIELDS = (BEV_FIELD, "json", "npz")
+_RESERVED_FIELDS = (BEV_FIELD, "json", "npz", SCORING_FIELD)
 # Keys and camera names: no dots (the key ends at the first dot), no path separators.
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # earliest zip timestamp: fixed so npz bytes are deterministic
 
 
 def shard_name(index: int, prefix: str = "shard") -> str:
@@ -172,22 +181,6 @@ def sample_arrays(sample: Sample) -> dict[str, np.ndarray]:
     }
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A ``numpy.load``-able ``.npz`` with deterministic bytes (stored entries in name order,
-    fixed timestamps and attributes; ``numpy.savez`` stamps the current time)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            npy = io.BytesIO()
-            np.lib.format.write_array(npy, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-            info.create_system = 3  # unix
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_STORED
-            zf.writestr(info, npy.getvalue())
-    return buf.getvalue()
-
-
 def _check_sample(sample: Sample) -> None:
     plan = sample.plan
     where = f"sample {plan.key!r}"
@@ -213,6 +206,8 @@ def _check_sample(sample: Sample) -> None:
     pose = np.asarray(plan.viewer_pose)
     if pose.shape != (4,) or not np.all(np.isfinite(pose)):
         raise ValueError(f"{where}: viewer_pose must be a finite (4,) array, got shape {pose.shape}")
+    if sample.scoring is not None and not isinstance(sample.scoring, ScoringContext):
+        raise ValueError(f"{where}: scoring must be a ScoringContext or None, got {type(sample.scoring).__name__}")
 
 
 def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> list[tuple[str, bytes]]:
@@ -227,7 +222,8 @@ def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> l
 
     Raises:
         ValueError: a key or camera name that is not filesystem/WebDataset safe, an image that
-            is not (H, W, 3) uint8, a camera without a record, bad history or viewer pose.
+            is not (H, W, 3) uint8, a camera without a record, bad history or viewer pose, a
+            ``scoring`` that is not a ScoringContext.
     """
     _check_sample(sample)
     key = sample.plan.key
@@ -244,6 +240,8 @@ def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> l
         members[f"{key}.{bev_member}"] = data
     members[f"{key}.json"] = _json_bytes(sample_metadata(sample, image_members, bev_member))
     members[f"{key}.npz"] = npz_bytes(sample_arrays(sample))
+    if sample.scoring is not None:
+        members[f"{key}.{SCORING_FIELD}.{SCORING_EXTENSION}"] = encode_scoring(sample.scoring)
     return sorted(members.items())
 
 

@@ -14,6 +14,9 @@ How the NAVSIM notions are derived from a scene model that has lanes but no road
   the log; plus their same-direction neighbours (NAVSIM's route is
   made of roadblocks, i.e. all parallel lanes); the route centerline chains the traversed lanes'
   centerlines in order and follows first successors until it reaches 150 m past the ego.
+  :func:`route`, :func:`ego_state` and :func:`object_tracks` take ``row=`` to do the same for
+  any agent's logged path (``rap.augment.scoring_context``: cross-agent samples); the source's
+  ``ego_route`` belongs to the logged ego only.
 * Red lights: per step, the lanes whose light state is red (stop / arrow stop / flashing stop).
 * History: the logged ego states of the 1.5 s before now at 0.1 s; human plan: the logged
   future (EPDMS human filter).
@@ -64,29 +67,36 @@ def scoring_steps(scene: Scene, spacing_s: float = 1.0) -> list[int]:
     return out
 
 
-def ego_state(scene: Scene, step: int) -> EgoState:
+def steering_for(yaw_rate_rps: float, speed_mps: float) -> float:
+    """The tyre angle [rad] of a kinematic bicycle with NAVSIM's wheelbase that turns at
+    ``yaw_rate_rps`` at longitudinal speed ``speed_mps`` (0 below 0.5 m/s; clipped to ±pi/3)."""
+    from rap.sim.bicycle import VehicleParameters
+
+    wheelbase = VehicleParameters().wheel_base
+    steering = float(np.arctan(wheelbase * yaw_rate_rps / speed_mps)) if speed_mps > 0.5 else 0.0
+    return float(np.clip(steering, -np.pi / 3, np.pi / 3))
+
+
+def ego_state(scene: Scene, step: int, *, row: int | None = None) -> EgoState:
     """The ego's rear-axle state at ``step``: velocity and acceleration in its own frame, yaw
     rate, and the tyre angle of a kinematic bicycle with NAVSIM's wheelbase that turns at that
     rate (logs have no steering; starting a turn with the wheels straight would make the
-    tracker swing wide)."""
-    from rap.sim.bicycle import VehicleParameters
-
-    row = scene.ego_index
-    x, y, _, h = scene.ego_pose(step)
+    tracker swing wide). ``row``: another agent's state (default: the ego's)."""
+    row = scene.ego_index if row is None else int(row)
+    x, y, _, h = scene.agent_pose(row, step)
     v = agent_velocity(scene, row, step)
     a = agent_acceleration(scene, row, step)
     omega = yaw_rate(scene, row, step)
-    speed = float(v[0])
-    wheelbase = VehicleParameters().wheel_base
-    steering = float(np.arctan(wheelbase * omega / speed)) if speed > 0.5 else 0.0
-    steering = float(np.clip(steering, -np.pi / 3, np.pi / 3))
+    steering = steering_for(omega, float(v[0]))
     return EgoState(x=x, y=y, heading=h, vx=v[0], vy=v[1], ax=a[0], ay=a[1], steering_angle=steering, yaw_rate=omega, time_s=float(scene.timestamps[step]))
 
 
-def object_tracks(scene: Scene, step: int, num_steps: int = OBJECT_HORIZON_STEPS) -> ObjectTracks:
-    """Every agent but the ego over ``num_steps`` steps from ``step`` (invalid past the log)."""
+def object_tracks(scene: Scene, step: int, num_steps: int = OBJECT_HORIZON_STEPS, *, row: int | None = None) -> ObjectTracks:
+    """Every agent but the ego (or but ``row``; ``row=-1`` keeps every agent) over
+    ``num_steps`` steps from ``step`` (invalid past the log)."""
     tr = scene.tracks
-    rows = np.flatnonzero(np.arange(tr.num_agents) != scene.ego_index)
+    acting = scene.ego_index if row is None else int(row)
+    rows = np.flatnonzero(np.arange(tr.num_agents) != acting)
     idx = step + np.arange(num_steps)
     inside = idx < scene.num_steps
     clipped = np.minimum(idx, scene.num_steps - 1)
@@ -108,63 +118,142 @@ def object_tracks(scene: Scene, step: int, num_steps: int = OBJECT_HORIZON_STEPS
 
 
 def lane_polygons(scene: Scene) -> dict[int, shapely.Polygon]:
-    """Non-bike lanes buffered by half their width (flat caps), by lane id."""
+    """Non-bike lanes buffered by half their width (flat caps), by lane id (in map order; lanes
+    of fewer than two points or no length are left out)."""
     lanes = scene.map.lanes
-    out = {}
-    for k in range(len(lanes)):
-        if lanes.types[k] == LaneType.BIKE_LANE:
-            continue
-        pts = lanes.centerlines[k][:, :2]
-        if len(pts) < 2 or geometry.polyline_length(pts) <= 0:
-            continue
-        poly = shapely.LineString(pts).buffer(0.5 * float(lanes.width[k]), cap_style="flat")
-        if not poly.is_empty:
-            out[int(lanes.ids[k])] = poly
-    return out
+    lines = lanes.centerlines
+    if not len(lanes):
+        return {}
+    pts = lines.points[:, :2]
+    owner = lines.element_index
+    seg = np.hypot(*np.diff(pts, axis=0).T)
+    same = owner[1:] == owner[:-1]
+    length = np.bincount(owner[1:][same], weights=seg[same], minlength=len(lanes))
+    keep = np.flatnonzero((lanes.types != LaneType.BIKE_LANE) & (lines.lengths >= 2) & (length > 0))
+    if not keep.size:
+        return {}
+    chosen = lines.select(keep)
+    geoms = shapely.linestrings(chosen.points[:, :2], indices=chosen.element_index)
+    # One vectorized call; the same GEOS buffer as LineString.buffer (quad_segs=16).
+    polys = shapely.buffer(geoms, 0.5 * lanes.width[keep].astype(np.float64), quad_segs=16, cap_style="flat")
+    return {int(lanes.ids[k]): poly for k, poly in zip(keep.tolist(), polys) if not poly.is_empty}
 
 
-def _traversed_lanes(scene: Scene, polys: dict[int, shapely.Polygon], start: int) -> list[int]:
-    """Lane ids under the logged ego's rear axle from ``start`` to the end, in order."""
-    lanes = scene.map.lanes
-    ids = np.array(list(polys))
-    geoms = np.array([polys[i] for i in ids], dtype=object)
-    tree = shapely.STRtree(geoms)
-    sequence: list[int] = []
-    valid = scene.tracks.valid[scene.ego_index]
-    for s in range(start, scene.num_steps):
-        if not valid[s]:
-            continue
-        x, y, _, h = scene.ego_pose(s)
-        hits = tree.query(shapely.Point(x, y), predicate="within")
-        best, best_err = None, ROUTE_HEADING_TOLERANCE
-        for j in hits:
-            lane_id = int(ids[j])
-            pts = lanes.centerlines[lanes.index_of(lane_id)][:, :2]
-            seg = int(np.argmin(np.hypot(pts[:, 0] - x, pts[:, 1] - y)))
-            seg = min(seg, len(pts) - 2)
-            d = pts[seg + 1] - pts[seg]
-            err = abs(float(geometry.wrap_angle(np.arctan2(d[1], d[0]) - h)))
-            # Prefer the lane we are already on, then the best-aligned one.
-            if sequence and lane_id == sequence[-1] and err < ROUTE_HEADING_TOLERANCE:
-                best = lane_id
+class LaneLookup:
+    """The lanes under an agent's rear axle, per log step, computed once per (row, step).
+
+    :func:`route` asks for every step from 1.5 s before now to the end of the log; a generation
+    run asks for many steps and agents of one scene, so the per-step answers are kept.
+
+    Args:
+        scene: The scene.
+        polys: :func:`lane_polygons` of ``scene``.
+    """
+
+    def __init__(self, scene: Scene, polys: dict[int, shapely.Polygon]) -> None:
+        self.scene = scene
+        self.polys = polys
+        self.ids = np.array(list(polys))
+        self.tree = shapely.STRtree(np.array([polys[i] for i in self.ids], dtype=object))
+        self._hits: dict[tuple[int, int], list[tuple[int, float]]] = {}
+        self._tails: dict[tuple, tuple[int, ...]] = {}  # (row, step, last lane) -> lanes that follow
+
+    def candidates(self, row: int, step: int) -> list[tuple[int, float]]:
+        """``(lane id, |heading error|)`` of the lanes whose polygon holds the agent's rear axle
+        at ``step``, in the tree's order (every valid step of the row is looked up at once)."""
+        got = self._hits.get((row, step))
+        if got is None:
+            self._look_up_row(row)
+            got = self._hits.get((row, step), [])
+        return got
+
+    def traversed(self, row: int, start: int) -> list[int]:
+        """Lane ids under the agent's rear axle from ``start`` to the end of the log, in order:
+        at each valid step the lane it is already on when that one holds it (heading within
+        45°), else the best-aligned one. What follows a step depends only on that step and the
+        last lane, so those tails are kept and shared between starts."""
+        valid = self.scene.tracks.valid[row]
+        sequence: list[int] = []
+        visited: list[tuple[tuple, int]] = []
+        last = None
+        for s in range(start, self.scene.num_steps):
+            key = (row, s, last)
+            tail = self._tails.get(key)
+            if tail is not None:
+                sequence.extend(tail)
                 break
-            if err < best_err:
-                best, best_err = lane_id, err
-        if best is not None and (not sequence or sequence[-1] != best):
-            sequence.append(best)
-    return sequence
+            visited.append((key, len(sequence)))
+            if not valid[s]:
+                continue
+            best, best_err = None, ROUTE_HEADING_TOLERANCE
+            for lane_id, err in self.candidates(row, s):
+                # Prefer the lane we are already on, then the best-aligned one.
+                if last is not None and lane_id == last and err < ROUTE_HEADING_TOLERANCE:
+                    best = lane_id
+                    break
+                if err < best_err:
+                    best, best_err = lane_id, err
+            if best is not None and best != last:
+                sequence.append(best)
+                last = best
+        for key, at in visited:
+            self._tails[key] = tuple(sequence[at:])
+        return sequence
+
+    def _look_up_row(self, row: int) -> None:
+        scene, lanes = self.scene, self.scene.map.lanes
+        steps = [s for s in np.flatnonzero(scene.tracks.valid[row]).tolist() if (row, s) not in self._hits]
+        if not steps:
+            return
+        poses = [scene.agent_pose(row, s) for s in steps]
+        # One bulk query: its hits per point come in the order of a single-point query.
+        where, hits = self.tree.query(shapely.points(np.array([p[:2] for p in poses])), predicate="within")
+        xyh = np.array([(p[0], p[1], p[3]) for p in poses]).reshape(-1, 3)
+        errs = np.empty(len(hits))
+        # Heading error of each hit against the lane's direction at its nearest centerline point
+        # (the first nearest; the last point uses the last segment), lane by lane.
+        for j in np.unique(hits):
+            sel = np.flatnonzero(hits == j)
+            x, y, h = (xyh[where[sel], i] for i in range(3))
+            pts = lanes.centerlines[lanes.index_of(int(self.ids[j]))][:, :2]
+            seg = np.minimum(np.argmin(np.hypot(pts[None, :, 0] - x[:, None], pts[None, :, 1] - y[:, None]), axis=1), len(pts) - 2)
+            d = pts[seg + 1] - pts[seg]
+            errs[sel] = np.abs(geometry.wrap_angle(np.arctan2(d[:, 1], d[:, 0]) - h))
+        per_step: list[list[tuple[int, float]]] = [[] for _ in steps]
+        for k, j, err in zip(where.tolist(), hits.tolist(), errs.tolist()):
+            per_step[k].append((int(self.ids[j]), err))
+        for s, got in zip(steps, per_step):
+            self._hits[(row, s)] = got
 
 
-def route(scene: Scene, step: int, polys: dict[int, shapely.Polygon]) -> tuple[frozenset, np.ndarray]:
-    """(on-route lane ids, (M, 3) route centerline x, y, heading) for ``step``."""
+def _traversed_lanes(scene: Scene, polys: dict[int, shapely.Polygon], start: int, row: int | None = None, lookup: LaneLookup | None = None) -> list[int]:
+    """Lane ids under the logged ego's (or ``row``'s) rear axle from ``start`` to the end, in
+    order."""
+    row = scene.ego_index if row is None else int(row)
+    lookup = LaneLookup(scene, polys) if lookup is None else lookup
+    return lookup.traversed(row, start)
+
+
+def route(scene: Scene, step: int, polys: dict[int, shapely.Polygon], *, row: int | None = None, lookup: LaneLookup | None = None) -> tuple[frozenset, np.ndarray]:
+    """(on-route lane ids, (M, 3) route centerline x, y, heading) for ``step``.
+
+    Args:
+        scene: The scene.
+        step: The step.
+        polys: :func:`lane_polygons` of ``scene``.
+        row: The agent whose logged path makes the route (default: the ego). Only the ego
+            follows ``scene.ego_route``.
+        lookup: A :class:`LaneLookup` of ``scene`` and ``polys`` to reuse across calls.
+    """
     lanes = scene.map.lanes
+    row = scene.ego_index if row is None else int(row)
     start = max(0, step - steps_for(scene, HISTORY_S))
-    sequence = _traversed_lanes(scene, polys, start)
-    known = [int(i) for i in scene.ego_route if int(i) in polys]
+    sequence = _traversed_lanes(scene, polys, start, row, lookup)
+    known = [int(i) for i in scene.ego_route if int(i) in polys] if row == scene.ego_index else []
     if known:  # the source knows the planned route: follow it from the lanes just traversed
         first = next((known.index(i) for i in sequence if i in known), 0)
         sequence = known[first:]
-    x0, y0, _, h0 = scene.ego_pose(step)
+    x0, y0, _, h0 = scene.agent_pose(row, step)
     if not sequence:  # off every lane: a straight line along the ego's heading
         d = np.arange(-20.0, CENTERLINE_AHEAD_M, 1.0)
         line = np.stack([x0 + d * np.cos(h0), y0 + d * np.sin(h0), np.full_like(d, h0)], axis=1)
