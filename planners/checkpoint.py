@@ -81,7 +81,7 @@ def model_from_checkpoint(path: str | Path, *, load_backbone_file: bool = False)
     data = payload["data"]
     model_cfg = cfg.model if load_backbone_file else cfg.model.model_copy(update={"backbone": cfg.model.backbone.model_copy(update={"weights": None})})
     try:
-        model = build_model(model_cfg, num_cameras=len(data["cameras"]), image_size=tuple(data["image_size"]), history_len=int(data["history_len"]), num_poses=int(data["num_poses"]))
+        model = build_model(model_cfg, num_cameras=len(data["cameras"]), image_size=tuple(data["image_size"]), history_len=int(data["history_len"]), num_poses=int(data["num_poses"]), interval_s=float(data["interval_s"]))
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None
     state = payload["model"]

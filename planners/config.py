@@ -32,6 +32,7 @@ class ModelSection(FrozenModel):
     num_proposals: PositiveInt = 16  # K (RAP: 64)
     num_layers: PositiveInt = 2  # R refinement layers (RAP: 4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    velocity_prior: bool = True  # heads predict corrections to the constant-velocity extrapolation
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelSection":

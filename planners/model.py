@@ -27,18 +27,35 @@ from planners.features import SCORE_NAMES, status_dim, status_features
 __all__ = ["RAPPlanner", "RegressionPlanner", "EgoStatusMLP", "build_model", "POSITION_SCALE"]
 
 POSITION_SCALE = 10.0  # [m] heads predict x, y in these units (targets span tens of metres)
+_HEAD_INIT = 0.1  # last layer of trajectory heads scaled down: plans start near the prior
 _MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, what pretrained backbones expect
 _STD = (0.229, 0.224, 0.225)
 
 
-def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+def _mlp(inp: int, hidden: int, out: int, out_scale: float = 1.0) -> nn.Sequential:
+    mlp = nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+    if out_scale != 1.0:  # trajectory heads start near their prior
+        with torch.no_grad():
+            mlp[-1].weight.mul_(out_scale)
+            mlp[-1].bias.mul_(out_scale)
+    return mlp
 
 
 def _to_poses(raw: torch.Tensor, num_poses: int) -> torch.Tensor:
     """Head output (..., T*3) in model units to poses (..., T, 3) in metres and radians."""
     poses = raw.unflatten(-1, (num_poses, 3))
     return poses * poses.new_tensor([POSITION_SCALE, POSITION_SCALE, 1.0])
+
+
+def velocity_prior(batch: dict, num_poses: int, interval_s: float) -> torch.Tensor:
+    """(B, T, 3) the constant-velocity extrapolation of the current velocity (heading kept):
+    what the heads' outputs are added to when ``model.velocity_prior`` is on, so an untrained
+    planner already drives on and training learns the corrections (turns, stops)."""
+    status = batch["ego_status"].float()
+    t = torch.arange(1, num_poses + 1, device=status.device, dtype=status.dtype) * interval_s
+    x = status[:, 1:2] * t
+    y = status[:, 2:3] * t
+    return torch.stack([x, y, torch.zeros_like(x)], dim=-1)
 
 
 class _ImageEncoder(nn.Module):
@@ -89,10 +106,11 @@ class _ImageEncoder(nn.Module):
 class RAPPlanner(nn.Module):
     """Multi-proposal planner with a learned scorer (see the module docstring)."""
 
-    def __init__(self, cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int) -> None:
+    def __init__(self, cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int, interval_s: float = 0.5) -> None:
         super().__init__()
         d = cfg.d_model
         self.num_poses, self.history_len, self.num_proposals = num_poses, history_len, cfg.num_proposals
+        self.interval_s, self.use_prior = interval_s, cfg.velocity_prior
         self.images = _ImageEncoder(cfg, num_cameras, image_size)
         self.status = _mlp(status_dim(history_len), d, d)
         self.queries = nn.Parameter(torch.randn(cfg.num_proposals, d) * 0.02)
@@ -100,7 +118,7 @@ class RAPPlanner(nn.Module):
             nn.TransformerDecoderLayer(d, cfg.num_heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True) for _ in range(cfg.num_layers)
         )
         self.traj_embed = nn.Linear(num_poses * 3, d)
-        self.traj_heads = nn.ModuleList(_mlp(d, d, num_poses * 3) for _ in range(cfg.num_layers))
+        self.traj_heads = nn.ModuleList(_mlp(d, d, num_poses * 3, _HEAD_INIT) for _ in range(cfg.num_layers))
         self.score_head = _mlp(2 * d, d, len(SCORE_NAMES))
 
     def forward(self, batch: dict) -> dict:
@@ -114,6 +132,8 @@ class RAPPlanner(nn.Module):
             traj = traj + head(q)
         logits = self.score_head(torch.cat([q, self.traj_embed(traj)], dim=-1))
         proposals = _to_poses(traj, self.num_poses)
+        if self.use_prior:
+            proposals = proposals + velocity_prior(batch, self.num_poses, self.interval_s)[:, None]
         best = logits[..., SCORE_NAMES.index("pdms")].argmax(dim=1)
         chosen = proposals[torch.arange(proposals.shape[0], device=proposals.device), best]
         return {"proposals": proposals, "score_logits": logits, "trajectory": chosen}
@@ -122,38 +142,44 @@ class RAPPlanner(nn.Module):
 class RegressionPlanner(nn.Module):
     """One trajectory from pooled camera features and the status (baseline)."""
 
-    def __init__(self, cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int) -> None:
+    def __init__(self, cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int, interval_s: float = 0.5) -> None:
         super().__init__()
         d = cfg.d_model
         self.num_poses, self.history_len = num_poses, history_len
+        self.interval_s, self.use_prior = interval_s, cfg.velocity_prior
         self.images = _ImageEncoder(cfg, num_cameras, image_size)
         self.status = _mlp(status_dim(history_len), d, d)
-        self.head = _mlp(d * (num_cameras + 1), 2 * d, num_poses * 3)
+        self.head = _mlp(d * (num_cameras + 1), 2 * d, num_poses * 3, _HEAD_INIT)
 
     def forward(self, batch: dict) -> dict:
         pooled = self.images(batch["images"]).mean(dim=2).flatten(1)  # (B, N*D)
         feats = torch.cat([pooled, self.status(status_features(batch, self.history_len))], dim=1)
         trajectory = _to_poses(self.head(feats), self.num_poses)
+        if self.use_prior:
+            trajectory = trajectory + velocity_prior(batch, self.num_poses, self.interval_s)
         return {"proposals": trajectory[:, None], "score_logits": None, "trajectory": trajectory}
 
 
 class EgoStatusMLP(nn.Module):
     """NAVSIM's ego-status MLP: status and history in, one trajectory out, no cameras."""
 
-    def __init__(self, cfg: ModelSection, *, num_cameras: int = 0, image_size=None, history_len: int, num_poses: int) -> None:
+    def __init__(self, cfg: ModelSection, *, num_cameras: int = 0, image_size=None, history_len: int, num_poses: int, interval_s: float = 0.5) -> None:
         super().__init__()
         self.num_poses, self.history_len = num_poses, history_len
-        self.mlp = _mlp(status_dim(history_len), 2 * cfg.d_model, num_poses * 3)
+        self.interval_s, self.use_prior = interval_s, cfg.velocity_prior
+        self.mlp = _mlp(status_dim(history_len), 2 * cfg.d_model, num_poses * 3, _HEAD_INIT)
 
     def forward(self, batch: dict) -> dict:
         trajectory = _to_poses(self.mlp(status_features(batch, self.history_len)), self.num_poses)
+        if self.use_prior:
+            trajectory = trajectory + velocity_prior(batch, self.num_poses, self.interval_s)
         return {"proposals": trajectory[:, None], "score_logits": None, "trajectory": trajectory}
 
 
 MODELS = {"rap": RAPPlanner, "regression": RegressionPlanner, "ego_mlp": EgoStatusMLP}
 
 
-def build_model(cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int) -> nn.Module:
+def build_model(cfg: ModelSection, *, num_cameras: int, image_size: tuple[int, int], history_len: int, num_poses: int, interval_s: float = 0.5) -> nn.Module:
     """The planner ``cfg.type`` for ``num_cameras`` views of ``image_size`` (width, height),
-    ``history_len`` past poses and ``num_poses`` output poses."""
-    return MODELS[cfg.type](cfg, num_cameras=num_cameras, image_size=tuple(image_size), history_len=history_len, num_poses=num_poses)
+    ``history_len`` past poses and ``num_poses`` output poses ``interval_s`` apart."""
+    return MODELS[cfg.type](cfg, num_cameras=num_cameras, image_size=tuple(image_size), history_len=history_len, num_poses=num_poses, interval_s=interval_s)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from planners.features import SCORE_NAMES
+from rap.dataset.scoring import score_batch
 from rap.trajectory import TrajectorySampling
 
 __all__ = ["scorer_targets"]
@@ -32,11 +33,11 @@ def scorer_targets(contexts: Sequence, proposals: torch.Tensor, sampling: Trajec
     poses = proposals.detach().float().cpu().numpy().astype(np.float64)
     targets = np.zeros((b, k, len(SCORE_NAMES)), dtype=np.float32)
     scored = np.zeros(b, dtype=bool)
-    for i, ctx in enumerate(contexts):
-        if ctx is None or float(wanted[i]) <= 0 or not np.all(np.isfinite(poses[i])):
-            continue
-        scores = ctx.score(poses[i], sampling)
-        targets[i] = np.stack([np.clip(np.asarray(scores[name], dtype=np.float64), 0.0, 1.0) for name in SCORE_NAMES], axis=1)
-        scored[i] = True
+    rows = [i for i, ctx in enumerate(contexts) if ctx is not None and float(wanted[i]) > 0 and np.all(np.isfinite(poses[i]))]
+    if rows:
+        # One batched rollout for every scored sample (rap.metrics.pdms.score_scenes).
+        scores = score_batch([contexts[i] for i in rows], poses[rows], sampling)
+        targets[rows] = np.stack([np.clip(scores[name], 0.0, 1.0) for name in SCORE_NAMES], axis=-1)
+        scored[rows] = True
     device = proposals.device
     return torch.from_numpy(targets).to(device), torch.from_numpy(scored).to(device)

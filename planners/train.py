@@ -223,7 +223,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
     np.random.seed(cfg.train.seed % (2**32))
     index = TrainingIndex(cfg)
     image_size = tuple(cfg.data.image_size)
-    model = build_model(cfg.model, num_cameras=len(cfg.data.cameras), image_size=image_size, history_len=cfg.data.history_poses, num_poses=index.sampling.num_poses).to(device)
+    model = build_model(cfg.model, num_cameras=len(cfg.data.cameras), image_size=image_size, history_len=cfg.data.history_poses, num_poses=index.sampling.num_poses, interval_s=index.sampling.interval_s).to(device)
     if distributed and device.type == "cuda" and not cfg.model.backbone.frozen:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     params = [p for p in model.parameters() if p.requires_grad]
