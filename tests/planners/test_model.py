@@ -94,13 +94,15 @@ def test_rap_planner_overfits_one_batch(tiny_dataset):
     data = SampleDataset(index, "train", cfg)
     batch = collate_samples([data[i] for i in range(0, min(len(data), 40), 10)])
     model = build_model(cfg.model, num_cameras=3, image_size=(64, 32), history_len=3, num_poses=index.sampling.num_poses)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 60)
     losses = []
-    for _ in range(80):
+    for _ in range(60):
         loss, _ = wta_l1(model(batch)["proposals"], batch["target"], torch.ones(len(batch["key"])))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(float(loss.detach()))
     assert min(losses[-5:]) < losses[0] / 10, losses[::8]
 
