@@ -263,6 +263,23 @@ class StackedObjects:
         return np.hypot(self.vx[rows, first], self.vy[rows, first])
 
 
+def _ego_sweep(states: np.ndarray, top: int, looks: list[int], vehicle: VehicleParameters, dt: float) -> tuple:
+    """Ego box centres, velocities, speeds and headings over steps 0..top, and the circle each sweeps
+    over the look-aheads (centre mx, my and radius ego_r), all (K, Te)."""
+    sub = states[:, : top + 1]
+    speed = np.hypot(sub[..., StateIndex.VELOCITY_X], sub[..., StateIndex.VELOCITY_Y])
+    heading = sub[..., StateIndex.HEADING]
+    cos_h, sin_h = np.cos(heading), np.sin(heading)
+    d = vehicle.rear_axle_to_center
+    cx = sub[..., StateIndex.X] + d * cos_h
+    cy = sub[..., StateIndex.Y] + d * sin_h
+    vx, vy = cos_h * speed, sin_h * speed
+    half = 0.5 * max(looks) * dt
+    mx, my = cx + vx * half, cy + vy * half
+    ego_r = float(np.hypot(vehicle.half_length, vehicle.half_width)) + speed * half
+    return cx, cy, vx, vy, speed, heading, mx, my, ego_r
+
+
 def find_contacts(
     states: np.ndarray,
     objects: ObjectTracks | StackedObjects,
@@ -297,18 +314,7 @@ def find_contacts(
     top = min(int(last_step), states.shape[1] - 1, objects.num_steps - 1)
     if len(objects) == 0 or top < 0:
         return Contacts(empty, empty, empty)
-    sub = states[:, : top + 1]
-    speed = np.hypot(sub[..., StateIndex.VELOCITY_X], sub[..., StateIndex.VELOCITY_Y])
-    heading = sub[..., StateIndex.HEADING]
-    cos_h, sin_h = np.cos(heading), np.sin(heading)
-    d = vehicle.rear_axle_to_center
-    cx = sub[..., StateIndex.X] + d * cos_h
-    cy = sub[..., StateIndex.Y] + d * sin_h
-    vx, vy = cos_h * speed, sin_h * speed
-    half = 0.5 * max(looks) * dt
-    # Ego swept circle over the look-aheads: (K, Te).
-    mx, my = cx + vx * half, cy + vy * half
-    ego_r = float(np.hypot(vehicle.half_length, vehicle.half_width)) + speed * half
+    cx, cy, vx, vy, speed, heading, mx, my, ego_r = _ego_sweep(states, top, looks, vehicle, dt)
     # Objects: circle around their positions at t + look-ahead (valid ones only): (Te, N).
     # Worked step-major ((Te, D, N) C-ordered, from the transposed (N, S) tracks) so the sums over
     # the look-aheads add in the same order whatever the objects' memory layout.
@@ -358,17 +364,7 @@ def _find_contacts_stacked(
     if np.any(np.diff(row_scene) < 0):
         raise ValueError("find_contacts: row_scene must be sorted (rows grouped by scene)")
     n_scenes = objects.starts.size - 1
-    sub = states[:, : top + 1]
-    speed = np.hypot(sub[..., StateIndex.VELOCITY_X], sub[..., StateIndex.VELOCITY_Y])
-    heading = sub[..., StateIndex.HEADING]
-    cos_h, sin_h = np.cos(heading), np.sin(heading)
-    d = vehicle.rear_axle_to_center
-    cx = sub[..., StateIndex.X] + d * cos_h
-    cy = sub[..., StateIndex.Y] + d * sin_h
-    vx, vy = cos_h * speed, sin_h * speed
-    half = 0.5 * max(looks) * dt
-    mx, my = cx + vx * half, cy + vy * half
-    ego_r = float(np.hypot(vehicle.half_length, vehicle.half_width)) + speed * half
+    cx, cy, vx, vy, speed, heading, mx, my, ego_r = _ego_sweep(states, top, looks, vehicle, dt)
     # Objects (step-major, as find_contacts): a look-ahead counts while it is within the
     # object's own scene's steps (and the scene's steps cover the ego step).
     steps = np.arange(top + 1)
