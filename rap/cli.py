@@ -384,12 +384,16 @@ def train(
 
     exit_diverged = 3
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    overrides = list(ctx.args)
+    if config is not None and "=" in config.name and not config.exists():  # `rap train --resume --out D key=value`
+        overrides.insert(0, str(config))
+        config = None
     if config is None:
         if not resume:
             raise _fail("give a config file (e.g. configs/train/tiny.yaml), or --resume to continue a run with its own config")
         config = out / CONFIG_FILE
     try:
-        cfg = load_config(TrainConfig, config, list(ctx.args))
+        cfg = load_config(TrainConfig, config, overrides)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     progress = Progress(

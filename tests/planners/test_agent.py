@@ -112,3 +112,15 @@ def test_cli_errors_for_train_and_checkpoints(tiny_dataset, tmp_path):
     assert no_data.exit_code == 2 and "no such folder" in no_data.output and not (tmp_path / "r2").exists()
     no_config = runner.invoke(app, ["train", "--out", str(tmp_path / "r3")])
     assert no_config.exit_code == 2 and "give a config file" in no_config.output
+
+
+def test_resume_without_a_config_reuses_the_runs_own(tiny_dataset, tmp_path):
+    runner = CliRunner()
+    args = [f"data.datasets=[{tiny_dataset}]", "data.image_size=[64,32]", "model.d_model=32", "model.num_heads=2", "model.num_layers=1", "train.batch_size=4", "train.max_steps=1"]
+    first = runner.invoke(app, ["train", "configs/train/tiny.yaml", *args, "--out", str(tmp_path / "run")])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "run")])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout.strip().splitlines()[-1])["steps"] == 1
+    changed = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "run"), "optim.lr=0.5"])
+    assert changed.exit_code == 2 and "optim.lr: run 0.001, now 0.5" in changed.output
