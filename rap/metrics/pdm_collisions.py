@@ -280,6 +280,22 @@ def _ego_sweep(states: np.ndarray, top: int, looks: list[int], vehicle: VehicleP
     return cx, cy, vx, vy, speed, heading, mx, my, ego_r
 
 
+def _object_circles(objects, idx: np.ndarray, ok: np.ndarray) -> tuple:
+    """Per (ego step, object): the circle around an object's boxes over the valid look-aheads
+    ``ok`` (Te, D, N) at steps ``idx`` (Te, D): centre (ocx, ocy) and radius obj_r, all (Te, N),
+    and whether any look-ahead is valid."""
+    ox = np.ascontiguousarray(objects.x.T[idx])
+    oy = np.ascontiguousarray(objects.y.T[idx])
+    w = ok.astype(np.float64)
+    cnt = np.maximum(w.sum(axis=1), 1.0)
+    ocx = (ox * w).sum(axis=1) / cnt
+    ocy = (oy * w).sum(axis=1) / cnt
+    spread = np.where(ok, np.hypot(ox - ocx[:, None], oy - ocy[:, None]), 0.0).max(axis=1)
+    obj_r = 0.5 * np.hypot(objects.length, objects.width)[None, :] + spread  # (Te, N)
+    any_ok = ok.any(axis=1)
+    return ocx, ocy, obj_r, any_ok
+
+
 def find_contacts(
     states: np.ndarray,
     objects: ObjectTracks | StackedObjects,
@@ -321,15 +337,7 @@ def find_contacts(
     steps = np.arange(top + 1)
     idx = np.minimum(steps[:, None] + np.asarray(looks)[None, :], objects.num_steps - 1)  # (Te, D)
     ok = (steps[:, None] + np.asarray(looks)[None, :] < objects.num_steps)[:, :, None] & objects.valid.T[idx]  # (Te, D, N)
-    ox = np.ascontiguousarray(objects.x.T[idx])
-    oy = np.ascontiguousarray(objects.y.T[idx])
-    w = ok.astype(np.float64)
-    cnt = np.maximum(w.sum(axis=1), 1.0)
-    ocx = (ox * w).sum(axis=1) / cnt
-    ocy = (oy * w).sum(axis=1) / cnt
-    spread = np.where(ok, np.hypot(ox - ocx[:, None], oy - ocy[:, None]), 0.0).max(axis=1)
-    obj_r = 0.5 * np.hypot(objects.length, objects.width)[None, :] + spread  # (Te, N)
-    any_ok = ok.any(axis=1)
+    ocx, ocy, obj_r, any_ok = _object_circles(objects, idx, ok)
     # Drop (step, object) pairs out of reach of every proposal, then test the rest densely.
     lo_x, hi_x = (mx - ego_r).min(axis=0), (mx + ego_r).max(axis=0)
     lo_y, hi_y = (my - ego_r).min(axis=0), (my + ego_r).max(axis=0)
@@ -372,15 +380,7 @@ def _find_contacts_stacked(
     idx = np.minimum(ahead, objects.num_steps - 1)
     own = objects.steps  # (N,)
     ok = (ahead[:, :, None] < own[None, None, :]) & objects.valid.T[idx]  # (Te, D, N)
-    ox = np.ascontiguousarray(objects.x.T[idx])
-    oy = np.ascontiguousarray(objects.y.T[idx])
-    w = ok.astype(np.float64)
-    cnt = np.maximum(w.sum(axis=1), 1.0)
-    ocx = (ox * w).sum(axis=1) / cnt
-    ocy = (oy * w).sum(axis=1) / cnt
-    spread = np.where(ok, np.hypot(ox - ocx[:, None], oy - ocy[:, None]), 0.0).max(axis=1)
-    obj_r = 0.5 * np.hypot(objects.length, objects.width)[None, :] + spread  # (Te, N)
-    any_ok = ok.any(axis=1)
+    ocx, ocy, obj_r, any_ok = _object_circles(objects, idx, ok)
     # Per scene, drop (step, object) pairs out of reach of every row of that scene.
     row_counts = np.bincount(row_scene, minlength=n_scenes)
     row_starts = np.concatenate([[0], np.cumsum(row_counts)])
