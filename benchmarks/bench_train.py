@@ -9,11 +9,15 @@ the size `rap generate` writes by default), then, on the same data and config
 * ``train``: `rap train`'s loop (forward, online scorer targets, backward, AdamW) for
   ``--steps`` steps, samples/s as the loop reports it;
 * ``loader / train``: how much faster the loader is than the loop it feeds (the loader must not
-  be the bottleneck: >= 3).
+  be the bottleneck: >= 3);
+* ``online``: online rasterization (``data.online=true``: the loader renders the samples with
+  `rap generate`'s code) against reading shards stored at the same image size (the config's
+  128x64), same sources and config, samples/s of each and their ratio (target >= 0.5); the
+  online index's planning time (once per run, before training) is reported apart.
 
 Prints a Markdown table (machine, date); ``--out`` also writes the rows as JSON.
 
-Usage: python benchmarks/bench_train.py [--scenes 2] [--steps 30] [--workers 0,1] [--out FILE]
+Usage: python benchmarks/bench_train.py [--scenes 2] [--steps 30] [--workers 0,1] [--online-workers 0,2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,14 +46,14 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def loader_rate(cfg, steps: int) -> float:
+def loader_rate(cfg, steps: int, index=None) -> float:
     from planners.data import SampleDataset, StepBatchSampler, TrainingIndex, collate_samples
 
-    index = TrainingIndex(cfg)
+    index = index or TrainingIndex(cfg)
     sampler = StepBatchSampler(index.probabilities, cfg.train.seed, 0, steps, cfg.train.batch_size)
     loader = torch.utils.data.DataLoader(
         SampleDataset(index, "train", cfg), batch_sampler=sampler, collate_fn=collate_samples, num_workers=cfg.data.num_workers,
-        prefetch_factor=4 if cfg.data.num_workers else None,
+        prefetch_factor=4 if cfg.data.num_workers else None, multiprocessing_context="spawn" if cfg.data.online and cfg.data.num_workers else None,
     )  # fmt: skip
     it = iter(loader)
     next(it)  # worker start-up is not throughput
@@ -65,6 +69,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workers", default="0,1", help="data.num_workers values to measure")
+    parser.add_argument("--online-workers", default="0,2", help="data.num_workers values of the online/shard comparison")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -73,11 +78,26 @@ def main() -> None:
     from rap.config import load_config
     from rap.generate import GenerateConfig, generate
 
-    rows = []
+    from planners.online import OnlineIndex
+
+    rows, online_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "ds"
         generate(f"synthetic:{args.scenes}", data, GenerateConfig())
-        for workers in (int(w) for w in args.workers.split(",")):
+        tiny = load_config(TrainConfig, REPO / "configs" / "train" / "tiny.yaml", [])
+        small = GenerateConfig(size=tuple(tiny.data.image_size))  # stored at the size the model reads
+        small_data = Path(tmp) / "ds_small"
+        generate(f"synthetic:{args.scenes}", small_data, small)
+        for workers in (int(w) for w in args.online_workers.split(",") if w):
+            common = [f"data.num_workers={workers}", "data.val_fraction=0"]
+            shard_cfg = load_config(TrainConfig, REPO / "configs" / "train" / "tiny.yaml", [f"data.datasets=[{small_data}]", *common])
+            online_cfg = load_config(TrainConfig, REPO / "configs" / "train" / "tiny.yaml", ["data.online=true", f"data.sources=[synthetic:{args.scenes}]", f"data.generate.size={list(small.size)}", *common])
+            t0 = time.perf_counter()
+            index = OnlineIndex(online_cfg)
+            plan_s = time.perf_counter() - t0
+            shard_rate, online_rate = loader_rate(shard_cfg, args.steps), loader_rate(online_cfg, args.steps, index)
+            online_rows.append({"workers": workers, "image_size": list(small.size), "shard_samples_per_s": round(shard_rate, 2), "online_samples_per_s": round(online_rate, 2), "online_over_shards": round(online_rate / shard_rate, 3), "plan_s_per_scene": round(plan_s / args.scenes, 2)})
+        for workers in (int(w) for w in args.workers.split(",") if w):
             overrides = [f"data.datasets=[{data}]", f"data.num_workers={workers}", f"train.max_steps={args.steps}", "train.val_every=100000", "train.checkpoint_every=100000", "data.val_fraction=0"]
             cfg = load_config(TrainConfig, REPO / "configs" / "train" / "tiny.yaml", overrides)
             loader = loader_rate(cfg, args.steps)
@@ -89,10 +109,14 @@ def main() -> None:
     print("|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['workers']} | {r['loader_samples_per_s']:.1f} | {r['train_samples_per_s']:.1f} | {r['loader_over_train']:.1f}x |")
-    for r in rows:
+    print("\n| data.num_workers | shards at 128x64 samples/s | online samples/s | online / shards | planning s/scene |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in online_rows:
+        print(f"| {r['workers']} | {r['shard_samples_per_s']:.1f} | {r['online_samples_per_s']:.1f} | {r['online_over_shards']:.2f} | {r['plan_s_per_scene']:.1f} |")
+    for r in rows + online_rows:
         print(json.dumps(r, sort_keys=True))
     if args.out:
-        args.out.write_text(json.dumps({"machine": stamp, "rows": rows}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"machine": stamp, "rows": rows, "online": online_rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

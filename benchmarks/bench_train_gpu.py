@@ -8,8 +8,10 @@ On the device machine, after benchmarks/gpu/prepare.sh (it needs torch on the de
 
     python3 benchmarks/bench_train_gpu.py --steps 30 --batch 64 --out $OUT/train_gpu.json
 
-Online rasterization through EGL on the same GPU is measured by ``rap bench-render`` (see
-benchmarks/gpu/device_bench.sh); both figures go in docs/benchmarks.md.
+Online rasterization through EGL on the same GPU (the loader rendering the samples, against
+reading shards at the same size): ``python3 benchmarks/bench_train.py --workers "" --online-workers
+0,4`` on that machine; raw EGL render rates: ``rap bench-render`` (benchmarks/gpu/device_bench.sh).
+Every figure goes in docs/benchmarks.md.
 """
 
 from __future__ import annotations

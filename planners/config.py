@@ -8,6 +8,7 @@ from typing import Literal, Optional
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from rap.config import FrozenModel, ImageSide, NonNegativeFloat, PositiveFloat
+from rap.generate import GenerateConfig
 
 __all__ = ["BackboneSection", "ModelSection", "DataSection", "KindWeights", "LossSection", "OptimSection", "TrainSection", "TrainConfig"]
 
@@ -56,7 +57,7 @@ class DataSection(FrozenModel):
     """What the planner trains on."""
 
     datasets: list[str] = []  # shard folders written by `rap generate`
-    dataset_weights: Optional[list[PositiveFloat]] = None  # sampling weight of each dataset (default: by size)
+    dataset_weights: Optional[list[PositiveFloat]] = None  # sampling weight of each dataset or online source (default: by size)
     # Share of each kind in the batches drawn from a dataset (renormalised over the kinds it has;
     # RAP: recovery and cross-agent samples as small fractions).
     kind_fractions: KindWeights = KindWeights(ego=0.6, recovery=0.2, cross_agent=0.2)
@@ -66,8 +67,15 @@ class DataSection(FrozenModel):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of scenes held out (by scene id)
     num_workers: NonNegativeInt = 0  # DataLoader worker processes
     verify: bool = True  # check shards against the manifest's sha256 when indexing
+    # Online rasterization (planners.online): no shards; the loader's workers render the samples
+    # of data.sources (rap generate's sources: synthetic:N, womd:PATH, scenarionet:DIR) with
+    # data.generate (rap generate's config: the same seed and config give the same samples).
+    online: bool = False
+    sources: list[str] = []
+    generate: GenerateConfig = GenerateConfig()
+    scene_cache: PositiveInt = 16  # scenes each loader worker keeps loaded (online)
 
-    @field_validator("datasets")
+    @field_validator("datasets", "sources")
     @classmethod
     def _strings(cls, value: list[str]) -> list[str]:
         return [str(v) for v in value]
@@ -119,8 +127,14 @@ class TrainConfig(FrozenModel):
     def _consistent(self) -> "TrainConfig":
         if self.model.type != "ego_mlp" and not self.data.cameras:
             raise ValueError(f"data.cameras: model.type={self.model.type} needs at least one camera")
-        if self.data.dataset_weights is not None and len(self.data.dataset_weights) != len(self.data.datasets):
-            raise ValueError(f"data.dataset_weights: {len(self.data.dataset_weights)} weights for {len(self.data.datasets)} datasets")
+        data = self.data
+        if data.online and data.datasets:
+            raise ValueError("data.online=true renders the scenes of data.sources; data.datasets (shard folders) must be empty")
+        if not data.online and data.sources:
+            raise ValueError("data.sources is read only with data.online=true; train on shards with data.datasets=[DIR,...]")
+        inputs, what = (data.sources, "sources") if data.online else (data.datasets, "datasets")
+        if data.dataset_weights is not None and len(data.dataset_weights) != len(inputs):
+            raise ValueError(f"data.dataset_weights: {len(data.dataset_weights)} weights for {len(inputs)} {what}")
         if len(set(self.data.cameras)) != len(self.data.cameras):
             raise ValueError("data.cameras: a camera is listed twice")
         return self

@@ -33,7 +33,7 @@ from rap.dataset.reader import ShardFormatError, ShardIndexDataset, collate, lis
 from rap.dataset.writer import SAMPLE_FORMAT
 from rap.trajectory import TrajectorySampling
 
-__all__ = ["DataError", "TrainingIndex", "SampleDataset", "global_batch", "StepBatchSampler", "collate_samples", "val_scenes"]
+__all__ = ["DataError", "IndexedSample", "TrainingIndex", "split_samples", "SampleDataset", "global_batch", "StepBatchSampler", "collate_samples", "val_scenes"]
 
 
 class DataError(ValueError):
@@ -144,16 +144,27 @@ class TrainingIndex:
         self.sampling = TrajectorySampling(num_poses, interval)
         self.source_size = next(iter(sizes)) if len(sizes) == 1 else None
         self.rig = next(iter(rigs)) if len(rigs) == 1 else None
-        held = val_scenes((s.scene_id for s in samples), data.val_fraction)
-        self.train = [s for s in samples if s.scene_id not in held]
-        self.val = [s for s in samples if s.scene_id in held]
-        if not self.train:
-            raise DataError(f"data.val_fraction={data.val_fraction}: every scene is held out for validation; lower it")
-        self.counts = {"train": dict(Counter(s.kind for s in self.train)), "val": dict(Counter(s.kind for s in self.val))}
-        self.probabilities = _probabilities(self.train, config)
+        split_samples(self, samples, config, len(data.datasets))
 
     def scenes(self, split: str) -> int:
         return len({(s.dataset, s.scene_id) for s in getattr(self, split)})
+
+    def record(self, ref: IndexedSample) -> dict:
+        """The decoded record of one indexed sample (only the configured cameras)."""
+        return self.datasets[ref.dataset].record(ref.position)
+
+
+def split_samples(index, samples: Sequence[IndexedSample], config: TrainConfig, num_inputs: int) -> None:
+    """Set ``index.train``, ``index.val``, ``index.counts`` and ``index.probabilities``: the
+    scene split (:func:`val_scenes`) and the training samples' sampling probabilities."""
+    data = config.data
+    held = val_scenes((s.scene_id for s in samples), data.val_fraction)
+    index.train = [s for s in samples if s.scene_id not in held]
+    index.val = [s for s in samples if s.scene_id in held]
+    if not index.train:
+        raise DataError(f"data.val_fraction={data.val_fraction}: every scene is held out for validation; lower it")
+    index.counts = {"train": dict(Counter(s.kind for s in index.train)), "val": dict(Counter(s.kind for s in index.val))}
+    index.probabilities = _probabilities(index.train, config, num_inputs)
 
 
 def _read_meta(shard: Path, key: str, members: Sequence[tuple[str, int, int]]) -> dict:
@@ -172,12 +183,11 @@ def _read_meta(shard: Path, key: str, members: Sequence[tuple[str, int, int]]) -
     raise DataError(f"{shard}: sample {key!r}: missing member {key}.json")
 
 
-def _probabilities(samples: Sequence[IndexedSample], config: TrainConfig) -> np.ndarray:
+def _probabilities(samples: Sequence[IndexedSample], config: TrainConfig, num_ds: int) -> np.ndarray:
     """Sampling probability of each training sample: each dataset's weight (default: its size)
     is split among the kinds it holds by ``data.kind_fractions`` (renormalised over those
     kinds), and each kind's share evenly among its samples."""
     data = config.data
-    num_ds = len(data.datasets)
     ds = np.array([s.dataset for s in samples])
     kinds = np.array([KINDS.index(s.kind) for s in samples])
     sizes = np.bincount(ds, minlength=num_ds).astype(np.float64)
@@ -236,8 +246,7 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ref = self.samples[i]
-        ds = self.index.datasets[ref.dataset]
-        record = ds.record(ref.position)
+        record = self.index.record(ref)
         cfg = self.config
         size = tuple(cfg.data.image_size)
         record["images"] = {cam: resize_image(img, size) for cam, img in record["images"].items()}

@@ -36,6 +36,7 @@ import yaml
 from planners.checkpoint import config_of, load_checkpoint, save_checkpoint
 from planners.config import TrainConfig
 from planners.data import SampleDataset, StepBatchSampler, TrainingIndex, collate_samples, kind_counts
+from planners.online import OnlineIndex
 from planners.features import SCORE_NAMES
 from planners.losses import scorer_bce, wta_l1
 from planners.model import build_model
@@ -172,12 +173,17 @@ def _read_metrics(path: Path, upto_step: int) -> list[dict]:
     return rows
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, on_log: Callable[[dict], None] | None = None, on_start: Callable[[dict], None] | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig, out_dir: str | Path, *, resume: bool = False, on_log: Callable[[dict], None] | None = None,
+    on_start: Callable[[dict], None] | None = None, on_plan: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Train ``config`` into ``out_dir`` (see the module docstring).
 
     Args:
         on_start: called once on rank 0 with the run's description (steps, counts, ...).
         on_log: called on rank 0 with every metrics row (train rows every step, val rows).
+        on_plan: with ``data.online``, called on rank 0 after each input scene is planned, with
+            (scenes done, scenes in total).
 
     Returns:
         ``{"steps", "samples_per_s", "final_loss", "val_loss", "checkpoint", ...}``.
@@ -195,7 +201,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, on_
     lock = exclusive_lock(out / LOCK_FILE) if rank == 0 else contextlib.nullcontext()
     try:
         with lock:
-            return _train(config, out, resume, rank, world, on_log, on_start)
+            return _train(config, out, resume, rank, world, on_log, on_start, on_plan)
     except LockHeldError:
         raise TrainError(f"--out {out}: another rap train is writing this folder") from None
     except ValueError:
@@ -206,7 +212,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, on_
         raise
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_log, on_start) -> dict[str, Any]:
+def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_log, on_start, on_plan=None) -> dict[str, Any]:
     device = _device(cfg)
     distributed = world > 1
     if distributed and not torch.distributed.is_initialized():
@@ -221,7 +227,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
             raise TrainError(f"--resume {out}: the config differs from the run's ({'; '.join(diff[:5])}); resume with the run's own {CONFIG_FILE}")
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed % (2**32))
-    index = TrainingIndex(cfg)
+    index = OnlineIndex(cfg, on_unit=on_plan if rank == 0 else None) if cfg.data.online else TrainingIndex(cfg)
     image_size = tuple(cfg.data.image_size)
     model = build_model(cfg.model, num_cameras=len(cfg.data.cameras), image_size=image_size, history_len=cfg.data.history_poses, num_poses=index.sampling.num_poses, interval_s=index.sampling.interval_s).to(device)
     if distributed and device.type == "cuda" and not cfg.model.backbone.frozen:
@@ -258,13 +264,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
 
         writer = SummaryWriter(str(out), purge_step=start + 1 if start else None)
         if on_start is not None:
-            on_start({"without_scoring": index.without_scoring, "start_step": start, "max_steps": cfg.train.max_steps, "counts": kind_counts(index), "scenes": {"train": index.scenes("train"), "val": index.scenes("val")}, "world_size": world, "device": str(device)})
+            on_start({"skipped": getattr(index, "skipped", []), "without_scoring": index.without_scoring, "start_step": start, "max_steps": cfg.train.max_steps, "counts": kind_counts(index), "scenes": {"train": index.scenes("train"), "val": index.scenes("val")}, "world_size": world, "device": str(device)})
 
     train_set = SampleDataset(index, "train", cfg)
     sampler = StepBatchSampler(index.probabilities, cfg.train.seed, start, cfg.train.max_steps, cfg.train.batch_size, rank, world)
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=sampler, collate_fn=collate_samples, num_workers=cfg.data.num_workers,
         persistent_workers=False, prefetch_factor=4 if cfg.data.num_workers else None,
+        # online workers open their own GL context: start them clean, not as forks of this process
+        multiprocessing_context="spawn" if cfg.data.online and cfg.data.num_workers else None,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # leaves the global RNG (dropout) alone
     )  # fmt: skip
     val_batches = _val_batches(index, cfg)

@@ -366,10 +366,11 @@ def train(
     out: Path = typer.Option(..., "--out", help="run folder (new or empty; with --resume, a run to continue)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last.pt (same config)"),
 ) -> None:
-    """Train a planner on shard datasets written by rap generate.
+    """Train a planner on shard datasets written by rap generate, or on scenes rendered online.
 
     Extra arguments are dotted config overrides, e.g. data.datasets=[out/ds_a,out/ds_b]
-    train.max_steps=200. Under torchrun every rank runs this command (DDP). Last stdout line is
+    train.max_steps=200, or data.online=true data.sources=[synthetic:8] (no shards: the loader
+    renders the samples rap generate would write). Under torchrun every rank runs this command (DDP). Last stdout line is
     JSON with steps, samples_per_s, final_loss, val_loss, checkpoint.
     Exit status: 0 trained; 2 usage, config or data error (nothing written); 3 the loss became
     NaN/inf (the last good weights are kept in last.pt).
@@ -397,12 +398,22 @@ def train(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     progress = Progress(
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} samples/s"),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} samples/s"),
         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not rank0,
     )  # fmt: skip
-    state: dict = {"task": None}
+    state: dict = {"task": None, "plan": None}
+
+    def on_plan(done: int, total: int) -> None:
+        if state["plan"] is None:
+            progress.start()
+            state["plan"] = progress.add_task("plan", total=total, loss="–", rate="–")
+        progress.update(state["plan"], completed=done)
 
     def on_start(info: dict) -> None:
+        if state["plan"] is not None:
+            progress.remove_task(state["plan"])
+        for line in info["skipped"]:
+            console.print(f"[yellow]skipped:[/yellow] {line}")
         counts = info["counts"]
         console.print(
             f"training {cfg.model.type} on {sum(counts['train'].values())} samples ({info['scenes']['train']} scenes; "
@@ -425,9 +436,9 @@ def train(
     start = _time.perf_counter()
     try:
         try:
-            result = run_train(cfg, out, resume=resume, on_log=on_log, on_start=on_start)
+            result = run_train(cfg, out, resume=resume, on_log=on_log, on_start=on_start, on_plan=on_plan)
         finally:
-            if state["task"] is not None:
+            if state["task"] is not None or state["plan"] is not None:
                 progress.stop()
     except TrainDiverged as exc:
         raise _fail(str(exc), exit_diverged) from None

@@ -171,6 +171,47 @@ def plan_scene(scene: Scene, config: GenerateConfig) -> tuple[list[SamplePlan], 
     return plans, rejects
 
 
+class SampleBuilder:
+    """Renders the samples of one scene's plans: the views through the config's rig (and the BEV
+    raster), the camera records and the scoring context, with this process's renderer (one GL
+    context per process). `rap generate` writes what it builds; online training
+    (:mod:`planners.online`) feeds it to the model directly."""
+
+    def __init__(self, scene: Scene, config: GenerateConfig, cameras: Optional[Iterable[str]] = None, any_order: bool = False) -> None:
+        """``cameras``: render only these cameras of the rig (default: all); each camera's view
+        is the same either way. ``any_order``: plans come in any order, not step by step (keeps
+        the scoring contexts' per-step work of every step)."""
+        from rap.augment.scoring_context import ScoringContextBuilder
+        from rap.render.rigs import get_rig
+        from rap.render.scene_raster import SceneRasterizer
+        from rap.render.session import worker_renderer
+        from rasterizer.camera import Rig
+
+        rig = get_rig(config.rig, tuple(config.size), distortion=config.distortion)
+        if cameras is not None:
+            wanted = set(cameras)
+            rig = Rig(rig.name, tuple(cam for cam in rig if cam.name in wanted))
+        self.rig = rig
+        self.bev_rig = get_rig("bev", tuple(config.bev_size)) if config.bev else None
+        self.cameras = {cam.name: camera_record(cam) for cam in self.rig}
+        self.rast = SceneRasterizer(worker_renderer(), scene)
+        self.contexts = ScoringContextBuilder(scene, keep_all_steps=any_order) if config.scoring_context else None
+
+    def build(self, plan: SamplePlan, scoring: bool = True) -> tuple[Sample, Optional[str]]:
+        """The sample of ``plan``, and why its scoring context could not be built (None when it
+        was, or when the config stores none). ``scoring=False`` leaves the context out (a
+        consumer that does not use it)."""
+        rast, rig, bev_rig = self.rast, self.rig, self.bev_rig
+        if plan.kind == SampleKind.RECOVERY:
+            views = rast.render_pose(plan.step, rig, plan.viewer_pose, plan.agent_row)
+            bev = rast.render_pose(plan.step, bev_rig, plan.viewer_pose, plan.agent_row)[0].rgb if bev_rig else None
+        else:
+            views = rast.render(plan.step, rig, plan.agent_row)
+            bev = rast.render(plan.step, bev_rig, plan.agent_row)[0].rgb if bev_rig else None
+        context, reason = self.contexts.build(plan) if self.contexts is not None and scoring else (None, None)
+        return Sample(plan, {v.camera_name: v.rgb for v in views}, self.cameras, bev, context), reason
+
+
 # -- one unit ------------------------------------------------------------------------------------
 def unit_record_path(out_dir: Path, index: int) -> Path:
     return out_dir / UNITS_DIR / f"unit-{index:06d}.json"
@@ -182,11 +223,6 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
     Bad input is caught and recorded as skipped (the run goes on); nothing already written is
     touched.
     """
-    from rap.augment.scoring_context import ScoringContextBuilder
-    from rap.render.rigs import get_rig
-    from rap.render.scene_raster import SceneRasterizer
-    from rap.render.session import worker_renderer
-
     out_dir = Path(out_dir)
     record: dict = {"index": unit.index, "source": unit.source, "record": unit.record, "shard": None, "counts": {}, "rejected": {}, "skipped": []}
     start = time.perf_counter()
@@ -198,26 +234,14 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
         return record
     try:
         plans, rejects = plan_scene(scene, config)
-        rig = get_rig(config.rig, tuple(config.size), distortion=config.distortion)
-        bev_rig = get_rig("bev", tuple(config.bev_size)) if config.bev else None
-        cameras = {cam.name: camera_record(cam) for cam in rig}
-        rast = SceneRasterizer(worker_renderer(), scene)
-        contexts = ScoringContextBuilder(scene) if config.scoring_context else None
+        builder = SampleBuilder(scene, config)
         writer = ShardWriter(out_dir / shard_name(unit.index), config.codec)
         with writer:  # an exception removes the partial shard
             for plan in plans:
-                if plan.kind == SampleKind.RECOVERY:
-                    views = rast.render_pose(plan.step, rig, plan.viewer_pose, plan.agent_row)
-                    bev = rast.render_pose(plan.step, bev_rig, plan.viewer_pose, plan.agent_row)[0].rgb if bev_rig else None
-                else:
-                    views = rast.render(plan.step, rig, plan.agent_row)
-                    bev = rast.render(plan.step, bev_rig, plan.agent_row)[0].rgb if bev_rig else None
-                scoring = None
-                if contexts is not None:
-                    scoring, reason = contexts.build(plan)
-                    if reason is not None:  # the sample is written without one, and counted
-                        rejects[f"scoring_context_{reason}"] += 1
-                writer.add(Sample(plan, {v.camera_name: v.rgb for v in views}, cameras, bev, scoring))
+                sample, reason = builder.build(plan)
+                if reason is not None:  # the sample is written without a scoring context, and counted
+                    rejects[f"scoring_context_{reason}"] += 1
+                writer.add(sample)
             entry = writer.close()
     except Exception as exc:  # one scene that breaks generation is skipped and counted, not the run
         if is_disk_full(exc):

@@ -128,13 +128,17 @@ class ScoringContextBuilder:
         scene: The scene the plans come from (not re-centred: ``plan.agent_row`` is a row of
             its tracks).
         num_steps: Object steps at 0.1 s (51: NAVSIM v1's TTC horizon; >= 41).
+        keep_all_steps: keep the per-step work (crops, routes, object windows) of every step
+            seen, for plans that come in any order (online training); by default only the
+            current step's is kept, as plans come step by step when generating.
     """
 
-    def __init__(self, scene: Scene, num_steps: int = ns.OBJECT_HORIZON_STEPS) -> None:
+    def __init__(self, scene: Scene, num_steps: int = ns.OBJECT_HORIZON_STEPS, keep_all_steps: bool = False) -> None:
         if num_steps < 41:
             raise ValueError(f"ScoringContextBuilder: num_steps must be >= 41, got {num_steps}")
         self.scene = scene
         self.num_steps = int(num_steps)
+        self.keep_all_steps = bool(keep_all_steps)
         self._polys: dict[int, shapely.Polygon] | None = None
         self._lookup: ns.LaneLookup | None = None
         self._routes: dict[tuple[int, int], tuple[list[int], np.ndarray]] = {}
@@ -311,7 +315,7 @@ class ScoringContextBuilder:
         row, step = int(plan.agent_row), int(plan.step)
         if not (0 <= row < tr.num_agents and 0 <= step < scene.num_steps and tr.valid[row, step]):
             return None, "invalid_agent"
-        if step != self._step:  # plans come step by step: drop what only other steps use
+        if step != self._step and not self.keep_all_steps:  # plans come step by step: drop what only other steps use
             for cache in (self._crops, self._routes):
                 for key in [k for k in cache if k[1] != step]:
                     del cache[key]

@@ -96,6 +96,7 @@ __all__ = [
     "sample_metadata",
     "sample_arrays",
     "sample_members",
+    "sample_record",
     "ShardWriter",
     "write_shard",
     "sha256_file",
@@ -243,6 +244,25 @@ def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> l
     if sample.scoring is not None:
         members[f"{key}.{SCORING_FIELD}.{SCORING_EXTENSION}"] = encode_scoring(sample.scoring)
     return sorted(members.items())
+
+
+def sample_record(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> dict:
+    """The record that reading ``sample`` back from a shard written with ``codec`` gives
+    (:func:`rap.dataset.reader.decode_record`), without encoding its lossless images: the same
+    metadata document, arrays and scoring context (contexts are built in their canonical form,
+    which decoding gives back); the images are the sample's own arrays. Online training uses it to feed samples that equal the written ones.
+
+    Raises:
+        ValueError: as :func:`sample_members`.
+    """
+    _check_sample(sample)
+    ext = EXTENSIONS[ImageCodec(codec)]  # both codecs are lossless
+    image_members = {cam: f"{cam}.{ext}" for cam in sample.images}
+    bev_member = f"{BEV_FIELD}.{ext}" if sample.bev is not None else None
+    meta = json.loads(_json_bytes(sample_metadata(sample, image_members, bev_member)))
+    images = {cam: np.ascontiguousarray(img, dtype=np.uint8) for cam, img in sample.images.items()}
+    bev = None if sample.bev is None else np.ascontiguousarray(sample.bev, dtype=np.uint8)
+    return {"key": sample.plan.key, "meta": meta, "images": images, "bev": bev, **sample_arrays(sample), "scoring": sample.scoring}
 
 
 class _HashingFile:
