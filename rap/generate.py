@@ -18,9 +18,10 @@ The output folder is guarded: a run holds an exclusive lock on ``<out>/.units/lo
 to manifest (the kernel drops it with the process, so a killed run never leaves it held), a
 second run there is refused; a run starts only in a new or empty folder, ``resume`` only in a
 rap run's folder whose saved config (``.units/config.json``) equals its own; nothing is written
-into a folder that fails these checks. A full disk stops the run with a :class:`GenerateError`
-naming the file that could not be written (its partial file removed, no unit recorded for it),
-and ``resume`` continues once space is freed.
+into a folder that fails these checks. A full disk, or any other error writing the output (EIO,
+EACCES, EROFS ...), stops the run with a :class:`GenerateError` naming the file that could not be
+written (its partial file removed, no unit recorded for it: it is not the input's fault), and
+``resume`` continues once the cause is fixed.
 
 Executors: ``local`` runs units in worker processes (spawned, one GL context each; in-process
 for one worker), ``ray`` runs the same units as Ray tasks (``ray.init()`` locally by default, or
@@ -244,8 +245,8 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
                 writer.add(sample)
             entry = writer.close()
     except Exception as exc:  # one scene that breaks generation is skipped and counted, not the run
-        if is_disk_full(exc):
-            raise  # not the input's fault: the run stops, and this unit is redone on --resume
+        if isinstance(exc, OSError):
+            raise  # writing the output failed (a full disk, EIO, EACCES ...), not the input: the run stops, --resume redoes this unit
         reason = f"{unit.source} record {unit.record} (scene {scene.scene_id}): generation failed: {type(exc).__name__}: {exc}"
         record["skipped"].append({"source": unit.source, "record": unit.record, "reason": reason})
         save_json(unit_record_path(out_dir, unit.index), record)
@@ -293,7 +294,7 @@ class GenerateResult:
 
 
 class GenerateError(ValueError):
-    """A usage problem with the output folder, or a full disk (exit status 2)."""
+    """A usage problem with the output folder, or an error writing it (a full disk ...; exit status 2)."""
 
 
 def _unit_is_done(out_dir: Path, unit: WorkUnit, record) -> bool:
@@ -407,6 +408,18 @@ def disk_full_message(exc: OSError, out_dir: Path) -> str:
     )
 
 
+def write_error_message(exc: OSError, out_dir: Path) -> str:
+    """One line for any other error writing the output (EIO, EACCES, EROFS ...): which file,
+    the system's reason, that finished shards are kept and how to go on."""
+    if is_disk_full(exc):
+        return disk_full_message(exc, out_dir)
+    code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else type(exc).__name__
+    return (
+        f"could not write {exc.filename or out_dir}: {exc.strerror or exc} ({code}); the run stopped and the shards "
+        "it finished are kept: fix the cause, then run the same command with --resume to continue where it stopped"
+    )
+
+
 def generate(
     source: str,
     out_dir: str | Path,
@@ -436,7 +449,8 @@ def generate(
     Raises:
         GenerateError: the folder is not empty and ``resume`` is off; it holds no rap run, another
             run is writing there, or (``resume``) its saved config is missing or differs; the disk
-            is full (the message names the file; ``resume`` continues once space is freed).
+            is full or another write fails (the message names the file; ``resume`` continues once
+            the cause is fixed).
         ValueError / FileNotFoundError: bad source.
     """
     out_dir = Path(out_dir)
@@ -450,10 +464,8 @@ def generate(
             return _generate_locked(units, source, out_dir, config, config_doc, workers, executor, resume, ray_address, on_unit, on_start)
     except LockHeldError:
         raise _busy(out_dir) from None
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise GenerateError(disk_full_message(exc, out_dir)) from None
-        raise
+    except OSError as exc:  # the inputs' own errors are caught per unit: this is the output
+        raise GenerateError(write_error_message(exc, out_dir)) from None
 
 
 def _generate_locked(
@@ -527,9 +539,9 @@ def _run_ray(units: list[WorkUnit], config: GenerateConfig, out_dir: Path, worke
             for ref in ready:
                 try:
                     record = ray.get(ref)
-                except Exception as exc:  # a task's full disk arrives wrapped in a RayTaskError
+                except Exception as exc:  # a task's write error arrives wrapped in a RayTaskError
                     cause = getattr(exc, "cause", None)
-                    if is_disk_full(cause) and not is_disk_full(exc):
+                    if isinstance(cause, OSError) and not isinstance(exc, OSError):
                         raise cause from None
                     raise
                 finished(record)

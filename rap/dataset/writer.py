@@ -337,6 +337,8 @@ class ShardWriter:
         remove_quietly(self.tmp_path)
         if is_disk_full(exc) and not isinstance(exc, DiskFullError):
             raise disk_full_error(exc, self.path) from exc
+        if isinstance(exc, OSError) and exc.errno is not None and not exc.filename:  # low-level writes name no file
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(self.path)) from exc
 
     def __enter__(self) -> "ShardWriter":
         return self

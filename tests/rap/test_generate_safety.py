@@ -129,16 +129,18 @@ def test_resume_remakes_a_shard_whose_bytes_changed(tmp_path, reference):
 
 # -- 5: a full disk --------------------------------------------------------------------------------
 class _Disk:
-    """A filesystem with ``free`` bytes left; writes past it fail with ENOSPC."""
+    """A filesystem with ``free`` bytes left; writes past it fail with ``code`` (ENOSPC, or EIO
+    for a failing device)."""
 
     def __init__(self, free: float = float("inf")) -> None:
         self.free = free
+        self.code = errno.ENOSPC
         self.log: list[tuple[str, int]] = []  # (file name, bytes) of every accepted write
 
     def take(self, name: str, n: int) -> None:
         if n > self.free:
             self.free = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(self.code, os.strerror(self.code))
         self.free -= n
         self.log.append((name, n))
 
@@ -160,7 +162,7 @@ class _FileOnDisk:
 
     def flush(self) -> None:
         if self._refused:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(self._disk.code, os.strerror(self._disk.code))
         self._fh.flush()
 
     def close(self) -> None:
@@ -168,7 +170,7 @@ class _FileOnDisk:
             return
         try:
             if self._refused:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(self._disk.code, os.strerror(self._disk.code))
         finally:
             self._fh.close()
 
@@ -253,6 +255,27 @@ def test_a_full_disk_is_one_clear_line_and_resume_continues(tmp_path, disk, writ
     resumed = CliRunner().invoke(app, [*GENERATE, "--out", str(out), "--resume", *SMALL])
     assert resumed.exit_code == 0, resumed.output
     assert digest(out) == reference and verify_shards(out) == []
+
+
+def test_an_io_error_writing_a_shard_stops_the_run_and_is_not_blamed_on_the_input(tmp_path, disk, write_log, reference):
+    """A failing device (EIO) halfway through a shard: one clear line naming the shard, nothing
+    recorded against the input (no unit record, so no "skipped"), and --resume finishes it."""
+    out = tmp_path / "out"
+    disk.code = errno.EIO
+    disk.free = _free_before(write_log, "shard-000000.tar", 0.5)
+    result = CliRunner().invoke(app, [*GENERATE, "--out", str(out), *SMALL])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.output
+    line = errors[0]
+    assert str(out / "shard-000000.tar") in line and "EIO" in line and "--resume" in line, line
+    assert not (out / ".units" / "unit-000000.json").exists()
+    assert not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()
+    disk.free = float("inf")
+    resumed = CliRunner().invoke(app, [*GENERATE, "--out", str(out), "--resume", *SMALL])
+    assert resumed.exit_code == 0, resumed.output
+    assert digest(out) == reference and not read_manifest(out).skipped
 
 
 def test_shard_writer_cleanup_never_raises_on_a_full_disk(tmp_path, disk):
