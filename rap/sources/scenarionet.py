@@ -44,6 +44,10 @@ and the limit, before the memory is allocated):
   their items. Above the budget it is refused, naming the field holding most of it; nesting
   deeper than ``MAX_DEPTH`` = 64 containers (scenario files nest 6) and self-referencing
   containers are refused too.
+* More tracks + map features + light states than ``ELEMENT_ALLOWANCE`` = 1024 plus one per
+  ``MIN_ELEMENT_FILE_BYTES`` = 64 bytes of the file (real elements take hundreds of bytes each;
+  one object referenced under many keys takes a few, and converting costs ~0.2 ms per element:
+  a 2 MB file of shared references would take a minute of CPU).
 * ``length`` above ``MAX_STEPS`` = 100 000 steps, and dense (agents, steps) / (lights, steps)
   arrays above the file's budget (80 / 4 bytes per cell; ``MAX_DENSE_BYTES`` for a dict given
   in memory), are refused before the timestamps and arrays are made. A traffic-light state list
@@ -205,6 +209,8 @@ __all__ = [
     "MIN_PICKLE_BUDGET",
     "PICKLE_BUDGET_FACTOR",
     "MAX_DEPTH",
+    "MIN_ELEMENT_FILE_BYTES",
+    "ELEMENT_ALLOWANCE",
     "ScenarioNetError",
     "ScenarioNetLimitError",
     "BadPickleError",
@@ -230,6 +236,12 @@ MIN_PICKLE_BUDGET = 64 * 2**20  # [bytes] what any pickle may build
 PICKLE_BUDGET_FACTOR = 1000  # what a pickle may build, per byte of the file
 MAX_DEPTH = 64  # nesting of containers (scenario files nest 6 deep)
 _TRACK_CELL_BYTES = 80  # [bytes] per (agent, step): 9 float64 channels, valid, temporaries
+# Each track, map feature and light state of a real file takes hundreds of bytes of it (its own
+# arrays); one object referenced under many keys takes a few. Converting costs ~0.2 ms of CPU
+# per element, so a file may hold at most ELEMENT_ALLOWANCE + its size / MIN_ELEMENT_FILE_BYTES.
+MIN_ELEMENT_FILE_BYTES = 64  # [bytes]
+ELEMENT_ALLOWANCE = 1024
+_ELEMENT_FIELDS = ("tracks", "map_features", "dynamic_map_states")
 _LIGHT_CELL_BYTES = 4  # [bytes] per (light, step): state, valid, and their copies
 
 # (length, width, height) [m] for tracks without box sizes.
@@ -1227,8 +1239,29 @@ def iter_scenarionet(
 
 def _load_file(file: Path) -> Scene:
     scenario = safe_load(file)  # Refuses what is not a regular file, before reading it.
-    budget = pickle_budget(os.stat(file).st_size)
-    return scene_from_scenarionet(scenario, path=file, max_bytes=budget)
+    size = os.stat(file).st_size
+    _check_element_count(scenario, size, file)
+    return scene_from_scenarionet(scenario, path=file, max_bytes=pickle_budget(size))
+
+
+def _check_element_count(scenario: Any, file_size: int, file: Path) -> None:
+    """Refuse a file that holds more tracks, map features and light states than its size can
+    (see ``MIN_ELEMENT_FILE_BYTES``): elements shared between keys cost minutes of CPU to convert."""
+    if not isinstance(scenario, Mapping):
+        return  # scene_from_scenarionet names the problem
+    counts = {f: len(scenario[f]) for f in _ELEMENT_FIELDS if isinstance(scenario.get(f), Mapping)}
+    total, limit = sum(counts.values()), ELEMENT_ALLOWANCE + file_size // MIN_ELEMENT_FILE_BYTES
+    if total > limit:
+        scene_id = scenario.get("id")
+        where = _Where(str(file), scene_id if isinstance(scene_id, str) else None)
+        field = max(counts, key=counts.get)
+        raise where.limit(
+            field,
+            f"and the other element fields hold {total} elements ({', '.join(f'{k} {v}' for k, v in counts.items())}), more than "
+            f"a {_human(file_size)} file can hold (at most {limit}: {ELEMENT_ALLOWANCE} + one per {MIN_ELEMENT_FILE_BYTES} bytes; "
+            "elements shared between keys?)",
+            total, limit,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
