@@ -1089,9 +1089,10 @@ def scenarionet_files(path: str | os.PathLike) -> list[Path]:
 
     Every listed file must lie inside the folder once ``..`` and symbolic links are resolved: a
     mapping entry such as ``"../../etc"``, an absolute folder, or a link to a file elsewhere is
-    refused, and so the whole dataset. (``scenarionet combine`` writes its mapping relative to
-    the combined folder, so a combined dataset whose sources lie beside it rather than below it,
-    ``"../waymo/..."``, is refused too: combine into a folder that holds the sources.)
+    refused, and so the whole dataset. One exception makes ``scenarionet combine`` output work
+    (its mapping points at the source datasets, often beside it: ``"../waymo/waymo_0"``): a mapped
+    file outside the folder is accepted when it is a ``.pkl`` file listed in the
+    ``dataset_summary.pkl`` of the ScenarioNet dataset folder that holds it.
 
     Listed files are not opened; a missing mapped file shows up when it is read.
 
@@ -1117,6 +1118,7 @@ def scenarionet_files(path: str | os.PathLike) -> list[Path]:
                 path=str(mapping_path),
             )
         relative = []
+        listed: dict[Path, frozenset] = {}  # folder -> scenario file names its summary lists
         for name, folder in mapping.items():
             if not isinstance(name, str) or not isinstance(folder, str) or not name:
                 raise ScenarioNetError(
@@ -1127,11 +1129,12 @@ def scenarionet_files(path: str | os.PathLike) -> list[Path]:
                 )
             rel = os.path.normpath(os.path.join(folder, name))
             real = (root / rel).resolve()
-            if not real.is_relative_to(inside):
+            if not real.is_relative_to(inside) and not _in_other_dataset(real, listed):
                 raise ScenarioNetError(
                     f"{mapping_path}: entry {_brief(name)}: {_brief(folder)} puts the file at "
                     f"{real}, outside the dataset folder {root} (mapped files must lie inside "
-                    "it, after resolving '..' and symbolic links)",
+                    "it, after resolving '..' and symbolic links, or be .pkl scenario files listed "
+                    f"in the {SUMMARY_FILE} beside them, as scenarionet combine makes)",
                     path=str(mapping_path),
                     field=_brief(name),
                 )
@@ -1162,6 +1165,26 @@ def scenarionet_files(path: str | os.PathLike) -> list[Path]:
             path=str(root),
         )
     return sorted(files, key=lambda f: f.relative_to(root).as_posix())
+
+
+def _in_other_dataset(real: Path, listed: dict[Path, frozenset]) -> bool:
+    """Whether ``real`` is a ``.pkl`` scenario file that the ``dataset_summary.pkl`` of its own
+    folder lists (a combined dataset's source; ``listed`` caches each folder's names)."""
+    if real.suffix != ".pkl" or real.name in (SUMMARY_FILE, MAPPING_FILE):
+        return False
+    folder = real.parent
+    if folder not in listed:
+        names: frozenset = frozenset()
+        summary = folder / SUMMARY_FILE
+        if summary.is_file():
+            try:
+                doc = safe_load(summary)
+            except (ScenarioNetError, OSError):
+                doc = None  # an unreadable summary vouches for nothing
+            if isinstance(doc, Mapping):
+                names = frozenset(k for k in doc if isinstance(k, str))
+        listed[folder] = names
+    return real.name in listed[folder]
 
 
 def load_scenarionet(path: str | os.PathLike, record: int = 0) -> Scene:

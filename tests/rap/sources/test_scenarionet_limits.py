@@ -280,6 +280,25 @@ def test_mapping_through_symlinks_is_resolved(tmp_path):
         scenarionet_files(root)
 
 
+def test_combined_dataset_beside_its_sources_loads_and_unlisted_files_are_refused(tmp_path):
+    """scenarionet combine maps into the source datasets ("../waymo/waymo_0"): accepted for .pkl
+    files that the dataset_summary.pkl of their own folder lists, and only those."""
+    src = tmp_path / "waymo" / "waymo_0"
+    _dump(_scenario(id="a"), src / "sd_a.pkl")
+    _dump(_scenario(id="b"), src / "sd_b.pkl")
+    _dump({"sd_a.pkl": {"id": "a"}, "sd_b.pkl": {"id": "b"}}, src / SUMMARY_FILE)
+    _dump(_scenario(id="stray"), tmp_path / "waymo" / "stray.pkl")  # no summary lists it
+    combined = tmp_path / "combined"
+    _dump({"sd_a.pkl": "../waymo/waymo_0", "sd_b.pkl": "../waymo/waymo_0"}, combined / MAPPING_FILE)
+    files = scenarionet_files(combined)
+    assert [f.resolve() for f in files] == [src / "sd_a.pkl", src / "sd_b.pkl"]
+    assert [s.scene_id for s in iter_scenarionet(combined)] == ["a", "b"]
+    for entry in ({"stray.pkl": "../waymo"}, {"sd_c.pkl": "../waymo/waymo_0"}, {SUMMARY_FILE: "../waymo/waymo_0"}):
+        _dump(entry, combined / MAPPING_FILE)
+        with pytest.raises(ScenarioNetError, match=r"outside the dataset folder .* listed in the dataset_summary.pkl"):
+            scenarionet_files(combined)
+
+
 def test_mapping_inside_the_dataset_still_works(tmp_path):
     root = tmp_path / "dataset"
     _dump(_scenario(), root / "ds_0" / "a.pkl")
