@@ -1,5 +1,6 @@
 """Atomic file writes (a temporary file beside the target, fsync, rename, fsync the folder), file
-digests, a full disk reported as such, and an exclusive lock on a file for one process.
+digests, a full disk reported as such, and an exclusive lock on a file for one run, also across
+machines that share the folder.
 
 A reader never sees a half-written file, and a crash leaves either the old file or the new one.
 A write that fails on a full disk (ENOSPC, or EDQUOT over a quota) removes its temporary file and
@@ -12,12 +13,21 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import IO, Iterator
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# flock excludes processes of one machine (and of machines whose shared filesystem forwards it);
+# across machines a lock also carries a lease: the holder's host and pid, renewed (the file's
+# mtime) every LOCK_RENEW_S. A lease of another host renewed within LOCK_LEASE_S holds the lock.
+LOCK_LEASE_S = 120.0  # [s]
+LOCK_RENEW_S = 30.0  # [s]
 
 
 class DiskFullError(OSError):
@@ -128,16 +138,35 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _foreign_lease(fd: int) -> str | None:
+    """The holder of a live lease of another machine in the open lock file (``"host pid P,
+    renewed N s ago"``), or None: no lease, this machine's (flock decides there), or expired."""
+    try:
+        age = time.time() - os.fstat(fd).st_mtime
+        data = os.pread(fd, 4096, 0)
+        lease = json.loads(data) if data.strip() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(lease, dict) or lease.get("host") in (None, socket.gethostname()) or age > LOCK_LEASE_S:
+        return None
+    return f"{lease.get('host')} pid {lease.get('pid')}, renewed {max(age, 0.0):.0f} s ago"
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block.
 
-    The lock belongs to this process's open file: it is released when the block ends, and by the
-    kernel when the process dies (even by ``kill -9``), so it never outlives its holder. The file
-    itself stays. Child processes do not inherit it (the descriptor is close-on-exec).
+    An ``flock`` on the file: it belongs to this process's open file, is released when the block
+    ends and by the kernel when the process dies (even by ``kill -9``), and child processes do not
+    inherit it (the descriptor is close-on-exec). Because a shared filesystem may not carry flock
+    between machines, the holder also writes a lease into the file (its host and pid, renewed
+    every ``LOCK_RENEW_S`` by a thread) and empties it on release: a live lease of another
+    machine (renewed within ``LOCK_LEASE_S``) holds the lock too. A killed holder's lease expires
+    after ``LOCK_LEASE_S``. The file itself stays.
 
     Raises:
-        LockHeldError: another process (or another open of the file) holds the lock.
+        LockHeldError: another process, or a run on another machine, holds the lock (the message
+            names that machine and process when known).
         DiskFullError: the lock file could not be created on a full disk.
     """
     try:
@@ -146,29 +175,53 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
         if is_disk_full(exc):
             raise disk_full_error(exc, path) from exc
         raise
+    stop = threading.Event()
+    renewer = None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockHeldError(errno.EWOULDBLOCK, "locked by another process", str(path)) from None
+        holder = _foreign_lease(fd)
+        if holder is not None:
+            raise LockHeldError(errno.EWOULDBLOCK, f"locked by a run on {holder}", str(path))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode(), 0)
+
+        def renew() -> None:
+            while not stop.wait(LOCK_RENEW_S):
+                with contextlib.suppress(OSError):
+                    os.utime(fd)
+
+        renewer = threading.Thread(target=renew, name=f"lease {Path(path).name}", daemon=True)
+        renewer.start()
         yield
     finally:
+        stop.set()
+        if renewer is not None:
+            renewer.join()
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # released: no lease left for other machines to honour
         os.close(fd)
 
 
-def lock_is_held(path: str | Path) -> bool:
-    """Whether another process holds :func:`exclusive_lock` on ``path`` (an existing file; it
-    is opened read-only and never created)."""
+def lock_holder(path: str | Path) -> str | None:
+    """Who holds :func:`exclusive_lock` on ``path`` (an existing file; it is opened read-only and
+    never created): ``"locked by another process"`` (this machine), ``"locked by a run on HOST
+    pid P, renewed N s ago"`` (another machine's live lease), or None when nobody does."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        return "locked by another process"
     except OSError:
-        return False
+        return None
+    else:
+        holder = _foreign_lease(fd)
+        return None if holder is None else f"locked by a run on {holder}"
     finally:
         os.close(fd)  # also drops the lock just taken
-    return False
+

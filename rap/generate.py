@@ -15,8 +15,9 @@ uninterrupted one. Every random draw comes from
 the same bytes, whatever the executor or the number of workers.
 
 The output folder is guarded: a run holds an exclusive lock on ``<out>/.units/lock`` from start
-to manifest (the kernel drops it with the process, so a killed run never leaves it held), a
-second run there is refused; a run starts only in a new or empty folder, ``resume`` only in a
+to manifest (the kernel drops it with the process, so a killed run never leaves it held; a lease
+in the file, renewed while the run lives, also holds it against runs on other machines sharing the
+folder, see :func:`rap.fileio.exclusive_lock`), a second run there is refused; a run starts only in a new or empty folder, ``resume`` only in a
 rap run's folder whose saved config (``.units/config.json``) equals its own; nothing is written
 into a folder that fails these checks. A full disk, or any other error writing the output (EIO,
 EACCES, EROFS ...), stops the run with a :class:`GenerateError` naming the file that could not be
@@ -51,7 +52,7 @@ from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySec
 from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manifest
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
 from rap.dataset.writer import TMP_SUFFIX, ShardWriter, shard_name
-from rap.fileio import LockHeldError, exclusive_lock, is_disk_full, lock_is_held, remove_quietly, sha256_file
+from rap.fileio import LockHeldError, exclusive_lock, is_disk_full, lock_holder, remove_quietly, sha256_file
 from rap.images import save_json
 from rap.render.rigs import camera_record
 from rap.scene import Scene
@@ -343,9 +344,10 @@ def _folder_state(out_dir: Path) -> Literal["new", "empty", "run", "foreign"]:
     return "foreign"
 
 
-def _busy(out_dir: Path) -> GenerateError:
+def _busy(out_dir: Path, holder: str = "") -> GenerateError:
+    by = f", {holder}" if holder and holder != "locked by another process" else ""
     return GenerateError(
-        f"{out_dir}: another rap generate run is writing to this folder (it holds {out_dir / UNITS_DIR / LOCK_NAME}); wait for it to finish, or choose another folder"
+        f"{out_dir}: another rap generate run is writing to this folder (it holds {out_dir / UNITS_DIR / LOCK_NAME}{by}); wait for it to finish, or choose another folder"
     )
 
 
@@ -355,8 +357,9 @@ def _check_folder(out_dir: Path, resume: bool, *, locked: bool = False) -> str:
     state = _folder_state(out_dir)
     if state in ("new", "empty"):
         return state
-    if state == "run" and not locked and lock_is_held(out_dir / UNITS_DIR / LOCK_NAME):
-        raise _busy(out_dir)
+    holder = lock_holder(out_dir / UNITS_DIR / LOCK_NAME) if state == "run" and not locked else None
+    if holder is not None:
+        raise _busy(out_dir, holder)
     if state == "foreign":
         if out_dir.exists() and not out_dir.is_dir():
             raise GenerateError(f"{out_dir}: not a folder; choose a new or empty folder for --out")
@@ -462,8 +465,8 @@ def generate(
         (out_dir / UNITS_DIR).mkdir(exist_ok=True)
         with exclusive_lock(out_dir / UNITS_DIR / LOCK_NAME):
             return _generate_locked(units, source, out_dir, config, config_doc, workers, executor, resume, ray_address, on_unit, on_start)
-    except LockHeldError:
-        raise _busy(out_dir) from None
+    except LockHeldError as exc:
+        raise _busy(out_dir, exc.strerror or "") from None
     except OSError as exc:  # the inputs' own errors are caught per unit: this is the output
         raise GenerateError(write_error_message(exc, out_dir)) from None
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 import builtins
 import errno
 import hashlib
+import json
 import os
 import pickle
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,8 @@ import rap.dataset.writer as writer_module
 from rap.cli import app
 from rap.config import load_config
 from rap.dataset.manifest import read_manifest, verify_shards
-from rap.fileio import DiskFullError, write_bytes_atomic
+import rap.fileio as fileio
+from rap.fileio import LOCK_LEASE_S, DiskFullError, LockHeldError, exclusive_lock, write_bytes_atomic
 from rap.generate import GenerateConfig, generate
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "waymo"
@@ -72,6 +76,48 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tmp_path, refer
     again = CliRunner().invoke(app, [*GENERATE, "--out", str(out), "--resume", *SMALL])
     assert again.exit_code == 0, again.output
     assert digest(out) == reference
+
+
+def _foreign_lease(lock: Path, age_s: float) -> None:
+    """What a run on another machine leaves in the lock file: its lease, renewed ``age_s`` ago."""
+    lock.write_text(json.dumps({"host": "other-machine.example", "pid": 4242, "since": time.time() - 3600}))
+    os.utime(lock, (time.time() - age_s, time.time() - age_s))
+
+
+def test_a_run_on_another_machine_holds_the_folder_while_its_lease_is_renewed(tmp_path, reference):
+    """flock may not reach across machines on a shared filesystem: a live lease of another host
+    refuses the run (naming host and pid); an expired one (the holder died) does not."""
+    out = tmp_path / "out"
+    generate(f"womd:{WOMD}", out, small_config())
+    lock = out / ".units" / "lock"
+    assert lock.read_text() == ""  # released: no lease left behind
+    _foreign_lease(lock, age_s=5.0)
+    before = snapshot(out)
+    run = CliRunner().invoke(app, [*GENERATE, "--out", str(out), "--resume", *SMALL])
+    assert run.exit_code == 2, run.output
+    assert "another rap generate run is writing" in run.output and "other-machine.example pid 4242" in run.output, run.output
+    assert snapshot(out) == before
+    with pytest.raises(LockHeldError, match="other-machine.example pid 4242"):
+        with exclusive_lock(lock):
+            pass
+    _foreign_lease(lock, age_s=LOCK_LEASE_S + 10.0)  # that run died: its lease expired
+    again = CliRunner().invoke(app, [*GENERATE, "--out", str(out), "--resume", *SMALL])
+    assert again.exit_code == 0, again.output
+    assert digest(out) == reference and lock.read_text() == ""
+
+
+def test_the_lock_holder_writes_and_renews_its_lease(tmp_path, monkeypatch):
+    monkeypatch.setattr(fileio, "LOCK_RENEW_S", 0.05)
+    lock = tmp_path / "lock"
+    with exclusive_lock(lock):
+        lease = json.loads(lock.read_text())
+        assert lease["host"] == socket.gethostname() and lease["pid"] == os.getpid()
+        os.utime(lock, (time.time() - 100, time.time() - 100))
+        deadline = time.time() + 5
+        while time.time() - lock.stat().st_mtime > 50 and time.time() < deadline:
+            time.sleep(0.02)
+        assert time.time() - lock.stat().st_mtime < 50, "the lease was not renewed"
+    assert lock.read_text() == ""
 
 
 # -- 2: never a folder rap did not write -----------------------------------------------------------
