@@ -352,7 +352,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
             save_checkpoint(out / LAST, state(step))
     elapsed = time.perf_counter() - t0
     result = {
-        "steps": step, "samples_per_s": round(samples_done / max(elapsed, 1e-9), 3), "final_loss": last_loss,
+        "steps": step, "samples_per_s": round(samples_done / max(elapsed, 1e-9), 3),
+        "final_loss": last_loss if last_loss is not None else next((r["loss"] for r in reversed(rows) if "loss" in r), None),  # resumed after its end: the logged one
         "val_loss": None if not math.isfinite(best_val) else _last_val(rows), "checkpoint": str(out / LAST),
         "best_checkpoint": str(out / BEST) if (out / BEST).exists() else None, "out": str(out),
     }  # fmt: skip

@@ -422,6 +422,9 @@ def train(
         )
         if info["without_scoring"] and cfg.model.type == "rap" and cfg.loss.scorer_weight > 0:
             console.print(f"[yellow]warning:[/yellow] {info['without_scoring']} samples have no scoring context (datasets written before rap.scoring/1): they train without the scorer loss")
+        if info["start_step"] >= info["max_steps"]:
+            console.print(f"nothing to train: the run in {out} already finished its {info['max_steps']} steps")
+            return
         progress.start()
         state["task"] = progress.add_task("train", total=info["max_steps"], completed=info["start_step"], loss="–", rate="–")
 

@@ -60,6 +60,11 @@ def test_train_writes_checkpoints_metrics_tensorboard_and_loss_picture_and_is_de
     train(cfg, tmp_path / "b")
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")  # same seed, same loss curve
     _assert_same_weights(run / "last.pt", tmp_path / "b" / "last.pt")
+    # Resuming a finished run trains nothing, changes nothing and reports the run's last loss.
+    before = (run / "last.pt").read_bytes()
+    again = train(cfg, run, resume=True)
+    assert again["steps"] == 4 and again["final_loss"] == result["final_loss"] and again["val_loss"] == result["val_loss"]
+    assert (run / "last.pt").read_bytes() == before
 
 
 def test_resume_after_kill_9_ends_with_the_weights_of_an_uninterrupted_run(tiny_dataset, tmp_path):
