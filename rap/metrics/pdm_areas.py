@@ -2,9 +2,10 @@
 
 NAVSIM asks, for every corner and centre of every ego box (K proposals x 41 steps), which lane
 polygons and which drivable-area polygons strictly contain it (``shapely`` "contains"). Done point
-by point with shapely that is ~100 ns per point and polygon. Here the polygons are indexed once
-per scene (:class:`PreparedPolygons`) and :func:`membership_bits` answers a whole query in array
-operations, on one of two paths (both exact; only their cost differs):
+by point with shapely that is ~100 ns per point and polygon. Here the polygons are indexed
+(:class:`PreparedPolygons`; on the first query only those whose bounds meet its points, as a
+scoring call queries one region near the ego) and :func:`membership_bits` answers a whole query
+in array operations, on one of two paths (both exact; only their cost differs):
 
 * *pairs* (sparse queries, e.g. 64 proposals): a uniform grid (cells of a few metres) lists the
   polygons whose bounding box overlaps each cell, and a point is paired with the polygons of its
@@ -245,7 +246,7 @@ class PreparedPolygons:
     Attributes:
         polygons: L shapely polygons (prepared).
         bounds: (L, 4) min x, min y, max x, max y [m].
-        index: The slab index and broad-phase grid (internal).
+        ring_edges, edge_owner: Every ring edge (x1, y1, x2, y2) and its polygon.
         exact: Optional exact predicate for undecided points; ``None`` uses ``shapely.contains_xy``.
         exact_only: Optional (L,) bool: polygons that only approximate their region (e.g. a
             buffered line for a distance test), to within :data:`EXACT_ONLY_MARGIN` of their
@@ -255,7 +256,8 @@ class PreparedPolygons:
 
     polygons: tuple
     bounds: np.ndarray
-    index: _SlabIndex = dataclasses.field(repr=False)
+    ring_edges: np.ndarray = dataclasses.field(repr=False)  # (E, 4) x1, y1, x2, y2 of every ring edge
+    edge_owner: np.ndarray = dataclasses.field(repr=False)  # (E,) polygon of each edge
     exact: ExactFn | None = None
     exact_only: np.ndarray | None = None
 
@@ -276,13 +278,50 @@ class PreparedPolygons:
         owner = ring_poly[ring_of[:-1][same]]
         bounds = shapely.bounds(arr).reshape(-1, 4)
         only = None if exact_only is None else np.asarray(exact_only, dtype=bool).reshape(len(polys))
-        return cls(polys, bounds, _SlabIndex(edges, owner, bounds), exact, only)
+        return cls(polys, bounds, edges, owner, exact, only)
+
+    @functools.cached_property
+    def index(self) -> _SlabIndex:
+        """The slab index and broad-phase grid of every polygon (built on first use)."""
+        return self._slab_index(np.ones(len(self.polygons), dtype=bool))
+
+    def _slab_index(self, meets: np.ndarray) -> _SlabIndex:
+        """The index of the polygons ``meets`` (L,) selects; the others keep their numbering (the
+        slab keys) but get no grid cells. Exact-only polygons get grid cells but no slabs: the
+        exact predicate decides all their pairs, so their crossings would never be read."""
+        edges = meets[self.edge_owner]
+        if self.exact_only is not None:
+            edges &= ~self.exact_only[self.edge_owner]
+        bounds = self.bounds if meets.all() else np.where(meets[:, None], self.bounds, np.nan)
+        return _SlabIndex(self.ring_edges[edges], self.edge_owner[edges], bounds)
+
+    def index_for(self, px: np.ndarray, py: np.ndarray) -> _SlabIndex:
+        """A slab index that answers queries at points (px, py): the full :attr:`index` once
+        built, else one of only the polygons whose bounds meet the points' bounding box (the
+        others contain none of them), kept for later queries inside that box. Scoring queries
+        one scene's rollouts once, near the ego, so indexing the rest of the map is wasted."""
+        if "index" in self.__dict__:
+            return self.index
+        box = (float(px.min()), float(py.min()), float(px.max()), float(py.max()))
+        cached = self.__dict__.get("_query_index")
+        if cached is not None:
+            (x0, y0, x1, y1), index = cached
+            if x0 <= box[0] and y0 <= box[1] and box[2] <= x1 and box[3] <= y1:
+                return index
+            return self.index  # a second region: index everything once
+        b = self.bounds
+        meets = (b[:, 0] <= box[2]) & (b[:, 2] >= box[0]) & (b[:, 1] <= box[3]) & (b[:, 3] >= box[1])
+        if meets.all():
+            return self.index
+        index = self._slab_index(meets)
+        self.__dict__["_query_index"] = (box, index)
+        return index
 
     @functools.cached_property
     def edges(self) -> tuple:
         """L arrays (E_l, 4) of ring edges x1, y1, x2, y2 [m] (exterior, then interior rings)."""
-        counts = np.bincount(self.index.edge_owner, minlength=len(self.polygons))
-        return tuple(np.split(self.index.edges, np.cumsum(counts)[:-1]))
+        counts = np.bincount(self.edge_owner, minlength=len(self.polygons))
+        return tuple(np.split(self.ring_edges, np.cumsum(counts)[:-1]))
 
     def __len__(self) -> int:
         return len(self.polygons)
@@ -572,21 +611,22 @@ def membership_bits(
             else:
                 blocks, per_point = [(0, p, None)], rel
     # Chunks of points keep every temporary small (cache-resident, no allocator churn).
+    index = polys.index_for(px, py)
     for a, z, mask in blocks:
         allowed = None if mask is None else bits_to_bool(mask, n_poly)
         if allowed is not None and not allowed.any():
             continue
         for c0 in range(a, z, _CHUNK_POINTS):
             c1 = min(z, c0 + _CHUNK_POINTS)
-            _membership_chunk(polys, px[c0:c1], py[c0:c1], allowed, None if per_point is None else per_point[c0:c1], out[c0:c1])
+            _membership_chunk(polys, index, px[c0:c1], py[c0:c1], allowed, None if per_point is None else per_point[c0:c1], out[c0:c1])
     return out
 
 
 def _membership_chunk(
-    polys: PreparedPolygons, px: np.ndarray, py: np.ndarray, allowed: np.ndarray | None, per_point: np.ndarray | None, out: np.ndarray
+    polys: PreparedPolygons, index: _SlabIndex, px: np.ndarray, py: np.ndarray, allowed: np.ndarray | None, per_point: np.ndarray | None, out: np.ndarray
 ) -> None:
-    """:func:`membership_bits` for a few thousand points, written into ``out`` (their rows)."""
-    index = polys.index
+    """:func:`membership_bits` for a few thousand points (with ``index``, an index of ``polys``
+    that covers them), written into ``out`` (their rows)."""
     rep, pj = index.candidates(px, py, allowed)
     if per_point is not None:  # arbitrary per-point masks: filter the pairs
         word = per_point[rep, pj >> 6]

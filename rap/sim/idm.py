@@ -335,6 +335,23 @@ class PathHits:
 
 _SLACK = 1e-3  # [m] added to the conservative pruning distances (rounding).
 
+_COARSE_SEGMENTS = 6
+"""Fine pruning segments per coarse segment in :func:`path_hits` (testing every fine segment of
+every (path, box) pair costs more than the samples they save)."""
+
+
+def _segments(px: np.ndarray, py: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """Runs of ``size`` samples of (M, K) paths: (S,) first sample and sample count, and (M, S)
+    centre (the middle sample) and radius (the farthest sample of the run from it)."""
+    k = px.shape[1]
+    first = np.arange(0, k, size)
+    length = np.minimum(first + size, k) - first
+    mid = first + (length - 1) // 2
+    cols = np.minimum(first[:, None] + np.arange(size), (first + length - 1)[:, None])  # (S, size), short runs repeat their last
+    mx, my = px[:, mid], py[:, mid]
+    radius = np.sqrt(((px[:, cols] - mx[..., None]) ** 2 + (py[:, cols] - my[..., None]) ** 2).max(axis=-1))
+    return first, length, mx, my, radius
+
 
 def path_hits(
     points: ArrayLike,
@@ -345,17 +362,20 @@ def path_hits(
     sample_valid: ArrayLike | None = None,
     exclude: ArrayLike | None = None,
     stride: int = 4,
+    path_index: ArrayLike | None = None,
 ) -> PathHits:
     """Where sampled paths run into boxes: the first hit sample of every (path, box) pair.
 
     A sample hits a box when it is closer than ``clearance`` to it, or, with ``clearance`` None,
     when it lies inside it (boundary included). Pairs and samples are pruned coarse to fine
-    (bounding circle of the path; every ``stride``-th sample, and only the samples nearest to a
-    coarse sample close enough to the box are tested) with exact bounds, so the result is the
-    same as testing every sample against every box.
+    (bounding circle of the path, then those of its coarse segments of ``6 * stride`` samples
+    and of the ``stride``-sample segments in the near ones; only the samples of the segments
+    near the box are tested) with exact bounds, so the result is the same as testing every
+    sample against every box.
 
     Args:
-        points: (B, K, 2) path samples [m], or (K, 2) one path shared by all rows of ``boxes``.
+        points: (B, K, 2) path samples [m], or (K, 2) one path shared by all rows of ``boxes``;
+            with ``path_index``, (M, K, 2) distinct paths.
         tangents: Unit path tangents, shaped as ``points``.
         boxes: (N,) boxes shared by all paths, or (B, N) one row per path.
         clearance: (B,) or scalar distance that counts as a hit [m] (e.g. half the driver's
@@ -363,7 +383,10 @@ def path_hits(
         sample_valid: (B, K) or (K,) bool, samples that may hit (e.g. before the path's end).
         exclude: (B,) int64 box each path ignores (its own agent; -1: none); becomes
             ``PathHits.row_ids``.
-        stride: Coarse pruning stride [samples]; <= 1 skips the coarse stage.
+        stride: Pruning segment length [samples]; <= 1 skips the segment stage.
+        path_index: Optional (B,) int64: row b follows path ``points[path_index[b]]`` (rows that
+            share a path, e.g. one path against the boxes of many time steps, share its pruning
+            bounds instead of repeating them per row).
 
     Returns:
         The contacts, ordered by row then box.
@@ -372,7 +395,15 @@ def path_hits(
     tan = np.asarray(tangents, dtype=np.float64)
     centre = np.asarray(boxes.centre, dtype=np.float64)
     k, n = pts.shape[-2], centre.shape[-2]
-    b = max([a.shape[0] for a in (pts, centre) if a.ndim == 3], default=1)
+    if pts.ndim == 2:  # one path shared by every row
+        pts, tan = pts[None], tan[None]
+        path_index = None if centre.ndim == 2 else np.zeros(centre.shape[0], dtype=np.int64)
+    if path_index is None:
+        b = max([a.shape[0] for a in (pts, centre) if a.ndim == 3], default=1)
+        path_of = np.arange(b) if pts.shape[0] == b else np.zeros(b, dtype=np.int64)
+    else:
+        path_of = np.asarray(path_index, dtype=np.int64).reshape(-1)
+        b = path_of.size
     if exclude is None:
         row_ids = np.full(b, -1, dtype=np.int64)
     else:
@@ -386,57 +417,68 @@ def path_hits(
         a = np.asarray(a)
         return a[pn] if a.ndim == 1 + tail else np.broadcast_to(a, (b, n) + a.shape[2:])[pb, pn]
 
-    px, py = np.ascontiguousarray(pts[..., 0]), np.ascontiguousarray(pts[..., 1])  # (K,) or (B, K)
-    px2, py2 = np.broadcast_to(px, (b, k)), np.broadcast_to(py, (b, k))
-
-    def path_rows(a: np.ndarray, pb: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
-        """Coordinate ``a`` of the samples of rows ``pb`` ((P, K'); a shared path broadcasts)."""
-        return a[None, cols] if a.ndim == 1 else a[pb, cols]
-
+    px, py = np.ascontiguousarray(pts[..., 0]), np.ascontiguousarray(pts[..., 1])  # (M, K)
     reach = np.zeros(b) if clearance is None else np.broadcast_to(np.asarray(clearance, dtype=np.float64), (b,))
     hl, hw = np.asarray(boxes.half_length, dtype=np.float64), np.asarray(boxes.half_width, dtype=np.float64)
     radius = np.hypot(hl, hw)  # (N,) or (B, N)
     cx, cy = centre[..., 0], centre[..., 1]  # (N,) or (B, N)
 
     # (1) Box centre within the path's bounding circle (about its middle sample) + box radius.
-    mx, my = px2[:, k // 2, None], py2[:, k // 2, None]  # (B, 1)
-    span = np.sqrt(((px2 - mx) ** 2 + (py2 - my) ** 2).max(axis=1))  # (B,)
-    bound = (span + reach + _SLACK)[:, None] + radius
-    cand = (cx - mx) ** 2 + (cy - my) ** 2 <= bound * bound  # (B, N)
+    mx, my = px[:, k // 2], py[:, k // 2]  # (M,)
+    span = np.sqrt(((px - mx[:, None]) ** 2 + (py - my[:, None]) ** 2).max(axis=1))  # (M,)
+    bound = (span[path_of] + reach + _SLACK)[:, None] + radius
+    cand = (cx - mx[path_of, None]) ** 2 + (cy - my[path_of, None]) ** 2 <= bound * bound  # (B, N)
     if boxes.valid is not None:
         cand &= np.asarray(boxes.valid, dtype=bool)
     own = np.flatnonzero(row_ids >= 0)
     cand[own, row_ids[own]] = False
     pb, pn = np.nonzero(cand)
-    # (2) Box centre near one of every stride-th sample (bound: the farthest any sample lies
-    # from its nearest coarse sample). A sample can only hit the box when its nearest coarse
-    # sample is that near, so (3) tests only the samples of the near coarse samples.
-    cand = None
-    if stride > 1 and pb.size:
-        first_coarse = min(stride // 2, k - 1)
-        coarse = np.arange(first_coarse, k, stride)
-        nearest = np.abs(np.arange(k)[:, None] - coarse[None]).argmin(axis=1)  # (K,) position in ``coarse``
-        slack = np.sqrt(((px2 - px2[:, coarse[nearest]]) ** 2 + (py2 - py2[:, coarse[nearest]]) ** 2).max(axis=1))  # (B,)
-        cols = slice(first_coarse, None, stride)
-        qx, qy = pair(cx, 0, pb, pn)[:, None], pair(cy, 0, pb, pn)[:, None]
-        d2c = (path_rows(px, pb, cols) - qx) ** 2 + (path_rows(py, pb, cols) - qy) ** 2  # (P, coarse)
-        bound = pair(radius, 0, pb, pn) + (reach + slack + _SLACK)[pb]
-        near_c = d2c <= (bound * bound)[:, None]
-        near = near_c.any(axis=1)
-        pb, pn = pb[near], pn[near]
-        cand = near_c[near][:, nearest]  # (P, K) samples worth the exact test
+    # (2) Box centre within the bounding circle (about its middle sample) of a coarse segment
+    # (_COARSE_SEGMENTS segments), then of a segment of ``stride`` samples in it, + box radius +
+    # reach: a sample can only hit the box when its segments' centres are that near, so (3)
+    # tests only the samples of the near segments.
+    seg = int(stride) if stride > 1 else k
     if pb.size == 0:
         return PathHits(empty, empty, empty, np.zeros(0), row_ids)
-    # (3) The candidate samples (every sample without the coarse stage) against the box, in
-    # the box's frame; the first hit of each pair.
-    axis = pair(np.asarray(boxes.axis, dtype=np.float64), 1, pb, pn)
-    if cand is None:
-        pi, si = np.nonzero(np.ones((pb.size, k), dtype=bool))
+    first, length, fx, fy, fr = _segments(px, py, seg)
+    if seg < k:
+        pp = path_of[pb]
+        qx, qy = pair(cx, 0, pb, pn), pair(cy, 0, pb, pn)
+        base = pair(radius, 0, pb, pn) + reach[pb] + _SLACK
+        coarse = seg * _COARSE_SEGMENTS
+        if coarse < k:  # pairs x coarse segments, then the fine segments of the near ones
+            _, _, gx, gy, gr = _segments(px, py, coarse)
+            lim = base[:, None] + gr[pp]
+            ps, cs = np.nonzero((gx[pp] - qx[:, None]) ** 2 + (gy[pp] - qy[:, None]) ** 2 <= lim * lim)
+            count = np.minimum(_COARSE_SEGMENTS, first.size - cs * _COARSE_SEGMENTS)
+            ps = np.repeat(ps, count)
+            ss = np.repeat(cs * _COARSE_SEGMENTS, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
+        else:
+            ps, ss = np.nonzero(np.ones((pb.size, first.size), dtype=bool))
+        at = pp[ps] * first.size + ss  # (path, segment) in the flat (M, S) arrays
+        lim = np.take(base, ps) + np.take(fr, at)
+        near = (np.take(fx, at) - np.take(qx, ps)) ** 2 + (np.take(fy, at) - np.take(qy, ps)) ** 2 <= lim * lim
+        ps, ss = ps[near], ss[near]
     else:
-        pi, si = np.nonzero(cand)  # pair-major, samples in order
+        ps, ss = np.arange(pb.size), np.zeros(pb.size, dtype=np.int64)
+    if ps.size == 0:
+        return PathHits(empty, empty, empty, np.zeros(0), row_ids)
+    # (3) The samples of the near segments against the box, in the box's frame (pair-major,
+    # samples in order); the first hit of each pair.
+    count = length[ss]
+    pi = np.repeat(ps, count)
+    si = np.repeat(first[ss], count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
+    keep_pairs = np.zeros(pb.size, dtype=bool)
+    keep_pairs[ps] = True
+    if not keep_pairs.all():  # renumber the pairs that have samples to test
+        new = np.cumsum(keep_pairs) - 1
+        pi = new[pi]
+        pb, pn = pb[keep_pairs], pn[keep_pairs]
+    axis = pair(np.asarray(boxes.axis, dtype=np.float64), 1, pb, pn)
     bi = pb[pi]
-    rx = (px[si] if px.ndim == 1 else px[bi, si]) - pair(cx, 0, pb, pn)[pi]
-    ry = (py[si] if py.ndim == 1 else py[bi, si]) - pair(cy, 0, pb, pn)[pi]
+    ri = path_of[bi]
+    rx = px[ri, si] - pair(cx, 0, pb, pn)[pi]
+    ry = py[ri, si] - pair(cy, 0, pb, pn)[pi]
     ex, ey = axis[pi, 0], axis[pi, 1]
     ax = np.abs(rx * ex + ry * ey)
     ay = np.abs(ry * ex - rx * ey)
@@ -454,16 +496,16 @@ def path_hits(
     pi, si = pi[hit], si[hit]
     heads = np.flatnonzero(np.concatenate([[True], pi[1:] != pi[:-1]])) if pi.size else np.zeros(0, dtype=np.int64)
     hit_pairs = pi[heads]
-    first = si[heads]
+    first_hit = si[heads]
     pb, pn, axis = pb[hit_pairs], pn[hit_pairs], axis[hit_pairs]
-    tk = np.broadcast_to(tan, (b, k, 2))[pb, first]
+    tk = tan[path_of[pb], first_hit]
     if boxes.speed is not None:
         sp = pair(boxes.speed, 0, pb, pn) * np.einsum("pd,pd->p", axis, tk)
     elif boxes.velocity is not None:
         sp = (pair(np.asarray(boxes.velocity, dtype=np.float64), 1, pb, pn) * tk).sum(-1)
     else:
         sp = np.zeros(pb.size)
-    return PathHits(pb, pn, first.astype(np.int64), np.maximum(sp, 0.0), row_ids)
+    return PathHits(pb, pn, first_hit.astype(np.int64), np.maximum(sp, 0.0), row_ids)
 
 
 # ----------------------------------------------------------------------------------------------

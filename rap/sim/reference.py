@@ -319,13 +319,13 @@ def _first_box_hits(
     def size(a: np.ndarray) -> np.ndarray:  # (n, N) -> (rows, N)
         return np.broadcast_to(a[:, None, None], (n, n_off, s1, n_max)).reshape(rows, n_max)
 
-    def per_path(a: np.ndarray) -> np.ndarray:  # (n, n_off, ...) -> (rows, ...), the same for every step
-        return np.broadcast_to(a[:, :, None], (n, n_off, s1) + a.shape[2:]).reshape((rows,) + a.shape[2:])
-
     boxes = Boxes.from_poses(per_step(x), per_step(y), per_step(h), 1.0, 1.0, per_step(vx), per_step(vy), per_step(valid))
     boxes = dataclasses.replace(boxes, half_length=0.5 * size(length), half_width=0.5 * size(width) + half_width)
     sample_ok = np.broadcast_to(ok[:, None, None], (n, n_off, s1, j_max)).reshape(rows, j_max)
-    lead = path_hits(per_path(pts), per_path(tan), boxes, sample_valid=sample_ok).nearest(rows)
+    # Every step's row of an offset path shares that path (and its pruning bounds).
+    path_index = np.repeat(np.arange(n * n_off), s1)
+    paths_xy, paths_tan = pts.reshape(n * n_off, j_max, 2), tan.reshape(n * n_off, j_max, 2)
+    lead = path_hits(paths_xy, paths_tan, boxes, sample_valid=sample_ok, path_index=path_index).nearest(rows)
     path_s = np.zeros((n, j_max))
     for i, p in enumerate(paths):
         path_s[i, : len(p[4])] = p[4]

@@ -97,6 +97,32 @@ def _assert_membership_matches(polys, pts, **kwargs):
     np.testing.assert_array_equal(got, want)
 
 
+def test_query_index_of_the_polygons_near_the_points_answers_as_the_full_index():
+    """The first query indexes only the polygons whose bounds meet its points (exact-only ones
+    without slabs); it answers as the full index does, later queries inside its box reuse it and
+    a query elsewhere indexes everything."""
+    polys = _polygons()
+    zone = shapely.buffer(shapely.LineString([(0, 0), (60, 5), (120, 0)]), 0.5)
+    exact = lambda j, x, y: shapely.contains_xy(polys[j] if j < len(polys) else zone, x, y)
+    only = np.arange(len(polys) + 1) == len(polys)
+    rng = np.random.default_rng(4)
+    near = rng.uniform([0, -5], [40, 10], size=(6000, 2))
+    lazy = PreparedPolygons.from_polygons(polys + [zone], exact=exact, exact_only=only)
+    full = PreparedPolygons.from_polygons(polys + [zone], exact=exact, exact_only=only)
+    assert full.index.n_polygons == len(polys) + 1  # the full index, built now
+    want = membership_bits(full, near[:10])
+    np.testing.assert_array_equal(membership_bits(lazy, near[:10]), want)
+    assert "index" not in lazy.__dict__
+    first = lazy.index_for(near[:10, 0], near[:10, 1])
+    assert first.n_polygons == len(polys) + 1 and first.edges.shape[0] < full.index.edges.shape[0]
+    np.testing.assert_array_equal(membership_bits(lazy, near[:10]), want)
+    far = rng.uniform([-5, -10], [135, 25], size=(20000, 2))
+    np.testing.assert_array_equal(membership_bits(lazy, far), membership_bits(full, far))
+    assert "index" in lazy.__dict__  # the second region indexed everything
+    want = np.stack([shapely.contains_xy(p, far[:, 0], far[:, 1]) for p in polys + [zone]], axis=1)
+    np.testing.assert_array_equal(membership(lazy, far), want)
+
+
 def test_membership_exact_near_edges_far_from_the_origin(path):
     # UTM-sized coordinates and points within rounding of edges, on edges and on vertex ordinates:
     # the slab test must defer every uncertain case to shapely.

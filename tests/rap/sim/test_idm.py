@@ -315,8 +315,10 @@ def test_route_path_resamples_and_limits_curves():
 
 
 def test_coarse_to_fine_pruning_equals_testing_every_sample():
-    """The coarse stage (every 4th sample, then only the samples near the near coarse ones) finds
-    the same contacts as the plain test of every sample against every box."""
+    """The pruning stages (the path's bounding circle, then those of its coarse and fine segments,
+    at any segment length) find the same contacts as the plain test of every sample against
+    every box; rows that share a path through ``path_index`` find what rows with their own copy
+    of it find."""
     rng = np.random.default_rng(7)
     b, k, n = 40, 90, 25
     s = np.arange(k, dtype=float)
@@ -329,9 +331,17 @@ def test_coarse_to_fine_pruning_equals_testing_every_sample():
     boxes = Boxes(centre=centre, axis=np.stack([np.cos(hd), np.sin(hd)], -1), half_length=rng.uniform(0.3, 3, (b, n)),
                   half_width=rng.uniform(0.3, 2.0, (b, n)), velocity=rng.normal(0, 5, (b, n, 2)), valid=rng.random((b, n)) < 0.9)  # fmt: skip
     ok = rng.random((b, k)) < 0.95
+    # Rows 2 i and 2 i + 1 share path i (as the reference planner's steps share an offset path).
+    path_index = np.arange(b) // 2
     for clearance in (None, rng.uniform(0.2, 1.5, b)):
-        fast = path_hits(pts, tan, boxes, clearance, sample_valid=ok)
         plain = path_hits(pts, tan, boxes, clearance, sample_valid=ok, stride=1)
-        assert fast.row.size > 20  # not a trivial case
+        assert plain.row.size > 20  # not a trivial case
+        for stride in (2, 3, 4, 7, 30, 200):
+            fast = path_hits(pts, tan, boxes, clearance, sample_valid=ok, stride=stride)
+            for name in ("row", "obstacle", "sample", "speed"):
+                assert np.array_equal(getattr(fast, name), getattr(plain, name)), (stride, name)
+        rows = path_hits(pts[path_index], tan[path_index], boxes, clearance, sample_valid=ok)
+        by_path = path_hits(pts[: b // 2], tan[: b // 2], boxes, clearance, sample_valid=ok, path_index=path_index)
+        assert rows.row.size > 20
         for name in ("row", "obstacle", "sample", "speed"):
-            assert np.array_equal(getattr(fast, name), getattr(plain, name)), name
+            assert np.array_equal(getattr(by_path, name), getattr(rows, name)), name
