@@ -30,6 +30,7 @@ test-slow: install
 
 bench: install
 	$(PY) benchmarks/bench_render.py
+	$(PY) benchmarks/bench_photo.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_train.py

@@ -116,18 +116,24 @@ def render(
     outputs: str = typer.Option("rgb", "--outputs", help="comma-separated subset of rgb,class_id,instance,depth"),
     record: int = typer.Option(0, "--record", help="record index inside the source file"),
     distortion: bool = typer.Option(False, "--distortion", help="apply the rig's calibrated lens distortion (default: ideal pinholes, as the RAP reference renderer)"),
+    style: str = typer.Option("raster", "--style", help="raster (semantic classes) | photo (a camera-like stand-in, not a real image)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the photo style's sensor noise"),
 ) -> None:
     """Render one step of a scene: one PNG per camera plus a contact sheet."""
     from rap.render.job import render_to_dir
 
+    from rap.render.style import STYLES
+
     width, height = parse_size(size)
     wanted = _outputs(outputs)
+    if style not in STYLES:
+        raise _fail(f"--style {style!r}: choose from {', '.join(STYLES)}")
     _check_out_folder(out)
     spec, scene = _load(source, record)
     the_rig = _rig(rig, (width, height), distortion)
     step = spec.step if spec.step is not None else scene.current_index
     try:
-        doc = render_to_dir(scene, the_rig, out, step=step, agent_id=agent, outputs=wanted)
+        doc = render_to_dir(scene, the_rig, out, step=step, agent_id=agent, outputs=wanted, style=style, seed=seed)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:  # e.g. no permission to write --out

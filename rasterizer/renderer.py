@@ -8,7 +8,9 @@ instance buffer — the GPU expands a unit cube per box.
 
 Outputs per view (any subset, in one pass):
 
-* ``rgb``: (H, W, 3) uint8 semantic raster (style colour x depth decay),
+* ``rgb``: (H, W, 3) uint8 semantic raster (style colour x depth decay), or with a style's
+  :class:`rasterizer.photo.PhotoLook` a camera-like stand-in image (sky, lit and textured
+  surfaces, haze, vignetting, blur and seeded noise; see :mod:`rasterizer.photo`),
 * ``class_id``: (H, W) uint8 style class, 0 where nothing was drawn,
 * ``instance``: (H, W) uint32 instance id, 0 where nothing was drawn,
 * ``depth``: (H, W) float32 depth along the optical axis [m], 0 where nothing was drawn.
@@ -29,7 +31,9 @@ from typing import Iterable, Iterator, Sequence
 import moderngl
 import numpy as np
 
+from rasterizer import photo as _photo
 from rasterizer.camera import Camera, OrthoCamera, PinholeCamera
+from rasterizer.photo import PhotoLook
 from rasterizer.primitives import FACE_NAMES, Boxes, TriangleMesh, unit_cube
 
 OUTPUTS = ("rgb", "class_id", "instance", "depth")
@@ -59,6 +63,9 @@ class Style:
             the camera centre [m]; 0 disables decay. Orthographic views never decay.
         background: (3,) uint8 clear colour.
         names: optional (C,) class names, for legends.
+        photo: the camera-like look (:class:`rasterizer.photo.PhotoLook`, one material per
+            class), or None for the flat raster; with it ``depth_decay_m`` and ``background``
+            are not used.
     """
 
     colors: np.ndarray
@@ -66,6 +73,7 @@ class Style:
     depth_decay_m: float = 120.0
     background: tuple[int, int, int] = (0, 0, 0)
     names: tuple[str, ...] = ()
+    photo: PhotoLook | None = None
 
     def __post_init__(self) -> None:
         colors = np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3)
@@ -78,6 +86,8 @@ class Style:
             raise ValueError(f"Style: {len(self.names)} names for {len(colors)} classes")
         if self.depth_decay_m < 0:
             raise ValueError("Style: depth_decay_m must be >= 0")
+        if self.photo is not None:
+            self.photo.material_table(len(colors))  # one material per class
         object.__setattr__(self, "colors", colors)
         object.__setattr__(self, "face_colors", faces)
 
@@ -410,6 +420,8 @@ class Renderer:
         self._targets: dict = {}
         self._lookups: dict = {}
         self._style_tex = None
+        self._material_tex = None
+        self._noise_tex = None
         self.set_style(style)
         self._cube = self._own(ctx.buffer(unit_cube().tobytes()))
         self._static_vbo = None
@@ -479,6 +491,19 @@ class Renderer:
         tex = self.ctx.texture((table.shape[1], table.shape[0]), 3, table.tobytes())
         tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
         self._style_tex = self._own(tex)
+        self._free(self._material_tex)
+        self._free(self._noise_tex)
+        self._material_tex = self._noise_tex = None
+        if style.photo is not None:
+            materials = np.ascontiguousarray(style.photo.material_table(style.num_classes))  # (C, 1, 3)
+            tex = self.ctx.texture((1, materials.shape[0]), 3, materials.tobytes())
+            tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+            self._material_tex = self._own(tex)
+            noise = _photo.noise_texture(style.photo.seed)
+            tex = self.ctx.texture(noise.shape[::-1], 1, np.ascontiguousarray(noise).tobytes())
+            tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            tex.repeat_x = tex.repeat_y = True
+            self._noise_tex = self._own(tex)
 
     def set_static(self, mesh: TriangleMesh, layered: bool = True) -> None:
         """Upload the static geometry. Replaces any earlier mesh.
@@ -527,16 +552,65 @@ class Renderer:
 
     # -- programs and targets ----------------------------------------------------------------
     def _scene_programs(self, outputs: tuple[str, ...]):
-        key = ("scene", outputs)
+        photo = self.style.photo is not None
+        key = ("scene", outputs, photo)
         if key not in self._programs:
-            fs = _SCENE_FS.format(outputs=_fragment_outputs(outputs), writes="\n".join(_SCENE_WRITES[o] for o in outputs))
-            static = self._own(self.ctx.program(vertex_shader=_SCENE_VS_STATIC, fragment_shader=fs))
-            boxes = self._own(self.ctx.program(vertex_shader=_SCENE_VS_BOXES, fragment_shader=fs))
+            writes = "\n".join(_SCENE_WRITES[o] for o in outputs)
+            if photo:
+                fs = _photo.PHOTO_FS.format(outputs=_fragment_outputs(outputs), writes=writes)
+                sources = (_photo.PHOTO_VS_STATIC, _photo.PHOTO_VS_BOXES)
+            else:
+                fs = _SCENE_FS.format(outputs=_fragment_outputs(outputs), writes=writes)
+                sources = (_SCENE_VS_STATIC, _SCENE_VS_BOXES)
+            static, boxes = (self._own(self.ctx.program(vertex_shader=vs, fragment_shader=fs)) for vs in sources)
             for prog in (static, boxes):
-                if "u_style" in prog:  # optimised away when no rgb output is requested
-                    prog["u_style"] = 0
+                for name, unit in (("u_style", 0), ("u_material", 1), ("u_noise", 2)):
+                    if name in prog:  # optimised away when no rgb output is requested
+                        prog[name] = unit
             self._programs[key] = (static, boxes)
         return self._programs[key]
+
+    def _background_program(self):
+        if "photo_bg" not in self._programs:
+            prog = self._own(self.ctx.program(vertex_shader=_photo.PHOTO_BG_VS, fragment_shader=_photo.PHOTO_BG_FS))
+            if "u_noise" in prog:
+                prog["u_noise"] = 2
+            self._programs["photo_bg"] = (prog, self._own(self.ctx.vertex_array(prog, [])))
+        return self._programs["photo_bg"]
+
+    def _set_photo_uniforms(self, prog: moderngl.Program, cam_pos: np.ndarray) -> None:
+        look = self.style.photo
+        values = {
+            "u_sun": tuple(float(v) for v in look.sun), "u_ambient": float(look.ambient), "u_haze_m": float(look.haze_m),
+            "u_haze_color": tuple(c / 255.0 for c in look.sky_horizon), "u_cam_pos": tuple(float(v) for v in cam_pos),
+            "u_zenith": tuple(c / 255.0 for c in look.sky_zenith), "u_horizon": tuple(c / 255.0 for c in look.sky_horizon),
+            "u_ground": tuple(c / 255.0 for c in look.ground),
+        }  # fmt: skip
+        for name, value in values.items():
+            if name in prog:
+                prog[name].value = value
+        if "u_paints" in prog:
+            prog["u_paints"].write(_photo.BODY_PAINTS.tobytes())
+
+    def _draw_background(self, view: View, camera: Camera, viewport: tuple[int, int, int, int], outputs: tuple[str, ...]) -> None:
+        """Photo look: sky and ground into the rgb attachment of one view (nothing else written)."""
+        prog, vao = self._background_program()
+        ortho = isinstance(camera, OrthoCamera)
+        proj = ortho_projection(camera) if ortho else pinhole_projection(camera)
+        world_to_cam = np.linalg.inv(np.asarray(view.body_to_world, dtype=np.float64) @ camera.cam_to_body)
+        prog["u_inv"].write(np.linalg.inv(proj @ world_to_cam).T.astype(np.float32).tobytes())
+        prog["u_ortho"].value = ortho
+        self._set_photo_uniforms(prog, np.linalg.inv(world_to_cam)[:3, 3])
+        ctx, fbo = self.ctx, self.ctx.fbo
+        masks = [(name == "rgb",) * 4 for name in outputs]
+        fbo.color_mask = masks[0] if len(masks) == 1 else tuple(masks)  # type: ignore[assignment]
+        fbo.depth_mask = False
+        ctx.disable(moderngl.DEPTH_TEST)
+        ctx.viewport = viewport
+        vao.render(moderngl.TRIANGLES, vertices=3)
+        ctx.enable(moderngl.DEPTH_TEST)
+        fbo.depth_mask = True
+        fbo.color_mask = (True,) * 4 if len(masks) == 1 else tuple((True,) * 4 for _ in masks)  # type: ignore[assignment]
 
     def _remap_program(self, outputs: tuple[str, ...]):
         key = ("remap", outputs)
@@ -567,13 +641,14 @@ class Renderer:
     def _scene_vaos(self, outputs: tuple[str, ...]):
         static_prog, box_prog = self._scene_programs(outputs)
         static_vao = box_vao = None
+        photo = self.style.photo is not None
         if self._static_vbo is not None:
-            key = ("static", outputs)
+            key = ("static", outputs, photo)
             if key not in self._vaos:
                 self._vaos[key] = self._own(self.ctx.vertex_array(static_prog, [_binding(static_prog, self._static_vbo, STATIC_LAYOUT)]))
             static_vao = self._vaos[key]
         if self._box_vbo is not None:
-            key = ("boxes", outputs)
+            key = ("boxes", outputs, photo)
             if key not in self._vaos:
                 self._vaos[key] = self._own(
                     self.ctx.vertex_array(
@@ -623,6 +698,8 @@ class Renderer:
             for name, value in (("u_decay", decay), ("u_depth", depth_params), ("u_ortho", ortho)):
                 if name in prog:
                     prog[name].value = value
+            if self.style.photo is not None:
+                self._set_photo_uniforms(prog, np.linalg.inv(world_to_cam)[:3, 3])
             if count is None:
                 first = min(max(int(view.skip_static_vertices), 0), self._static_count)
                 if first == self._static_count:
@@ -674,7 +751,17 @@ class Renderer:
             # (about 3x slower at 1080p). The alpha channel is dropped by a numpy view.
             data = fbo.read(components=comps, attachment=k, dtype=dtype, alignment=1)
             atlas[name] = _atlas_array(data, name, atlas_size)
-        return _split(views, origins, atlas)
+        return self._lens(views, _split(views, origins, atlas))
+
+    def _lens(self, views: Sequence[View], results: list[ViewOutput]) -> list[ViewOutput]:
+        """Photo look: blur, vignetting and seeded noise on each view's rgb (after read-back)."""
+        look = self.style.photo
+        if look is None:
+            return results
+        for view, out in zip(views, results):
+            if out.rgb is not None:
+                out.rgb = _photo.post_process(out.rgb, look, _photo.view_seed(look, view.camera.name, view.body_to_world))
+        return results
 
     def render_stream(self, frames: Iterable[tuple[Boxes, Sequence[View]]], outputs: Sequence[str] = ("rgb",), depth: int = 2) -> Iterator[list[ViewOutput]]:
         """Render a sequence of frames with asynchronous readback.
@@ -710,9 +797,11 @@ class Renderer:
             pending.append((pbos, views, origins, atlas_size))
             slot = (slot + 1) % depth
             if len(pending) >= depth:
-                yield self._collect(pending.popleft(), outputs)
+                entry = pending.popleft()
+                yield self._lens(entry[1], self._collect(entry, outputs))
         while pending:
-            yield self._collect(pending.popleft(), outputs)
+            entry = pending.popleft()
+            yield self._lens(entry[1], self._collect(entry, outputs))
 
     def _pixel_buffers(self, slot: int, atlas_size: tuple[int, int], outputs: tuple[str, ...]) -> dict:
         key = ("pbo", slot, atlas_size, outputs)
@@ -742,6 +831,10 @@ class Renderer:
         programs = self._scene_vaos(outputs)
         bg = np.asarray(self.style.background, dtype=np.float32) / 255.0
         self._style_tex.use(0)
+        photo_bg = self.style.photo is not None and "rgb" in outputs
+        if self._material_tex is not None:
+            self._material_tex.use(1)
+            self._noise_tex.use(2)
 
         distorted = [i for i, v in enumerate(views) if isinstance(v.camera, PinholeCamera) and v.camera.is_distorted]
         ctx.enable_only(moderngl.DEPTH_TEST)
@@ -756,6 +849,8 @@ class Renderer:
             for j, i in enumerate(distorted):
                 inter = inters[i]
                 x, y = src_origins[j]
+                if photo_bg:
+                    self._draw_background(views[i], inter, (x, y, inter.width, inter.height), outputs)
                 self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
 
         fbo.use()
@@ -764,6 +859,8 @@ class Renderer:
             if i in distorted:
                 continue
             x, y = origins[i]
+            if photo_bg:
+                self._draw_background(view, view.camera, (x, y, view.camera.width, view.camera.height), outputs)
             self._draw(view, view.camera, (x, y, view.camera.width, view.camera.height), programs)
 
         if distorted:

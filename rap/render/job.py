@@ -13,6 +13,7 @@ from rap.render.scene_raster import RasterConfig, SceneRasterizer
 from rap.render.rigs import camera_record
 from rasterizer.camera import Rig
 from rap.render.session import open_renderer
+from rap.render.style import named_style
 from rasterizer.context import context_info
 
 
@@ -31,8 +32,14 @@ def agent_row(scene: Scene, agent_id: int | None) -> int:
     return int(rows[0])
 
 
-def render_to_dir(scene: Scene, rig: Rig, out_dir: str | Path, *, step: int | None = None, agent_id: int | None = None, outputs: Sequence[str] = ("rgb",), config: RasterConfig = RasterConfig()) -> dict:
+def render_to_dir(
+    scene: Scene, rig: Rig, out_dir: str | Path, *, step: int | None = None, agent_id: int | None = None, outputs: Sequence[str] = ("rgb",),
+    config: RasterConfig = RasterConfig(), style: str = "raster", seed: int = 0,
+) -> dict:  # fmt: skip
     """Render one step of ``scene`` from an agent's seat and write the files.
+
+    ``style``: ``raster`` (the semantic raster) or ``photo`` (a camera-like stand-in image, not a
+    real one; ``seed`` seeds its sensor noise), see :func:`rap.render.style.named_style`.
 
     Writes ``<CAM>.png`` (semantic RGB), ``<CAM>_class.png`` (uint8 class ids),
     ``<CAM>_instance.npy`` (uint32), ``<CAM>_depth.npy`` (float32 [m], 0 = nothing) for the
@@ -45,7 +52,7 @@ def render_to_dir(scene: Scene, rig: Rig, out_dir: str | Path, *, step: int | No
     step = scene.current_index if step is None else step
     viewer = agent_row(scene, agent_id)
     outputs = tuple(dict.fromkeys(("rgb",) + tuple(outputs)))
-    with open_renderer() as renderer:
+    with open_renderer(named_style(style, seed)) as renderer:
         views = SceneRasterizer(renderer, scene, config).render(step, rig, viewer, outputs)
         files = []
         for view in views:
@@ -72,6 +79,8 @@ def render_to_dir(scene: Scene, rig: Rig, out_dir: str | Path, *, step: int | No
         "viewer_pose_world": [float(v) for v in scene.agent_pose(viewer, step)],
         "rig": rig.name,
         "cameras": {cam.name: camera_record(cam) for cam in rig},
+        "style": style,
+        "seed": seed if style == "photo" else None,
         "files": files + ["contact_sheet.png"],
         "gl_renderer": renderer_name,
     }

@@ -373,7 +373,8 @@ class SceneRasterizer:
 
     def _views(self, rig: Rig, body_to_local: np.ndarray) -> list[View]:
         """Views of ``rig``; perspective views skip the drivable-area fill unless configured."""
-        skip = 0 if self.config.camera_drivable_area else self._area_vertices
+        # A camera-like look shows the road surface (a raster's cameras leave it out by default).
+        skip = 0 if self.config.camera_drivable_area or self.renderer.style.photo is not None else self._area_vertices
         return [View(cam, body_to_local, 0 if isinstance(cam, OrthoCamera) else skip) for cam in rig]
 
     def render_steps(self, steps: Iterable[int], rig: Rig, viewer_index: int | None = None, outputs: Sequence[str] = ("rgb",), depth: int = 2) -> Iterator[list[ViewOutput]]:

@@ -13,6 +13,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from rasterizer.photo import Material, PhotoLook
 from rasterizer.renderer import Style
 
 
@@ -88,6 +89,59 @@ def default_style(depth_decay_m: float = DEPTH_DECAY_M) -> Style:
         background=CLASS_TABLE[0][1],
         names=tuple(c.name.lower() for c in classes),
     )
+
+
+# The photo look (a stand-in for camera images, never real ones): (class, colour, material).
+PHOTO_TABLE: tuple[tuple[RasterClass, tuple[int, int, int], int], ...] = (
+    (RasterClass.BACKGROUND, (0, 0, 0), Material.MATTE),
+    (RasterClass.DRIVABLE_AREA, (66, 66, 68), Material.ROUGH),  # asphalt
+    (RasterClass.DRIVEWAY, (112, 108, 102), Material.ROUGH),  # concrete
+    (RasterClass.CROSSWALK, (214, 214, 208), Material.PAINT),
+    (RasterClass.SPEED_BUMP, (196, 170, 70), Material.PAINT),
+    (RasterClass.LANE_CENTERLINE, (66, 66, 68), Material.ROUGH),  # not painted on real roads: asphalt
+    (RasterClass.ROAD_LINE_WHITE, (222, 222, 216), Material.PAINT),
+    (RasterClass.ROAD_LINE_YELLOW, (214, 176, 44), Material.PAINT),
+    (RasterClass.ROAD_EDGE, (150, 148, 140), Material.MATTE),  # kerb
+    (RasterClass.STOP_LINE, (222, 222, 216), Material.PAINT),
+    (RasterClass.VEHICLE, (160, 160, 160), Material.BODY),
+    (RasterClass.PEDESTRIAN, (120, 100, 90), Material.BODY),
+    (RasterClass.CYCLIST, (120, 110, 100), Material.BODY),
+    (RasterClass.OTHER_AGENT, (128, 118, 104), Material.MATTE),
+    (RasterClass.EGO, (200, 200, 200), Material.BODY),
+    (RasterClass.LIGHT_RED, (255, 40, 30), Material.EMISSIVE),
+    (RasterClass.LIGHT_YELLOW, (255, 190, 20), Material.EMISSIVE),
+    (RasterClass.LIGHT_GREEN, (40, 255, 120), Material.EMISSIVE),
+    (RasterClass.LIGHT_UNKNOWN, (60, 60, 64), Material.MATTE),
+    (RasterClass.STOP_SIGN, (190, 24, 32), Material.MATTE),
+)
+
+
+def photo_style(seed: int = 0) -> Style:
+    """The ``photo`` style: the same classes drawn as a camera-like stand-in image (sky, lit
+    asphalt and paint, shaded bodies, haze, vignetting, blur, seeded sensor noise; see
+    :mod:`rasterizer.photo`). It is not a real camera image."""
+    if [row[0] for row in PHOTO_TABLE] != list(RasterClass):
+        raise AssertionError("PHOTO_TABLE must list every RasterClass in id order")
+    colors = np.array([row[1] for row in PHOTO_TABLE], dtype=np.uint8)
+    return Style(
+        colors=colors,
+        face_colors=np.repeat(colors[:, None], 6, axis=1),
+        depth_decay_m=0.0,
+        names=tuple(c.name.lower() for c in RasterClass),
+        photo=PhotoLook(materials=np.array([row[2] for row in PHOTO_TABLE], dtype=np.uint8), ground=(98, 110, 74), seed=seed),
+    )
+
+
+STYLES = ("raster", "photo")
+
+
+def named_style(name: str, seed: int = 0) -> Style:
+    """``raster`` (:func:`default_style`) or ``photo`` (:func:`photo_style`)."""
+    if name == "raster":
+        return default_style()
+    if name == "photo":
+        return photo_style(seed)
+    raise ValueError(f"unknown style {name!r}; choose from {list(STYLES)}")
 
 
 def class_table_markdown() -> str:

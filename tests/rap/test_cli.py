@@ -127,8 +127,9 @@ def test_render_from_another_agent(runner, source, tmp_path):
         (["@999"], ["step 999 is outside the scene's 91 steps"]),
         (["@-1"], ["step must be >= 0"]),
         (["--outputs", "rgb,normals"], ["rgb,normals", "class_id"]),
+        (["--style", "oil"], ["--style 'oil'", "raster, photo"]),
     ],
-    ids=["kind", "missing-file", "size-format", "size-range", "rig", "agent-id", "agent-invalid", "step-range", "step-negative", "outputs"],
+    ids=["kind", "missing-file", "size-format", "size-range", "rig", "agent-id", "agent-invalid", "step-range", "step-negative", "outputs", "style"],
 )
 def test_render_usage_errors(runner, source, tmp_path, args, expected):
     if args[0].startswith("@"):
@@ -141,6 +142,29 @@ def test_render_usage_errors(runner, source, tmp_path, args, expected):
         assert fragment in text, f"{fragment!r} not in {text!r}"
     assert not (tmp_path / "out" / "render.json").exists()
     assert result.stdout == ""
+
+
+def test_render_photo_style_changes_only_the_pictures(runner, source, tmp_path):
+    """--style photo: the same geometry (plus the road surface that a raster's cameras leave
+    out), camera-like pictures (a sky in the top rows), seeded (--seed changes the noise only)."""
+    outs = {}
+    for name, extra in (("raster", []), ("photo", ["--style", "photo"]), ("photo_seed", ["--style", "photo", "--seed", "3"])):
+        result = runner.invoke(app, render_args(source, tmp_path / name, "--outputs", "rgb,class_id", *extra))
+        assert result.exit_code == 0, result.output
+        outs[name] = {f: np.asarray(Image.open(tmp_path / name / f"CAM_F0{f}.png")) for f in ("", "_class")}
+    raster_cls, photo_cls = outs["raster"]["_class"], outs["photo"]["_class"]
+    drawn = raster_cls > 0
+    same = raster_cls[drawn] == photo_cls[drawn]  # same geometry (the road surface hides a few
+    assert same.mean() > 0.995 and set(np.unique(photo_cls[drawn][~same]).tolist()) <= {1}  # box pixels below it) ...
+    assert set(np.unique(photo_cls[~drawn]).tolist()) <= {0, 1}  # ... plus the road surface (drivable area, class 1)
+    assert (photo_cls == 1).sum() > 1000
+    sky = outs["photo"][""][:20].reshape(-1, 3).astype(float)
+    assert sky.mean() > 100 and sky[:, 2].mean() > sky[:, 0].mean()  # bright and blue, not the raster's black
+    assert outs["raster"][""][:20].max() < 40
+    diff = np.abs(outs["photo"][""].astype(int) - outs["photo_seed"][""].astype(int))
+    assert 0 < diff.mean() < 6
+    doc = json.loads((tmp_path / "photo" / "render.json").read_text())
+    assert doc["style"] == "photo" and doc["seed"] == 0
 
 
 def test_bench_render_prints_json(runner, source):
