@@ -8,7 +8,11 @@ rig and size. Reports samples/s, views/s, the ratio of end-to-end views/s to the
 where the time goes (load, plan, render, encode + write, measured in-process with 1 worker) and
 the peak memory per worker.
 
-Usage: python benchmarks/bench_generate.py [--scenes 4] [--sizes 512x256,1920x1080]
+``--cpu-only`` instead times the CPU stages alone (one view set rendered per scene and reused,
+untimed), in process with one worker: samples/s of load + plan + scoring context + encode, the ceiling that a renderer ~10x
+faster (a GPU) would leave, beside the raw render rate of this machine.
+
+Usage: python benchmarks/bench_generate.py [--scenes 4] [--sizes 512x256,1920x1080] [--cpu-only]
 """
 
 from __future__ import annotations
@@ -53,22 +57,26 @@ def run_generate(source: str, size: tuple[int, int], workers: int) -> dict:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def stage_breakdown(source: str, size: tuple[int, int]) -> dict:
-    """Seconds per stage for one in-process run (1 worker)."""
+def stage_breakdown(source: str, size: tuple[int, int], render: bool = True) -> dict:
+    """Seconds per stage for one in-process run (1 worker): load, plan, render, scoring context,
+    encode + write (into memory), and ``samples``. With ``render=False`` each sample reuses one
+    view set rendered per scene (not timed, so encoding still sees real content): the CPU stages
+    alone, the ceiling a GPU, whose rendering is ~10x faster, would leave."""
+    from rap.augment.scoring_context import ScoringContextBuilder
     from rap.config import load_config
     from rap.dataset.sample import Sample, SampleKind
     from rap.dataset.writer import sample_members
     from rap.generate import GenerateConfig, plan_scene
+    from rap.render.rigs import camera_record, get_rig
+    from rap.render.scene_raster import SceneRasterizer
     from rap.render.session import worker_renderer
     from rap.sources.registry import list_units, load_unit
-    from rap.render.rigs import camera_record
-    from rap.render.rigs import get_rig
-    from rap.render.scene_raster import SceneRasterizer
 
     cfg = load_config(GenerateConfig, None, [f"size=[{size[0]},{size[1]}]"])
     rig = get_rig(cfg.rig, size)
     cams = {c.name: camera_record(c) for c in rig}
-    times = {"load": 0.0, "plan": 0.0, "render": 0.0, "encode_write": 0.0}
+    times = {"load": 0.0, "plan": 0.0, "render": 0.0, "scoring_context": 0.0, "encode_write": 0.0}
+    samples = 0
     for unit in list_units(source):
         t = time.perf_counter()
         scene = load_unit(unit)
@@ -77,17 +85,25 @@ def stage_breakdown(source: str, size: tuple[int, int]) -> dict:
         plans, _ = plan_scene(scene, cfg)
         times["plan"] += time.perf_counter() - t
         rast = SceneRasterizer(worker_renderer(), scene)
+        stand_in = None if render or not plans else {v.camera_name: v.rgb.copy() for v in rast.render(plans[0].step, rig, plans[0].agent_row)}
+        contexts = ScoringContextBuilder(scene)
         for plan in plans:
             t = time.perf_counter()
-            if plan.kind == SampleKind.RECOVERY:
-                views = rast.render_pose(plan.step, rig, plan.viewer_pose, plan.agent_row)
+            if not render:
+                images = stand_in
+            elif plan.kind == SampleKind.RECOVERY:
+                images = {v.camera_name: v.rgb for v in rast.render_pose(plan.step, rig, plan.viewer_pose, plan.agent_row)}
             else:
-                views = rast.render(plan.step, rig, plan.agent_row)
+                images = {v.camera_name: v.rgb for v in rast.render(plan.step, rig, plan.agent_row)}
             times["render"] += time.perf_counter() - t
             t = time.perf_counter()
-            sample_members(Sample(plan, {v.camera_name: v.rgb for v in views}, cams), cfg.codec)
+            scoring, _ = contexts.build(plan)
+            times["scoring_context"] += time.perf_counter() - t
+            t = time.perf_counter()
+            sample_members(Sample(plan, images, cams, None, scoring), cfg.codec)
             times["encode_write"] += time.perf_counter() - t
-    return times
+            samples += 1
+    return {"seconds": times, "samples": samples}
 
 
 def raw_render_rate(size: tuple[int, int], frames: int = 60) -> float:
@@ -102,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--sizes", default="512x256,1920x1080")
+    parser.add_argument("--cpu-only", action="store_true", help="time the CPU stages alone (no rendering)")
     args = parser.parse_args()
     from rap.sources.tfrecord import read_records, write_records
 
@@ -111,10 +128,14 @@ def main() -> None:
     source = f"womd:{source_file}"
     rows = []
     runs = [(f"womd x{args.scenes}", source, s) for s in args.sizes.split(",")] + [("synthetic:2", "synthetic:2", "512x256")]
+    if args.cpu_only:
+        cpu_only(runs)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     for source_name, src, size_text in runs:
         size = tuple(int(v) for v in size_text.split("x"))
         raw = raw_render_rate(size)
-        stages = stage_breakdown(src, size)
+        stages = stage_breakdown(src, size)["seconds"]
         for workers in (1, 2):
             r = run_generate(src, size, workers)
             rows.append({
@@ -140,6 +161,29 @@ def main() -> None:
         if r["workers"] == 1:
             total = sum(r["stages_s"].values())
             print(f"- {r['source']} {r['size']}: " + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in r["stages_s"].items()))
+
+
+def cpu_only(runs) -> None:
+    """The CPU stages alone per source and size (see the module docstring), as a table and JSON lines."""
+    rows = []
+    for source_name, src, size_text in runs:
+        size = tuple(int(v) for v in size_text.split("x"))
+        got = stage_breakdown(src, size, render=False)
+        cpu = sum(got["seconds"].values())
+        raw = raw_render_rate(size)
+        rows.append({
+            "source": source_name, "size": size_text, "samples": got["samples"], "cpu_samples_per_s": got["samples"] / cpu,
+            "cpu_views_per_s": 3 * got["samples"] / cpu, "raw_render_views_per_s": raw, "stages_s": got["seconds"],
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} cores: CPU stages alone (1 worker, one rendered view set reused per scene)\n")
+    print("| source | size | samples | CPU-stage samples/s | CPU-stage views/s | raw render views/s (this machine) | load / plan / scoring / encode |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        st = r["stages_s"]
+        total = sum(st.values())
+        shares = " / ".join(f"{100 * st[k] / total:.0f} %" for k in ("load", "plan", "scoring_context", "encode_write"))
+        print(f"| {r['source']} | {r['size']} | {r['samples']} | {r['cpu_samples_per_s']:.1f} | {r['cpu_views_per_s']:.0f} | {r['raw_render_views_per_s']:.0f} | {shares} |")
 
 
 if __name__ == "__main__":
