@@ -553,6 +553,7 @@ def _lanes(
     interpolating = np.zeros(n, dtype=bool)
     succ, pred, left, right = [], [], [], []
     allowed_types = {int(t) for t in LaneType}
+    boundary_geoms: dict[int, shapely.Geometry] = {}
     for k, (_, lane, field) in enumerate(lanes):
         pts = _points(lane.polyline, f"{field}.polyline", where)
         centerlines.append(pts)
@@ -570,7 +571,7 @@ def _lanes(
         pred.append(tuple(lane.entry_lanes))
         left.append(tuple(dict.fromkeys(nb.feature_id for nb in lane.left_neighbors)))
         right.append(tuple(dict.fromkeys(nb.feature_id for nb in lane.right_neighbors)))
-        w = _lane_width(pts, lane, boundaries)
+        w = _lane_width(pts, lane, boundaries, boundary_geoms)
         if w is not None:
             width[k] = w
     return Lanes(
@@ -589,12 +590,14 @@ def _lanes(
 
 
 def _lane_width(
-    centerline: np.ndarray, lane: map_pb2.LaneCenter, boundaries: dict[int, np.ndarray]
+    centerline: np.ndarray, lane: map_pb2.LaneCenter, boundaries: dict[int, np.ndarray], geoms: dict[int, shapely.Geometry] | None = None
 ) -> float | None:
-    """Lane width from its boundary segments [m], or None when none can be used."""
+    """Lane width from its boundary segments [m], or None when none can be used. ``geoms``
+    caches each boundary's shapely geometry across lanes (many lanes share boundaries)."""
+    geoms = {} if geoms is None else geoms
     medians = []
     for side in (lane.left_boundaries, lane.right_boundaries):
-        dists = []
+        points, targets = [], []
         for seg in side:
             line = boundaries.get(seg.boundary_feature_id)
             if line is None:
@@ -603,11 +606,15 @@ def _lane_width(
             hi = min(centerline.shape[0] - 1, seg.lane_end_index)
             if hi < lo:
                 continue
-            pts = shapely.points(centerline[lo : hi + 1, :2])
-            target = shapely.LineString(line[:, :2]) if line.shape[0] >= 2 else shapely.Point(line[0, :2])
-            dists.append(shapely.distance(pts, target))
-        if dists:
-            medians.append(float(np.median(np.concatenate(dists))))
+            target = geoms.get(seg.boundary_feature_id)
+            if target is None:
+                target = shapely.LineString(line[:, :2]) if line.shape[0] >= 2 else shapely.Point(line[0, :2])
+                geoms[seg.boundary_feature_id] = target
+            points.append(centerline[lo : hi + 1, :2])
+            targets.extend([target] * (hi + 1 - lo))
+        if points:  # one vectorised distance call per side (the same GEOS distance per point)
+            dists = shapely.distance(shapely.points(np.concatenate(points)), np.array(targets, dtype=object))
+            medians.append(float(np.median(dists)))
     if not medians:
         return None
     width = sum(medians) if len(medians) == 2 else 2.0 * medians[0]
