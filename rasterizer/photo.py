@@ -154,9 +154,10 @@ def post_process(rgb: np.ndarray, look: PhotoLook, seed: int) -> np.ndarray:
 _NOISE_GLSL = """
 uniform sampler2D u_noise;
 float tex_noise(vec2 p) { return texture(u_noise, p).r; }
-// Grain and blotches of a rough surface at world position p [m]: about 1 +- 0.3.
+// Blotches and grain of a rough surface at world position p [m]: about 1 +- 0.25 (two fetches:
+// finer grain would be below a pixel beyond a few metres and costs llvmpipe a third).
 float rough(vec2 p) {
-    return 0.62 + 0.30 * tex_noise(p * (1.0 / 96.0)) + 0.22 * tex_noise(p * (1.0 / 6.0)) + 0.12 * tex_noise(p * 1.7);
+    return 0.68 + 0.30 * tex_noise(p * (1.0 / 96.0)) + 0.26 * tex_noise(p * (1.0 / 4.0));
 }
 """
 
@@ -253,6 +254,20 @@ void main() {{
 }}
 """
 )
+
+# The map's coverage laid into the depth buffer before the sky and ground pass (no colour written).
+DEPTH_VS = """
+#version 330
+in vec3 in_pos;
+uniform mat4 u_proj; uniform mat4 u_view;
+void main() { gl_Position = u_proj * (u_view * vec4(in_pos, 1.0)); }
+"""
+
+DEPTH_FS = """
+#version 330
+out vec4 out_unused;
+void main() { out_unused = vec4(0.0); }
+"""
 
 # Sky and ground behind everything: a full-viewport triangle; each pixel's ray (the near and far
 # points of its window position, mapped back by the inverse of projection x view: linear in window

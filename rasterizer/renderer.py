@@ -593,7 +593,23 @@ class Renderer:
             prog["u_paints"].write(_photo.BODY_PAINTS.tobytes())
 
     def _draw_background(self, view: View, camera: Camera, viewport: tuple[int, int, int, int], outputs: tuple[str, ...]) -> None:
-        """Photo look: sky and ground into the rgb attachment of one view (nothing else written)."""
+        """Photo look: sky and ground into the rgb attachment of one view, after its scene and
+        only where nothing was drawn: the map (drawn as layers, without depth) is first laid into
+        the depth buffer by a colourless pass, so the background's far-plane triangle fails the
+        depth test there and its shading runs only on the rest (nothing but rgb is written)."""
+        ctx, fbo = self.ctx, self.ctx.fbo
+        masks_off = [(False,) * 4 for _ in outputs]
+        masks_on = (True,) * 4 if len(outputs) == 1 else tuple((True,) * 4 for _ in outputs)
+        first = min(max(int(view.skip_static_vertices), 0), self._static_count)
+        if self._static_layered and first < self._static_count:
+            prog, vao = self._depth_program()
+            proj = ortho_projection(camera) if isinstance(camera, OrthoCamera) else pinhole_projection(camera)
+            world_to_cam = np.linalg.inv(np.asarray(view.body_to_world, dtype=np.float64) @ camera.cam_to_body)
+            prog["u_proj"].write(proj.T.astype(np.float32).tobytes())
+            prog["u_view"].write(world_to_cam.T.astype(np.float32).tobytes())
+            fbo.color_mask = masks_off[0] if len(masks_off) == 1 else tuple(masks_off)  # type: ignore[assignment]
+            ctx.viewport = viewport
+            vao.render(moderngl.TRIANGLES, vertices=self._static_count - first, first=first)
         prog, vao = self._background_program()
         ortho = isinstance(camera, OrthoCamera)
         proj = ortho_projection(camera) if ortho else pinhole_projection(camera)
@@ -601,16 +617,25 @@ class Renderer:
         prog["u_inv"].write(np.linalg.inv(proj @ world_to_cam).T.astype(np.float32).tobytes())
         prog["u_ortho"].value = ortho
         self._set_photo_uniforms(prog, np.linalg.inv(world_to_cam)[:3, 3])
-        ctx, fbo = self.ctx, self.ctx.fbo
         masks = [(name == "rgb",) * 4 for name in outputs]
         fbo.color_mask = masks[0] if len(masks) == 1 else tuple(masks)  # type: ignore[assignment]
         fbo.depth_mask = False
-        ctx.disable(moderngl.DEPTH_TEST)
         ctx.viewport = viewport
-        vao.render(moderngl.TRIANGLES, vertices=3)
-        ctx.enable(moderngl.DEPTH_TEST)
+        vao.render(moderngl.TRIANGLES, vertices=3)  # at the far plane: fails the depth test wherever something was drawn
         fbo.depth_mask = True
-        fbo.color_mask = (True,) * 4 if len(masks) == 1 else tuple((True,) * 4 for _ in masks)  # type: ignore[assignment]
+        fbo.color_mask = masks_on  # type: ignore[assignment]
+
+    def _depth_program(self):
+        """A position-only program and vertex array of the static mesh (the photo look's depth
+        pass); the vertex array goes with the mesh (dropped by :meth:`set_static`)."""
+        prog = self._programs.get("depth_only")
+        if prog is None:
+            prog = self._own(self.ctx.program(vertex_shader=_photo.DEPTH_VS, fragment_shader=_photo.DEPTH_FS))
+            self._programs["depth_only"] = prog
+        key = ("static", "depth_only")
+        if key not in self._vaos:
+            self._vaos[key] = self._own(self.ctx.vertex_array(prog, [_binding(prog, self._static_vbo, STATIC_LAYOUT)]))
+        return prog, self._vaos[key]
 
     def _remap_program(self, outputs: tuple[str, ...]):
         key = ("remap", outputs)
@@ -849,9 +874,9 @@ class Renderer:
             for j, i in enumerate(distorted):
                 inter = inters[i]
                 x, y = src_origins[j]
+                self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
                 if photo_bg:
                     self._draw_background(views[i], inter, (x, y, inter.width, inter.height), outputs)
-                self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
 
         fbo.use()
         self._clear(fbo, outputs, bg)
@@ -859,9 +884,9 @@ class Renderer:
             if i in distorted:
                 continue
             x, y = origins[i]
+            self._draw(view, view.camera, (x, y, view.camera.width, view.camera.height), programs)
             if photo_bg:
                 self._draw_background(view, view.camera, (x, y, view.camera.width, view.camera.height), outputs)
-            self._draw(view, view.camera, (x, y, view.camera.width, view.camera.height), programs)
 
         if distorted:
             ctx.disable(moderngl.DEPTH_TEST)
