@@ -135,6 +135,8 @@ class TrainingIndex:
                     rec = meta["cameras"].get(cam, {})
                     sizes.setdefault((int(rec.get("width", 0)), int(rec.get("height", 0))), at)
                     self.camera_records.setdefault(cam, rec)
+                if meta["kind"] not in KINDS:  # paired samples: raster-to-real alignment's data, not trained on here
+                    continue
                 samples.append(IndexedSample(d, pos, key, meta["kind"], meta["scene_id"]))
                 if not any(field.startswith("scoring") for field, _, _ in members):
                     self.without_scoring += 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 from typing import Callable, Optional
 
-from planners.config import TrainConfig
+from planners.config import KINDS, TrainConfig
 from planners.data import DataError, IndexedSample, split_samples
 from rap.dataset.writer import sample_record
 from rap.generate import SampleBuilder, plan_scene
@@ -81,6 +81,8 @@ class OnlineIndex:
                 slot = len(self.units)
                 self.units.append(unit)
                 for plan in plans:
+                    if plan.kind.value not in KINDS:  # paired samples: alignment's data, not trained on here
+                        continue
                     samples.append(IndexedSample(d, len(self.plans), plan.key, plan.kind.value, plan.scene_id))
                     self.plans.append((slot, plan))
             if on_unit:

@@ -88,6 +88,19 @@ class CrossAgentSection(FrozenModel):
     max_agents: Optional[NonNegativeInt] = None  # per step; None = every candidate
 
 
+class PairedSection(FrozenModel):
+    """Paired samples (kind ``paired``): each ego sample's moment also as real-like views.
+
+    With ``enabled``, every ego sample gets a twin of kind ``paired`` with the same plan: its
+    raster views plus, per camera, the same view in ``style`` (``photo``: the camera-like
+    stand-in of :func:`rap.render.style.photo_style`, its noise seeded by the run's seed). They
+    are the data raster-to-real alignment trains on.
+    """
+
+    enabled: bool = False
+    style: Literal["photo"] = "photo"
+
+
 class GenerateConfig(FrozenModel):
     """Everything that decides the dataset's content (stored in the manifest)."""
 
@@ -107,6 +120,7 @@ class GenerateConfig(FrozenModel):
     # Store each sample's scoring context (<key>.scoring.npz.zst, rap.augment.scoring_context):
     # what the PDM scorer needs to score any plan of the acting agent during training.
     scoring_context: bool = True
+    paired: PairedSection = PairedSection()
 
     @property
     def trajectory_sampling(self) -> TrajectorySampling:
@@ -127,6 +141,14 @@ def sample_steps(scene: Scene, config: GenerateConfig) -> list[int]:
     first, last = back, scene.num_steps - 1 - ahead
     stride = max(1, config.step_stride)
     return [s for s in range(first, last + 1) if (s - scene.current_index) % stride == 0]
+
+
+def paired_plan(plan: SamplePlan) -> SamplePlan:
+    """The ``paired`` twin of an ego plan: the same moment, agent and targets, its own key."""
+    import dataclasses
+
+    key = plan.key.replace("_ego_", "_paired_", 1) if "_ego_" in plan.key else f"{plan.key}_paired"
+    return dataclasses.replace(plan, key=key, kind=SampleKind.PAIRED)
 
 
 def plan_scene(scene: Scene, config: GenerateConfig) -> tuple[list[SamplePlan], collections.Counter]:
@@ -153,6 +175,8 @@ def plan_scene(scene: Scene, config: GenerateConfig) -> tuple[list[SamplePlan], 
         if config.ego:
             try:
                 plans.append(ego_plan(scene, step, ego_cfg))
+                if config.paired.enabled:
+                    plans.append(paired_plan(plans[-1]))
             except InvalidWindowError:
                 rejects["ego_invalid_window"] += 1
         if rec.enabled and rec.num_samples > 0:
@@ -197,6 +221,8 @@ class SampleBuilder:
         self.bev_rig = get_rig("bev", tuple(config.bev_size)) if config.bev else None
         self.cameras = {cam.name: camera_record(cam) for cam in self.rig}
         self.rast = SceneRasterizer(worker_renderer(), scene)
+        # Paired samples' real-like views: a second renderer of this process in the paired style.
+        self.real_rast = SceneRasterizer(worker_renderer(config.paired.style, config.seed), scene) if config.paired.enabled else None
         self.contexts = ScoringContextBuilder(scene, keep_all_steps=any_order) if config.scoring_context else None
 
     def build(self, plan: SamplePlan, scoring: bool = True) -> tuple[Sample, Optional[str]]:
@@ -211,7 +237,10 @@ class SampleBuilder:
             views = rast.render(plan.step, rig, plan.agent_row)
             bev = rast.render(plan.step, bev_rig, plan.agent_row)[0].rgb if bev_rig else None
         context, reason = self.contexts.build(plan) if self.contexts is not None and scoring else (None, None)
-        return Sample(plan, {v.camera_name: v.rgb for v in views}, self.cameras, bev, context), reason
+        real = None
+        if plan.kind == SampleKind.PAIRED:
+            real = {v.camera_name: v.rgb for v in self.real_rast.render(plan.step, rig, plan.agent_row)}
+        return Sample(plan, {v.camera_name: v.rgb for v in views}, self.cameras, bev, context, real), reason
 
 
 # -- one unit ------------------------------------------------------------------------------------

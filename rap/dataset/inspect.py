@@ -141,11 +141,12 @@ def _path_points(poses: np.ndarray, *, from_origin: bool) -> tuple[np.ndarray, n
     return dense, marks
 
 
-def _view_panel(record: dict) -> Image.Image:
-    """Front camera image with history and target drawn in, letterboxed to TILE_VIEW_SIZE."""
+def _view_panel(record: dict, real: bool = False) -> Image.Image:
+    """Front camera image (``real``: a paired sample's real view of it) with history and target
+    drawn in, letterboxed to TILE_VIEW_SIZE."""
     meta = record["meta"]
     name = _front_camera(meta)
-    image = Image.fromarray(np.ascontiguousarray(record["images"][name])).convert("RGB")
+    image = Image.fromarray(np.ascontiguousarray(record["real_images" if real else "images"][name])).convert("RGB")
     w, h = TILE_VIEW_SIZE
     scale = min(w / image.width, h / image.height)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -161,7 +162,7 @@ def _view_panel(record: dict) -> Image.Image:
                 _draw_path(draw, uv, ok, color, 3, marks)
     panel = Image.new("RGB", TILE_VIEW_SIZE, (0, 0, 0))
     panel.paste(image, ((w - image.width) // 2, (h - image.height) // 2))
-    ImageDraw.Draw(panel).text((4, h - 14), name, fill=(235, 235, 235))
+    ImageDraw.Draw(panel).text((4, h - 14), name + (" real" if real else ""), fill=(235, 235, 235))
     return panel
 
 
@@ -227,9 +228,16 @@ def draw_sample_tile(record: dict) -> np.ndarray:
 
     Returns:
         (TILE_VIEW_SIZE[1], TILE_VIEW_SIZE[0] + TILE_GAP + TILE_BEV_SIZE, 3) uint8: the front
-        view with the trajectories projected into it, then the top-down plot.
+        view with the trajectories projected into it, then the top-down plot; for a paired
+        sample the raster and the real view side by side instead
+        ((TILE_VIEW_SIZE[1], 2 * TILE_VIEW_SIZE[0] + TILE_GAP, 3)).
     """
     w, h = TILE_VIEW_SIZE
+    if record.get("real_images"):
+        tile = Image.new("RGB", (2 * w + TILE_GAP, h), (60, 60, 60))
+        tile.paste(_view_panel(record), (0, 0))
+        tile.paste(_view_panel(record, real=True), (w + TILE_GAP, 0))
+        return np.asarray(tile)
     tile = Image.new("RGB", (w + TILE_GAP + TILE_BEV_SIZE, max(h, TILE_BEV_SIZE)), (60, 60, 60))
     tile.paste(_view_panel(record), (0, 0))
     tile.paste(_bev_panel(record), (w + TILE_GAP, 0))

@@ -44,7 +44,7 @@ from rap.dataset.sample import Perturbation, Sample, SampleKind, SamplePlan
 from rap.dataset.scoring import SCORING_EXTENSION, SCORING_FIELD, ScoringFormatError
 from rap.dataset.scoring import decode as decode_scoring
 from rap.kinematics import DrivingCommand, EgoStatus
-from rap.dataset.writer import BEV_FIELD
+from rap.dataset.writer import BEV_FIELD, REAL_FIELD
 from rap.fileio import sha256_file
 from rap.trajectory import Trajectory, TrajectorySampling
 
@@ -297,6 +297,11 @@ def _meta_problem(meta, key: str) -> str | None:
             return f"no field {name!r}"
         if not ok(meta[name]):
             return f"field {name!r} is invalid ({json.dumps(meta[name])[:120]})"
+    real = meta.get("real_images")
+    if (meta["kind"] == SampleKind.PAIRED.value) != (real is not None):
+        return "field 'real_images' is required for paired samples and only for them"
+    if real is not None and not (isinstance(real, dict) and all(isinstance(f, str) for f in real.values()) and set(real) <= set(meta["images"])):
+        return f"field 'real_images' is invalid ({json.dumps(real)[:120]})"
     return None
 
 
@@ -374,7 +379,8 @@ def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] 
         "bev" (H, W, 3) uint8 | None, "target" (T, 3) float64, "history" (H, 3) float64,
         "viewer_pose" (4,) float64, "scoring" (a :class:`~rap.dataset.scoring.ScoringContext`,
         or None for a sample written without one), "encoded" {field: (extension, bytes)} (only
-        when not decoding)}``.
+        when not decoding), and for ``paired`` samples "real_images" {camera: (H, W, 3) uint8}
+        (the real or photo views of the same cameras)}``.
 
     Raises:
         ShardFormatError: a missing member or camera, or a member that does not decode or is
@@ -393,14 +399,20 @@ def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] 
     wanted = [(cam, image_fields.get(cam)) for cam in names]
     if meta["bev"]:
         wanted.append((BEV_FIELD, meta["bev"]))
+    real_fields = meta.get("real_images")
+    if real_fields is not None:
+        record["real_images"] = {}
+        wanted += [((REAL_FIELD, cam), real_fields.get(cam)) for cam in names if cam in image_fields]
     for name, field in wanted:
         if field is None:
+            if isinstance(name, tuple):
+                raise ShardFormatError(f"{at}: paired sample without a real view of camera {name[1]!r}; it has {list(real_fields)}")
             raise ShardFormatError(f"{at}: no camera {name!r}; it has {list(image_fields)}")
         if field not in fields:
             raise ShardFormatError(f"{at}: missing member {key}.{field}")
         ext = field.partition(".")[2]
         if not decode_images:
-            encoded[name] = (ext, fields[field])
+            encoded[f"{name[1]}.{REAL_FIELD}" if isinstance(name, tuple) else name] = (ext, fields[field])
             continue
         try:
             image = decode(ext, fields[field])
@@ -410,6 +422,8 @@ def decode_record(key: str, fields: dict[str, bytes], *, cameras: Sequence[str] 
             raise ShardFormatError(f"{at}: member {key}.{field}: expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
         if name == BEV_FIELD:
             record["bev"] = image
+        elif isinstance(name, tuple):
+            record["real_images"][name[1]] = image
         else:
             record["images"][name] = image
     if not decode_images:
@@ -471,7 +485,8 @@ def record_to_sample(record: dict[str, Any]) -> Sample:
         target=Trajectory(record["target"], sampling),
         perturbation=None if pert is None else Perturbation(**pert),
     )
-    return Sample(plan=plan, images=dict(record["images"]), cameras=dict(meta["cameras"]), bev=record.get("bev"), scoring=record.get("scoring"))
+    real = record.get("real_images")
+    return Sample(plan=plan, images=dict(record["images"]), cameras=dict(meta["cameras"]), bev=record.get("bev"), scoring=record.get("scoring"), real_images=None if real is None else dict(real))
 
 
 def summarize_shard(path: str | Path) -> tuple[ShardEntry, Counter]:

@@ -21,6 +21,7 @@ class SampleKind(str, Enum):
     EGO = "ego"  # the logged ego's own view and future
     RECOVERY = "recovery"  # a counterfactual perturbed start and a target back to the expert path
     CROSS_AGENT = "cross_agent"  # another vehicle's seat and its own logged future
+    PAIRED = "paired"  # the ego's moment seen twice: raster views and real (or photo stand-in) views
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Sample:
         bev: optional (H, W, 3) uint8 BEV raster (auxiliary target).
         scoring: optional :class:`~rap.dataset.scoring.ScoringContext`: what the PDM scorer
             needs to score plans of the acting agent (see :mod:`rap.augment.scoring_context`).
+        real_images: for a ``paired`` sample, camera → (H, W, 3) uint8 real camera image (or the
+            ``photo`` stand-in) of the same moment and camera as ``images``; None otherwise.
     """
 
     plan: SamplePlan
@@ -85,3 +88,4 @@ class Sample:
     cameras: dict[str, dict]
     bev: np.ndarray | None = None
     scoring: ScoringContext | None = None
+    real_images: dict[str, np.ndarray] | None = None

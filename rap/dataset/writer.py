@@ -16,11 +16,14 @@ sample is a run of consecutive members sharing a key (the member name up to its 
     (a zstd-compressed ``.npy``; see :mod:`rap.dataset.codec`).
 ``<key>.bev.<ext>``
     the optional BEV raster, same codec.
+``<key>.<CAM>.real.<ext>``
+    ``paired`` samples only: the real camera image (or the ``photo`` stand-in) of the same
+    moment and camera as ``<key>.<CAM>.<ext>``, same codec; listed in the json's ``real_images``.
 ``<key>.json``
     the plan's metadata, UTF-8 JSON with sorted keys::
 
         {"format": "rap.sample/1", "key": ..., "scene_id": ..., "source": ..., "step": 10,
-         "kind": "ego" | "recovery" | "cross_agent", "agent_row": 82, "agent_id": 1234,
+         "kind": "ego" | "recovery" | "cross_agent" | "paired", "agent_row": 82, "agent_id": 1234,
          "viewer_pose": [x, y, z_ground, heading],        # world [m, m, m, rad]
          "ego_status": {"speed": 8.1, "velocity": [vx, vy], "acceleration": [ax, ay],
                         "command": 1},                    # 0 left, 1 straight, 2 right
@@ -29,7 +32,8 @@ sample is a run of consecutive members sharing a key (the member name up to its 
          "camera_names": ["CAM_L0", "CAM_F0", "CAM_R0"],  # image order of the sample
          "cameras": {"CAM_F0": {camera record: intrinsics, distortion, cam_to_body, ...}, ...},
          "images": {"CAM_F0": "CAM_F0.npy.zst", ...},     # member suffix of each image
-         "bev": null | "bev.npy.zst"}
+         "bev": null | "bev.npy.zst",
+         "real_images": {"CAM_F0": "CAM_F0.real.npy.zst", ...}}  # paired samples only
 
     Camera records are :func:`rap.render.rigs.camera_record` documents: ``cam_to_body`` maps
     OpenCV camera axes to the acting agent's body frame (rear axle on the ground, x forward).
@@ -84,7 +88,7 @@ import numpy as np
 from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, encode, npz_bytes
 from rap.dataset.manifest import ShardEntry
 from rap.fileio import DiskFullError, close_quietly, disk_full_error, fsync_dir, is_disk_full, remove_quietly, sha256_file
-from rap.dataset.sample import Sample
+from rap.dataset.sample import Sample, SampleKind
 from rap.dataset.scoring import SCORING_EXTENSION, SCORING_FIELD, ScoringContext
 from rap.dataset.scoring import encode as encode_scoring
 
@@ -106,7 +110,8 @@ __all__ = [
 SAMPLE_FORMAT = "rap.sample/1"
 TMP_SUFFIX = ".tmp"
 BEV_FIELD = "bev"
-_RESERVED_FIELDS = (BEV_FIELD, "json", "npz", SCORING_FIELD)
+REAL_FIELD = "real"  # <key>.<CAM>.real.<ext>: a paired sample's real (or photo stand-in) view
+_RESERVED_FIELDS = (BEV_FIELD, "json", "npz", SCORING_FIELD, REAL_FIELD)
 # Keys and camera names: no dots (the key ends at the first dot), no path separators.
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -131,7 +136,7 @@ def _json_bytes(doc) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_json_default).encode("ascii")
 
 
-def sample_metadata(sample: Sample, image_members: dict[str, str] | None = None, bev_member: str | None = None) -> dict:
+def sample_metadata(sample: Sample, image_members: dict[str, str] | None = None, bev_member: str | None = None, real_members: dict[str, str] | None = None) -> dict:
     """The ``<key>.json`` document of a sample (see the module docstring).
 
     Args:
@@ -139,6 +144,8 @@ def sample_metadata(sample: Sample, image_members: dict[str, str] | None = None,
         image_members: camera → member suffix (``"CAM_F0.npy.zst"``); default: the suffixes
             of the default codec.
         bev_member: the BEV member suffix, or None.
+        real_members: for a paired sample, camera → member suffix of its real view
+            (``"CAM_F0.real.npy.zst"``); the document then has a ``real_images`` field.
     """
     plan = sample.plan
     status = plan.ego_status
@@ -147,7 +154,10 @@ def sample_metadata(sample: Sample, image_members: dict[str, str] | None = None,
         image_members = {cam: f"{cam}.{ext}" for cam in sample.images}
         bev_member = f"{BEV_FIELD}.{ext}" if sample.bev is not None else None
     pert = plan.perturbation
-    return {
+    if real_members is None and sample.real_images is not None:
+        ext = EXTENSIONS[DEFAULT_CODEC]
+        real_members = {cam: f"{cam}.{REAL_FIELD}.{ext}" for cam in sample.real_images}
+    doc = {
         "format": SAMPLE_FORMAT,
         "key": plan.key,
         "scene_id": plan.scene_id,
@@ -170,6 +180,9 @@ def sample_metadata(sample: Sample, image_members: dict[str, str] | None = None,
         "images": dict(image_members),
         "bev": bev_member,
     }
+    if real_members is not None:  # only paired samples carry the field: other samples' bytes stay as they were
+        doc["real_images"] = dict(real_members)
+    return doc
 
 
 def sample_arrays(sample: Sample) -> dict[str, np.ndarray]:
@@ -209,6 +222,15 @@ def _check_sample(sample: Sample) -> None:
         raise ValueError(f"{where}: viewer_pose must be a finite (4,) array, got shape {pose.shape}")
     if sample.scoring is not None and not isinstance(sample.scoring, ScoringContext):
         raise ValueError(f"{where}: scoring must be a ScoringContext or None, got {type(sample.scoring).__name__}")
+    paired = plan.kind == SampleKind.PAIRED
+    if paired != (sample.real_images is not None):
+        raise ValueError(f"{where}: a {plan.kind.value} sample {'needs' if paired else 'cannot have'} real_images")
+    for cam, image in (sample.real_images or {}).items():
+        image = np.asarray(image)
+        if cam not in sample.images:
+            raise ValueError(f"{where}: real_images[{cam!r}] has no raster view of the same camera")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{where}: real_images[{cam!r}] must be (H, W, 3) uint8, got shape {image.shape} dtype {image.dtype}")
 
 
 def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> list[tuple[str, bytes]]:
@@ -239,7 +261,14 @@ def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> l
         ext, data = encode(codec, sample.bev)
         bev_member = f"{BEV_FIELD}.{ext}"
         members[f"{key}.{bev_member}"] = data
-    members[f"{key}.json"] = _json_bytes(sample_metadata(sample, image_members, bev_member))
+    real_members = None
+    if sample.real_images is not None:
+        real_members = {}
+        for cam, image in sample.real_images.items():
+            ext, data = encode(codec, image)
+            real_members[cam] = f"{cam}.{REAL_FIELD}.{ext}"
+            members[f"{key}.{real_members[cam]}"] = data
+    members[f"{key}.json"] = _json_bytes(sample_metadata(sample, image_members, bev_member, real_members))
     members[f"{key}.npz"] = npz_bytes(sample_arrays(sample))
     if sample.scoring is not None:
         members[f"{key}.{SCORING_FIELD}.{SCORING_EXTENSION}"] = encode_scoring(sample.scoring)
@@ -259,10 +288,14 @@ def sample_record(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> di
     ext = EXTENSIONS[ImageCodec(codec)]  # both codecs are lossless
     image_members = {cam: f"{cam}.{ext}" for cam in sample.images}
     bev_member = f"{BEV_FIELD}.{ext}" if sample.bev is not None else None
-    meta = json.loads(_json_bytes(sample_metadata(sample, image_members, bev_member)))
+    real_members = None if sample.real_images is None else {cam: f"{cam}.{REAL_FIELD}.{ext}" for cam in sample.real_images}
+    meta = json.loads(_json_bytes(sample_metadata(sample, image_members, bev_member, real_members)))
     images = {cam: np.ascontiguousarray(img, dtype=np.uint8) for cam, img in sample.images.items()}
     bev = None if sample.bev is None else np.ascontiguousarray(sample.bev, dtype=np.uint8)
-    return {"key": sample.plan.key, "meta": meta, "images": images, "bev": bev, **sample_arrays(sample), "scoring": sample.scoring}
+    record = {"key": sample.plan.key, "meta": meta, "images": images, "bev": bev, **sample_arrays(sample), "scoring": sample.scoring}
+    if sample.real_images is not None:
+        record["real_images"] = {cam: np.ascontiguousarray(img, dtype=np.uint8) for cam, img in sample.real_images.items()}
+    return record
 
 
 class _HashingFile:

@@ -35,13 +35,15 @@ def open_renderer(style: Style | None = None) -> Iterator[Renderer]:
         ctx.release()
 
 
-def worker_renderer() -> Renderer:
-    """This process's renderer with the default style, made on first use and kept open (one GL
-    context per worker process)."""
-    if "renderer" not in _PROCESS:
-        from rap.render.style import default_style
+def worker_renderer(style: str = "raster", seed: int = 0) -> Renderer:
+    """This process's renderer of a named style (:func:`rap.render.style.named_style`; ``seed``
+    seeds the photo style's noise), made on first use and kept open: one GL context per worker
+    process, shared by its renderers."""
+    key = "renderer" if style == "raster" else f"renderer:{style}:{seed}"
+    if key not in _PROCESS:
+        from rap.render.style import named_style
 
-        ctx = create_context()
-        _PROCESS["ctx"] = ctx
-        _PROCESS["renderer"] = Renderer(ctx, default_style())
-    return _PROCESS["renderer"]
+        if "ctx" not in _PROCESS:
+            _PROCESS["ctx"] = create_context()
+        _PROCESS[key] = Renderer(_PROCESS["ctx"], named_style(style, seed))
+    return _PROCESS[key]
