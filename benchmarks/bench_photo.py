@@ -14,24 +14,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
+from machine import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 WOMD = REPO / "data" / "waymo" / "womd_scenario_637f20cafde22ff8.tfrecord"
-
-
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def views_per_s(scene, rig, style, frames: int, lens: bool = True) -> float:
@@ -76,7 +66,7 @@ def main() -> None:
         for name, values in rates.items():
             rate = statistics.median(values)
             rows.append({"size": size, "look": name, "views_per_s": round(rate, 1), "ratio_to_raster": round(rate / raster, 3)})
-    stamp = f"{_cpu()}, {dt.date.today().isoformat()}"
+    stamp = f"{cpu_name()}, {dt.date.today().isoformat()}"
     print(f"\n### photo vs raster look, front3 on the shipped WOMD scenario ({stamp})\n")
     print("| size | look | views/s | vs raster |")
     print("|---|---|---:|---:|")

@@ -25,25 +25,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name
+
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def loader_rate(cfg, steps: int, index=None) -> float:
@@ -103,7 +93,7 @@ def main() -> None:
             loader = loader_rate(cfg, args.steps)
             result = train(cfg, Path(tmp) / f"run{workers}")
             rows.append({"workers": workers, "loader_samples_per_s": round(loader, 2), "train_samples_per_s": result["samples_per_s"], "loader_over_train": round(loader / result["samples_per_s"], 2), "batch_size": cfg.train.batch_size, "image_size": list(cfg.data.image_size), "threads": torch.get_num_threads()})
-    stamp = f"{_cpu()}, {torch.get_num_threads()} torch threads, {dt.date.today().isoformat()}"
+    stamp = f"{cpu_name()}, {torch.get_num_threads()} torch threads, {dt.date.today().isoformat()}"
     print(f"\n### rap train tiny ({stamp})\n")
     print("| data.num_workers | loader samples/s | train samples/s | loader / train |")
     print("|---:|---:|---:|---:|")
