@@ -477,6 +477,7 @@ def eval_navsim_cmd(
     out: Path = typer.Option(Path("out/eval_navsim"), "--out", help="folder for navsim_eval.json/.md, index.html and BEV pictures"),
     max_scenes: Optional[int] = typer.Option(None, "--max-scenes", min=1, help="stop after this many scoring steps"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML eval config (default configs/eval/default.yaml)"),
+    observation_style: Optional[str] = typer.Option(None, "--observation-style", help="raster (default) | photo: how the agent's camera views are drawn (observation.style)"),
 ) -> None:
     """NAVSIM-style PDMS (v1) and EPDMS (v2) of an agent; last line is JSON with pdms, epdms,
     scenes, failed and subscores.
@@ -493,7 +494,8 @@ def eval_navsim_cmd(
     exit_scenes_failed = 3
     _check_out_folder(out)
     try:
-        cfg = load_config(EvalConfig, config or DEFAULT_EVAL_CONFIG, list(ctx.args))
+        style = [] if observation_style is None else [f"observation.style={observation_style}"]
+        cfg = load_config(EvalConfig, config or DEFAULT_EVAL_CONFIG, list(ctx.args) + style)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     try:

@@ -26,12 +26,17 @@ class ObservationSection(FrozenModel):
         history: past poses (as ``GenerateConfig.history``).
         command_sampling: the logged future the driving command is read from (as the training
             target, ``GenerateConfig.sampling``); STRAIGHT where the log ends sooner.
+        style: how camera views are drawn: ``raster`` (the semantic raster planners train on) or
+            ``photo`` (the camera-like stand-in, to test a planner on the camera-like domain).
+        seed: seeds the photo style's sensor noise.
     """
 
     rig: Literal["front3", "nuplan8", "bev"] = DEFAULT_RIG
     size: tuple[ImageSide, ImageSide] = DEFAULT_CAMERA_SIZE  # [px] every camera
     history: HistorySection = HistorySection()
     command_sampling: SamplingSection = SamplingSection()
+    style: Literal["raster", "photo"] = "raster"
+    seed: int = 0
 
 
 class NavsimSection(FrozenModel):

@@ -192,12 +192,13 @@ def evaluate_navsim(agent: Agent, scenes: str, out_dir: str | Path, *, config: E
         ValueError: no scoring step in ``scenes``.
     """
     from rap.render.session import open_renderer
+    from rap.render.style import named_style
 
     out_dir = Path(out_dir)
     agent_name = str(getattr(agent, "name", type(agent).__name__))
     rows: list[dict] = []
     start = time.perf_counter()
-    with open_renderer() as renderer, AgentCaller(agent_name, config.navsim.agent_timeout_s) as caller:
+    with open_renderer(named_style(config.observation.style, config.observation.seed)) as renderer, AgentCaller(agent_name, config.navsim.agent_timeout_s) as caller:
         sensors = _sensor_config(caller, agent, agent_name)
         try:
             observer = Observer(renderer, sensors, config.observation, privileged=bool(getattr(agent, "privileged", False)))

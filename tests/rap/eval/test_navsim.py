@@ -150,3 +150,41 @@ def test_an_agent_returning_the_wrong_type_gets_a_clear_error(tmp_path):
     row = report["rows"][0]
     assert row["failed"] and report["failed"] == 1 and report["pdms"] == 0.0
     assert re.fullmatch(r"agent 'broken' returned ndarray for scene synthetic-0 step \d+; expected rap.trajectory.Trajectory", row["error"])
+
+
+class _Watcher(ConstantVelocityAgent):
+    """Constant velocity that writes the brightness of the top rows of every front view it sees
+    into a file (the evaluator may call agents in another process)."""
+
+    name = "watcher"
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def sensor_config(self) -> SensorConfig:
+        return SensorConfig()  # the config's rig and size
+
+    def plan(self, observation):
+        with open(self.log, "a") as fh:
+            fh.write(f"{float(observation.images['CAM_F0'][:10].mean())}\n")
+        return super().plan(observation)
+
+
+def test_observation_style_photo_shows_agents_camera_like_views(tmp_path):
+    """observation.style=photo (--observation-style photo): the agent's views are the photo
+    stand-in (a bright sky where the raster is black); scores of an agent that ignores images
+    are unchanged."""
+    from rap.config import load_config
+    from rap.eval.config import DEFAULT_EVAL_CONFIG, EvalConfig
+
+    reports = {}
+    for style in ("raster", "photo"):
+        log = tmp_path / f"{style}.txt"
+        cfg = load_config(EvalConfig, DEFAULT_EVAL_CONFIG, [f"observation.style={style}", "observation.size=[128,64]"])
+        report = evaluate_navsim(_Watcher(log), "synthetic:1", tmp_path / style, config=cfg, max_scenes=2)
+        reports[style] = (report, [float(v) for v in log.read_text().split()])
+    (raster, raster_tops), (photo, photo_tops) = reports["raster"], reports["photo"]
+    assert len(photo_tops) == len(raster_tops) >= 2 and max(raster_tops) < 20 and min(photo_tops) > 90
+    assert photo["pdms"] == raster["pdms"] and photo["epdms"] == raster["epdms"]
+    result = CliRunner().invoke(app, ["eval", "navsim", "--agent", "constant_velocity", "--scenes", "synthetic:1", "--max-scenes", "1", "--observation-style", "oil", "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "observation.style" in result.output
