@@ -62,8 +62,10 @@ def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Co
     now = scene.current_index
     summary: dict = {"scene_id": scene.scene_id, "out": str(out)}
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("demo", total=5 + 2 + len(EVAL_RUNS))
+        task = bar.add_task("demo", total=6 + 2 + len(EVAL_RUNS))
         render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / "front3", step=now, outputs=("rgb", "class_id", "depth"))
+        bar.advance(task)
+        render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / "front3_photo", step=now, style="photo")  # the camera-like stand-in
         bar.advance(task)
         render_to_dir(scene, get_rig("bev", BEV_SIZE), out / "bev", step=now)
         bar.advance(task)
@@ -112,7 +114,7 @@ def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Co
             evals.append({"agent": agent_name, "scenes": scenes, "num_scenes": report["scenes"], "pdms": round(report["pdms"], 4), "epdms": round(report["epdms"], 4), "report": str(folder / "index.html")})
             bar.advance(task)
         summary["eval"] = evals
-    summary["contact_sheets"] = [str(out / d / "contact_sheet.png") for d in ("front3", "bev", f"agent_{other}")]
+    summary["contact_sheets"] = [str(out / d / "contact_sheet.png") for d in ("front3", "front3_photo", "bev", f"agent_{other}")]
     console.print(f"[green]demo done[/green]: renders of {scene.scene_id} in {out}")
     for path in summary["contact_sheets"] + [summary["drive_sequence"]]:
         console.print(f"  {path}")
