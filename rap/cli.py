@@ -224,7 +224,7 @@ DEFAULT_GENERATE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def generate(
     ctx: typer.Context,
-    source: str = typer.Option(..., "--source", help="womd:PATH (TFRecord file or folder), scenarionet:DIR or synthetic:N"),
+    source: str = typer.Option(..., "--source", help="womd:PATH (TFRecord file or folder), scenarionet:DIR, synthetic:N, or waymo-frame:PATH (perception frames: paired real/raster samples)"),
     out: Path = typer.Option(..., "--out", help="output folder (new or empty, or a previous run's with --resume)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/generate/default.yaml)"),
     rig: Optional[str] = typer.Option(None, "--rig", help="front3 | nuplan8 | bev (overrides the config)"),

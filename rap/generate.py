@@ -56,7 +56,7 @@ from rap.fileio import LockHeldError, exclusive_lock, is_disk_full, lock_holder,
 from rap.images import save_json
 from rap.render.rigs import camera_record
 from rap.scene import Scene
-from rap.sources.registry import WorkUnit, list_units, load_unit
+from rap.sources.registry import FRAME_KINDS, WorkUnit, list_units, load_frame_unit, load_unit
 from rap.trajectory import TrajectorySampling
 
 UNITS_DIR = ".units"
@@ -257,6 +257,8 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
     out_dir = Path(out_dir)
     record: dict = {"index": unit.index, "source": unit.source, "record": unit.record, "shard": None, "counts": {}, "rejected": {}, "skipped": []}
     start = time.perf_counter()
+    if unit.kind in FRAME_KINDS:
+        return _run_frame_unit(unit, config, out_dir, record, start)
     try:
         scene = load_unit(unit)
     except (ValueError, OSError) as exc:
@@ -286,6 +288,31 @@ def run_unit(unit: WorkUnit, config: GenerateConfig, out_dir: str | Path) -> dic
     record["rejected"] = dict(sorted(rejects.items()))
     save_json(unit_record_path(out_dir, unit.index), record)
     record["seconds"] = time.perf_counter() - start  # not saved: timing is not content
+    return record
+
+
+def _run_frame_unit(unit: WorkUnit, config: GenerateConfig, out_dir: Path, record: dict, start: float) -> dict:
+    """A perception frame's unit: one paired real/raster sample (:mod:`rap.augment.frame_pairs`)."""
+    from rap.augment.frame_pairs import frame_sample
+    from rap.render.session import worker_renderer
+
+    try:
+        frame = load_frame_unit(unit)
+        sample = frame_sample(frame, worker_renderer(), config.trajectory_sampling, config.history.num_poses)
+        writer = ShardWriter(out_dir / shard_name(unit.index), config.codec)
+        with writer:
+            writer.add(sample)
+            entry = writer.close()
+    except Exception as exc:  # a frame that cannot be read or paired is skipped and counted, not the run
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise  # writing the output failed (or the input vanished mid-run): the run stops, --resume redoes it
+        record["skipped"].append({"source": unit.source, "record": unit.record, "reason": f"{type(exc).__name__}: {exc}"})
+        save_json(unit_record_path(out_dir, unit.index), record)
+        return record
+    record["shard"] = {"name": entry.name, "samples": entry.samples, "sha256": entry.sha256}
+    record["counts"] = dict(sorted(writer.counts.items()))
+    save_json(unit_record_path(out_dir, unit.index), record)
+    record["seconds"] = time.perf_counter() - start
     return record
 
 

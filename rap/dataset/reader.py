@@ -302,6 +302,8 @@ def _meta_problem(meta, key: str) -> str | None:
         return "field 'real_images' is required for paired samples and only for them"
     if real is not None and not (isinstance(real, dict) and all(isinstance(f, str) for f in real.values()) and set(real) <= set(meta["images"])):
         return f"field 'real_images' is invalid ({json.dumps(real)[:120]})"
+    if "has_target" in meta and meta["has_target"] is not False:
+        return f"field 'has_target' is invalid ({json.dumps(meta['has_target'])[:40]}; only false is written)"
     return None
 
 
@@ -486,7 +488,10 @@ def record_to_sample(record: dict[str, Any]) -> Sample:
         perturbation=None if pert is None else Perturbation(**pert),
     )
     real = record.get("real_images")
-    return Sample(plan=plan, images=dict(record["images"]), cameras=dict(meta["cameras"]), bev=record.get("bev"), scoring=record.get("scoring"), real_images=None if real is None else dict(real))
+    return Sample(
+        plan=plan, images=dict(record["images"]), cameras=dict(meta["cameras"]), bev=record.get("bev"), scoring=record.get("scoring"),
+        real_images=None if real is None else dict(real), has_target=meta.get("has_target", True),
+    )  # fmt: skip
 
 
 def summarize_shard(path: str | Path) -> tuple[ShardEntry, Counter]:

@@ -80,7 +80,10 @@ class Sample:
         scoring: optional :class:`~rap.dataset.scoring.ScoringContext`: what the PDM scorer
             needs to score plans of the acting agent (see :mod:`rap.augment.scoring_context`).
         real_images: for a ``paired`` sample, camera → (H, W, 3) uint8 real camera image (or the
-            ``photo`` stand-in) of the same moment and camera as ``images``; None otherwise.
+            ``photo`` stand-in) of the same moment and camera as ``images``, or a camera's JPEG
+            bytes as stored; None otherwise.
+        has_target: False when the source has no future for it (a single perception frame): its
+            status, history and target are zeros, written as ``"has_target": false``.
     """
 
     plan: SamplePlan
@@ -88,4 +91,5 @@ class Sample:
     cameras: dict[str, dict]
     bev: np.ndarray | None = None
     scoring: ScoringContext | None = None
-    real_images: dict[str, np.ndarray] | None = None
+    real_images: dict[str, np.ndarray | bytes] | None = None
+    has_target: bool = True

@@ -18,7 +18,8 @@ sample is a run of consecutive members sharing a key (the member name up to its 
     the optional BEV raster, same codec.
 ``<key>.<CAM>.real.<ext>``
     ``paired`` samples only: the real camera image (or the ``photo`` stand-in) of the same
-    moment and camera as ``<key>.<CAM>.<ext>``, same codec; listed in the json's ``real_images``.
+    moment and camera as ``<key>.<CAM>.<ext>``, same codec, or ``jpg``: a camera's JPEG as
+    stored, never re-encoded; listed in the json's ``real_images``.
 ``<key>.json``
     the plan's metadata, UTF-8 JSON with sorted keys::
 
@@ -33,7 +34,8 @@ sample is a run of consecutive members sharing a key (the member name up to its 
          "cameras": {"CAM_F0": {camera record: intrinsics, distortion, cam_to_body, ...}, ...},
          "images": {"CAM_F0": "CAM_F0.npy.zst", ...},     # member suffix of each image
          "bev": null | "bev.npy.zst",
-         "real_images": {"CAM_F0": "CAM_F0.real.npy.zst", ...}}  # paired samples only
+         "real_images": {"CAM_F0": "CAM_F0.real.npy.zst", ...},  # paired samples only
+         "has_target": false}  # only when the source has no future (zero status, history, target)
 
     Camera records are :func:`rap.render.rigs.camera_record` documents: ``cam_to_body`` maps
     OpenCV camera axes to the acting agent's body frame (rear axle on the ground, x forward).
@@ -85,7 +87,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, encode, npz_bytes
+from rap.dataset.codec import DEFAULT_CODEC, EXTENSIONS, ImageCodec, decode, encode, npz_bytes
 from rap.dataset.manifest import ShardEntry
 from rap.fileio import DiskFullError, close_quietly, disk_full_error, fsync_dir, is_disk_full, remove_quietly, sha256_file
 from rap.dataset.sample import Sample, SampleKind
@@ -182,6 +184,8 @@ def sample_metadata(sample: Sample, image_members: dict[str, str] | None = None,
     }
     if real_members is not None:  # only paired samples carry the field: other samples' bytes stay as they were
         doc["real_images"] = dict(real_members)
+    if not sample.has_target:  # likewise only written when there is no target
+        doc["has_target"] = False
     return doc
 
 
@@ -226,9 +230,13 @@ def _check_sample(sample: Sample) -> None:
     if paired != (sample.real_images is not None):
         raise ValueError(f"{where}: a {plan.kind.value} sample {'needs' if paired else 'cannot have'} real_images")
     for cam, image in (sample.real_images or {}).items():
-        image = np.asarray(image)
         if cam not in sample.images:
             raise ValueError(f"{where}: real_images[{cam!r}] has no raster view of the same camera")
+        if isinstance(image, (bytes, bytearray)):  # a camera's JPEG as stored
+            if bytes(image[:2]) != b"\xff\xd8":
+                raise ValueError(f"{where}: real_images[{cam!r}] is bytes but not a JPEG")
+            continue
+        image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"{where}: real_images[{cam!r}] must be (H, W, 3) uint8, got shape {image.shape} dtype {image.dtype}")
 
@@ -265,7 +273,8 @@ def sample_members(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> l
     if sample.real_images is not None:
         real_members = {}
         for cam, image in sample.real_images.items():
-            ext, data = encode(codec, image)
+            # A camera's JPEG is stored as it came (never re-encoded); arrays take the codec.
+            ext, data = ("jpg", bytes(image)) if isinstance(image, (bytes, bytearray)) else encode(codec, image)
             real_members[cam] = f"{cam}.{REAL_FIELD}.{ext}"
             members[f"{key}.{real_members[cam]}"] = data
     members[f"{key}.json"] = _json_bytes(sample_metadata(sample, image_members, bev_member, real_members))
@@ -288,13 +297,16 @@ def sample_record(sample: Sample, codec: ImageCodec | str = DEFAULT_CODEC) -> di
     ext = EXTENSIONS[ImageCodec(codec)]  # both codecs are lossless
     image_members = {cam: f"{cam}.{ext}" for cam in sample.images}
     bev_member = f"{BEV_FIELD}.{ext}" if sample.bev is not None else None
-    real_members = None if sample.real_images is None else {cam: f"{cam}.{REAL_FIELD}.{ext}" for cam in sample.real_images}
+    real_members = None if sample.real_images is None else {cam: f"{cam}.{REAL_FIELD}.{'jpg' if isinstance(img, (bytes, bytearray)) else ext}" for cam, img in sample.real_images.items()}
     meta = json.loads(_json_bytes(sample_metadata(sample, image_members, bev_member, real_members)))
     images = {cam: np.ascontiguousarray(img, dtype=np.uint8) for cam, img in sample.images.items()}
     bev = None if sample.bev is None else np.ascontiguousarray(sample.bev, dtype=np.uint8)
     record = {"key": sample.plan.key, "meta": meta, "images": images, "bev": bev, **sample_arrays(sample), "scoring": sample.scoring}
     if sample.real_images is not None:
-        record["real_images"] = {cam: np.ascontiguousarray(img, dtype=np.uint8) for cam, img in sample.real_images.items()}
+        record["real_images"] = {
+            cam: decode("jpg", bytes(img)) if isinstance(img, (bytes, bytearray)) else np.ascontiguousarray(img, dtype=np.uint8)
+            for cam, img in sample.real_images.items()
+        }  # fmt: skip
     return record
 
 

@@ -35,10 +35,13 @@ SOURCES: dict[str, tuple[str, str]] = {
 }
 # Kinds whose "path" is not a file (synthetic:SEED is a seed of the procedural world).
 GENERATED = {"synthetic"}
+# Kinds whose records are not scenes: Waymo perception frames (camera images with 3D labels),
+# which rap generate turns into paired real/raster samples (rap.augment.frame_pairs).
+FRAME_KINDS = {"waymo-frame"}
 
 
 def _unknown_kind(source: str, kind: str) -> ValueError:
-    return ValueError(f"source {source!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(SOURCES))}")
+    return ValueError(f"source {source!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(SOURCES))} (and for rap generate: {', '.join(sorted(FRAME_KINDS))})")
 
 
 def _require_regular(path: str | Path) -> None:
@@ -168,12 +171,12 @@ def list_units(source: str) -> list[WorkUnit]:
         if not path_text.isdigit() or int(path_text) <= 0:
             raise ValueError(f"source {source!r}: synthetic:N needs a positive number of scenes (seeds 0..N-1)")
         return [WorkUnit(seed, kind, path_text, seed) for seed in range(int(path_text))]
-    if kind not in SOURCES:
+    if kind not in SOURCES and kind not in FRAME_KINDS:
         raise _unknown_kind(source, kind)
     path = Path(path_text)
     _check_input_path(kind, path, folder_ok=True)
     units: list[WorkUnit] = []
-    if kind == "womd":
+    if kind in ("womd", "waymo-frame"):
         from rap.sources.tfrecord import index_records
 
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*.tfrecord*") if p.is_file())
@@ -199,10 +202,26 @@ def list_units(source: str) -> list[WorkUnit]:
     return units
 
 
+def load_frame_unit(unit: WorkUnit):
+    """The unit's Waymo perception frame (:class:`rap.sources.waymo_frame.WaymoFrame`) of a
+    ``waymo-frame:`` source; raises ValueError/OSError naming the file and record."""
+    from rap.sources.tfrecord import RecordIndex, read_record_at
+    from rap.sources.waymo_frame import frame_from_bytes
+
+    if unit.problem is not None:
+        raise ValueError(f"{unit.source} record {unit.record}: {unit.problem}")
+    if unit.offset is None:
+        raise ValueError(f"{unit.source}: no readable record (empty file or damaged framing)")
+    payload = read_record_at(unit.path, RecordIndex(unit.record, unit.offset, 0))
+    return frame_from_bytes(payload, path=unit.path, record=unit.record)
+
+
 def load_unit(unit: WorkUnit) -> Scene:
     """The unit's scene (raises ValueError/OSError naming the file and record on bad input)."""
     if unit.problem is not None:
         raise ValueError(f"{unit.source} record {unit.record}: {unit.problem}")
+    if unit.kind in FRAME_KINDS:
+        raise ValueError(f"{unit.source} record {unit.record}: a perception frame, not a scene (rap generate pairs its images; see load_frame_unit)")
     if unit.kind == "womd" and unit.offset is not None:
         from rap.sources.tfrecord import RecordIndex, read_record_at
         from rap.sources.womd import scene_from_womd

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,41 @@ def test_training_leaves_paired_samples_to_alignment(paired_run):
     manifest = read_manifest(paired_run)
     assert len(index.train) == manifest.num_samples - manifest.counts["paired"]
     assert "paired" not in index.counts["train"]
+
+
+FRAME = Path(__file__).resolve().parents[3] / "data" / "waymo" / "perception_frame_1024360143612057520.tfrecord"
+WOMD = FRAME.parent / "womd_scenario_637f20cafde22ff8.tfrecord"
+
+
+def test_a_waymo_perception_frame_pairs_its_stored_jpegs_with_rasters_of_its_labels(tmp_path):
+    from rap.dataset.reader import iter_shard_members
+    from rap.sources.waymo_frame import load_frame
+
+    out = tmp_path / "frames"
+    result = generate(f"waymo-frame:{FRAME}", out, GenerateConfig())
+    assert result.exit_code == 0 and read_manifest(out).counts["paired"] == 1 == result.samples
+    frame = load_frame(FRAME)
+    (rec,) = list(iter_dataset(out))
+    assert rec["meta"]["kind"] == "paired" and rec["meta"]["has_target"] is False
+    assert set(rec["real_images"]) == set(rec["images"]) == set(frame.cameras)
+    (shard,) = sorted(out.glob("shard-*.tar"))
+    (key, members), = list(iter_shard_members(shard))
+    for cam in frame.cameras:
+        assert members[f"{cam}.real.jpg"] == frame.jpegs[cam]  # stored as it came, never re-encoded
+        assert rec["real_images"][cam].shape == rec["images"][cam].shape
+    # The rasters show the labelled boxes where Waymo projects them.
+    covered = []
+    for cam, boxes in frame.projected_boxes.items():
+        drawn = rec["images"][cam].max(axis=-1) > 0
+        for x0, y0, x1, y1 in boxes.values():
+            patch = drawn[int(max(y0, 0)) : int(y1) + 1, int(max(x0, 0)) : int(x1) + 1]
+            if patch.size > 400:
+                covered.append(patch.mean())
+    assert len(covered) >= 5 and np.median(covered) > 0.6
+
+
+def test_a_file_that_is_not_perception_frames_is_skipped_with_the_reason(tmp_path):
+    result = generate(f"waymo-frame:{WOMD}", tmp_path / "bad", GenerateConfig())
+    assert result.exit_code == 3
+    (skipped,) = read_manifest(tmp_path / "bad").skipped
+    assert str(WOMD) in skipped.source and skipped.reason
