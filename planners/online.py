@@ -17,6 +17,7 @@ procedural generation per worker); it is removed when the index is.
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 import shutil
 import tempfile
@@ -130,6 +131,8 @@ class OnlineIndex:
         if slot in builders:
             builders.move_to_end(slot)
             return builders[slot]
+        if not builders:
+            _single_threaded_rasterizer_in_workers()
         unit = self.units[slot]
         cached = self.scene_dir / f"scene-{slot:06d}.pkl"
         try:
@@ -145,3 +148,13 @@ class OnlineIndex:
         state = dict(self.__dict__)
         state["_builders"] = collections.OrderedDict()  # GL objects stay in the process that made them
         return state
+
+
+def _single_threaded_rasterizer_in_workers() -> None:
+    """In a DataLoader worker, before its GL context exists: Mesa's CPU rasterizer (llvmpipe)
+    draws with one thread, the workers being the parallelism (one thread per core each would
+    oversubscribe the cores). A value the user set is kept; GPU drivers ignore it."""
+    import torch.utils.data
+
+    if torch.utils.data.get_worker_info() is not None:
+        os.environ.setdefault("LP_NUM_THREADS", "1")
