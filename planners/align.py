@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["grad_reverse", "reversal_strength", "spatial_alignment_loss", "DomainClassifier", "global_alignment_loss"]
+__all__ = ["grad_reverse", "reversal_strength", "spatial_alignment_loss", "DomainClassifier", "domain_bce", "global_alignment_loss", "AlignedPlanner"]
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -104,11 +104,52 @@ def global_alignment_loss(classifier: DomainClassifier, pooled: torch.Tensor, is
         The BCE (mean over rows) with ``pos_weight = N_raster / N_real``; 0 when one domain is
         missing from the batch (nothing to align).
     """
-    labels = is_real.to(pooled.dtype)
+    return domain_bce(classifier(grad_reverse(pooled, strength)), is_real)
+
+
+def domain_bce(logits: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
+    """BCE of domain logits (N,) against ``is_real`` (N,) with ``pos_weight = N_raster / N_real``
+    (mean over rows); 0 when one domain is missing (still connected to ``logits``, so every
+    classifier parameter takes part in the backward pass, as DDP requires)."""
+    labels = is_real.to(logits.dtype)
     n_real = float(labels.sum())
     n_raster = float(labels.numel() - n_real)
     if n_real == 0 or n_raster == 0:
-        return pooled.sum() * 0.0
-    logits = classifier(grad_reverse(pooled, strength))
-    pos_weight = torch.tensor(n_raster / n_real, dtype=pooled.dtype, device=pooled.device)
+        return logits.sum() * 0.0 + 0.0
+    pos_weight = torch.tensor(n_raster / n_real, dtype=logits.dtype, device=logits.device)
     return nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+
+
+class AlignedPlanner(nn.Module):
+    """A planner and its domain classifier as one module (what DDP wraps when
+    ``align.global_weight > 0``).
+
+    ``forward(batch)`` returns the planner's outputs plus ``"domain_logits"`` (B + P,) — the
+    classifier on the mean-pooled front-camera features of the batch's B views and of the P
+    paired rasters, behind the gradient reversal of strength :attr:`strength` — and
+    ``"domain_is_real"`` (B + P,): the rows ``batch["paired_rows"]`` hold real (or photo) views,
+    every other row a raster.
+
+    Args:
+        planner: an image planner (its outputs carry ``image_features`` / ``raster_features``).
+        classifier: the domain classifier.
+        front_camera: index of the camera the classifier reads.
+    """
+
+    def __init__(self, planner: nn.Module, classifier: DomainClassifier, front_camera: int) -> None:
+        super().__init__()
+        self.planner, self.classifier, self.front_camera = planner, classifier, front_camera
+        self.strength = 0.0  # set by the training loop each step: reversal_strength(progress)
+
+    def forward(self, batch: dict) -> dict:
+        out = self.planner(batch)
+        feats = out["image_features"]
+        pooled = [feats[:, self.front_camera].mean(dim=1)]
+        is_real = torch.zeros(feats.shape[0], dtype=torch.bool, device=feats.device)
+        is_real[batch["paired_rows"].to(feats.device)] = True
+        if out.get("raster_features") is not None:
+            pooled.append(out["raster_features"][:, self.front_camera].mean(dim=1))
+            is_real = torch.cat([is_real, is_real.new_zeros(out["raster_features"].shape[0])])
+        out["domain_logits"] = self.classifier(grad_reverse(torch.cat(pooled).float(), self.strength))
+        out["domain_is_real"] = is_real
+        return out

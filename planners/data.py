@@ -135,7 +135,7 @@ class TrainingIndex:
                     rec = meta["cameras"].get(cam, {})
                     sizes.setdefault((int(rec.get("width", 0)), int(rec.get("height", 0))), at)
                     self.camera_records.setdefault(cam, rec)
-                if meta["kind"] not in KINDS:  # paired samples: raster-to-real alignment's data, not trained on here
+                if meta["kind"] not in KINDS:
                     continue
                 samples.append(IndexedSample(d, pos, key, meta["kind"], meta["scene_id"]))
                 if not any(field.startswith("scoring") for field, _, _ in members):
@@ -253,6 +253,10 @@ class SampleDataset(torch.utils.data.Dataset):
         size = tuple(cfg.data.image_size)
         record["images"] = {cam: resize_image(img, size) for cam, img in record["images"].items()}
         cameras = list(cfg.data.cameras)
+        raster = None
+        if ref.kind == "paired" and cameras:  # the planner sees the real views; the rasters feed the alignment
+            raster = record_to_tensors(record, cameras=cameras)["images"]
+            record["images"] = {cam: resize_image(img, size) for cam, img in record["real_images"].items()}
         if cameras:
             item = record_to_tensors(record, cameras=cameras)
         else:  # ego-status models read no views
@@ -261,14 +265,22 @@ class SampleDataset(torch.utils.data.Dataset):
             item["images"] = item["images"][:0]
         item.pop("bev", None)
         item["scoring"] = record.get("scoring")
-        item["w_traj"] = torch.tensor(cfg.loss.trajectory.of(ref.kind), dtype=torch.float32)
-        item["w_score"] = torch.tensor(cfg.loss.scorer.of(ref.kind), dtype=torch.float32)
+        has_target = record["meta"].get("has_target", True) is not False  # a lone frame: alignment only
+        item["w_traj"] = torch.tensor(cfg.loss.trajectory.of(ref.kind) if has_target else 0.0, dtype=torch.float32)
+        item["w_score"] = torch.tensor(cfg.loss.scorer.of(ref.kind) if has_target else 0.0, dtype=torch.float32)
+        item["paired_raster"] = raster
         return item
 
 
 def collate_samples(items: Sequence[dict]) -> dict:
-    """:func:`rap.dataset.reader.collate` plus the loss weights and scoring contexts."""
+    """:func:`rap.dataset.reader.collate` plus the loss weights, the scoring contexts and, for
+    paired samples, ``paired_rows`` (P,) their rows in the batch and ``paired_raster``
+    (P, N, 3, H, W) their rasters (None when the batch has none)."""
+    rasters = [(i, it.get("paired_raster")) for i, it in enumerate(items) if it.get("paired_raster") is not None]
+    items = [{k: v for k, v in it.items() if k != "paired_raster"} for it in items]
     batch = collate(items)
+    batch["paired_rows"] = torch.tensor([i for i, _ in rasters], dtype=torch.long)
+    batch["paired_raster"] = torch.stack([r for _, r in rasters]) if rasters else None
     batch["w_traj"] = torch.stack([it["w_traj"] for it in items])
     batch["w_score"] = torch.stack([it["w_score"] for it in items])
     batch["scoring"] = [it.get("scoring") for it in items]

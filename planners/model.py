@@ -2,14 +2,20 @@
 
     {"proposals": (B, K, T, 3) x, y, heading in the acting frame [m, m, rad],
      "score_logits": (B, K, len(SCORE_NAMES)) | None,   # predicted NAVSIM sub-scores (logits)
-     "trajectory": (B, T, 3)}                            # the proposal the model drives
+     "imitation_logits": (B, K) | None,                 # how likely each proposal is the target
+     "trajectory": (B, T, 3),                            # the proposal the model drives
+     "image_features": (B, N, L, D),       # image models: projected backbone features (alignment)
+     "raster_features": (P, N, L, D) | None}  # the same for batch["paired_raster"] when given
 
 * :class:`RAPPlanner` — the method's architecture: a shared image backbone over every camera, a
   learned camera embedding and token positions, an ego-status encoder (speed, velocity,
   acceleration, driving command, past poses), K learned trajectory queries refined by R
   transformer-decoder layers (self-attention among proposals, cross-attention over the image
-  tokens), and a scorer head predicting NC, DAC, TTC, EP, comfort and PDMS per proposal;
-  inference drives the proposal with the best predicted PDMS.
+  tokens), a scorer head predicting NC, DAC, TTC, EP, comfort and PDMS per proposal and, with
+  ``model.imitation``, an imitation head (Hydra-MDP) scoring how close each proposal is to the
+  sample's target; the heads read each whole proposal (detached). Inference drives the proposal
+  with the best :func:`selection_scores`: a weighted sum of the imitation log-probability and the
+  predicted sub-scores' log-probabilities (``model.select_*``; default log NC + log DAC + log PDMS).
 * :class:`RegressionPlanner` — baseline: the same backbone, one trajectory regressed from pooled
   camera features and the status (no proposals, no scorer).
 * :class:`EgoStatusMLP` — NAVSIM's ego-status baseline: no cameras, an MLP on the status.
@@ -24,7 +30,7 @@ from planners.backbones import build_backbone, load_backbone_weights
 from planners.config import ModelSection
 from planners.features import SCORE_NAMES, status_dim, status_features
 
-__all__ = ["RAPPlanner", "RegressionPlanner", "EgoStatusMLP", "build_model", "POSITION_SCALE"]
+__all__ = ["RAPPlanner", "RegressionPlanner", "EgoStatusMLP", "build_model", "selection_scores", "POSITION_SCALE"]
 
 POSITION_SCALE = 10.0  # [m] heads predict x, y in these units (targets span tens of metres)
 _HEAD_INIT = 0.1  # last layer of trajectory heads scaled down: plans start near the prior
@@ -58,6 +64,28 @@ def velocity_prior(batch: dict, num_poses: int, interval_s: float) -> torch.Tens
     return torch.stack([x, y, torch.zeros_like(x)], dim=-1)
 
 
+def selection_scores(score_logits: torch.Tensor, imitation_logits: torch.Tensor | None, cfg: ModelSection) -> torch.Tensor:
+    """(B, K) what inference maximises over the K proposals (Hydra-MDP's weighted log-scores)::
+
+        select_imitation * log_softmax(imitation)
+          + sum over s in (nc, dac, ttc, ep, comfort, pdms) of select_s * log sigmoid(score_s)
+
+    Args:
+        score_logits: (B, K, len(SCORE_NAMES)) the scorer head's logits.
+        imitation_logits: (B, K) the imitation head's logits (None: that term is left out).
+        cfg: the ``model.select_*`` weights.
+    """
+    log_p = nn.functional.logsigmoid(score_logits.float())
+    total = score_logits.new_zeros(score_logits.shape[:2], dtype=torch.float32)
+    for j, name in enumerate(SCORE_NAMES):
+        w = float(getattr(cfg, f"select_{name}"))
+        if w:
+            total = total + w * log_p[..., j]
+    if imitation_logits is not None and cfg.select_imitation:
+        total = total + float(cfg.select_imitation) * torch.log_softmax(imitation_logits.float(), dim=1)
+    return total
+
+
 class _ImageEncoder(nn.Module):
     """Cameras (B, N, 3, H, W) uint8 → tokens (B, N, L, D), with camera and position embeddings."""
 
@@ -87,7 +115,9 @@ class _ImageEncoder(nn.Module):
             self.backbone.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3, H, W) uint8 → (B, N, L, D) projected backbone features, before the camera
+        and position embeddings (what the alignment losses compare)."""
         b, n = images.shape[:2]
         if n != self.num_cameras:
             raise ValueError(f"the model was built for {self.num_cameras} cameras, the batch has {n}")
@@ -98,9 +128,25 @@ class _ImageEncoder(nn.Module):
                 feats = self.backbone(x)
         else:
             feats = self.backbone(x)
-        tokens = self.proj(feats) + self.position_embed  # (B*N, L, D)
-        tokens = tokens.unflatten(0, (b, n)) + self.camera_embed[None]
-        return tokens
+        return self.proj(feats).unflatten(0, (b, n))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Add the position and camera embeddings: (B, N, L, D) → tokens (B, N, L, D)."""
+        return features + self.position_embed[None] + self.camera_embed[None]
+
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(tokens (B, N, L, D), features (B, N, L, D), raster features (P, N, L, D) | None) of
+        ``batch["images"]`` and, in one backbone pass, of ``batch["paired_raster"]`` when given."""
+        images, raster = batch["images"], batch.get("paired_raster")
+        if raster is None:
+            feats = self.features(images)
+            return self.embed(feats), feats, None
+        both = self.features(torch.cat([images, raster.to(images.device)]))
+        feats, raster_feats = both[: images.shape[0]], both[images.shape[0] :]
+        return self.embed(feats), feats, raster_feats
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.features(images))
 
 
 class RAPPlanner(nn.Module):
@@ -113,16 +159,21 @@ class RAPPlanner(nn.Module):
         self.interval_s, self.use_prior = interval_s, cfg.velocity_prior
         self.images = _ImageEncoder(cfg, num_cameras, image_size)
         self.status = _mlp(status_dim(history_len), d, d)
-        self.queries = nn.Parameter(torch.randn(cfg.num_proposals, d) * 0.02)
+        self.queries = nn.Parameter(torch.randn(cfg.num_proposals, d) * cfg.query_spread)
         self.layers = nn.ModuleList(
             nn.TransformerDecoderLayer(d, cfg.num_heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True) for _ in range(cfg.num_layers)
         )
         self.traj_embed = nn.Linear(num_poses * 3, d)
         self.traj_heads = nn.ModuleList(_mlp(d, d, num_poses * 3, _HEAD_INIT) for _ in range(cfg.num_layers))
         self.score_head = _mlp(2 * d, d, len(SCORE_NAMES))
+        # one logit per proposal (softmax over the K): how likely it is the one closest to the target
+        self.imitation_head = _mlp(2 * d, d, 1) if cfg.imitation else None
+        self.judge_embed = nn.Linear(num_poses * 3, d)  # the heads see each whole proposal (prior included)
+        self.cfg = cfg  # the selection weights
 
     def forward(self, batch: dict) -> dict:
-        tokens = self.images(batch["images"]).flatten(1, 2)  # (B, N*L, D)
+        tokens, feats, raster_feats = self.images.encode(batch)
+        tokens = tokens.flatten(1, 2)  # (B, N*L, D)
         s = self.status(status_features(batch, self.history_len))  # (B, D)
         memory = torch.cat([tokens, s[:, None]], dim=1)
         q = self.queries[None] + s[:, None]
@@ -130,13 +181,18 @@ class RAPPlanner(nn.Module):
         for layer, head in zip(self.layers, self.traj_heads):
             q = layer(q + self.traj_embed(traj.detach()), memory)
             traj = traj + head(q)
-        logits = self.score_head(torch.cat([q, self.traj_embed(traj)], dim=-1))
         proposals = _to_poses(traj, self.num_poses)
         if self.use_prior:
             proposals = proposals + velocity_prior(batch, self.num_poses, self.interval_s)[:, None]
-        best = logits[..., SCORE_NAMES.index("pdms")].argmax(dim=1)
+        # The scorer and imitation heads judge each proposal as it will be driven (prior included,
+        # model units), detached: their losses reach the decoder through q alone.
+        whole = proposals.detach() / proposals.new_tensor([POSITION_SCALE, POSITION_SCALE, 1.0])
+        judged = torch.cat([q, self.judge_embed(whole.flatten(2))], dim=-1)
+        logits = self.score_head(judged)
+        imitation = self.imitation_head(judged).squeeze(-1) if self.imitation_head is not None else None
+        best = selection_scores(logits, imitation, self.cfg).argmax(dim=1)
         chosen = proposals[torch.arange(proposals.shape[0], device=proposals.device), best]
-        return {"proposals": proposals, "score_logits": logits, "trajectory": chosen}
+        return {"proposals": proposals, "score_logits": logits, "imitation_logits": imitation, "trajectory": chosen, "image_features": feats, "raster_features": raster_feats}
 
 
 class RegressionPlanner(nn.Module):
@@ -152,12 +208,13 @@ class RegressionPlanner(nn.Module):
         self.head = _mlp(d * (num_cameras + 1), 2 * d, num_poses * 3, _HEAD_INIT)
 
     def forward(self, batch: dict) -> dict:
-        pooled = self.images(batch["images"]).mean(dim=2).flatten(1)  # (B, N*D)
+        tokens, feats, raster_feats = self.images.encode(batch)
+        pooled = tokens.mean(dim=2).flatten(1)  # (B, N*D)
         feats = torch.cat([pooled, self.status(status_features(batch, self.history_len))], dim=1)
         trajectory = _to_poses(self.head(feats), self.num_poses)
         if self.use_prior:
             trajectory = trajectory + velocity_prior(batch, self.num_poses, self.interval_s)
-        return {"proposals": trajectory[:, None], "score_logits": None, "trajectory": trajectory}
+        return {"proposals": trajectory[:, None], "score_logits": None, "imitation_logits": None, "trajectory": trajectory, "image_features": feats, "raster_features": raster_feats}
 
 
 class EgoStatusMLP(nn.Module):
@@ -173,7 +230,7 @@ class EgoStatusMLP(nn.Module):
         trajectory = _to_poses(self.mlp(status_features(batch, self.history_len)), self.num_poses)
         if self.use_prior:
             trajectory = trajectory + velocity_prior(batch, self.num_poses, self.interval_s)
-        return {"proposals": trajectory[:, None], "score_logits": None, "trajectory": trajectory}
+        return {"proposals": trajectory[:, None], "score_logits": None, "imitation_logits": None, "trajectory": trajectory}
 
 
 MODELS = {"rap": RAPPlanner, "regression": RegressionPlanner, "ego_mlp": EgoStatusMLP}

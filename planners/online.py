@@ -93,7 +93,7 @@ class OnlineIndex:
                 self.units.append(unit)
                 (self.scene_dir / f"scene-{slot:06d}.pkl").write_bytes(pickle.dumps(scene, protocol=pickle.HIGHEST_PROTOCOL))
                 for plan in plans:
-                    if plan.kind.value not in KINDS:  # paired samples: alignment's data, not trained on here
+                    if plan.kind.value not in KINDS or plan.kind.value == "paired":  # online training reads no paired samples (align needs shards)
                         continue
                     samples.append(IndexedSample(d, len(self.plans), plan.key, plan.kind.value, plan.scene_id))
                     self.plans.append((slot, plan))

@@ -13,6 +13,11 @@ clipping, AMP on CUDA. Rank 0 writes, into ``--out``::
     best.pt              the checkpoint with the lowest validation loss
     loss.png             the loss curves, at the end
 
+With ``align.*`` weights, paired samples (real or photo views with the raster of the same
+moment) add the raster-to-real alignment losses of :mod:`planners.align`; the domain classifier
+trains beside the planner (:class:`~planners.align.AlignedPlanner`, what DDP wraps) and is saved
+as the checkpoint's ``domain_classifier``; the planner's weights stay under ``model``.
+
 ``--resume`` continues from ``last.pt`` (a run killed with ``kill -9`` included) and, on CPU,
 ends with the weights an uninterrupted run ends with. A non-finite loss stops the run
 (:class:`TrainDiverged`) after saving the last good state as ``last.pt``.
@@ -35,10 +40,11 @@ import yaml
 
 from planners.checkpoint import config_of, load_checkpoint, save_checkpoint
 from planners.config import TrainConfig
-from planners.data import SampleDataset, StepBatchSampler, TrainingIndex, collate_samples, kind_counts
+from planners.data import DataError, SampleDataset, StepBatchSampler, TrainingIndex, collate_samples, kind_counts
 from planners.online import OnlineIndex
 from planners.features import SCORE_NAMES
-from planners.losses import scorer_bce, wta_l1
+from planners.align import AlignedPlanner, DomainClassifier, domain_bce, reversal_strength, spatial_alignment_loss
+from planners.losses import imitation_ce, imitation_targets, ranking_ce, scorer_bce, wta_l1
 from planners.model import build_model
 from planners.scoring import scorer_targets
 from rap.config import config_to_dict
@@ -114,24 +120,72 @@ def _batch_to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def compute_loss(model: torch.nn.Module, batch: dict, cfg: TrainConfig, sampling) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss of one batch and its parts (trajectory WTA L1, scorer BCE, scored samples)."""
+def compute_loss(model: torch.nn.Module, batch: dict, cfg: TrainConfig, sampling, *, align: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of one batch and its parts (trajectory WTA L1, imitation CE, scorer BCE, scored
+    samples and, with ``align`` and ``cfg.align`` weights, the spatial and global alignment
+    losses of :mod:`planners.align`; validation leaves them out)."""
+    align = align and cfg.align.enabled
+    if not align and batch.get("paired_raster") is not None:
+        batch = {**batch, "paired_raster": None}  # no second backbone pass without alignment
     out = model(batch)
-    traj, _ = wta_l1(out["proposals"], batch["target"].float(), batch["w_traj"], cfg.loss.heading_weight)
+    target = batch["target"].float()
+    traj, _ = wta_l1(out["proposals"], target, batch["w_traj"], cfg.loss.heading_weight)
     total = traj
     parts = {"loss_traj": float(traj.detach())}
+    imitation = out.get("imitation_logits")
+    if imitation is not None and cfg.loss.imitation_weight > 0:
+        soft = imitation_targets(out["proposals"], target, cfg.loss.imitation_temperature)
+        im_loss = imitation_ce(imitation, soft, batch["w_traj"])
+        total = total + cfg.loss.imitation_weight * im_loss
+        parts["loss_imitation"] = float(im_loss.detach())
+        # share of samples whose most likely proposal is the one closest to the target
+        parts["imitation_top1"] = float((imitation.detach().argmax(dim=1) == soft.argmax(dim=1)).float().mean())
     logits = out.get("score_logits")
-    if logits is not None and cfg.loss.scorer_weight > 0:
-        targets, scored = scorer_targets(batch["scoring"], out["proposals"], sampling, batch["w_score"])
+    if logits is not None and (cfg.loss.scorer_weight > 0 or cfg.loss.rank_weight > 0):
+        share = cfg.loss.rank_epdms_share if cfg.loss.rank_weight > 0 else 0.0
+        names = SCORE_NAMES + ("epdms",) if share > 0 else SCORE_NAMES
+        targets, scored = scorer_targets(batch["scoring"], out["proposals"], sampling, batch["w_score"], names)
+        targets, epdms = targets[..., : len(SCORE_NAMES)], targets[..., len(SCORE_NAMES) :]
         weights = batch["w_score"] * scored.float()
-        score = scorer_bce(logits, targets, weights)
-        total = total + cfg.loss.scorer_weight * score
-        parts["loss_score"] = float(score.detach())
+        if cfg.loss.scorer_weight > 0:
+            score = scorer_bce(logits, targets, weights)
+            total = total + cfg.loss.scorer_weight * score
+            parts["loss_score"] = float(score.detach())
+        if cfg.loss.rank_weight > 0:
+            pdms = SCORE_NAMES.index("pdms")
+            true = targets[..., pdms] if share == 0 else (1 - share) * targets[..., pdms] + share * epdms[..., 0]
+            rank = ranking_ce(logits[..., pdms], true, weights, cfg.loss.rank_temperature)
+            total = total + cfg.loss.rank_weight * rank
+            parts["loss_rank"] = float(rank.detach())
         parts["scored"] = int(scored.sum())
         if scored.any():
             mean = targets[scored].mean(dim=(0, 1))
             parts.update({f"target_{n}": float(mean[j]) for j, n in enumerate(SCORE_NAMES)})
+    if align:
+        total = total + _alignment_losses(out, batch, cfg, parts)
     return total, parts
+
+
+def _alignment_losses(out: dict, batch: dict, cfg: TrainConfig, parts: dict) -> torch.Tensor:
+    """Weighted spatial + global alignment losses of one batch (their parts logged in ``parts``)."""
+    total = out["proposals"].new_zeros(())
+    rows = batch["paired_rows"].to(out["image_features"].device)
+    parts["paired"] = int(rows.numel())
+    if cfg.align.spatial_weight > 0 and out.get("raster_features") is not None:
+        spatial = spatial_alignment_loss(out["image_features"][rows].float(), out["raster_features"].float())
+        total = total + cfg.align.spatial_weight * spatial
+        parts["loss_spatial"] = float(spatial.detach())
+    if cfg.align.global_weight > 0:
+        logits, is_real = out["domain_logits"], out["domain_is_real"]
+        domain = domain_bce(logits, is_real)  # 0 when the batch lacks a domain
+        total = total + cfg.align.global_weight * domain
+        hit = ((logits.detach() > 0) == is_real).float()
+        real = is_real.float()
+        if 0 < float(real.sum()) < real.numel():
+            parts["loss_global"] = float(domain.detach())
+            # how well the classifier tells the domains apart (balanced accuracy; 0.5: not at all)
+            parts["domain_acc"] = float(0.5 * (hit * real).sum() / real.sum() + 0.5 * (hit * (1 - real)).sum() / (1 - real).sum())
+    return total
 
 
 def _loss_picture(rows: list[dict], path: Path) -> None:
@@ -232,7 +286,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
     model = build_model(cfg.model, num_cameras=len(cfg.data.cameras), image_size=image_size, history_len=cfg.data.history_poses, num_poses=index.sampling.num_poses, interval_s=index.sampling.interval_s).to(device)
     if distributed and device.type == "cuda" and not cfg.model.backbone.frozen:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainable: torch.nn.Module = model
+    classifier = None
+    if cfg.align.enabled:
+        _check_paired(index, cfg)
+    if cfg.align.global_weight > 0:
+        classifier = DomainClassifier(cfg.model.d_model, cfg.align.classifier_hidden).to(device)
+        trainable = AlignedPlanner(model, classifier, cfg.front_camera_index())
+    params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -240,13 +301,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
     start, best_val = 0, math.inf
     if payload is not None:
         model.load_state_dict(payload["model"])
+        if classifier is not None:
+            classifier.load_state_dict(payload["domain_classifier"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
         start = int(payload["step"])
         best_val = float(payload.get("best_val", math.inf))
         torch.set_rng_state(payload["torch_rng"])
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
+    ddp = torch.nn.parallel.DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None) if distributed else trainable
 
     data_desc = {
         "cameras": list(cfg.data.cameras), "image_size": list(image_size), "source_size": list(index.source_size) if index.source_size else None,
@@ -283,6 +346,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
             "config": json.dumps(config_to_dict(cfg), sort_keys=True), "data": data_desc, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "best_val": best_val, "torch_rng": torch.get_rng_state(),
+            **({"domain_classifier": classifier.state_dict()} if classifier is not None else {}),
         }  # fmt: skip
 
     def log(row: dict) -> None:
@@ -303,8 +367,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
     ddp.train()
     for batch in loader:
         batch = _batch_to(batch, device)
+        if isinstance(trainable, AlignedPlanner):
+            trainable.strength = reversal_strength(step / cfg.train.max_steps)
         with torch.autocast(device.type, enabled=use_amp):
-            loss, parts = compute_loss(ddp, batch, cfg, sampling)
+            loss, parts = compute_loss(ddp, batch, cfg, sampling, align=True)
         loss_value = float(loss.detach())
         if distributed:
             t = torch.tensor([loss_value], device=device)
@@ -363,6 +429,16 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
     if distributed:
         torch.distributed.barrier()
     return result
+
+
+def _check_paired(index, cfg: TrainConfig) -> None:
+    """Alignment needs paired samples among the training samples (a clear error at start)."""
+    paired = index.counts["train"].get("paired", 0)
+    if not paired:
+        raise DataError(
+            f"align: alignment is on (align.spatial_weight={cfg.align.spatial_weight}, align.global_weight={cfg.align.global_weight}) "
+            f"but data.datasets hold no paired training samples; write some with rap generate ... paired.enabled=true (or --source waymo-frame:PATH)"
+        )
 
 
 def _last_val(rows: list[dict]) -> float | None:

@@ -33,3 +33,18 @@ def tiny_config(dataset: Path, *overrides: str) -> TrainConfig:
         "train.val_every=2", "train.val_batches=1", "train.checkpoint_every=2", "optim.warmup_steps=1",
     ]  # fmt: skip
     return load_config(TrainConfig, TINY, base + list(overrides))
+
+
+@pytest.fixture(scope="session")
+def paired_dataset(tmp_path_factory) -> Path:
+    """synthetic:2 at 64x32 with paired photo/raster samples beside ego, recovery and cross-agent."""
+    from rap.generate import GenerateConfig, generate
+
+    out = tmp_path_factory.mktemp("planner_paired") / "ds"
+    cfg = GenerateConfig.model_validate({
+        "size": [64, 32], "step_stride": 20, "recovery": {"num_samples": 1, "on_cross_agents": False},
+        "cross_agent": {"max_agents": 1}, "paired": {"enabled": True},
+    })  # fmt: skip
+    result = generate("synthetic:2", out, cfg)
+    assert result.manifest.counts.get("paired", 0) >= 10
+    return out

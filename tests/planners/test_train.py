@@ -115,9 +115,17 @@ def test_ddp_on_gloo_matches_one_process_with_the_same_global_batch(tiny_dataset
     torch.set_num_threads(1)
     single = tiny_config(tiny_dataset, "model.backbone.frozen=true", "train.max_steps=3", "train.val_every=100")
     train(single, tmp_path / "one")
-    # Attention key biases have an exactly zero gradient (softmax ignores a constant added to every
-    # key): theirs is rounding noise, which Adam scales up to steps of +-lr, so they are not compared.
-    _assert_same_weights(tmp_path / "ddp" / "last.pt", tmp_path / "one" / "last.pt", atol=1e-5, skip=("in_proj_bias",))
+    # Attention key biases and the imitation head's biases have an exactly zero gradient (a softmax
+    # ignores a constant added to all its inputs, and imitation units active for every proposal add
+    # one): theirs is rounding noise, which Adam scales up to steps of +-lr, so they are not compared.
+    # Adam also amplifies the rounding noise of a few near-zero gradients elsewhere: nearly every
+    # weight agrees to 1e-5, and none is off by more than a tenth of the 3 steps' total learning rate.
+    wa, wb = _weights(tmp_path / "ddp" / "last.pt"), _weights(tmp_path / "one" / "last.pt")
+    assert wa.keys() == wb.keys()
+    compared = [k for k in wa if not (k.endswith("in_proj_bias") or (k.startswith("imitation_head.") and k.endswith(".bias")))]
+    diff = torch.cat([(wa[k].float() - wb[k].float()).abs().flatten() for k in compared])
+    assert float((diff > 1e-5).float().mean()) < 1e-3, int((diff > 1e-5).sum())
+    assert float(diff.max()) < 1e-4
     ddp_losses = _losses(tmp_path / "ddp")
     assert [s for s, _ in ddp_losses] == [1, 2, 3]
     for (_, a), (_, b) in zip(ddp_losses, _losses(tmp_path / "one")):
