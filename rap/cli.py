@@ -595,6 +595,70 @@ def eval_wod_e2e_cmd(
     print(json.dumps(summary, sort_keys=True))
 
 
+@eval_app.command("closed-loop", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def eval_closed_loop_cmd(
+    ctx: typer.Context,
+    agent: str = typer.Option(..., "--agent", help="expert | constant_velocity | path/to/agent.py | package.module (with build_agent()) | a rap train checkpoint (*.pt)"),
+    routes: str = typer.Option("bench:base", "--routes", help="bench:base | bench:dev10 | synthetic:N"),
+    out: Path = typer.Option(Path("out/eval_closed_loop"), "--out", help="folder for results.json, closed_loop_eval.json/.md and routes/"),
+    workers: int = typer.Option(1, "--workers", min=1, help="routes run in parallel (processes)"),
+    resume: bool = typer.Option(False, "--resume", help="skip routes already finished in --out (same agent, routes and config)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML eval config (default configs/eval/default.yaml)"),
+    observation_style: Optional[str] = typer.Option(None, "--observation-style", help="raster (default) | photo: how the agent's camera views are drawn (observation.style)"),
+) -> None:
+    """Bench2Drive-style closed-loop driving score on synthetic towns; last line is JSON with
+    driving_score, success_rate, efficiency, comfort, routes and abilities (0-100 scale).
+
+    Extra arguments are dotted config overrides, e.g. closed_loop.agent_hz=4.
+    Exit 0 when every route ran; 2 when the config, the routes or the agent cannot be loaded;
+    3 when the agent crashed on some routes (each "Failed - Agent crashed", scored 0).
+    """
+    from rap.config import ConfigError, load_config
+    from rap.eval.closed_loop.config import ClosedLoopConfig
+    from rap.eval.closed_loop.outputs import headline
+    from rap.eval.closed_loop.routes import load_routes
+    from rap.eval.closed_loop.runner import evaluate_closed_loop
+    from rap.eval.config import DEFAULT_EVAL_CONFIG
+
+    exit_routes_failed = 3
+    _check_out_folder(out)
+    try:
+        style = [] if observation_style is None else [f"observation.style={observation_style}"]
+        cfg = load_config(ClosedLoopConfig, config or DEFAULT_EVAL_CONFIG, list(ctx.args) + style)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        total = len(load_routes(routes))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+    def progress(result: dict) -> None:
+        rec = result["record"]
+        bar.update(task, advance=1, last=f"{rec['route_id']} {rec['status']} DS {rec['scores']['score_composed']:.1f}")
+
+    with Progress(TextColumn("routes"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("routes", total=total, last="")
+        try:
+            report = evaluate_closed_loop(agent, routes, out, config=cfg, workers=workers, resume=resume, on_route=progress)
+        except (ValueError, FileNotFoundError) as exc:  # AgentLoadError / CheckpointError name the file
+            raise _fail(str(exc)) from None
+    table = Table(title=escape(f"{report['agent']} on {routes}: {report['routes']} routes" + (f", {report['failed']} crashed" if report["failed"] else "")))
+    for column in ("ability", "routes", "success rate", "driving score"):
+        table.add_column(column, justify="left" if column == "ability" else "right")
+    for name, row in report["abilities"].items():
+        table.add_row(name, str(row["routes"]), f"{row['success_rate']:.2f}", f"{row['driving_score']:.2f}")
+    console.print(table)
+    eff = "–" if report["efficiency"] is None else f"{report['efficiency']:.2f}"
+    console.print(f"driving score {report['driving_score']:.2f}, success rate {report['success_rate']:.2f}, efficiency {eff}, comfort {report['comfort']:.2f} ({report['seconds']:.0f} s)")
+    crashed = [row for row in report["route_rows"] if "error" in row]
+    for row in crashed[:10]:
+        console.print(f"[red]agent crashed:[/red] {escape(row['route_id'])}: {escape(row['error'])}", soft_wrap=True)
+    console.print(f"report: {Path(out) / 'closed_loop_eval.md'}")
+    print(json.dumps(headline(report), sort_keys=True))
+    if crashed:
+        raise _fail(f"{len(crashed)} of {report['routes']} routes failed with the agent crashed (agent {report['agent']!r}; each scored 0)", exit_routes_failed)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -69,6 +69,8 @@ class Observation:
         history: (H, 3) past poses (x, y, heading) in the current ego frame, oldest first.
         sampling: the trajectory the agent must return.
         scene, step: only for privileged agents (None otherwise).
+        route_target: (2,) the next route target point in the ego frame [m] (closed-loop
+            evaluation, as Bench2Drive gives it), or None.
     """
 
     scene_id: str
@@ -80,6 +82,7 @@ class Observation:
     sampling: TrajectorySampling = NAVSIM_SAMPLING
     scene: Scene | None = None
     step: int | None = None
+    route_target: np.ndarray | None = None
 
 
 @runtime_checkable

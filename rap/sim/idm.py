@@ -961,12 +961,14 @@ class IDMAgents:
         pos, tan = self.routes.pose(self.s)
         return Boxes(pos, tan, 0.5 * self.length, 0.5 * self.width, speed=np.where(self.active, self.v, 0.0), valid=self.active)
 
-    def step(self, dt: float, obstacles: Boxes | None = None) -> IDMAgents:
+    def step(self, dt: float, obstacles: Boxes | None = None, stop_gap: np.ndarray | None = None) -> IDMAgents:
         """The agents ``dt`` seconds later.
 
         Args:
             dt: Step [s].
             obstacles: (N,) further boxes to brake for (e.g. the ego and log-replayed agents).
+            stop_gap: (A,) gaps from the front bumpers to a point to stop at (a red light's
+                stop line) [m], inf: none; None: no stop points.
 
         Returns:
             The new state (routes and parameters shared).
@@ -986,7 +988,7 @@ class IDMAgents:
             gap[act[has]] = lead.sample[has].astype(np.float64)
             lead_v[act[has]] = lead.speed[has]
         v0, need = self.routes.desired_speed(self.s, self.v, self.length, dt, ahead=self.lookahead)
-        acc = idm_acceleration(self.params, self.v, v0, gap, lead_v, ceiling=need)
+        acc = idm_acceleration(self.params, self.v, v0, gap, lead_v, stop_gap=stop_gap, ceiling=need)
         s_new, v_new = advance(self.s, self.v, acc, dt)
         s_new = np.where(self.active, s_new, self.s)
         v_new = np.where(self.active, v_new, 0.0)

@@ -1,0 +1,73 @@
+"""``ClosedLoopConfig``: the evaluation config (``configs/eval/default.yaml``: observation,
+plan sampling, agent time limit, tracker) plus the ``closed_loop`` section (rates, thresholds,
+traffic), all settable by dotted ``key=value`` overrides, e.g. ``closed_loop.agent_hz=4``."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from rap.config import FrozenModel
+from rap.eval.closed_loop.infractions import MonitorConfig
+from rap.eval.closed_loop.world import WorldConfig
+from rap.eval.config import EvalConfig
+
+__all__ = ["ClosedLoopConfig", "ClosedLoopSection"]
+
+
+class ClosedLoopSection(FrozenModel):
+    """Closed-loop settings.
+
+    Attributes:
+        sim_hz: world steps per second (the tracker's step is 1 / sim_hz).
+        agent_hz: agent queries per second; sim_hz must be a multiple.
+        seed: traffic seed (with each route's own).
+        history_s: [s] past kept in each observation's scene.
+        density: background vehicles per 100 m of road lane.
+        parked_fraction: share of parking-strip spots with a parked car.
+        deviation_m, blocked_s, timeout_seconds_per_m, timeout_initial_s, checkpoints: see
+            :class:`rap.eval.closed_loop.infractions.MonitorConfig`.
+    """
+
+    sim_hz: float = Field(default=10.0, gt=0, le=100)
+    agent_hz: float = Field(default=2.0, gt=0, le=100)
+    seed: int = 0
+    history_s: float = Field(default=2.0, ge=1.5, le=10.0)
+    density: float = Field(default=0.6, ge=0, le=5)
+    parked_fraction: float = Field(default=0.4, ge=0, le=1)
+    deviation_m: float = Field(default=30.0, gt=0)
+    blocked_s: float = Field(default=60.0, gt=0)
+    timeout_seconds_per_m: float = Field(default=0.4, gt=0)
+    timeout_initial_s: float = Field(default=60.0, ge=0)
+    checkpoints: int = Field(default=4, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _rates(self) -> ClosedLoopSection:
+        ratio = self.sim_hz / self.agent_hz
+        if ratio < 1 or abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(f"closed_loop.sim_hz ({self.sim_hz:g}) must be a multiple of closed_loop.agent_hz ({self.agent_hz:g})")
+        steps = 4.0 * self.sim_hz
+        if abs(steps - round(steps)) > 1e-6:
+            raise ValueError(f"closed_loop.sim_hz ({self.sim_hz:g}) must divide 4 s into whole steps (the tracker's horizon)")
+        return self
+
+    @property
+    def ticks_per_query(self) -> int:
+        """World ticks between agent queries."""
+        return int(round(self.sim_hz / self.agent_hz))
+
+    def world(self) -> WorldConfig:
+        """The world settings."""
+        return WorldConfig(dt=1.0 / self.sim_hz, history_s=self.history_s, density=self.density, parked_fraction=self.parked_fraction)
+
+    def monitor(self) -> MonitorConfig:
+        """The infraction thresholds."""
+        return MonitorConfig(
+            deviation_m=self.deviation_m, blocked_s=self.blocked_s, seconds_per_m=self.timeout_seconds_per_m,
+            initial_s=self.timeout_initial_s, checkpoints=self.checkpoints,
+        )  # fmt: skip
+
+
+class ClosedLoopConfig(EvalConfig):
+    """The evaluation config plus ``closed_loop``."""
+
+    closed_loop: ClosedLoopSection = ClosedLoopSection()

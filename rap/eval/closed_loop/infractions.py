@@ -1,0 +1,211 @@
+"""Infractions of the ego, detected each tick of a closed-loop world (CARLA leaderboard 2.0
+criteria as Bench2Drive runs them), and route progress.
+
+* Collisions: the ego's box first touching another vehicle's box (``collisions_vehicle``; the
+  synthetic world has no pedestrians yet), or the static layout (``collisions_layout``: a
+  stop-sign pole, or the box centre leaving the drivable area, i.e. mounting the sidewalk where
+  CARLA towns have curbs, poles and walls), while the ego
+  drives at >= :data:`~rap.eval.driving_score.MIN_COLLISION_SPEED`; a contact that lasts counts
+  once (and :func:`~rap.eval.driving_score.merge_repeats` merges repeats within 5 m / 5 s).
+* ``red_light``: the ego's box centre crosses the stop line of a route connector whose light
+  is STOP.
+* ``outside_route_lanes``: metres driven with the box centre outside the route's lanes and
+  their same-direction neighbours, as a share of the completed route (reported at the end);
+  junctions are not checked (as the leaderboard's test skips them).
+* Ends of a route: ``route_dev`` (more than ``deviation_m`` from the route), ``vehicle_blocked``
+  (slower than 0.1 m/s for ``blocked_s``), ``route_timeout`` (``timeout_s``).
+* ``min_speed_infractions`` (no penalty, the input of efficiency): at each of ``checkpoints``
+  equal parts of the route, the ego's mean speed over that part as a share of the mean speed of
+  the vehicles within 50 m over the same ticks.
+* Progress: the route arc of the ego box centre's projection, searched near the last one;
+  route completion RC = 100 x progress / length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import shapely
+from shapely.prepared import prep
+
+from rap.eval.closed_loop.world import World
+from rap.eval.driving_score import MIN_COLLISION_SPEED, Infraction
+from rap.scene import LightState
+from rap.sim.bicycle import PACIFICA
+
+__all__ = ["Monitor", "MonitorConfig", "box_polygons"]
+
+_NEIGHBOUR_RADIUS = 50.0  # [m] "surrounding traffic" of min-speed checkpoints
+_BLOCKED_SPEED = 0.1  # [m/s]
+_POLE_RADIUS = 0.3  # [m] stop-sign poles
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """Thresholds (leaderboard defaults).
+
+    Attributes:
+        deviation_m: [m] farther from the route ends it (``route_dev``).
+        blocked_s: [s] slower than 0.1 m/s this long ends it (``vehicle_blocked``).
+        seconds_per_m, initial_s: route timeout = ``initial_s + seconds_per_m x length``.
+        checkpoints: min-speed checkpoints per route.
+    """
+
+    deviation_m: float = 30.0
+    blocked_s: float = 60.0
+    seconds_per_m: float = 0.4
+    initial_s: float = 60.0
+    checkpoints: int = 4
+
+
+def box_polygons(x, y, heading, length, width) -> np.ndarray:
+    """(N,) shapely polygons of oriented boxes given (N,) centres, headings and sizes."""
+    x, y, h, lng, wid = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (x, y, heading, length, width))
+    c, s = np.cos(h), np.sin(h)
+    corners = []
+    for sl, sw in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
+        corners.append(np.stack([x + sl * 0.5 * lng * c - sw * 0.5 * wid * s, y + sl * 0.5 * lng * s + sw * 0.5 * wid * c], -1))
+    return shapely.polygons(np.stack(corners, 1))
+
+
+def _where(x: float, y: float) -> str:
+    return f"(x={x:.3f}, y={y:.3f}, z=0.000)"
+
+
+class Monitor:
+    """Watches one world (see the module docs)."""
+
+    def __init__(self, world: World, config: MonitorConfig = MonitorConfig()) -> None:
+        self.world = world
+        self.config = config
+        town, route = world.town, world.route_lanes
+        allowed = set(route)
+        for i in route:
+            allowed.update(town.lanes[i].left + town.lanes[i].right)
+        polys = [shapely.buffer(shapely.LineString(town.lanes[i].points), 0.5 * town.lanes[i].width, cap_style="flat") for i in sorted(allowed)]
+        # junctions are not checked (as the leaderboard's OutsideRouteLanesTest skips them)
+        polys += [shapely.Polygon(jn.polygon) for jn in town.junctions if len(jn.polygon) >= 3]
+        self.route_area = prep(shapely.union_all(polys))
+        self.drivable = prep(town.drivable)
+        signs = world.map.stop_signs.positions[:, :2]
+        self.poles = prep(shapely.union_all(shapely.buffer(shapely.points(signs), _POLE_RADIUS))) if len(signs) else None
+        self.timeout_s = config.initial_s + config.seconds_per_m * world.length
+        # stop lines of the route's signalized connectors: (route arc, light row, lane id)
+        self.stops = [(world.lane_arc(k), world.signal_row[i], int(world.lane_ids[i])) for k, i in enumerate(route) if i in world.signal_row]
+        self.infractions: list[Infraction] = []
+        self.progress = 0.0
+        self.contacts: set[int] = set()
+        self.on_edge = False
+        self.outside_m = 0.0
+        self.slow_s = 0.0
+        self.failure: str | None = None
+        self.done = False
+        self.checkpoint = 1
+        self.speeds: list[float] = []
+        self.traffic: list[float] = []
+        self.last_xy = world.ego_box()[0]
+        self.trace: list[tuple[float, float, float, float, float, float]] = []  # t, x, y, heading, ax, ay (comfort)
+        self.yaw_rates: list[float] = []
+
+    @property
+    def route_completion(self) -> float:
+        """RC [%]."""
+        return 100.0 if self.progress >= self.world.length else 100.0 * max(self.progress, 0.0) / self.world.length
+
+    def _add(self, name: str, message: str, x: float, y: float, other: int | None = None, percentage: float | None = None) -> None:
+        self.infractions.append(Infraction(name, message, time_s=self.world.time_s, x=float(x), y=float(y), other=other, percentage=percentage))
+
+    def _update_progress(self, c: np.ndarray) -> float:
+        pts, arcs = self.world.route_points()
+        spacing = self.world.path.spacing
+        lo = int(max(0, (self.progress - 10.0 + self.world.offset) / spacing))
+        hi = int(min(len(pts), (self.progress + 30.0 + self.world.offset) / spacing + 1))
+        d = np.hypot(pts[lo:hi, 0] - c[0], pts[lo:hi, 1] - c[1])
+        k = int(np.argmin(d))
+        if d[k] < 4.0:
+            self.progress = max(self.progress, float(arcs[lo + k]))
+        return float(d.min()) if d.size else float("inf")
+
+    def observe(self) -> None:
+        """Checks the world's current tick (after :meth:`World.step`)."""
+        w, cfg = self.world, self.config
+        c, h, v = w.ego_box()
+        self.trace.append((w.time_s, c[0], c[1], h, *w.ego_world_acceleration()))
+        self.yaw_rates.append(float(w.ego[9]))
+        prev_progress = self.progress
+        dist = self._update_progress(c)
+        # collisions
+        o = w.others()
+        ego_poly = box_polygons(c[0], c[1], h, PACIFICA.length, PACIFICA.width)[0]
+        near = o["valid"] & (np.hypot(o["x"] - c[0], o["y"] - c[1]) < 12.0)
+        touching = set()
+        if near.any():
+            idx = np.flatnonzero(near)
+            hit = shapely.intersects(ego_poly, box_polygons(o["x"][idx], o["y"][idx], o["heading"][idx], o["length"][idx], o["width"][idx]))
+            touching = {int(o["ids"][i]) for i in idx[hit]}
+        for other in sorted(touching - self.contacts):
+            if abs(v) >= MIN_COLLISION_SPEED:
+                self._add("collisions_vehicle", f"Agent collided against object with type=vehicle and id={other} at {_where(*c)}", c[0], c[1], other)
+        self.contacts = touching
+        off_road = not self.drivable.contains(shapely.Point(c[0], c[1]))
+        pole = self.poles is not None and bool(self.poles.intersects(ego_poly))
+        edge = off_road or pole
+        if edge and not self.on_edge and abs(v) >= MIN_COLLISION_SPEED:
+            what = "static.pole" if pole else "static.sidewalk"
+            self._add("collisions_layout", f"Agent collided against object with type={what} and id=0 at {_where(*c)}", c[0], c[1])
+        self.on_edge = edge
+        # red lights
+        states = w.light_states()
+        for arc, row, lane_id in self.stops:
+            if prev_progress < arc <= self.progress and states[row] == LightState.STOP:
+                self._add("red_light", f"Agent ran a red light {lane_id} at {_where(*c)}", c[0], c[1])
+        # outside route lanes
+        step_m = float(np.hypot(*(c - self.last_xy)))
+        if not self.route_area.contains(shapely.Point(c[0], c[1])):
+            self.outside_m += step_m
+        self.last_xy = c
+        # min speed checkpoints
+        vehicles = o["valid"] & (np.hypot(o["x"] - c[0], o["y"] - c[1]) < _NEIGHBOUR_RADIUS) & (np.hypot(o["vx"], o["vy"]) > 0.0)
+        self.speeds.append(abs(v))
+        if vehicles.any():
+            self.traffic.append(float(np.hypot(o["vx"], o["vy"])[vehicles].mean()))
+        while self.checkpoint <= cfg.checkpoints and self.progress >= w.length * self.checkpoint / cfg.checkpoints:
+            if self.traffic and np.mean(self.traffic) > 0.1:
+                pct = 100.0 * float(np.mean(self.speeds)) / float(np.mean(self.traffic))
+                self._add("min_speed_infractions", f"Average speed is {pct:.2f}% of the surrounding traffic's one", c[0], c[1], percentage=pct)
+            self.speeds, self.traffic = [], []
+            self.checkpoint += 1
+        # ends
+        self.slow_s = self.slow_s + w.dt if abs(v) < _BLOCKED_SPEED else 0.0
+        if self.progress >= w.length:
+            self.done = True
+        elif dist > cfg.deviation_m:
+            self._end("route_dev", f"Agent deviated from the route at {_where(*c)}", c)
+        elif self.slow_s >= cfg.blocked_s:
+            self._end("vehicle_blocked", f"Agent got blocked at {_where(*c)}", c)
+        elif w.time_s >= self.timeout_s:
+            self._end("route_timeout", "Route timeout.", c)
+
+    def _end(self, failure: str, message: str, c: np.ndarray) -> None:
+        self._add(failure, message, c[0], c[1])
+        self.failure = failure
+        self.done = True
+
+    def final_infractions(self) -> list[Infraction]:
+        """The route's infractions, with ``outside_route_lanes`` (when any) appended."""
+        out = list(self.infractions)
+        driven = max(self.progress, 0.0)
+        if self.outside_m > 0.05 and driven > 0:
+            pct = min(100.0, 100.0 * self.outside_m / driven)
+            out.append(Infraction("outside_route_lanes", f"Agent went outside its route lanes for about {self.outside_m:.3f} meters ({pct:.2f}% of the completed route)", time_s=self.world.time_s, percentage=round(pct, 2)))
+        return out
+
+    def comfort(self) -> float:
+        """Bench2Drive's smoothness of the driven trace (1 when shorter than 3 steps)."""
+        from rap.eval.driving_score import smoothness
+
+        tr = np.asarray(self.trace)
+        if len(tr) < 3:
+            return 1.0
+        return float(smoothness(tr[:, 4:6], tr[:, 3], np.asarray(self.yaw_rates), dt=self.world.dt, segment_steps=int(round(2.0 / self.world.dt))))

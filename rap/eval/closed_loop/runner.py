@@ -1,0 +1,280 @@
+"""Runs an agent through closed-loop routes: one route per call of :func:`run_route`, the suite
+with :func:`evaluate_closed_loop` (a process pool for ``workers > 1``, per-route result files for
+``resume``).
+
+Per route: the world (:class:`~rap.eval.closed_loop.world.World`) ticks at ``sim_hz``; every
+``sim_hz / agent_hz`` ticks the agent gets an :class:`~rap.eval.agent.Observation` of the world's
+snapshot (cameras rendered through its sensor config, status and history, the driving command
+and the next route target point from the route), and its checked plan is executed by the
+tracker until the next query. The :class:`~rap.eval.closed_loop.infractions.Monitor` judges each
+tick; :func:`rap.eval.driving_score.route_record` makes the record.
+
+An agent that raises, times out or returns an invalid plan (NaN, wrong shape or sampling) ends
+its route as ``Failed - Agent crashed`` with route completion 0 (an errored route counts 0) and
+the error in the route's result; the run goes on with the next route (after a timeout the agent
+is not called again: later routes fail at once, as in ``rap eval navsim``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rap import geometry
+from rap.eval.agent import (
+    Agent,
+    AgentCaller,
+    AgentCallError,
+    AgentLoadError,
+    describe_exception,
+)
+from rap.eval.closed_loop.config import ClosedLoopConfig
+from rap.eval.closed_loop.infractions import Monitor
+from rap.eval.closed_loop.routes import BASE_VERSION, RouteSpec, load_routes
+from rap.eval.closed_loop.world import World
+from rap.eval.driving_score import merge_repeats, route_record
+from rap.eval.navsim import _checked, _sensor_config
+from rap.eval.observe import Observer
+from rap.fileio import write_bytes_atomic
+from rap.kinematics import DrivingCommand
+
+__all__ = ["TARGET_AHEAD_M", "evaluate_closed_loop", "load_agent_spec", "route_file", "run_route"]
+
+TARGET_AHEAD_M = 20.0  # [m] route target point ahead of the ego's progress
+COMMAND_AHEAD_M = 30.0  # [m] the route point the driving command looks at
+COMMAND_LATERAL_M = 2.0  # [m] |y| beyond which the command is a turn
+
+
+def load_agent_spec(spec: str) -> Agent:
+    """A built-in agent, an agent file/module, or a ``rap train`` checkpoint (``*.pt``);
+    ``expert`` is the closed-loop expert (:class:`~rap.eval.closed_loop.expert.ClosedLoopExpert`).
+
+    Raises:
+        ValueError (AgentLoadError / CheckpointError): one line naming the file or module.
+    """
+    from rap.eval.agent import load_agent
+
+    if spec == "expert":
+        from rap.eval.closed_loop.expert import ClosedLoopExpert
+
+        return ClosedLoopExpert()
+    if spec.endswith((".pt", ".pth", ".ckpt")):
+        from planners.agent import CheckpointAgent
+
+        return CheckpointAgent(spec)
+    return load_agent(spec)
+
+
+class _Session:
+    """An agent with its caller and observer (and renderer, when it wants images)."""
+
+    def __init__(self, agent: Agent, config: ClosedLoopConfig) -> None:
+        self.agent = agent
+        self.name = str(getattr(agent, "name", type(agent).__name__))
+        self.caller = AgentCaller(self.name, config.navsim.agent_timeout_s)
+        sensors = _sensor_config(self.caller, agent, self.name)
+        privileged = bool(getattr(agent, "privileged", False))
+        try:
+            self.observer = Observer(None, sensors, config.observation, privileged=privileged)
+        except (ValueError, TypeError) as exc:
+            raise AgentLoadError(f"agent {self.name!r}: sensor_config() returned {sensors}: {describe_exception(exc)}") from None
+        self._renderer_cm = None
+        if self.observer.rig is not None:
+            from rap.render.session import open_renderer
+            from rap.render.style import named_style
+
+            self._renderer_cm = open_renderer(named_style(config.observation.style, config.observation.seed))
+            renderer = self._renderer_cm.__enter__()
+            self.observer = Observer(renderer, sensors, config.observation, privileged=privileged)
+
+    def close(self) -> None:
+        self.caller.close()
+        if self._renderer_cm is not None:
+            self._renderer_cm.__exit__(None, None, None)
+            self._renderer_cm = None
+
+
+def _route_guidance(world: World, progress: float) -> tuple[np.ndarray, DrivingCommand]:
+    """The route target point in the ego frame and the driving command."""
+    x, y, h = (float(world.ego[i]) for i in range(3))
+    target, _ = world.route_pose(min(progress + TARGET_AHEAD_M, world.length + 10.0))
+    ahead, _ = world.route_pose(progress + COMMAND_AHEAD_M)
+    local = geometry.to_frame(np.stack([target, ahead]), (x, y), h)
+    lateral = float(local[1, 1])
+    command = DrivingCommand.LEFT if lateral > COMMAND_LATERAL_M else DrivingCommand.RIGHT if lateral < -COMMAND_LATERAL_M else DrivingCommand.STRAIGHT
+    return local[0], command
+
+
+def _query(session: _Session, world: World, progress: float, sampling):
+    caller = session.caller
+    caller.check_usable()
+    scene = world.snapshot(progress)
+    step = scene.current_index
+    obs = session.observer.observe(scene, step, sampling)
+    target, command = _route_guidance(world, progress)
+    obs = dataclasses.replace(obs, ego_status=dataclasses.replace(obs.ego_status, command=command), route_target=target)
+    plan = caller.call("plan()", f"route {world.spec.route_id} t={world.time_s:.1f} s", lambda: session.agent.plan(obs))
+    return _checked(session.name, plan, scene, step, sampling)
+
+
+def run_route(session: _Session, spec: RouteSpec, config: ClosedLoopConfig) -> dict:
+    """Drives one route; returns its result: ``record`` (the leaderboard's route record),
+    ``abilities``, ``comfort`` (smoothness in [0, 1]), ``error`` / ``traceback`` (agent crashed)."""
+    start = time.perf_counter()
+    cl = config.closed_loop
+    world = World(spec, cl.world(), cl.seed)
+    monitor = Monitor(world, cl.monitor())
+    sampling = config.navsim.sampling.to_sampling()
+    every = cl.ticks_per_query
+    error: AgentCallError | None = None
+    while not monitor.done:
+        if world.tick % every == 0:
+            try:
+                world.execute(_query(session, world, monitor.progress, sampling))
+            except AgentCallError as exc:
+                error = exc
+                break
+        world.step()
+        monitor.observe()
+    failure = "agent_crashed" if error is not None else monitor.failure
+    rc = 0.0 if error is not None else monitor.route_completion
+    record = route_record(
+        spec.index, spec.route_id, rc, merge_repeats(monitor.final_infractions()), route_length_m=spec.length,
+        duration_game_s=world.time_s, duration_system_s=time.perf_counter() - start, failure=failure,
+        scenario_name=spec.scenario_name, town_name=spec.town_name,
+    )  # fmt: skip
+    result = {"route_id": spec.route_id, "index": spec.index, "record": record, "abilities": list(spec.abilities), "comfort": round(monitor.comfort(), 6)}
+    if error is not None:
+        result["error"] = error.error
+        if error.traceback:
+            result["traceback"] = error.traceback
+    return result
+
+
+def run_key(agent_name: str, routes: str, config: ClosedLoopConfig) -> str:
+    """What a stored route result must match to be reused by ``--resume``."""
+    text = json.dumps({"agent": agent_name, "routes": routes, "config": config.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def route_file(out_dir: Path, route_id: str) -> Path:
+    """Where a route's result is stored."""
+    return Path(out_dir) / "routes" / f"{route_id}.json"
+
+
+def _save_route(out_dir: Path, result: dict, key: str) -> None:
+    write_bytes_atomic(route_file(out_dir, result["route_id"]), json.dumps({**result, "key": key}, indent=1, sort_keys=True).encode())
+
+
+def _stored(out_dir: Path, spec: RouteSpec, key: str) -> dict | None:
+    path = route_file(out_dir, spec.route_id)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key or data.get("index") != spec.index:
+        return None
+    data.pop("key")
+    return data
+
+
+# --- process pool -----------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _worker_init(agent_spec: str, config_json: str) -> None:
+    config = ClosedLoopConfig.model_validate_json(config_json)
+    _WORKER["config"] = config
+    _WORKER["session"] = _Session(load_agent_spec(agent_spec), config)
+
+
+def _worker_run(spec: RouteSpec, out_dir: str, key: str) -> dict:
+    result = run_route(_WORKER["session"], spec, _WORKER["config"])
+    _save_route(Path(out_dir), result, key)
+    return result
+
+
+def evaluate_closed_loop(
+    agent: Agent | str, routes: str, out_dir: str | Path, *, config: ClosedLoopConfig = ClosedLoopConfig(), workers: int = 1,
+    resume: bool = False, on_route: Callable[[dict], None] | None = None,
+) -> dict:  # fmt: skip
+    """Drives ``agent`` through the routes of ``routes`` and writes the reports to ``out_dir``.
+
+    Args:
+        agent: an agent, or its spec (``expert``, ``constant_velocity``, a file, a module, a
+            checkpoint); ``workers > 1`` needs a spec (each worker process loads its own).
+        routes: ``bench:base``, ``bench:dev10`` or ``synthetic:N``.
+        out_dir: where ``results.json``, ``closed_loop_eval.json`` / ``.md`` and
+            ``routes/<route_id>.json`` go.
+        config: the evaluation config.
+        workers: processes.
+        resume: reuse stored route results of the same agent, suite and config.
+        on_route: called with each route's result.
+
+    Returns:
+        The summary (:func:`rap.eval.closed_loop.outputs.summary`).
+
+    Raises:
+        AgentLoadError (ValueError): the agent cannot be loaded or its sensor config is bad.
+        ValueError: an unknown route suite, or an agent object with ``workers > 1``.
+    """
+    from rap.eval.closed_loop.outputs import summary, write_outputs
+
+    out_dir = Path(out_dir)
+    specs = load_routes(routes)
+    start = time.perf_counter()
+    if isinstance(agent, str):
+        agent_spec, agent = agent, load_agent_spec(agent)
+    else:
+        agent_spec = None
+        if workers > 1:
+            raise ValueError("evaluate_closed_loop: workers > 1 needs the agent as a spec string (each worker loads its own)")
+    name = str(getattr(agent, "name", type(agent).__name__))
+    key = run_key(name, routes, config)
+    results: dict[str, dict] = {}
+    todo = []
+    for spec in specs:
+        stored = _stored(out_dir, spec, key) if resume else None
+        if stored is not None:
+            results[spec.route_id] = stored
+            if on_route:
+                on_route(stored)
+        else:
+            todo.append(spec)
+    if todo and (workers <= 1 or len(todo) == 1):
+        session = _Session(agent, config)
+        try:
+            for spec in todo:
+                result = run_route(session, spec, config)
+                _save_route(out_dir, result, key)
+                results[spec.route_id] = result
+                if on_route:
+                    on_route(result)
+        finally:
+            session.close()
+    elif todo:
+        _Session(agent, config).close()  # sensor_config() problems surface here, once
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=(agent_spec, config.model_dump_json())) as pool:
+            futures = [pool.submit(_worker_run, spec, str(out_dir), key) for spec in todo]
+            for fut in futures:
+                result = fut.result()
+                results[result["route_id"]] = result
+                if on_route:
+                    on_route(result)
+    ordered = [results[s.route_id] for s in specs]
+    report = summary(name, routes, ordered)
+    if routes.startswith("bench:"):
+        report["routes_version"] = BASE_VERSION
+    report["seconds"] = round(time.perf_counter() - start, 3)  # wall clock (this invocation)
+    write_outputs(out_dir, report, ordered)
+    return report

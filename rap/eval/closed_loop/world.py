@@ -1,0 +1,508 @@
+"""The closed-loop world: a synthetic town stepped at a fixed rate around an ego that an agent
+drives.
+
+Per tick (``dt``, 0.1 s by default):
+
+* Traffic lights follow the town's timed schedule (:func:`~rap.sources.synthetic.roads.light_schedule`);
+  a ``red_light`` event holds the ego's light at STOP until the ego has waited at it.
+* Background vehicles are :class:`rap.sim.idm.IDMAgents` (the IDM shared with the synthetic
+  world) on random lane routes: they follow each other, brake for the ego and for parked cars
+  in their path, and stop at red lights (at yellow when they need at most 3 m/s^2). One that
+  has stood still for 30 s other than at a red light leaves the world (gridlocks at junctions
+  without right-of-way rules would otherwise block the ego for good).
+* Event actors (see :mod:`rap.eval.closed_loop.routes`) are IDM agents too (the braking lead
+  vehicle, the crossing vehicle, the merging traffic) or static boxes (parked vehicles).
+* The ego executes the last plan: every query, the plan is turned into a 10 Hz rollout by the
+  LQR tracker on the kinematic bicycle (:func:`rap.sim.tracker.simulate`) and the world takes
+  one state of it per tick.
+
+:meth:`World.snapshot` writes the state as a :class:`~rap.scene.Scene` (the past ``history_s``
+as recorded, the next 5.1 s extrapolated at constant velocity, lights as scheduled), which the
+observer renders and privileged agents plan on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rap import geometry
+from rap.eval.closed_loop.routes import RouteSpec, route_town
+from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
+from rap.sim.bicycle import PACIFICA, StateIndex
+from rap.sim.idm import Boxes, IDMAgents, IDMParameters, Routes, route_path
+from rap.sim.tracker import RolloutConfig, simulate
+from rap.sources.synthetic.roads import light_schedule, map_elements
+from rap.trajectory import Trajectory
+
+__all__ = ["FUTURE_STEPS", "ROUTE_AHEAD_M", "World", "WorldConfig"]
+
+FUTURE_STEPS = 51  # snapshot steps after now (5 s at 0.1 s), extrapolated at constant velocity
+ROUTE_AHEAD_M = 200.0  # [m] of route in a snapshot's ego_route
+_EGO_HEIGHT = 1.777  # [m]
+_CAR = (4.6, 1.9, 1.5)  # [m] length, width, height of event and parked vehicles
+_STOPPED = 0.5  # [m/s] "waiting at the light"
+_STUCK_S = 30.0  # [s] a background vehicle standing this long, not at a red light, leaves (gridlock)
+_LEAD_SPEED = 0.9  # lead vehicle's desired speed, share of the speed limit
+_LEAD_TRIGGER_GAP = 40.0  # [m] bumper gap: the lead brakes once past the event's arc with the ego this close ...
+_LEAD_ROOM_DECEL = 1.2  # [m/s^2] ... and able to stop behind it at this deceleration (or 60 m later in any case)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+    """World settings.
+
+    Attributes:
+        dt: [s] simulation step.
+        history_s: [s] past kept in snapshots.
+        density: background vehicles per 100 m of road lane at the start.
+        parked_fraction: share of parking-strip spots with a parked car.
+        ego_clearance: [m] no background vehicle starts closer than this to the ego.
+    """
+
+    dt: float = 0.1
+    history_s: float = 2.0
+    density: float = 0.6
+    parked_fraction: float = 0.4
+    ego_clearance: float = 25.0
+
+
+class World:
+    """One route's world (see the module docs).
+
+    Args:
+        spec: the route.
+        config: world settings.
+        seed: traffic seed (with ``spec.seed``).
+    """
+
+    def __init__(self, spec: RouteSpec, config: WorldConfig = WorldConfig(), seed: int = 0) -> None:
+        self.spec = spec
+        self.config = config
+        self.dt = float(config.dt)
+        self.rng = np.random.default_rng([int(spec.seed), int(seed)])
+        self.town = route_town(spec.town_seed)
+        self.map = map_elements(self.town)
+        self.lane_ids = np.array([ln.id for ln in self.town.lanes], dtype=np.int64)
+        self.limits = np.array([ln.speed_limit for ln in self.town.lanes])
+        self.tick = 0
+        self.rollout = RolloutConfig(dt=self.dt, horizon_s=round(4.0 / self.dt) * self.dt)
+        self._route()
+        self._lights_init()
+        self._ego_init()
+        self._statics_init()
+        self._agents_init()
+        self.past_steps = max(1, int(round(config.history_s / self.dt)))
+        first = self._frame()
+        self.history = [first] * (self.past_steps + 1)  # standing still before the start
+        self.light_history = [self.light_states()] * (self.past_steps + 1)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _lane_xy(self, i: int) -> np.ndarray:
+        return self.town.lanes[i].points
+
+    def _route(self) -> None:
+        spec, town = self.spec, self.town
+        lanes = list(spec.lanes)
+        # extend past the route's end so lookahead and progress never run out
+        ext = 0.0
+        while ext < 80.0 and town.lanes[lanes[-1]].successors:
+            nxt = min(town.lanes[lanes[-1]].successors, key=lambda i: abs(_turn(town, i)))
+            lanes.append(int(nxt))
+            ext += float(np.linalg.norm(np.diff(self._lane_xy(nxt), axis=0), axis=1).sum())
+        self.route_lanes = lanes
+        self.path = route_path([self._lane_xy(i) for i in lanes], [self.limits[i] for i in lanes], lanes, spacing=0.5, smoothing=2.0)
+        self.offset = float(spec.start_arc)  # path arc of route arc 0
+        self.length = float(spec.length)
+
+    def route_pose(self, arc: float) -> tuple[np.ndarray, np.ndarray]:
+        """Position (2,) and unit tangent (2,) at route arc ``arc`` [m]."""
+        pts, tan = self.path.points, self.path.tangents
+        f = np.clip((arc + self.offset) / self.path.spacing, 0, len(pts) - 1.000001)
+        i = int(f)
+        w = f - i
+        p = pts[i] * (1 - w) + pts[i + 1] * w
+        t = tan[i] * (1 - w) + tan[i + 1] * w
+        return p, t / max(np.linalg.norm(t), 1e-9)
+
+    def route_points(self) -> np.ndarray:
+        """(M, 2) route samples and (M,) their route arcs [m]."""
+        return self.path.points, np.arange(len(self.path.points)) * self.path.spacing - self.offset
+
+    def lane_arc(self, k: int) -> float:
+        """Route arc [m] where route lane ``k`` starts."""
+        return float(self.path.lane_starts[k]) - self.offset
+
+    def _lights_init(self) -> None:
+        self.signal_lanes = np.asarray(self.town.signal_lanes, dtype=np.int64)
+        self.signal_row = {int(c): r for r, c in enumerate(self.signal_lanes)}
+        self.hold_row = -1
+        self.hold_waited = 0.0
+        self._schedule = light_schedule(self.town, np.arange(1024) * self.dt) if len(self.signal_lanes) else np.zeros((0, 0), np.int8)
+        if self.spec.event.kind == "red_light":
+            self.hold_row = self.signal_row[self.spec.event.lane]
+
+    def light_states(self, t: float | None = None) -> np.ndarray:
+        """(K,) int8 LightState of the signalized connectors at time ``t`` (default now)."""
+        t = self.tick * self.dt if t is None else t
+        if not len(self.signal_lanes):
+            return np.zeros(0, np.int8)
+        k = int(round(t / self.dt))
+        if k >= self._schedule.shape[1]:  # the schedule, tabulated at dt, grows in chunks
+            steps = max(2 * self._schedule.shape[1], k + 1)
+            self._schedule = light_schedule(self.town, np.arange(steps) * self.dt)
+        states = self._schedule[:, k].copy()
+        if self.hold_row >= 0:
+            states[self.hold_row] = int(LightState.STOP)
+        return states
+
+    def _ego_init(self) -> None:
+        p, t = self.route_pose(0.0)
+        h = float(np.arctan2(t[1], t[0]))
+        rear = p - PACIFICA.rear_axle_to_center * t
+        self.ego = np.zeros(len(StateIndex))
+        self.ego[[StateIndex.X, StateIndex.Y, StateIndex.HEADING]] = (rear[0], rear[1], h)
+        self.plan_states: np.ndarray | None = None
+        self.plan_index = 0
+
+    def _statics_init(self) -> None:
+        spots = self.town.parking_spots
+        take = self.rng.random(spots.shape[0]) < self.config.parked_fraction
+        poses = [tuple(s) for s in spots[take]]
+        self.event_parked = -1
+        ev = self.spec.event
+        if ev.kind == "parked":
+            p, t = self.route_pose(ev.arc)
+            half_lane = 0.5 * self.town.lanes[ev.lane].width
+            lateral = -(half_lane - ev.intrusion + 0.5 * _CAR[1])
+            c = p + lateral * np.array([-t[1], t[0]])
+            self.event_parked = len(poses)
+            poses.append((c[0], c[1], float(np.arctan2(t[1], t[0]))))
+        ego_xy = self.ego[[StateIndex.X, StateIndex.Y]]
+        poses = [q for k, q in enumerate(poses) if k == self.event_parked or np.hypot(q[0] - ego_xy[0], q[1] - ego_xy[1]) > 6.0]
+        self.statics = np.array(poses, dtype=np.float64).reshape(-1, 3)
+        if self.event_parked >= 0:
+            self.event_parked = len(self.statics) - 1
+
+    def _idm_route(self, lanes: list[int]):
+        return route_path([self._lane_xy(i) for i in lanes], [self.limits[i] for i in lanes], lanes, spacing=0.5, smoothing=2.0)
+
+    def _agents_init(self) -> None:
+        town, rng, ev = self.town, self.rng, self.spec.event
+        paths, s0, v0, obey, role = [], [], [], [], []
+        ego_xy = self.ego[[StateIndex.X, StateIndex.Y]]
+        placed: list[np.ndarray] = [ego_xy]
+        banned = {ev.lane} if ev.kind == "parked" else set()
+        for i, ln in enumerate(town.lanes):
+            if ln.is_connector:
+                continue
+            length = float(np.linalg.norm(np.diff(ln.points, axis=0), axis=1).sum())
+            for a in np.sort(rng.uniform(3.0, max(length - 3.0, 3.5), rng.poisson(length * self.config.density / 100.0))):
+                route = [int(j) for j in _lanes_from(town, i, float(a), 300.0, rng)]
+                xy = _point_at(ln.points, float(a))
+                if banned & set(route) or any(np.hypot(*(xy - q)) < (self.config.ego_clearance if k == 0 else 10.0) for k, q in enumerate(placed)):
+                    continue
+                placed.append(xy)
+                paths.append(self._idm_route(route))
+                s0.append(float(a))
+                v0.append(0.7 * self.limits[i])
+                obey.append(True)
+                role.append("background")
+        self.lead = self.crossing = -1
+        if ev.kind == "lead_brake":
+            self.lead = len(paths)
+            lanes = self.route_lanes  # the ego's route, driven at 90 % of the speed limit
+            paths.append(route_path([self._lane_xy(i) for i in lanes], [self.limits[i] for i in lanes], lanes, spacing=0.5, smoothing=2.0, speed_factor=_LEAD_SPEED))
+            s0.append(self.offset + 22.0)
+            v0.append(0.0)
+            obey.append(True)
+            role.append("lead")
+        if ev.kind == "crossing":
+            other = ev.other_lane
+            pred = town.lanes[other].predecessors[0]
+            route = [pred, other] + [int(j) for j in _lanes_from(town, town.lanes[other].successors[0], 0.0, 80.0, None)]
+            path = self._idm_route(route)
+            self.crossing = len(paths)
+            self.crossing_start = max(float(path.lane_starts[1]) - 24.0, 0.0)
+            paths.append(path)
+            s0.append(self.crossing_start)
+            v0.append(0.0)
+            obey.append(False)
+            role.append("crossing")
+        if ev.kind == "turn_traffic":
+            for c in town.lanes[ev.other_lane].predecessors:
+                if c == ev.lane or not town.lanes[c].predecessors:
+                    continue
+                feeder = town.lanes[c].predecessors[0]
+                flen = float(np.linalg.norm(np.diff(self._lane_xy(feeder), axis=0), axis=1).sum())
+                for back in (12.0, 30.0, 48.0):
+                    if back > flen - 3.0:
+                        continue
+                    route = [feeder, c] + [int(j) for j in _lanes_from(town, ev.other_lane, 0.0, 150.0, rng)]
+                    paths.append(self._idm_route(route))
+                    s0.append(flen - back)
+                    v0.append(0.5 * self.limits[feeder])
+                    obey.append(True)
+                    role.append("merge_traffic")
+        n = len(paths)
+        dims = np.array([_CAR if r != "background" else (rng.uniform(4.2, 5.0), rng.uniform(1.75, 2.0), rng.uniform(1.4, 1.7)) for r in role]).reshape(n, 3)
+        active = np.ones(n, bool)
+        if self.crossing >= 0:
+            active[self.crossing] = False
+        params = IDMParameters(
+            max_accel=rng.uniform(1.2, 2.2, n) if n else 1.5, time_headway=rng.uniform(1.0, 1.6, n) if n else 1.5,
+        )  # fmt: skip
+        self.agents = IDMAgents(Routes.stack(paths), np.array(s0), np.array(v0), dims[:, 0], dims[:, 1], params=params, active=active)
+        self.agent_height = dims[:, 2]
+        self.obeys_lights = np.array(obey, dtype=bool)
+        self.roles = role
+        self.is_background = np.array([r == "background" for r in role], dtype=bool)
+        self.stalled = np.zeros(n)
+        # signalized stop points along each agent's route: (agent, arc, light row)
+        stops = []
+        for a in range(n):
+            for lane_idx, start in zip(self.agents.routes.lane_ids[a], self.agents.routes.lane_starts[a]):
+                if np.isfinite(start) and int(lane_idx) in self.signal_row:
+                    stops.append((a, float(start), self.signal_row[int(lane_idx)]))
+        self.agent_stops = stops
+        self.lead_phase, self.lead_wait = "drive", 0.0
+
+    # --- state ------------------------------------------------------------------------------------
+
+    @property
+    def time_s(self) -> float:
+        """[s] simulated time."""
+        return self.tick * self.dt
+
+    def ego_box(self) -> tuple[np.ndarray, float, float, float]:
+        """Ego box centre (2,) [m], heading [rad], speed [m/s] and (longitudinal) velocity."""
+        h = float(self.ego[StateIndex.HEADING])
+        c = self.ego[[StateIndex.X, StateIndex.Y]] + PACIFICA.rear_axle_to_center * np.array([np.cos(h), np.sin(h)])
+        return c, h, float(self.ego[StateIndex.VELOCITY_X])
+
+    def ego_world_velocity(self) -> np.ndarray:
+        """(2,) [m/s]"""
+        h = float(self.ego[StateIndex.HEADING])
+        return geometry.rotate(self.ego[[StateIndex.VELOCITY_X, StateIndex.VELOCITY_Y]], h)
+
+    def ego_world_acceleration(self) -> np.ndarray:
+        """(2,) [m/s^2]"""
+        h = float(self.ego[StateIndex.HEADING])
+        return geometry.rotate(self.ego[[StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y]], h)
+
+    def others(self) -> dict[str, np.ndarray]:
+        """Every actor but the ego: ``x, y, heading, vx, vy, length, width, height, valid, kind``
+        (N,) (agents first, then static vehicles) and ``ids`` (N,) (track ids, 2..N+1)."""
+        poses = self.agents.poses()
+        v = np.where(self.agents.active, self.agents.v, 0.0)
+        n_s = len(self.statics)
+        return {
+            "x": np.concatenate([poses[:, 0], self.statics[:, 0]]), "y": np.concatenate([poses[:, 1], self.statics[:, 1]]),
+            "heading": np.concatenate([poses[:, 2], self.statics[:, 2]]),
+            "vx": np.concatenate([v * np.cos(poses[:, 2]), np.zeros(n_s)]), "vy": np.concatenate([v * np.sin(poses[:, 2]), np.zeros(n_s)]),
+            "length": np.concatenate([self.agents.length, np.full(n_s, _CAR[0])]), "width": np.concatenate([self.agents.width, np.full(n_s, _CAR[1])]),
+            "height": np.concatenate([self.agent_height, np.full(n_s, _CAR[2])]),
+            "valid": np.concatenate([self.agents.active, np.ones(n_s, bool)]),
+            "ids": np.arange(2, 2 + len(self.agents) + n_s, dtype=np.int64),
+        }  # fmt: skip
+
+    def _frame(self) -> dict[str, np.ndarray]:
+        """One row per track (ego first): x, y, heading, vx, vy, valid (box centres)."""
+        o = self.others()
+        c, h, _ = self.ego_box()
+        vw = self.ego_world_velocity()
+        return {
+            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
+            "vx": np.concatenate([[vw[0]], o["vx"]]), "vy": np.concatenate([[vw[1]], o["vy"]]), "valid": np.concatenate([[True], o["valid"]]),
+        }  # fmt: skip
+
+    # --- stepping ---------------------------------------------------------------------------------
+
+    def execute(self, plan: Trajectory) -> None:
+        """Executes ``plan`` (ego-frame poses at the rear axle) from now on: the tracker's rollout
+        on the bicycle gives the ego's next states."""
+        states = simulate(np.asarray(plan.poses, dtype=np.float64)[None], plan.sampling, self.ego.copy(), self.rollout)
+        self.plan_states = states[0]
+        self.plan_index = 0
+
+    def _stop_gaps(self, states: np.ndarray) -> np.ndarray:
+        a = self.agents
+        gap = np.full(len(a), np.inf)
+        front = a.s + 0.5 * a.length
+        for k, arc, row in self.agent_stops:
+            if not self.obeys_lights[k] or arc < front[k] - 1.0 or arc - front[k] > 60.0 or arc - front[k] >= gap[k]:
+                continue
+            state = states[row]
+            g = arc - front[k]
+            if state == LightState.STOP or (state == LightState.CAUTION and a.v[k] ** 2 / (2 * max(g - 1.0, 0.1)) <= 3.0):
+                gap[k] = g
+        return gap
+
+    def step(self) -> None:
+        """Advances the world by one tick."""
+        dt = self.dt
+        states = self.light_states()
+        # ego: the next state of the executed plan (standing still without one)
+        if self.plan_states is not None and self.plan_index + 1 < len(self.plan_states):
+            self.plan_index += 1
+            self.ego = self.plan_states[self.plan_index].copy()
+        else:
+            self.ego[[StateIndex.VELOCITY_X, StateIndex.VELOCITY_Y, StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y]] = 0.0
+        # background and event vehicles
+        c, h, _ = self.ego_box()
+        vw = self.ego_world_velocity()
+        ego = Boxes.from_poses(np.array([c[0]]), np.array([c[1]]), np.array([h]), np.array([PACIFICA.length]), np.array([PACIFICA.width]), np.array([vw[0]]), np.array([vw[1]]))
+        st = self.statics
+        obstacles = Boxes.concatenate([ego, Boxes.from_poses(st[:, 0], st[:, 1], st[:, 2], np.full(len(st), _CAR[0]), np.full(len(st), _CAR[1]))]) if len(st) else ego
+        prev = self.agents
+        stop_gap = self._stop_gaps(states)
+        nxt = prev.step(dt, obstacles, stop_gap=stop_gap) if len(prev) else prev
+        nxt = self._events(prev, nxt)
+        # gridlock: background vehicles standing for _STUCK_S away from a red light leave
+        self.stalled = np.where(nxt.active & (nxt.v < 0.1) & ~np.isfinite(stop_gap), self.stalled + dt, 0.0)
+        stuck = (self.stalled >= _STUCK_S) & self.is_background
+        if stuck.any():
+            nxt = dataclasses.replace(nxt, active=nxt.active & ~stuck, v=np.where(stuck, 0.0, nxt.v))
+        self.agents = nxt
+        self.tick += 1
+        self._hold_update()
+        self.history.append(self._frame())
+        self.light_history.append(self.light_states())
+        keep = self.past_steps + 1
+        if len(self.history) > keep:
+            del self.history[:-keep], self.light_history[:-keep]
+
+    def progress_hint(self) -> float:
+        """Route arc [m] of the ego box centre's projection (local search, for events)."""
+        c, _, _ = self.ego_box()
+        pts, arcs = self.route_points()
+        return float(arcs[int(np.argmin(np.hypot(pts[:, 0] - c[0], pts[:, 1] - c[1])))])
+
+    def _events(self, prev: IDMAgents, nxt: IDMAgents) -> IDMAgents:
+        ev, dt = self.spec.event, self.dt
+        if self.lead >= 0:
+            k = self.lead
+            s, v = nxt.s.copy(), nxt.v.copy()
+            lead_arc = prev.s[k] - self.offset
+            if self.lead_phase == "drive" and lead_arc >= ev.arc:
+                # brake once the ego could still stop behind the lead at _LEAD_ROOM_DECEL (or 60 m on)
+                c, _, v_ego = self.ego_box()
+                gap = float(np.hypot(*(prev.poses()[k, :2] - c))) - 0.5 * (prev.length[k] + PACIFICA.length) - 2.0
+                room = gap + prev.v[k] ** 2 / (2.0 * ev.decel)
+                need = max(v_ego, 0.0) ** 2 / (2.0 * max(room, 0.1))
+                if (need <= _LEAD_ROOM_DECEL and gap <= _LEAD_TRIGGER_GAP) or lead_arc >= ev.arc + 60.0:
+                    self.lead_phase = "brake"
+            if self.lead_phase == "brake":
+                v[k] = max(prev.v[k] - ev.decel * dt, 0.0)
+                s[k] = prev.s[k] + 0.5 * (prev.v[k] + v[k]) * dt
+                if v[k] == 0.0:
+                    self.lead_phase = "wait"
+            elif self.lead_phase == "wait":
+                v[k], s[k] = 0.0, prev.s[k]
+                self.lead_wait += dt
+                if self.lead_wait >= 3.0:
+                    self.lead_phase = "done"
+            nxt = dataclasses.replace(nxt, s=s, v=v)
+        if self.crossing >= 0 and not nxt.active[self.crossing] and nxt.s[self.crossing] == self.crossing_start:
+            if self.progress_hint() >= ev.arc - 38.0:
+                active, v = nxt.active.copy(), nxt.v.copy()
+                active[self.crossing], v[self.crossing] = True, 7.0
+                nxt = dataclasses.replace(nxt, active=active, v=v)
+        return nxt
+
+    def _hold_update(self) -> None:
+        if self.hold_row < 0:
+            return
+        arc = self.spec.event.arc
+        here = self.progress_hint()
+        if here > arc + 3.0:
+            self.hold_row = -1  # the ego has passed
+            return
+        if arc - here < 25.0 and self.ego_box()[2] < _STOPPED:
+            self.hold_waited += self.dt
+        if self.hold_waited >= 4.0 or self.time_s >= 60.0:
+            self.hold_row = -1
+
+    # --- snapshots --------------------------------------------------------------------------------
+
+    def route_ahead(self, progress: float) -> tuple[int, ...]:
+        """Lane ids of the route from the lane before the one at route arc ``progress`` to the
+        last lane starting within :data:`ROUTE_AHEAD_M` of it (a route that comes back through
+        a junction later must not show its later pass as the way on)."""
+        starts = self.path.lane_starts[: len(self.route_lanes)] - self.offset
+        k = int(np.searchsorted(starts, progress, side="right")) - 1
+        end = int(np.searchsorted(starts, progress + ROUTE_AHEAD_M, side="right"))
+        return tuple(int(self.lane_ids[i]) for i in self.route_lanes[max(k - 1, 0) : max(end, k + 1)])
+
+    def snapshot(self, progress: float | None = None) -> Scene:
+        """The world as a Scene: the recorded past (``history_s``), now (``current_index``) and
+        the next :data:`FUTURE_STEPS` steps extrapolated at constant velocity; lights as
+        scheduled; the ego is row 0, its route ahead (:meth:`route_ahead` of ``progress``, by
+        default the ego's projection on the route) ``ego_route``."""
+        past = self.history
+        p = len(past)
+        n = len(past[-1]["x"])
+        steps = p + FUTURE_STEPS
+        arr = {k: np.zeros((n, steps)) for k in ("x", "y", "heading", "vx", "vy")}
+        valid = np.zeros((n, steps), bool)
+        for j, fr in enumerate(past):
+            for k in arr:
+                arr[k][:, j] = fr[k]
+            valid[:, j] = fr["valid"]
+        now = past[-1]
+        t = np.arange(1, FUTURE_STEPS + 1) * self.dt
+        for k in ("heading", "vx", "vy"):
+            arr[k][:, p:] = now[k][:, None]
+        arr["x"][:, p:] = now["x"][:, None] + now["vx"][:, None] * t
+        arr["y"][:, p:] = now["y"][:, None] + now["vy"][:, None] * t
+        valid[:, p:] = now["valid"][:, None]
+        o = self.others()
+        length = np.concatenate([[PACIFICA.length], o["length"]]).astype(np.float32)
+        width = np.concatenate([[PACIFICA.width], o["width"]]).astype(np.float32)
+        height = np.concatenate([[_EGO_HEIGHT], o["height"]]).astype(np.float32)
+        tracks = AgentTracks(
+            ids=np.concatenate([[1], o["ids"]]).astype(np.int64), types=np.full(n, int(AgentType.VEHICLE), np.int8),
+            x=arr["x"], y=arr["y"], z=np.broadcast_to(0.5 * height[:, None], (n, steps)).astype(np.float64), heading=arr["heading"],
+            vx=arr["vx"], vy=arr["vy"], length=np.repeat(length[:, None], steps, 1), width=np.repeat(width[:, None], steps, 1),
+            height=np.repeat(height[:, None], steps, 1), valid=valid,
+            rear_axle_offset=np.concatenate([[PACIFICA.rear_axle_to_center], 0.282 * o["length"]]).astype(np.float32),
+        )  # fmt: skip
+        k = len(self.signal_lanes)
+        future = np.stack([self.light_states(self.time_s + dt) for dt in t], axis=1) if k else np.zeros((0, FUTURE_STEPS), np.int8)
+        states = np.concatenate([np.stack(self.light_history, axis=1).reshape(k, p), future], axis=1).astype(np.int8)
+        stop_points = np.array([self.town.lanes[c].points[0] for c in self.signal_lanes]).reshape(-1, 2)
+        lights = TrafficLights(
+            lane_ids=self.lane_ids[self.signal_lanes], stop_points=np.concatenate([stop_points, np.zeros((k, 1))], axis=1),
+            states=states, valid=np.ones((k, steps), bool),
+        )  # fmt: skip
+        return Scene(
+            scene_id=f"closed-loop-{self.spec.route_id}", source=self.spec.town_name,
+            timestamps=(np.arange(steps) + self.tick - (p - 1)) * self.dt, current_index=p - 1, tracks=tracks, ego_index=0,
+            map=self.map, traffic_lights=lights, ego_route=self.route_ahead(self.progress_hint() if progress is None else progress),
+        )  # fmt: skip
+
+
+def _turn(town, i: int) -> float:
+    p = town.lanes[i].points
+    a, b = p[1] - p[0], p[-1] - p[-2]
+    return float(np.arctan2(a[0] * b[1] - a[1] * b[0], a @ b))
+
+
+def _point_at(points: np.ndarray, arc: float) -> np.ndarray:
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    return np.array([np.interp(arc, cum, points[:, 0]), np.interp(arc, cum, points[:, 1])])
+
+
+def _lanes_from(town, start: int, start_arc: float, length: float, rng: np.random.Generator | None) -> list[int]:
+    """Lane indices from ``start`` along successors for ``length`` m (random or straightest)."""
+    out = [int(start)]
+    total = float(np.linalg.norm(np.diff(town.lanes[start].points, axis=0), axis=1).sum()) - start_arc
+    while total < length and town.lanes[out[-1]].successors and len(out) < 50:
+        succ = town.lanes[out[-1]].successors
+        nxt = int(succ[int(rng.integers(len(succ)))]) if rng is not None else int(min(succ, key=lambda i: abs(_turn(town, i))))
+        out.append(nxt)
+        total += float(np.linalg.norm(np.diff(town.lanes[nxt].points, axis=0), axis=1).sum())
+    return out

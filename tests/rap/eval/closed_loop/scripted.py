@@ -1,0 +1,92 @@
+"""Scripted agents and hand-picked routes for the closed-loop tests."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from rap.eval.agent import Observation, SensorConfig
+from rap.eval.closed_loop.config import ClosedLoopConfig, ClosedLoopSection
+from rap.eval.closed_loop.routes import RouteSpec, build_route, route_town
+from rap.trajectory import Trajectory
+
+
+class PursuitAgent:
+    """Drives towards the route target point at ``speed``, blind to lights and traffic."""
+
+    name = "pursuit"
+    privileged = False
+
+    def __init__(self, speed: float = 8.0) -> None:
+        self.speed = speed
+
+    def sensor_config(self) -> SensorConfig:
+        return SensorConfig(rig=None)
+
+    def plan(self, observation: Observation) -> Trajectory:
+        target = np.asarray(observation.route_target, dtype=float)
+        heading = float(np.arctan2(target[1], target[0]))
+        t = observation.sampling.times_s
+        d = self.speed * t
+        poses = np.stack([d * np.cos(heading), d * np.sin(heading), np.full_like(t, heading)], axis=1)
+        return Trajectory(poses, observation.sampling)
+
+
+class StopAgent:
+    """Never moves."""
+
+    name = "stop"
+    privileged = False
+
+    def sensor_config(self) -> SensorConfig:
+        return SensorConfig(rig=None)
+
+    def plan(self, observation: Observation) -> Trajectory:
+        return Trajectory(np.zeros((observation.sampling.num_poses, 3)), observation.sampling)
+
+
+class _Unchecked(Trajectory):
+    """A Trajectory that skips validation (what a careless planner could hand back)."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+class BadAgent:
+    """Raises, or returns NaN poses, or the wrong number of poses (``mode``)."""
+
+    name = "bad"
+    privileged = False
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def sensor_config(self) -> SensorConfig:
+        return SensorConfig(rig=None)
+
+    def plan(self, observation: Observation):
+        if self.mode == "raise":
+            raise RuntimeError("planner exploded")
+        n = observation.sampling.num_poses
+        poses = np.full((n, 3), np.nan) if self.mode == "nan" else np.zeros((n + 2, 3))
+        return _Unchecked(poses, observation.sampling)
+
+
+def quiet_config(**closed_loop) -> ClosedLoopConfig:
+    """No background traffic, no parked cars in the parking strips."""
+    return ClosedLoopConfig(closed_loop=ClosedLoopSection(**{"density": 0.0, "parked_fraction": 0.0, **closed_loop}))
+
+
+@functools.lru_cache(maxsize=8)
+def straight_route(kind: str, max_length: float = 220.0) -> RouteSpec:
+    """A short route with event ``kind`` whose junction movements are all straight."""
+    for town_seed in range(200, 400):
+        try:
+            spec = build_route(0, town_seed, kind, seed=7, tries=60)
+        except ValueError:
+            continue
+        town = route_town(town_seed)
+        if spec.length <= max_length and all(town.lanes[i].movement in ("", "straight") for i in spec.lanes):
+            return spec
+    raise AssertionError(f"no straight {kind} route found")
