@@ -39,8 +39,8 @@ class ModelSection(FrozenModel):
     query_spread: PositiveFloat = 0.02  # rap: std of the initial proposal queries
     # rap: a Hydra-MDP imitation head (trained with loss.imitation_weight, used with
     # select_imitation): how likely each proposal is the one closest to the target. On by default
-    # as an auxiliary loss (it trains the decoder's queries to tell proposals apart; measured on
-    # synthetic:8, docs/benchmarks.md), not used for selection by default.
+    # as an auxiliary loss (it shapes the decoder queries; the measured runs are in the README,
+    # `rap train`), not used for selection by default.
     imitation: bool = True
     # rap: which proposal inference drives: the largest weighted sum of select_imitation x the
     # imitation head's log-softmax over the proposals and select_<s> x log sigmoid of the scorer's
