@@ -595,6 +595,18 @@ def eval_wod_e2e_cmd(
     print(json.dumps(summary, sort_keys=True))
 
 
+def _load_closed_loop_agent(spec: str):
+    """The closed-loop evaluator's agents (its own ``expert``), or a checkpoint of rap train
+    (module level: the evaluator's spawned workers load the agent with it)."""
+    from rap.eval.closed_loop.runner import load_agent_spec
+
+    if spec.endswith((".pt", ".pth", ".ckpt")):
+        from planners.agent import CheckpointAgent
+
+        return CheckpointAgent(spec)  # CheckpointError (a ValueError) names the file
+    return load_agent_spec(spec)
+
+
 @eval_app.command("closed-loop", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def eval_closed_loop_cmd(
     ctx: typer.Context,
@@ -639,7 +651,7 @@ def eval_closed_loop_cmd(
     with Progress(TextColumn("routes"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("routes", total=total, last="")
         try:
-            report = evaluate_closed_loop(agent, routes, out, config=cfg, workers=workers, resume=resume, on_route=progress)
+            report = evaluate_closed_loop(agent, routes, out, config=cfg, workers=workers, resume=resume, on_route=progress, agent_loader=_load_closed_loop_agent)
         except (ValueError, FileNotFoundError) as exc:  # AgentLoadError / CheckpointError name the file
             raise _fail(str(exc)) from None
     table = Table(title=escape(f"{report['agent']} on {routes}: {report['routes']} routes" + (f", {report['failed']} crashed" if report["failed"] else "")))

@@ -7,6 +7,8 @@ its dotted path. Override values are parsed as YAML scalars (``seed=3``, ``recov
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -112,6 +114,7 @@ def load_config(model: type[ModelT], path: str | Path | None = None, overrides: 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded or {}
+    _fill_default_sections(data, model, overrides)
     data = apply_overrides(data, overrides)
     try:
         return model.model_validate(data)
@@ -122,6 +125,30 @@ def load_config(model: type[ModelT], path: str | Path | None = None, overrides: 
             problems.append(f"{where}: {err['msg']}")
         origin = source if not overrides else f"{source} + overrides"
         raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
+
+
+def _fill_default_sections(data: dict, model: type[pydantic.BaseModel], overrides: Sequence[str]) -> None:
+    """Copy into ``data`` the default values of every section an override reaches into but
+    ``data`` lacks, so ``a.b.c=1`` changes ``c`` alone and keeps ``a.b``'s other defaults
+    (instead of building ``a.b`` from ``{c: 1}`` and the field defaults of its type)."""
+    if not overrides:
+        return
+    try:
+        defaults = model().model_dump(mode="json")
+    except pydantic.ValidationError:  # a model with required fields: nothing to fill
+        return
+    for item in overrides:
+        parts = item.partition("=")[0].strip().split(".")
+        node, default = data, defaults
+        for part in parts[:-1]:
+            if not isinstance(default, dict) or not isinstance(default.get(part), dict):
+                break
+            default = default[part]
+            if node.get(part) is None:
+                node[part] = copy.deepcopy(default)
+            if not isinstance(node[part], dict):
+                break
+            node = node[part]
 
 
 def config_to_dict(config: pydantic.BaseModel) -> dict:

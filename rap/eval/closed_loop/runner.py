@@ -54,11 +54,12 @@ COMMAND_LATERAL_M = 2.0  # [m] |y| beyond which the command is a turn
 
 
 def load_agent_spec(spec: str) -> Agent:
-    """A built-in agent, an agent file/module, or a ``rap train`` checkpoint (``*.pt``);
-    ``expert`` is the closed-loop expert (:class:`~rap.eval.closed_loop.expert.ClosedLoopExpert`).
+    """A built-in agent or an agent file/module; ``expert`` is the closed-loop expert
+    (:class:`~rap.eval.closed_loop.expert.ClosedLoopExpert`). Checkpoints of ``rap train`` are
+    loaded by the caller's loader (the CLI's: ``rap`` itself does not import ``planners``).
 
     Raises:
-        ValueError (AgentLoadError / CheckpointError): one line naming the file or module.
+        ValueError (AgentLoadError): one line naming the file or module.
     """
     from rap.eval.agent import load_agent
 
@@ -66,10 +67,6 @@ def load_agent_spec(spec: str) -> Agent:
         from rap.eval.closed_loop.expert import ClosedLoopExpert
 
         return ClosedLoopExpert()
-    if spec.endswith((".pt", ".pth", ".ckpt")):
-        from planners.agent import CheckpointAgent
-
-        return CheckpointAgent(spec)
     return load_agent(spec)
 
 
@@ -191,10 +188,10 @@ def _stored(out_dir: Path, spec: RouteSpec, key: str) -> dict | None:
 _WORKER: dict = {}
 
 
-def _worker_init(agent_spec: str, config_json: str) -> None:
+def _worker_init(agent_spec: str, config_json: str, agent_loader: Callable[[str], Agent]) -> None:
     config = ClosedLoopConfig.model_validate_json(config_json)
     _WORKER["config"] = config
-    _WORKER["session"] = _Session(load_agent_spec(agent_spec), config)
+    _WORKER["session"] = _Session(agent_loader(agent_spec), config)
 
 
 def _worker_run(spec: RouteSpec, out_dir: str, key: str) -> dict:
@@ -205,7 +202,7 @@ def _worker_run(spec: RouteSpec, out_dir: str, key: str) -> dict:
 
 def evaluate_closed_loop(
     agent: Agent | str, routes: str, out_dir: str | Path, *, config: ClosedLoopConfig = ClosedLoopConfig(), workers: int = 1,
-    resume: bool = False, on_route: Callable[[dict], None] | None = None,
+    resume: bool = False, on_route: Callable[[dict], None] | None = None, agent_loader: Callable[[str], Agent] = load_agent_spec,
 ) -> dict:  # fmt: skip
     """Drives ``agent`` through the routes of ``routes`` and writes the reports to ``out_dir``.
 
@@ -219,6 +216,8 @@ def evaluate_closed_loop(
         workers: processes.
         resume: reuse stored route results of the same agent, suite and config.
         on_route: called with each route's result.
+        agent_loader: turns a spec into an agent, here and in every worker (a module-level
+            function: workers are spawned); default :func:`load_agent_spec`.
 
     Returns:
         The summary (:func:`rap.eval.closed_loop.outputs.summary`).
@@ -233,7 +232,7 @@ def evaluate_closed_loop(
     specs = load_routes(routes)
     start = time.perf_counter()
     if isinstance(agent, str):
-        agent_spec, agent = agent, load_agent_spec(agent)
+        agent_spec, agent = agent, agent_loader(agent)
     else:
         agent_spec = None
         if workers > 1:
@@ -264,7 +263,7 @@ def evaluate_closed_loop(
     elif todo:
         _Session(agent, config).close()  # sensor_config() problems surface here, once
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=(agent_spec, config.model_dump_json())) as pool:
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=(agent_spec, config.model_dump_json(), agent_loader)) as pool:
             futures = [pool.submit(_worker_run, spec, str(out_dir), key) for spec in todo]
             for fut in futures:
                 result = fut.result()

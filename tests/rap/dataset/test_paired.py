@@ -92,15 +92,20 @@ def test_inspect_shows_a_pair_side_by_side(paired_run):
     assert right[: h // 4].mean() > left[: h // 4].mean() + 40  # the photo's sky beside the raster's black
 
 
-def test_training_leaves_paired_samples_to_alignment(paired_run):
+def test_training_draws_paired_samples_only_when_asked(paired_run):
     from planners.config import TrainConfig
     from planners.data import TrainingIndex
 
     cfg = load_config(TrainConfig, None, [f"data.datasets=[{paired_run}]", "data.val_fraction=0"])
     index = TrainingIndex(cfg)
     manifest = read_manifest(paired_run)
-    assert len(index.train) == manifest.num_samples - manifest.counts["paired"]
-    assert "paired" not in index.counts["train"]
+    assert len(index.train) == manifest.num_samples
+    assert index.counts["train"]["paired"] == manifest.counts["paired"]
+    kinds = np.array([s.kind for s in index.train])
+    assert float(index.probabilities[kinds == "paired"].sum()) == 0.0  # default data.kind_fractions.paired=0
+    asked = TrainingIndex(load_config(TrainConfig, None, [f"data.datasets=[{paired_run}]", "data.val_fraction=0", "data.kind_fractions.paired=0.25"]))
+    share = float(asked.probabilities[kinds == "paired"].sum())
+    assert share == pytest.approx(0.25 / (0.25 + sum(cfg.data.kind_fractions.of(k) for k in set(kinds) - {"paired"})))
 
 
 FRAME = Path(__file__).resolve().parents[3] / "data" / "waymo" / "perception_frame_1024360143612057520.tfrecord"
