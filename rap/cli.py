@@ -458,15 +458,16 @@ def train(
         print(json.dumps({k: result[k] for k in ("steps", "samples_per_s", "final_loss", "val_loss", "checkpoint")}, sort_keys=True))
 
 
-def _load_any_agent(spec: str):
-    """A built-in agent, an agent file/module, or a checkpoint of rap train (``*.pt``)."""
+def _load_any_agent(spec: str, builtin=None):
+    """A built-in agent, an agent file/module (``builtin``'s, default
+    :func:`rap.eval.agent.load_agent`), or a checkpoint of rap train (``*.pt``)."""
     from rap.eval.agent import load_agent
 
     if spec.endswith((".pt", ".pth", ".ckpt")):
         from planners.agent import CheckpointAgent
 
         return CheckpointAgent(spec)  # CheckpointError (a ValueError) names the file
-    return load_agent(spec)
+    return (builtin or load_agent)(spec)
 
 
 @eval_app.command("navsim", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
@@ -600,11 +601,7 @@ def _load_closed_loop_agent(spec: str):
     (module level: the evaluator's spawned workers load the agent with it)."""
     from rap.eval.closed_loop.runner import load_agent_spec
 
-    if spec.endswith((".pt", ".pth", ".ckpt")):
-        from planners.agent import CheckpointAgent
-
-        return CheckpointAgent(spec)  # CheckpointError (a ValueError) names the file
-    return load_agent_spec(spec)
+    return _load_any_agent(spec, load_agent_spec)
 
 
 @eval_app.command("closed-loop", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})

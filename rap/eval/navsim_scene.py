@@ -340,18 +340,21 @@ def scoring_scene(scene: Scene, step: int, *, previous_plan=None, with_human: bo
 
 def expert_plan(scene: Scene, step: int, sampling: TrajectorySampling = NAVSIM_SAMPLING) -> Trajectory:
     """The PDM-Closed-style reference planner's plan at ``step``, at ``sampling``."""
-    from rap.metrics.pdms import score_scene
+    return reference_planner_plan(scoring_scene(scene, step, with_human=False), sampling)
 
-    inputs = scoring_scene(scene, step, with_human=False)
+
+def reference_planner_plan(inputs, sampling: TrajectorySampling = NAVSIM_SAMPLING) -> Trajectory:
+    """The reference planner's rollout on scoring inputs (a :class:`rap.metrics.ScoringScene`),
+    resampled at ``sampling`` in the ego frame."""
+    from rap.metrics.pdms import score_scene
+    from rap.sim.bicycle import StateIndex
+
     # Score a standing-still proposal: the result carries the reference planner's rollout.
     result = score_scene(inputs, np.zeros((1, NAVSIM_SAMPLING.num_poses, 3)), NAVSIM_SAMPLING)
     ref = np.asarray(result.reference_states)  # (41, 11) world frame at 0.1 s
-    from rap.sim.bicycle import StateIndex
-
     t_ref = np.arange(ref.shape[0]) * 0.1
     world = np.stack([np.interp(sampling.times_s, t_ref, ref[:, StateIndex.X]), np.interp(sampling.times_s, t_ref, ref[:, StateIndex.Y])], axis=1)
     heading = np.interp(sampling.times_s, t_ref, np.unwrap(ref[:, StateIndex.HEADING]))
     e = inputs.ego
     xy = geometry.to_frame(world, (e.x, e.y), e.heading)
-    poses = np.column_stack([xy, geometry.wrap_angle(heading - e.heading)])
-    return Trajectory(poses, sampling)
+    return Trajectory(np.column_stack([xy, geometry.wrap_angle(heading - e.heading)]), sampling)

@@ -126,10 +126,7 @@ def reference_plan(scene: Scene, step: int, sampling) -> Trajectory:
     it reaches 150 m ahead along the ego's current heading; on a route that turns, that chain
     loops round the block and can come back through the junction the ego is in, and the ego
     then follows the later pass.)"""
-    from rap.eval.navsim_scene import scoring_scene
-    from rap.metrics.pdms import score_scene
-    from rap.sim.bicycle import StateIndex
-    from rap.trajectory import NAVSIM_SAMPLING
+    from rap.eval.navsim_scene import reference_planner_plan, scoring_scene
 
     inputs = scoring_scene(scene, step, with_human=False)
     lanes = scene.map.lanes
@@ -138,14 +135,7 @@ def reference_plan(scene: Scene, step: int, sampling) -> Trajectory:
         k = lanes.index_of(int(i))
         on_route.update(int(j) for j in lanes.left_neighbors[k] + lanes.right_neighbors[k])
     inputs = dataclasses.replace(inputs, centerline=route_centerline(scene), route_lane_ids=frozenset(on_route & set(inputs.lane_polygons)))
-    result = score_scene(inputs, np.zeros((1, NAVSIM_SAMPLING.num_poses, 3)), NAVSIM_SAMPLING)
-    ref = np.asarray(result.reference_states)  # (41, 11) world frame at 0.1 s
-    t_ref = np.arange(ref.shape[0]) * 0.1
-    world = np.stack([np.interp(sampling.times_s, t_ref, ref[:, StateIndex.X]), np.interp(sampling.times_s, t_ref, ref[:, StateIndex.Y])], axis=1)
-    heading = np.interp(sampling.times_s, t_ref, np.unwrap(ref[:, StateIndex.HEADING]))
-    e = inputs.ego
-    xy = geometry.to_frame(world, (e.x, e.y), e.heading)
-    return Trajectory(np.column_stack([xy, geometry.wrap_angle(heading - e.heading)]), sampling)
+    return reference_planner_plan(inputs, sampling)
 
 
 class ClosedLoopExpert:
