@@ -458,6 +458,19 @@ def train(
         print(json.dumps({k: result[k] for k in ("steps", "samples_per_s", "final_loss", "val_loss", "checkpoint")}, sort_keys=True))
 
 
+def _eval_config(model, config: Optional[Path], overrides, observation_style: Optional[str]):
+    """An evaluator's config: ``--config`` (default configs/eval/default.yaml), the dotted
+    overrides and ``--observation-style``; a bad one exits 2 naming the key."""
+    from rap.config import ConfigError, load_config
+    from rap.eval.config import DEFAULT_EVAL_CONFIG
+
+    style = [] if observation_style is None else [f"observation.style={observation_style}"]
+    try:
+        return load_config(model, config or DEFAULT_EVAL_CONFIG, list(overrides) + style)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _load_any_agent(spec: str, builtin=None):
     """A built-in agent, an agent file/module (``builtin``'s, default
     :func:`rap.eval.agent.load_agent`), or a checkpoint of rap train (``*.pt``)."""
@@ -488,17 +501,12 @@ def eval_navsim_cmd(
     (nothing written); 3 when the agent failed in some scenes (raised, timed out, returned an
     invalid plan: each scored 0 and listed in the reports).
     """
-    from rap.config import ConfigError, load_config
-    from rap.eval.config import DEFAULT_EVAL_CONFIG, EvalConfig
+    from rap.eval.config import EvalConfig
     from rap.eval.navsim import evaluate_navsim
 
     exit_scenes_failed = 3
     _check_out_folder(out)
-    try:
-        style = [] if observation_style is None else [f"observation.style={observation_style}"]
-        cfg = load_config(EvalConfig, config or DEFAULT_EVAL_CONFIG, list(ctx.args) + style)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    cfg = _eval_config(EvalConfig, config, ctx.args, observation_style)
     try:
         the_agent = _load_any_agent(agent)  # AgentLoadError / CheckpointError (ValueErrors): one line naming the file
     except ValueError as exc:
@@ -622,20 +630,14 @@ def eval_closed_loop_cmd(
     Exit 0 when every route ran; 2 when the config, the routes or the agent cannot be loaded;
     3 when the agent crashed on some routes (each "Failed - Agent crashed", scored 0).
     """
-    from rap.config import ConfigError, load_config
     from rap.eval.closed_loop.config import ClosedLoopConfig
     from rap.eval.closed_loop.outputs import headline
     from rap.eval.closed_loop.routes import load_routes
     from rap.eval.closed_loop.runner import evaluate_closed_loop
-    from rap.eval.config import DEFAULT_EVAL_CONFIG
 
     exit_routes_failed = 3
     _check_out_folder(out)
-    try:
-        style = [] if observation_style is None else [f"observation.style={observation_style}"]
-        cfg = load_config(ClosedLoopConfig, config or DEFAULT_EVAL_CONFIG, list(ctx.args) + style)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    cfg = _eval_config(ClosedLoopConfig, config, ctx.args, observation_style)
     try:
         total = len(load_routes(routes))
     except ValueError as exc:

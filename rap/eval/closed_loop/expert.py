@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from rap import geometry
-from rap.eval.agent import Observation, SensorConfig
+from rap.eval.agent import ExpertAgent, Observation
 from rap.scene import Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA
 from rap.sim.idm import Boxes, IDMParameters, idm_acceleration, path_hits
@@ -138,15 +138,10 @@ def reference_plan(scene: Scene, step: int, sampling) -> Trajectory:
     return reference_planner_plan(inputs, sampling)
 
 
-class ClosedLoopExpert:
+class ClosedLoopExpert(ExpertAgent):
     """``expert`` in closed loop: the reference planner on the route ahead
-    (:func:`reference_plan`, with :func:`own_lights`) plus :func:`shield`."""
-
-    name = "expert"
-    privileged = True
-
-    def sensor_config(self) -> SensorConfig:
-        return SensorConfig(rig=None)
+    (:func:`reference_plan`, with :func:`own_lights`) plus :func:`shield` (the same name,
+    privileges and sensors as :class:`~rap.eval.agent.ExpertAgent`; another plan)."""
 
     def plan(self, observation: Observation) -> Trajectory:
         assert observation.scene is not None and observation.step is not None
