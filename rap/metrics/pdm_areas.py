@@ -35,6 +35,8 @@ from typing import Callable, Sequence
 import numpy as np
 import shapely
 
+from rap.metrics.pdm_kernels import segment_nearest, slab_membership, slab_table
+
 __all__ = ["EgoAreaIndex", "PreparedPolygons", "SegmentGrid", "membership_bits", "membership", "any_membership", "bits_to_bool", "index_bits", "area_flags", "ego_areas"]
 
 ExactFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
@@ -63,9 +65,6 @@ _MAX_CELLS = 400_000
 """Raster path: the grid resolution coarsens so that it never has more cells than this."""
 
 _MAX_GRID_ENTRIES = 40_000
-
-_MAX_SLAB_LOOKUP = 1 << 20
-"""Largest slab lookup table (entries, int32): polygons x distinct vertex ordinates."""
 """Broad-phase grid size: cells grow from 2 m until the (cell, polygon) entries stay below this."""
 
 
@@ -84,7 +83,7 @@ class _SlabIndex:
     ``j * (U + 1) + rank`` of each of its own vertex ordinates (``keys``, sorted); slab ``g``
     spans from ``keys[g - 1]`` to ``keys[g]`` of the same polygon and is crossed by a fixed list
     of non-horizontal edges. Each crossing edge is stored as (x at its lower end, lower y, dx/dy,
-    error bound): the first ``width`` of each slab in ``table`` (width, 4, S + 1), padded with
+    error bound): the first ``width`` of each slab in ``table`` (S + 1, width, 4), padded with
     edges at x = -inf that are never crossed, any further ones in ``extra`` (CSR by slab).
     The broad phase lists, per grid cell (``cell`` metres), the polygons whose bounds overlap it
     (``cell_poly[cell_start[c]:cell_start[c + 1]]``).
@@ -93,53 +92,15 @@ class _SlabIndex:
     def __init__(self, edges: np.ndarray, edge_poly: np.ndarray, bounds: np.ndarray):
         self.edges, self.edge_owner = edges, edge_poly
         self.n_polygons = int(bounds.shape[0])
-        x1, y1, x2, y2 = edges.T
-        # Distinct vertex ordinates (every vertex starts one edge of its closed ring) and ranks.
-        by_y = np.argsort(y1, kind="stable")
-        y_sorted = y1[by_y]
-        new_y = np.concatenate([[True], y_sorted[1:] != y_sorted[:-1]]) if y1.size else np.zeros(0, dtype=bool)
-        self.ys = y_sorted[new_y]
-        rank1 = np.empty(y1.size, dtype=np.int64)
-        rank1[by_y] = np.cumsum(new_y) - 1
-        u1 = self.ys.size + 1
-        self.u1 = u1
-        rank2 = np.searchsorted(self.ys, y2)
-        base = edge_poly.astype(np.int64) * u1
-        self.keys = _sorted_unique(base + rank1)
-        self.keys_ext = np.append(self.keys, -1)  # keys[g] for g == len(keys)
-        slanted = np.flatnonzero(y1 != y2)
-        up = y2[slanted] > y1[slanted]
-        lo_rank = np.where(up, rank1[slanted], rank2[slanted])
-        hi_rank = np.where(up, rank2[slanted], rank1[slanted])
-        ga = np.searchsorted(self.keys, base[slanted] + lo_rank)
-        gb = np.searchsorted(self.keys, base[slanted] + hi_rank)
-        count = gb - ga  # the edge crosses slabs ga + 1 .. gb
-        entry_edge = np.repeat(slanted, count)
-        slab = np.repeat(ga + 1, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
-        order = np.argsort(slab, kind="stable")
-        entry_edge, slab = entry_edge[order], slab[order]
-        n_slabs = self.keys.size + 1
-        per_slab = np.bincount(slab, minlength=n_slabs)
-        start = np.concatenate([[0], np.cumsum(per_slab)])
-        # Crossing test of entry e with a point (px, py) in its slab: the edge's x at py is
+        x1, y1, x2, y2 = (np.ascontiguousarray(c) for c in edges.T)
+        # Crossing test of an entry with a point (px, py) in its slab: the edge's x at py is
         # xa + (py - ya) * slope (|(py - ya) * slope| <= |dx|); its floating-point error is below
         # 1.2e-16 * |xa| + 6.1e-16 * |dx|, so px - x beyond ``bound`` has the exact sign.
-        e_up = y2[entry_edge] > y1[entry_edge]
-        xa = np.where(e_up, x1[entry_edge], x2[entry_edge])
-        ya = np.where(e_up, y1[entry_edge], y2[entry_edge])
-        dx = np.where(e_up, x2[entry_edge] - x1[entry_edge], x1[entry_edge] - x2[entry_edge])
-        dy = np.where(e_up, y2[entry_edge] - y1[entry_edge], y1[entry_edge] - y2[entry_edge])
-        entries = np.stack([xa, ya, dx / dy, _CROSS_ERROR * (np.abs(xa) + 8.0 * np.abs(dx))], axis=1)
-        width = int(min(max(int(per_slab.max()) if per_slab.size else 0, 1), _SLAB_WIDTH))
-        table = np.zeros((n_slabs, width, 4))
-        table[:, :, 0] = -np.inf
-        rank_in_slab = np.arange(slab.size) - start[slab]
-        dense = rank_in_slab < width
-        table.reshape(-1, 4)[slab[dense] * width + rank_in_slab[dense]] = entries[dense]
-        self.table = np.ascontiguousarray(table.transpose(1, 2, 0))  # (width, 4, S + 1): slot, (xa, ya, slope, bound), slab
-        extra = ~dense
-        self.extra = entries[extra] if extra.any() else np.zeros((0, 4))
-        self.extra_start = np.concatenate([[0], np.cumsum(np.bincount(slab[extra], minlength=n_slabs))]) if extra.any() else np.zeros(n_slabs + 1, dtype=np.int64)
+        self.ys, self.keys, self.key_start, self.table, self.extra, self.extra_start = slab_table(
+            x1, y1, x2, y2, np.ascontiguousarray(edge_poly, dtype=np.int64), self.n_polygons, _SLAB_WIDTH, _CROSS_ERROR
+        )
+        self.u1 = self.ys.size + 1
+        self.keys_ext = np.append(self.keys, -1)  # keys[g] for g == len(keys)
         self._allowed_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
         # Broad phase: (cell, polygon) entries for every cell a polygon's bounds overlap.
@@ -173,65 +134,16 @@ class _SlabIndex:
         self.cell_poly = poly_ids[owner[order]]
         self.cell_start = np.concatenate([[0], np.cumsum(np.bincount(cid, minlength=self.nx * self.ny))])
 
-    def candidates(self, px: np.ndarray, py: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(point, polygon) pairs whose polygon's bounds overlap the point's grid cell, for
-        polygons with ``allowed[j]`` (all when ``None``), grouped by point in point order."""
-        if self.nx == 0 or px.size == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        start, poly = self.cell_start, self.cell_poly
-        if allowed is not None:
-            cache_key = allowed.tobytes()
-            if cache_key not in self._allowed_cache:
-                keep = allowed[poly]
-                self._allowed_cache[cache_key] = (np.concatenate([[0], np.cumsum(keep)])[start], poly[keep])
-            start, poly = self._allowed_cache[cache_key]
-        gx = np.floor((px - self.gx0) * (1.0 / self.cell))
-        gy = np.floor((py - self.gy0) * (1.0 / self.cell))
-        pi = np.flatnonzero((gx >= 0) & (gx < self.nx) & (gy >= 0) & (gy < self.ny))
-        cid = (np.take(gy, pi) * self.nx + np.take(gx, pi)).astype(np.int64)
-        first = np.take(start, cid)
-        n = np.take(start, cid + 1) - first
-        ends = np.cumsum(n)
-        total = int(ends[-1]) if ends.size else 0
-        rep = np.repeat(pi, n)
-        idx = np.arange(total) + np.repeat(first - (ends - n), n)
-        return rep, np.take(poly, idx)
-
-    @functools.cached_property
-    def slab_lookup(self) -> np.ndarray | None:
-        """(L * U1,) int32 ``searchsorted(keys, key)`` for every possible key (a lookup instead of
-        a binary search per pair), or ``None`` when that table would be large."""
-        size = self.n_polygons * self.u1
-        if size == 0 or size > _MAX_SLAB_LOOKUP:
-            return None
-        present = np.zeros(size, dtype=np.int32)
-        present[self.keys] = 1
-        return np.cumsum(present, dtype=np.int32) - present
-
-    def parity(self, px: np.ndarray, py: np.ndarray, rank: np.ndarray, on_vertex_y: np.ndarray, pj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per pair (points px, py with their ordinate rank, polygon pj): (inside, unsure)."""
-        key = pj * self.u1 + rank
-        lookup = self.slab_lookup
-        g = np.searchsorted(self.keys, key) if lookup is None else np.take(lookup, key)
-        unsure = on_vertex_y & (np.take(self.keys_ext, g) == key)
-        inside = np.zeros(pj.size, dtype=bool)
-        for slot in self.table:  # (4, S + 1): xa, ya, slope, bound
-            xa, ya, slope, bound = (np.take(col, g) for col in slot)
-            d = px - (xa + (py - ya) * slope)
-            inside ^= d < -bound
-            unsure |= np.abs(d) <= bound
-        if self.extra.shape[0]:  # slabs crossed by more edges than the table holds
-            first = np.take(self.extra_start, g)
-            n = np.take(self.extra_start, g + 1) - first
-            total = int(n.sum())
-            if total:
-                pe = np.repeat(np.arange(pj.size), n)
-                ends = np.cumsum(n)
-                rows = self.extra[np.arange(total) + np.repeat(first - (ends - n), n)]
-                d = np.take(px, pe) - (rows[:, 0] + (np.take(py, pe) - rows[:, 1]) * rows[:, 2])
-                inside ^= (np.bincount(pe[d < -rows[:, 3]], minlength=pj.size) & 1).astype(bool)
-                unsure |= np.bincount(pe[np.abs(d) <= rows[:, 3]], minlength=pj.size) > 0
-        return inside, unsure
+    def cells(self, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The grid's (cell_start, cell_poly) restricted to the polygons with ``allowed[j]``
+        (all when ``None``); kept per mask, as one scoring call asks with the same few masks."""
+        if allowed is None:
+            return self.cell_start, self.cell_poly
+        cache_key = allowed.tobytes()
+        if cache_key not in self._allowed_cache:
+            keep = allowed[self.cell_poly]
+            self._allowed_cache[cache_key] = (np.concatenate([[0], np.cumsum(keep)])[self.cell_start], self.cell_poly[keep])
+        return self._allowed_cache[cache_key]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -368,52 +280,33 @@ class SegmentGrid:
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self.arc = np.concatenate([[0.0], np.cumsum(np.sqrt(self.den))])
 
-    def _pairs(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Candidate (point, segment) pairs and their closest-point parameter and distance."""
-        gx = np.floor((x - self.x0) / self.cell)
-        gy = np.floor((y - self.y0) / self.cell)
-        inside = (gx >= 0) & (gx < self.nx) & (gy >= 0) & (gy < self.ny)
-        pi = np.nonzero(inside)[0]
-        cid = (gy[pi] * self.nx + gx[pi]).astype(np.int64)
-        n = self.starts[cid + 1] - self.starts[cid]
-        rep = np.repeat(pi, n)
-        offs = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        seg = self.segments[np.repeat(self.starts[cid], n) + offs]
-        apx = x[rep] - self.a[seg, 0]
-        apy = y[rep] - self.a[seg, 1]
-        den = self.den[seg]
-        t = np.clip((apx * self.ab[seg, 0] + apy * self.ab[seg, 1]) / np.where(den > 0, den, 1.0), 0.0, 1.0)
-        dx = apx - t * self.ab[seg, 0]
-        dy = apy - t * self.ab[seg, 1]
-        return rep, seg, t, np.sqrt(dx * dx + dy * dy)
+    def _nearest(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per point: the nearest segment within ``radius`` (-1: none; ties: the first) and its
+        closest-point parameter (compiled loop over the segments of the point's cell)."""
+        seg, t, _ = segment_nearest(x, y, self.x0, self.y0, self.cell, self.nx, self.ny, self.starts, self.segments, self.a, self.ab, self.den, self.radius)
+        return seg, t
 
     def project(self, x: np.ndarray, y: np.ndarray, line: shapely.LineString) -> np.ndarray:
         """(P,) arc length of each point's closest point on the polyline, as
         ``shapely.line_locate_point`` (nearest segment, the first one on ties); points farther
         than ``radius`` from the polyline are passed to shapely with ``line`` (the same polyline)."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
-        rep, seg, t, d = self._pairs(x, y)
-        ok = d <= self.radius
-        rep, seg, t, d = rep[ok], seg[ok], t[ok], d[ok]
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        y = np.ascontiguousarray(y, dtype=np.float64).reshape(-1)
+        seg, t = self._nearest(x, y)
+        found = seg >= 0
         out = np.full(x.shape[0], np.nan)
-        if rep.size:
-            order = np.lexsort((seg, d, rep))
-            first = order[_run_starts(rep[order])]
-            out[rep[first]] = self.arc[seg[first]] + t[first] * (self.arc[seg[first] + 1] - self.arc[seg[first]])
-        missing = np.isnan(out)
+        s = seg[found]
+        out[found] = self.arc[s] + t[found] * (self.arc[s + 1] - self.arc[s])
+        missing = ~found
         if missing.any():
             out[missing] = shapely.line_locate_point(line, shapely.points(x[missing], y[missing]))
         return out
 
     def within(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(P,) bool: distance from (x, y) to the polyline <= radius."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
-        out = np.zeros(x.shape[0], dtype=bool)
-        rep, _, _, d = self._pairs(x, y)
-        out[rep[d <= self.radius]] = True
-        return out
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        y = np.ascontiguousarray(y, dtype=np.float64).reshape(-1)
+        return self._nearest(x, y)[0] >= 0
 
 
 def _window_status(edges: np.ndarray, x0: float, y0: float, res: float, nx: int, ny: int) -> tuple[np.ndarray, np.ndarray]:
@@ -627,45 +520,30 @@ def _membership_chunk(
 ) -> None:
     """:func:`membership_bits` for a few thousand points (with ``index``, an index of ``polys``
     that covers them), written into ``out`` (their rows)."""
-    rep, pj = index.candidates(px, py, allowed)
-    if per_point is not None:  # arbitrary per-point masks: filter the pairs
-        word = per_point[rep, pj >> 6]
-        keep = ((word >> (pj & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
-        rep, pj = rep[keep], pj[keep]
-    if rep.size == 0:
+    if index.nx == 0 or px.size == 0:
         return
-    # Slab parity for every pair; undecided pairs and exact-only polygons go to the exact test.
-    rank = np.searchsorted(index.ys, py)
-    on_vertex_y = np.take(index.ys, np.minimum(rank, index.ys.size - 1)) == py if index.ys.size else np.zeros(px.size, dtype=bool)
-    inside, unsure = index.parity(np.take(px, rep), np.take(py, rep), np.take(rank, rep), np.take(on_vertex_y, rep), pj)
-    if polys.exact_only is not None:
-        unsure |= np.take(polys.exact_only, pj)
-    todo = np.flatnonzero(unsure)
-    if todo.size:
-        order = todo[np.argsort(pj[todo], kind="stable")]
-        cut = np.flatnonzero(np.diff(pj[order])) + 1
-        for group in np.split(order, cut):
-            j = int(pj[group[0]])
-            pi = rep[group]
-            if polys.exact is None:
-                hit = shapely.contains_xy(polys.polygons[j], px[pi], py[pi])
-            else:
-                hit = np.asarray(polys.exact(j, px[pi], py[pi]), dtype=bool)
-            inside[group] = hit
-    # OR the bits of each point's inside pairs (pairs are sorted by point).
-    sel = np.flatnonzero(inside)
-    if sel.size == 0:
+    # Slab parity for every (point, polygon) pair of the grid (compiled); undecided pairs and
+    # exact-only polygons come back for the exact test.
+    cell_start, cell_poly = index.cells(allowed)
+    only = polys.exact_only if polys.exact_only is not None else np.zeros(len(polys), dtype=bool)
+    mask = per_point if per_point is not None else np.zeros((0, out.shape[1]), dtype=np.uint64)
+    todo_p, todo_j = slab_membership(
+        px, py, index.ys, index.gx0, index.gy0, 1.0 / index.cell, index.nx, index.ny, cell_start, cell_poly, polys.bounds,
+        np.ascontiguousarray(mask), index.keys, index.key_start, index.keys_ext, index.u1, index.table, index.extra, index.extra_start, only, out,
+    )
+    if todo_p.size == 0:
         return
-    hp, hj = np.take(rep, sel), np.take(pj, sel)
-    bits = np.left_shift(np.uint64(1), (hj & 63).astype(np.uint64))
-    words = hj >> 6
-    for w in range(out.shape[1]):
-        mine = np.flatnonzero(words == w) if out.shape[1] > 1 else np.arange(hp.size)
-        if mine.size == 0:
-            continue
-        wp = hp[mine]
-        heads = np.flatnonzero(np.concatenate([[True], wp[1:] != wp[:-1]]))
-        out[wp[heads], w] = np.bitwise_or.reduceat(bits[mine], heads)
+    order = np.argsort(todo_j, kind="stable")
+    cut = np.flatnonzero(np.diff(todo_j[order])) + 1
+    for group in np.split(order, cut):
+        j = int(todo_j[group[0]])
+        pi = todo_p[group]
+        if polys.exact is None:
+            hit = shapely.contains_xy(polys.polygons[j], px[pi], py[pi])
+        else:
+            hit = np.asarray(polys.exact(j, px[pi], py[pi]), dtype=bool)
+        if hit.any():
+            out[pi[hit], j >> 6] |= np.uint64(1) << np.uint64(j & 63)
 
 
 def bits_to_bool(bits: np.ndarray, n: int) -> np.ndarray:

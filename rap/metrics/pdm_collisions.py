@@ -23,6 +23,7 @@ import numpy as np
 from rap.geometry import box_corners_2d
 from rap.metrics.pdm_areas import EgoAreaIndex
 from rap.metrics.pdm_inputs import AGENT_KINDS, ObjectKind, ObjectTracks
+from rap.metrics.pdm_kernels import box_contacts
 from rap.sim.bicycle import PACIFICA, StateIndex, VehicleParameters
 
 __all__ = [
@@ -398,56 +399,16 @@ def _find_contacts_stacked(
     ta, na = np.nonzero(active)
     if ta.size == 0:
         return Contacts(empty, empty, empty)
-    # Every (active pair, row) of the same scene as dense (A, rows) blocks (each scene's rows laid
-    # out step-major and padded with NaN, never near), tested per look-ahead with the exact
-    # test's circles in float32, relative to a point of the scene (its first row at step 0). The
-    # circles are widened by 1 cm plus 1e-6 of the scene's extent E (the rows' farthest centre
-    # from that point plus their largest 0.9 s travel): a pair that can pass the exact test has
-    # all its terms within E, so float32 rounding (< 5e-7 E) stays inside the margin; the
-    # survivors get the exact test.
-    k_max = int(row_counts.max())
-    local = np.arange(states.shape[0]) - row_starts[row_scene]
-    anchor = np.minimum(row_starts[:-1], states.shape[0] - 1)
-    org_x, org_y = cx[anchor, 0], cy[anchor, 0]  # (G,)
-    rel_x, rel_y = cx - org_x[row_scene, None], cy - org_y[row_scene, None]
-    extent = np.zeros(n_scenes)
-    reach_row = np.maximum(np.abs(rel_x), np.abs(rel_y)).max(axis=1) + speed.max(axis=1) * (max(looks) * dt)
-    extent[has_rows] = np.maximum.reduceat(reach_row, row_starts[has_rows])
-
-    def by_scene(a: np.ndarray) -> np.ndarray:
-        out = np.full((n_scenes, top + 1, k_max), np.nan, dtype=np.float32)
-        out[row_scene, :, local] = a
-        return out
-
-    ga = g[na]
-    ex = by_scene(rel_x)[ga, ta]  # (A, rows)
-    ey = by_scene(rel_y)[ga, ta]
-    evx = by_scene(vx)[ga, ta]
-    evy = by_scene(vy)[ga, ta]
+    # Every active pair against every row of its scene, per look-ahead (compiled).
     box_r = float(np.hypot(vehicle.half_length, vehicle.half_width))
-    margin = 0.01 + 1e-6 * extent[ga]
-    limit = ((box_r + 0.5 * np.hypot(objects.length, objects.width)[na] + margin) ** 2).astype(np.float32)[:, None]
-    near = np.zeros(ex.shape, dtype=bool)
-    per_look = []
-    for j, look in enumerate(looks):
-        t2 = np.minimum(ta + look, objects.num_steps - 1)
-        ox_j = (objects.x[na, t2] - org_x[ga]).astype(np.float32)[:, None]
-        oy_j = (objects.y[na, t2] - org_y[ga]).astype(np.float32)[:, None]
-        shift = np.float32(look * dt)
-        dx = ox_j - (ex + evx * shift)
-        dy = oy_j - (ey + evy * shift)
-        dx *= dx
-        dy *= dy
-        dx += dy
-        hit = dx <= limit
-        hit &= ok[ta, j, na][:, None]
-        near |= hit
-        per_look.append(hit)
-    aa, k_local = np.nonzero(near)
-    kk = row_starts[ga[aa]] + k_local
-    tt, nn = ta[aa], na[aa]
-    flat = aa * k_max + k_local
-    return _exact_contacts(kk, tt, nn, objects, ok, looks, cx, cy, vx, vy, heading, vehicle, dt, [np.take(np.ravel(h), flat) for h in per_look])
+    hits = box_contacts(
+        ta, na, row_starts, objects.scene, cx, cy, vx, vy, np.cos(heading), np.sin(heading), mx, my, ego_r,
+        ocx, ocy, obj_r, objects.x, objects.y, np.cos(objects.heading), np.sin(objects.heading),
+        0.5 * objects.length, 0.5 * objects.width, 0.5 * np.hypot(objects.length, objects.width),
+        ok, np.asarray(looks, dtype=np.int64), float(dt), float(vehicle.half_length), float(vehicle.half_width), box_r,
+    )
+    per_look = [hits[1:, hits[0] == j] for j in range(len(looks))]
+    return Contacts(tuple(h[0] for h in per_look), tuple(h[1] for h in per_look), tuple(h[2] for h in per_look))
 
 
 def _exact_contacts(kk, tt, nn, objects, ok, looks, cx, cy, vx, vy, heading, vehicle, dt, maybe=None) -> Contacts:

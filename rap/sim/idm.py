@@ -38,6 +38,7 @@ from numpy.typing import ArrayLike
 
 from rap.geometry import polyline_length, wrap_angle
 from rap.scene import AgentType, Lanes, Scene
+from rap.sim.path_kernels import first_path_hits
 
 __all__ = [
     "Boxes",
@@ -441,62 +442,22 @@ def path_hits(
     if pb.size == 0:
         return PathHits(empty, empty, empty, np.zeros(0), row_ids)
     first, length, fx, fy, fr = _segments(px, py, seg)
-    if seg < k:
-        pp = path_of[pb]
-        qx, qy = pair(cx, 0, pb, pn), pair(cy, 0, pb, pn)
-        base = pair(radius, 0, pb, pn) + reach[pb] + _SLACK
-        coarse = seg * _COARSE_SEGMENTS
-        if coarse < k:  # pairs x coarse segments, then the fine segments of the near ones
-            _, _, gx, gy, gr = _segments(px, py, coarse)
-            lim = base[:, None] + gr[pp]
-            ps, cs = np.nonzero((gx[pp] - qx[:, None]) ** 2 + (gy[pp] - qy[:, None]) ** 2 <= lim * lim)
-            count = np.minimum(_COARSE_SEGMENTS, first.size - cs * _COARSE_SEGMENTS)
-            ps = np.repeat(ps, count)
-            ss = np.repeat(cs * _COARSE_SEGMENTS, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
-        else:
-            ps, ss = np.nonzero(np.ones((pb.size, first.size), dtype=bool))
-        at = pp[ps] * first.size + ss  # (path, segment) in the flat (M, S) arrays
-        lim = np.take(base, ps) + np.take(fr, at)
-        near = (np.take(fx, at) - np.take(qx, ps)) ** 2 + (np.take(fy, at) - np.take(qy, ps)) ** 2 <= lim * lim
-        ps, ss = ps[near], ss[near]
-    else:
-        ps, ss = np.arange(pb.size), np.zeros(pb.size, dtype=np.int64)
-    if ps.size == 0:
-        return PathHits(empty, empty, empty, np.zeros(0), row_ids)
-    # (3) The samples of the near segments against the box, in the box's frame (pair-major,
-    # samples in order); the first hit of each pair.
-    count = length[ss]
-    pi = np.repeat(ps, count)
-    si = np.repeat(first[ss], count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
-    keep_pairs = np.zeros(pb.size, dtype=bool)
-    keep_pairs[ps] = True
-    if not keep_pairs.all():  # renumber the pairs that have samples to test
-        new = np.cumsum(keep_pairs) - 1
-        pi = new[pi]
-        pb, pn = pb[keep_pairs], pn[keep_pairs]
+    use_fine = seg < k
+    coarse = seg * _COARSE_SEGMENTS
+    use_coarse = use_fine and coarse < k
+    gx, gy, gr = _segments(px, py, coarse)[2:] if use_coarse else (fx, fy, fr)
+    # (3) The samples of the near segments against the box, in the box's frame, in order; the
+    # first hit of each pair (compiled loop over pairs, segments and samples).
     axis = pair(np.asarray(boxes.axis, dtype=np.float64), 1, pb, pn)
-    bi = pb[pi]
-    ri = path_of[bi]
-    rx = px[ri, si] - pair(cx, 0, pb, pn)[pi]
-    ry = py[ri, si] - pair(cy, 0, pb, pn)[pi]
-    ex, ey = axis[pi, 0], axis[pi, 1]
-    ax = np.abs(rx * ex + ry * ey)
-    ay = np.abs(ry * ex - rx * ey)
-    hl, hw = pair(hl, 0, pb, pn)[pi], pair(hw, 0, pb, pn)[pi]
-    if clearance is None:
-        hit = (ax <= hl) & (ay <= hw)
-    else:
-        lx = ax - hl
-        ly = ay - hw
-        dist2 = np.maximum(lx, 0.0) ** 2 + np.maximum(ly, 0.0) ** 2
-        hit = dist2 < reach[bi] ** 2
-    if sample_valid is not None:
-        ok = np.asarray(sample_valid, dtype=bool)
-        hit &= ok[si] if ok.ndim == 1 else ok[bi, si]
-    pi, si = pi[hit], si[hit]
-    heads = np.flatnonzero(np.concatenate([[True], pi[1:] != pi[:-1]])) if pi.size else np.zeros(0, dtype=np.int64)
-    hit_pairs = pi[heads]
-    first_hit = si[heads]
+    valid = np.ones((1, 1), dtype=bool) if sample_valid is None else np.asarray(sample_valid, dtype=bool)
+    valid = np.broadcast_to(valid if valid.ndim == 2 else valid[None], (b, k))
+    reach_p = reach[pb]
+    hit_pairs, first_hit = first_path_hits(
+        pb, path_of, px, py, pair(cx, 0, pb, pn), pair(cy, 0, pb, pn),
+        np.ascontiguousarray(axis[:, 0]), np.ascontiguousarray(axis[:, 1]), pair(hl, 0, pb, pn), pair(hw, 0, pb, pn),
+        reach_p, pair(radius, 0, pb, pn) + reach_p + _SLACK, clearance is None, valid,
+        first, length, fx, fy, fr, use_fine, _COARSE_SEGMENTS, gx, gy, gr, use_coarse,
+    )
     pb, pn, axis = pb[hit_pairs], pn[hit_pairs], axis[hit_pairs]
     tk = tan[path_of[pb], first_hit]
     if boxes.speed is not None:

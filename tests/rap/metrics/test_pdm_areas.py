@@ -191,17 +191,3 @@ def test_exact_only_polygon_defers_to_its_predicate(path, radius, quad_segs, res
     np.testing.assert_array_equal(membership(prepared, pts, resolution)[:, 0], truth)
 
 
-def test_slab_lookup_table_equals_binary_search(monkeypatch):
-    """The slab lookup table gives what a binary search in the slab keys gives (and large sets
-    fall back to the search)."""
-    polys = _polygons()
-    rng = np.random.default_rng(9)
-    pts = rng.uniform([-5, -10], [135, 25], size=(20000, 2))
-    pts[:500, 1] = shapely.get_coordinates(polys[0])[rng.integers(0, 80, 500), 1]  # on vertex ordinates
-    table = PreparedPolygons.from_polygons(polys)
-    assert table.index.slab_lookup is not None
-    monkeypatch.setattr(pdm_areas, "_MAX_SLAB_LOOKUP", 0)
-    search = PreparedPolygons.from_polygons(polys)
-    assert search.index.slab_lookup is None
-    np.testing.assert_array_equal(membership_bits(table, pts), membership_bits(search, pts))
-    _assert_membership_matches(polys, pts)

@@ -1,0 +1,287 @@
+"""Compiled inner loops of the PDM scorer (numba).
+
+Each kernel does per element what the numpy code around it did with array passes, with the same
+floating-point operations in the same order, so every result is bit-identical; what changes is
+that the ~10^4-10^5 (point, polygon) pairs or (row, step, object) triples of a scoring call are
+visited once in a loop instead of by ~100 array passes over temporaries. Compiled on first use
+and cached on disk (``cache=True``: ``__pycache__`` beside this file, or numba's user cache).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["slab_membership"]
+
+_JIT = dict(cache=True, nogil=True)
+
+
+@numba.njit(**_JIT)
+def _search_left(values: np.ndarray, key) -> int:
+    """``np.searchsorted(values, key, side="left")`` for sorted ``values``."""
+    lo, hi = 0, values.size
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if values[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(**_JIT)
+def slab_membership(
+    px, py, ys,
+    gx0, gy0, inv_cell, nx, ny, cell_start, cell_poly, bounds,
+    per_point, keys, key_start, keys_ext, u1, table, extra, extra_start, exact_only, out,
+):
+    """Ray-crossing parity of every (point, polygon) pair of the broad-phase grid.
+
+    Args:
+        px, py: (P,) points; ys: (U,) sorted distinct vertex ordinates of the polygons.
+        gx0, gy0, inv_cell, nx, ny, cell_start, cell_poly: the grid (polygons per cell, CSR),
+            already filtered to the allowed polygons; bounds: (L, 4) polygon bounds (a point
+            outside them is not strictly inside; exact-only polygons are tested regardless).
+        per_point: (P, W) uint64 polygons that matter per point, or (0, W) for all.
+        keys, keys_ext, u1, table, extra, extra_start: the slab index (see ``_SlabIndex``);
+            key_start: (L + 1,) first slab key of each polygon.
+        exact_only: (L,) bool polygons always decided by the exact test.
+        out: (P, W) uint64, bits of the pairs decided inside are OR-ed in.
+
+    Returns:
+        (point, polygon) int64 arrays of the pairs the crossing test cannot decide (a point on a
+        vertex ordinate of the slab boundary, within rounding of an edge, or an exact-only
+        polygon), in point order.
+    """
+    n = px.size
+    cap = 64
+    todo_p = np.empty(cap, np.int64)
+    todo_j = np.empty(cap, np.int64)
+    n_todo = 0
+    width = table.shape[1]
+    use_mask = per_point.shape[0] > 0
+    for i in range(n):
+        gx = np.floor((px[i] - gx0) * inv_cell)
+        gy = np.floor((py[i] - gy0) * inv_cell)
+        if not (gx >= 0 and gx < nx and gy >= 0 and gy < ny):
+            continue
+        cid = np.int64(gy * nx + gx)
+        x, y = px[i], py[i]
+        rank = _search_left(ys, y)  # the point's slab among the vertex ordinates
+        on_vertex_y = rank < ys.size and ys[rank] == y
+        for e in range(cell_start[cid], cell_start[cid + 1]):
+            j = cell_poly[e]
+            if use_mask and ((per_point[i, j >> 6] >> np.uint64(j & 63)) & np.uint64(1)) == 0:
+                continue
+            if not exact_only[j] and (x <= bounds[j, 0] or x >= bounds[j, 2] or y <= bounds[j, 1] or y >= bounds[j, 3]):
+                continue
+            key = j * u1 + rank
+            g = key_start[j] + _search_left(keys[key_start[j] : key_start[j + 1]], key)
+            unsure = on_vertex_y and keys_ext[g] == key
+            inside = False
+            for s in range(width):
+                bound = table[g, s, 3]
+                d = x - (table[g, s, 0] + (y - table[g, s, 1]) * table[g, s, 2])
+                if d < -bound:
+                    inside = not inside
+                if abs(d) <= bound:
+                    unsure = True
+            for r in range(extra_start[g], extra_start[g + 1]):
+                bound = extra[r, 3]
+                d = x - (extra[r, 0] + (y - extra[r, 1]) * extra[r, 2])
+                if d < -bound:
+                    inside = not inside
+                if abs(d) <= bound:
+                    unsure = True
+            if unsure or exact_only[j]:
+                if n_todo == cap:
+                    cap *= 2
+                    grown_p = np.empty(cap, np.int64)
+                    grown_j = np.empty(cap, np.int64)
+                    grown_p[:n_todo] = todo_p[:n_todo]
+                    grown_j[:n_todo] = todo_j[:n_todo]
+                    todo_p, todo_j = grown_p, grown_j
+                todo_p[n_todo] = i
+                todo_j[n_todo] = j
+                n_todo += 1
+            elif inside:
+                out[i, j >> 6] |= np.uint64(1) << np.uint64(j & 63)
+    return todo_p[:n_todo], todo_j[:n_todo]
+
+
+@numba.njit(**_JIT)
+def box_contacts(
+    ta, na, row_starts, obj_scene,
+    cx, cy, vx, vy, cos_e, sin_e, mx, my, ego_r,
+    ocx, ocy, obj_r,
+    ox, oy, cos_o, sin_o, half_len, half_wid, circle_r,
+    ok, looks, dt, hl, hw, box_r,
+):
+    """Exact ego-object box contacts of every active (step, object) pair with every row of the
+    object's scene, per look-ahead (the test of ``pdm_collisions._exact_contacts``).
+
+    Args:
+        ta, na: (A,) active (ego step, object) pairs.
+        row_starts: (G + 1,) first row of each scene; obj_scene: (N,) scene of each object.
+        cx, cy, vx, vy, cos_e, sin_e: (K, Te) ego box centres, velocities, cos / sin of heading.
+        mx, my, ego_r: (K, Te) circle the ego box sweeps over the look-aheads.
+        ocx, ocy, obj_r: (Te, N) circle around the object's valid look-ahead boxes.
+        ox, oy, cos_o, sin_o: (N, S) object centres and cos / sin of heading.
+        half_len, half_wid, circle_r: (N,) object half length, half width, bounding radius.
+        ok: (Te, D, N) bool, look-ahead d of (step, object) is valid.
+        looks: (D,) look-ahead steps; dt: step [s]; hl, hw, box_r: ego half length, half
+            width, bounding radius.
+
+    Returns:
+        (look index, row, step, object) int64 (4, C) of every contact, in (pair, row) order.
+    """
+    cap = 256
+    hits = np.empty((4, cap), np.int64)
+    count = 0
+    n_looks = looks.size
+    for a in range(ta.size):
+        t, n = ta[a], na[a]
+        g = obj_scene[n]
+        reach_o = obj_r[t, n]
+        for k in range(row_starts[g], row_starts[g + 1]):
+            # Swept circles (conservative: every look-ahead contact lies inside them).
+            ddx = mx[k, t] - ocx[t, n]
+            ddy = my[k, t] - ocy[t, n]
+            reach = ego_r[k, t] + reach_o
+            if ddx * ddx + ddy * ddy > reach * reach * (1.0 + 1e-6) + 1e-3:
+                continue
+            for j in range(n_looks):
+                if not ok[t, j, n]:
+                    continue
+                look = looks[j]
+                shift = look * dt
+                s = t + look
+                dx = ox[n, s] - (cx[k, t] + vx[k, t] * shift)
+                dy = oy[n, s] - (cy[k, t] + vy[k, t] * shift)
+                r = box_r + circle_r[n]
+                if not (dx * dx + dy * dy <= r * r + 1e-9):
+                    continue
+                # Separating axes of the two rectangles (pdm_collisions.obb_overlap).
+                c1, s1, c2, s2 = cos_e[k, t], sin_e[k, t], cos_o[n, s], sin_o[n, s]
+                a2, b2 = half_len[n], half_wid[n]
+                cd = abs(c1 * c2 + s1 * s2)
+                sd = abs(c1 * s2 - s1 * c2)
+                if (
+                    abs(dx * c1 + dy * s1) <= hl + a2 * cd + b2 * sd
+                    and abs(dy * c1 - dx * s1) <= hw + a2 * sd + b2 * cd
+                    and abs(dx * c2 + dy * s2) <= hl * cd + hw * sd + a2
+                    and abs(dy * c2 - dx * s2) <= hl * sd + hw * cd + b2
+                ):
+                    if count == cap:
+                        cap *= 2
+                        grown = np.empty((4, cap), np.int64)
+                        grown[:, :count] = hits[:, :count]
+                        hits = grown
+                    hits[0, count] = j
+                    hits[1, count] = k
+                    hits[2, count] = t
+                    hits[3, count] = n
+                    count += 1
+    return hits[:, :count]
+
+
+@numba.njit(**_JIT)
+def segment_nearest(x, y, x0, y0, cell, nx, ny, starts, segments, a, ab, den, radius):
+    """For each point: the nearest polyline segment within ``radius`` among those registered in
+    the point's grid cell (ties: the lowest segment index), its closest-point parameter and the
+    distance (``SegmentGrid``'s candidate pairs reduced per point).
+
+    Returns:
+        seg (P,) int64 (-1: none within ``radius``), t (P,), d (P,).
+    """
+    n = x.size
+    best_seg = np.full(n, -1, np.int64)
+    best_t = np.zeros(n)
+    best_d = np.full(n, np.inf)
+    for i in range(n):
+        gx = np.floor((x[i] - x0) / cell)
+        gy = np.floor((y[i] - y0) / cell)
+        if not (gx >= 0 and gx < nx and gy >= 0 and gy < ny):
+            continue
+        cid = np.int64(gy * nx + gx)
+        for e in range(starts[cid], starts[cid + 1]):
+            s = segments[e]
+            apx = x[i] - a[s, 0]
+            apy = y[i] - a[s, 1]
+            dd = den[s] if den[s] > 0 else 1.0
+            t = (apx * ab[s, 0] + apy * ab[s, 1]) / dd
+            t = min(max(t, 0.0), 1.0)
+            dx = apx - t * ab[s, 0]
+            dy = apy - t * ab[s, 1]
+            d = np.sqrt(dx * dx + dy * dy)
+            if d <= radius and (d < best_d[i] or (d == best_d[i] and s < best_seg[i])):
+                best_seg[i], best_t[i], best_d[i] = s, t, d
+    return best_seg, best_t, best_d
+
+
+@numba.njit(**_JIT)
+def slab_table(x1, y1, x2, y2, edge_poly, n_polygons, width_max, cross_error):
+    """The slabs of ``_SlabIndex`` from ring edges (x1, y1) -> (x2, y2) of polygons ``edge_poly``.
+
+    Returns:
+        ys (U,) distinct vertex ordinates; keys (sorted slab keys ``j * (U + 1) + rank``);
+        key_start (L + 1,) first key of each polygon; table (S + 1, width, 4) the first
+        ``width`` (<= ``width_max``) crossing edges of each slab as (xa, ya, slope, bound),
+        padded with xa = -inf; extra (X, 4) the further ones, CSR by slab with extra_start.
+        Edges appear in each slab in edge order.
+    """
+    ys = np.unique(y1)
+    u1 = ys.size + 1
+    n_edges = x1.size
+    slab_keys = np.empty(n_edges, np.int64)
+    rank1 = np.empty(n_edges, np.int64)
+    rank2 = np.empty(n_edges, np.int64)
+    for e in range(n_edges):
+        rank1[e] = _search_left(ys, y1[e])
+        rank2[e] = _search_left(ys, y2[e])
+        slab_keys[e] = edge_poly[e] * u1 + rank1[e]
+    keys = np.unique(slab_keys)
+    key_start = np.empty(n_polygons + 1, np.int64)
+    for j in range(n_polygons + 1):
+        key_start[j] = _search_left(keys, j * u1)
+    n_slabs = keys.size + 1
+    # Slabs each slanted edge crosses: ga + 1 .. gb.
+    ga = np.zeros(n_edges, np.int64)
+    gb = np.zeros(n_edges, np.int64)
+    per_slab = np.zeros(n_slabs, np.int64)
+    for e in range(n_edges):
+        if y1[e] == y2[e]:
+            continue
+        base = edge_poly[e] * u1
+        lo, hi = (rank1[e], rank2[e]) if y2[e] > y1[e] else (rank2[e], rank1[e])
+        ga[e] = _search_left(keys, base + lo)
+        gb[e] = _search_left(keys, base + hi)
+        for g in range(ga[e] + 1, gb[e] + 1):
+            per_slab[g] += 1
+    width = 1
+    for g in range(n_slabs):
+        width = max(width, per_slab[g])
+    width = min(width, width_max)
+    table = np.zeros((n_slabs, width, 4))
+    table[:, :, 0] = -np.inf
+    extra_start = np.zeros(n_slabs + 1, np.int64)
+    for g in range(n_slabs):
+        extra_start[g + 1] = extra_start[g] + max(per_slab[g] - width, 0)
+    extra = np.zeros((extra_start[n_slabs], 4))
+    filled = np.zeros(n_slabs, np.int64)
+    for e in range(n_edges):
+        if y1[e] == y2[e]:
+            continue
+        if y2[e] > y1[e]:
+            xa, ya, dx, dy = x1[e], y1[e], x2[e] - x1[e], y2[e] - y1[e]
+        else:
+            xa, ya, dx, dy = x2[e], y2[e], x1[e] - x2[e], y1[e] - y2[e]
+        slope = dx / dy
+        bound = cross_error * (abs(xa) + 8.0 * abs(dx))
+        for g in range(ga[e] + 1, gb[e] + 1):
+            r = filled[g]
+            filled[g] += 1
+            row = table[g, r] if r < width else extra[extra_start[g] + r - width]
+            row[0], row[1], row[2], row[3] = xa, ya, slope, bound
+    return ys, keys, key_start, table, extra, extra_start
