@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from rap.geometry import wrap_angle
-from rap.sim.bicycle import PACIFICA, BicycleConfig, StateIndex, VehicleParameters, propagate
+from rap.sim.bicycle import PACIFICA, BicycleConfig, StateIndex, VehicleParameters
+from rap.sim.tracker_kernels import track_loop
 from rap.trajectory import PoseIndex, TrajectorySampling
 
 __all__ = [
@@ -296,14 +297,15 @@ def fit_profiles(
     return velocity, curvature
 
 
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    """Angle wrapped to [-pi, pi) (NAVSIM's arctan2(sin, cos) up to the +-pi endpoint)."""
-    return (angle + np.pi) % (2.0 * np.pi) - np.pi
-
-
 @functools.lru_cache(maxsize=8)
 def _lateral_constants(n: int) -> tuple[np.ndarray, dict[str, float]]:
-    """Window weights (n, 5) and scalar sums for the closed-form lateral LQR over n steps."""
+    """Window weights (n, 5) and scalar sums for the closed-form lateral LQR over n steps.
+
+    NAVSIM multiplies the ``horizon`` per-step (3 x 3) transition matrices of the linearized
+    lateral dynamics (speed v + accel * k * dt, curvature window k_0 .. k_{N-1}). The matrices are
+    unit upper triangular, so the product, input and drift terms are polynomials in (v, accel)
+    with these window sums of the curvature as coefficients; the tracker evaluates them directly
+    (:func:`rap.sim.tracker_kernels.track_loop`)."""
     k = np.arange(n, dtype=np.float64)
     t = k * (k - 1) / 2  # sum_{j<k} j
     q = (k - 1) * k * (2 * k - 1) / 6  # sum_{j<k} j^2
@@ -315,55 +317,6 @@ def _lateral_constants(n: int) -> tuple[np.ndarray, dict[str, float]]:
         "sq": float(q.sum()), "skq": float((k * q).sum()),
     }
     return weights, sums
-
-
-def _lateral_steering_rate(
-    lateral: np.ndarray,
-    heading_err: np.ndarray,
-    steer: np.ndarray,
-    v: np.ndarray,
-    accel: np.ndarray,
-    curvature_sums: np.ndarray,
-    horizon: int,
-    dt: float,
-    wheel_base: float,
-    cfg: LQRConfig,
-) -> np.ndarray:
-    """One-step lateral LQR: steering rate (K,) from the initial error state.
-
-    NAVSIM multiplies the ``horizon`` per-step (3 x 3) transition matrices of the linearized
-    lateral dynamics (speed v + accel * k * dt, curvature window k_0 .. k_{N-1}). The matrices are
-    unit upper triangular, so the product, input and drift terms are polynomials in (v, accel)
-    with window sums of the curvature as coefficients; this evaluates them directly.
-
-    Args:
-        lateral, heading_err, steer: (K,) initial lateral error [m], heading error [rad],
-            steering angle [rad].
-        v, accel: (K,) current speed [m/s] and LQR acceleration [m/s^2].
-        curvature_sums: (K, 5) curvature window sums with :func:`_lateral_constants` weights.
-    """
-    _, c = _lateral_constants(horizon)
-    n = horizon
-    inv_l = 1.0 / wheel_base
-    a_dt = accel * dt
-    sum_v = n * v + a_dt * c["s1"]
-    a01 = dt * sum_v
-    a12 = a01 * inv_l
-    a02 = dt * dt * inv_l * (v * v * c["s1"] + v * a_dt * (c["st"] + c["s2"]) + a_dt * a_dt * c["skt"])
-    b1 = dt * dt * inv_l * (v * c["s1"] + a_dt * c["s2"])
-    b0 = dt**3 * inv_l * (v * v * c["st"] + v * a_dt * (c["sq"] + c["skt"]) + a_dt * a_dt * c["skq"])
-    b2 = n * dt
-    w0, w1, w2, w3, w4 = (curvature_sums[:, i] for i in range(5))
-    g1 = -dt * (v * w0 + a_dt * w1)
-    g0 = -dt * dt * (v * v * w2 + v * a_dt * w3 + a_dt * a_dt * w4)
-
-    e0 = lateral + a01 * heading_err + a02 * steer + g0
-    e1 = _wrap(heading_err + a12 * steer + g1)
-    e2 = _wrap(steer)
-    q0, q1, q2 = cfg.q_lateral
-    denom = q0 * b0 * b0 + q1 * b1 * b1 + q2 * b2 * b2 + cfg.r_lateral
-    tail = q0 * b0 * e0 + q1 * b1 * e1 + q2 * b2 * e2
-    return -tail / denom
 
 
 def track(
@@ -407,35 +360,22 @@ def track(
     curv_sums = small_matmul(curvature[:, window], weights, groups)  # (K, N-1, 5)
     b_lon = horizon * dt
     lon_gain = lqr.q_longitudinal * b_lon / (b_lon * lqr.q_longitudinal * b_lon + lqr.r_longitudinal)
-
-    # The loop works step-major on (component, K) arrays, so that every per-row quantity is a
-    # contiguous (K,) vector (the same arithmetic as on (K, 11) rows, much less memory traffic).
-    ref_t = np.ascontiguousarray(ref.transpose(1, 2, 0))  # (N, 3, K)
-    ref_sin, ref_cos = np.sin(ref_t[:, PoseIndex.HEADING]), np.cos(ref_t[:, PoseIndex.HEADING])  # (N, K)
-    velocity_t = np.ascontiguousarray(velocity.T)  # (N - 1, K)
-    curv_t = np.ascontiguousarray(curv_sums.transpose(1, 2, 0))  # (N - 1, 5, K)
-    states_t = np.empty((n, len(StateIndex), k))
-    states_t[0] = np.broadcast_to(init, (k, len(StateIndex))).T
-    current = states_t[0].T  # (K, 11) view with contiguous columns
-    for i in range(n - 1):
-        v = current[:, StateIndex.VELOCITY_X]
-        ex = current[:, StateIndex.X] - ref_t[i, PoseIndex.X]
-        ey = current[:, StateIndex.Y] - ref_t[i, PoseIndex.Y]
-        lateral = -ex * ref_sin[i] + ey * ref_cos[i]
-        heading_err = _wrap(current[:, StateIndex.HEADING] - ref_t[i, PoseIndex.HEADING])
-        v_ref = velocity_t[min(i + horizon, last)]
-
-        stop = (v_ref <= lqr.stopping_velocity) & (v <= lqr.stopping_velocity)
-        accel_lqr = -lon_gain * (v - v_ref)
-        accel = np.where(stop, -lqr.stopping_proportional_gain * (v - v_ref), accel_lqr)
-        steer_rate = _lateral_steering_rate(
-            lateral, heading_err, current[:, StateIndex.STEERING_ANGLE], v, accel_lqr,
-            curv_t[i].T, horizon, dt, cfg.vehicle.wheel_base, lqr,
-        )
-        steer_rate = np.where(stop, 0.0, steer_rate)
-        current = propagate(current, accel, steer_rate, dt, cfg.vehicle, cfg.bicycle)  # keeps the layout
-        states_t[i + 1] = current.T
-    return np.ascontiguousarray(states_t.transpose(2, 0, 1))
+    # The step loop runs compiled, row by row (rap.sim.tracker_kernels.track_loop: the
+    # operations of the closed-form lateral LQR and bicycle.propagate in the same order).
+    _, c = _lateral_constants(horizon)
+    inv_l = 1.0 / cfg.vehicle.wheel_base
+    lat = np.array([
+        *lqr.q_lateral, lqr.r_lateral, inv_l, c["s1"], c["s2"], c["st"] + c["s2"], c["skt"], c["sq"] + c["skt"], c["skq"],
+        dt * dt * inv_l, dt**3 * inv_l, horizon * dt, c["st"],
+    ], dtype=np.float64)  # fmt: skip
+    lon = np.array([lqr.stopping_velocity, lqr.stopping_proportional_gain, lon_gain, dt], dtype=np.float64)
+    bike = cfg.bicycle
+    bicycle = np.array([dt / (dt + bike.accel_time_constant), dt / (dt + bike.steering_angle_time_constant), bike.max_steering_angle, cfg.vehicle.wheel_base])
+    states = np.empty((k, n, len(StateIndex)))
+    states[:, 0] = np.broadcast_to(init, (k, len(StateIndex)))
+    heading = np.ascontiguousarray(ref[..., PoseIndex.HEADING])
+    track_loop(states, ref, np.sin(heading), np.cos(heading), np.ascontiguousarray(velocity), np.ascontiguousarray(curv_sums), horizon, lon, lat, bicycle)
+    return states
 
 
 def _initial_state_array(ego: Any) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rap.sim import PACIFICA, LQRConfig, RolloutConfig, StateIndex, fit_profiles, interpolate_poses, propagate, simulate, track
+from rap.sim.tracker import _lateral_constants
 from rap.trajectory import NAVSIM_SAMPLING, TrajectorySampling
 
 
@@ -104,7 +105,6 @@ def test_fit_profiles_matches_dense_least_squares(regularizer):
 
 
 def test_closed_form_lateral_lqr_matches_matrix_products():
-    from rap.sim.tracker import _lateral_constants, _lateral_steering_rate
 
     rng = np.random.default_rng(1)
     k, n, dt = 50, 10, 0.1
@@ -278,3 +278,81 @@ def test_interpolate_poses_takes_one_origin_per_plan():
         assert np.array_equal(together[i], interpolate_poses(props[i : i + 1], NAVSIM_SAMPLING, origins[i])[0])
     with pytest.raises(ValueError, match="origin"):
         interpolate_poses(props, NAVSIM_SAMPLING, origins[:2])
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    return (angle + np.pi) % (2.0 * np.pi) - np.pi
+
+
+def _lateral_steering_rate(lateral, heading_err, steer, v, accel, curvature_sums, horizon, dt, wheel_base, cfg):
+    """The closed-form one-step lateral LQR in array form (what the compiled tracker loop
+    computes per row): steering rate (K,) from the initial error state."""
+    _, c = _lateral_constants(horizon)
+    n = horizon
+    inv_l = 1.0 / wheel_base
+    a_dt = accel * dt
+    sum_v = n * v + a_dt * c["s1"]
+    a01 = dt * sum_v
+    a12 = a01 * inv_l
+    a02 = dt * dt * inv_l * (v * v * c["s1"] + v * a_dt * (c["st"] + c["s2"]) + a_dt * a_dt * c["skt"])
+    b1 = dt * dt * inv_l * (v * c["s1"] + a_dt * c["s2"])
+    b0 = dt**3 * inv_l * (v * v * c["st"] + v * a_dt * (c["sq"] + c["skt"]) + a_dt * a_dt * c["skq"])
+    b2 = n * dt
+    w0, w1, w2, w3, w4 = (curvature_sums[:, i] for i in range(5))
+    g1 = -dt * (v * w0 + a_dt * w1)
+    g0 = -dt * dt * (v * v * w2 + v * a_dt * w3 + a_dt * a_dt * w4)
+    e0 = lateral + a01 * heading_err + a02 * steer + g0
+    e1 = _wrap(heading_err + a12 * steer + g1)
+    e2 = _wrap(steer)
+    q0, q1, q2 = cfg.q_lateral
+    denom = q0 * b0 * b0 + q1 * b1 * b1 + q2 * b2 * b2 + cfg.r_lateral
+    tail = q0 * b0 * e0 + q1 * b1 * e1 + q2 * b2 * e2
+    return -tail / denom
+
+
+def _array_track(ref: np.ndarray, init: np.ndarray, cfg: RolloutConfig) -> np.ndarray:
+    """The tracker's step loop in array form (all rows at once, bicycle.propagate)."""
+    lqr, dt = cfg.lqr, cfg.dt
+    k, n = ref.shape[:2]
+    velocity, curvature = fit_profiles(ref, dt, lqr)
+    last, horizon = n - 2, lqr.tracking_horizon
+    window = np.minimum(np.arange(n - 1)[:, None] + np.arange(horizon)[None, :], last)
+    weights, _ = _lateral_constants(horizon)
+    curv_sums = curvature[:, window] @ weights
+    b_lon = horizon * dt
+    lon_gain = lqr.q_longitudinal * b_lon / (b_lon * lqr.q_longitudinal * b_lon + lqr.r_longitudinal)
+    states = np.empty((k, n, 11))
+    states[:, 0] = init
+    cur = states[:, 0]
+    for i in range(n - 1):
+        v = cur[:, StateIndex.VELOCITY_X]
+        ex, ey = cur[:, StateIndex.X] - ref[:, i, 0], cur[:, StateIndex.Y] - ref[:, i, 1]
+        lateral = -ex * np.sin(ref[:, i, 2]) + ey * np.cos(ref[:, i, 2])
+        heading_err = _wrap(cur[:, StateIndex.HEADING] - ref[:, i, 2])
+        v_ref = velocity[:, min(i + horizon, last)]
+        stop = (v_ref <= lqr.stopping_velocity) & (v <= lqr.stopping_velocity)
+        accel_lqr = -lon_gain * (v - v_ref)
+        accel = np.where(stop, -lqr.stopping_proportional_gain * (v - v_ref), accel_lqr)
+        rate = _lateral_steering_rate(lateral, heading_err, cur[:, StateIndex.STEERING_ANGLE], v, accel_lqr, curv_sums[:, i], horizon, dt, cfg.vehicle.wheel_base, lqr)
+        cur = propagate(cur, accel, np.where(stop, 0.0, rate), dt, cfg.vehicle, cfg.bicycle)
+        states[:, i + 1] = cur
+    return states
+
+
+def test_compiled_tracker_loop_equals_the_array_step_loop_bit_for_bit():
+    """``track`` (compiled row loop) executes exactly what the array form of the LQR step and
+    the bicycle's ``propagate`` give, for moving, stopping and turning rows."""
+    rng = np.random.default_rng(7)
+    ref = _smooth_reference(rng, 24)
+    ref[:4, :, :2] = ref[:4, :1, :2]  # standing still: the stopping controller acts
+    ref[4:8, :, :2] += rng.normal(scale=0.3, size=(4, 41, 2))  # jagged references
+    init = np.zeros((24, 11))
+    init[:, StateIndex.X], init[:, StateIndex.Y], init[:, StateIndex.HEADING] = ref[:, 0, 0], ref[:, 0, 1], ref[:, 0, 2]
+    init[:, StateIndex.VELOCITY_X] = rng.uniform(0.0, 12.0, 24)
+    init[:4, StateIndex.VELOCITY_X] = 0.1
+    init[:, StateIndex.STEERING_ANGLE] = rng.normal(scale=0.05, size=24)
+    cfg = RolloutConfig()
+    want = _array_track(ref, init, cfg)
+    got = track(ref, init, cfg)
+    assert np.array_equal(got, want)
+    assert (got[:4, -1, StateIndex.VELOCITY_X] < 0.1).all()  # the stopping rows slowed down
