@@ -37,7 +37,7 @@ from enum import IntEnum
 import numpy as np
 
 from rap.sim.bicycle import PACIFICA, StateIndex, VehicleParameters
-from rap.sim.tracker import small_matmul
+from rap.metrics.pdm_kernels import savgol_rows
 
 __all__ = [
     "ComfortIndex",
@@ -153,11 +153,12 @@ def _savgol_plan(n: int, window: int, polyorder: int, deriv: int, delta: float) 
     return plan
 
 
-def savgol_filter(
-    x: np.ndarray, window: int, polyorder: int, deriv: int = 0, delta: float = 1.0, groups: Sequence[int] | None = None
-) -> np.ndarray:
+def savgol_filter(x: np.ndarray, window: int, polyorder: int, deriv: int = 0, delta: float = 1.0) -> np.ndarray:
     """Savitzky-Golay filter along the last axis, equal to ``scipy.signal.savgol_filter`` with
     ``mode="interp"`` (odd or even ``window``).
+
+    Each signal is filtered on its own (a compiled loop, :func:`rap.metrics.pdm_kernels.savgol_rows`),
+    so its result has the same bits whatever else is in the batch.
 
     Args:
         x: (..., n) float signals.
@@ -165,9 +166,6 @@ def savgol_filter(
         polyorder: Polynomial order (< window).
         deriv: Derivative order.
         delta: Sample spacing [s] for derivatives.
-        groups: Row counts along the first axis (summing to its length), each filtered bit for
-            bit as a call on that group alone would (see :func:`rap.sim.tracker.small_matmul`);
-            ``None``: one group.
 
     Returns:
         (..., n) float64 filtered signals (or derivatives, per unit of ``delta``).
@@ -175,19 +173,17 @@ def savgol_filter(
     arr = np.asarray(x, dtype=np.float64)
     n = arr.shape[-1]
     plan = _savgol_plan(n, int(window), int(polyorder), int(deriv), float(delta))
+    rows = np.ascontiguousarray(arr).reshape(-1, n)
     if plan.fit is not None:
-        return small_matmul(small_matmul(arr, plan.fit.T, groups), plan.evaluate.T, groups)
-    out = np.empty(arr.shape)
-    i0, i1 = plan.interior
-    half = window // 2
-    acc = np.zeros(arr.shape[:-1] + (i1 - i0,))
-    for k, c in enumerate(plan.coeffs):
-        start = i0 + half - k
-        acc += c * arr[..., start : start + (i1 - i0)]
-    out[..., i0:i1] = acc
-    out[..., :half] = small_matmul(arr[..., :window], plan.head.T, groups)
-    out[..., n - half :] = small_matmul(arr[..., n - window :], plan.tail.T, groups)
-    return out
+        out = savgol_rows(rows, plan.coeffs, 0, 0, plan.head, plan.tail, plan.fit, plan.evaluate)
+    else:
+        i0, i1 = plan.interior
+        out = savgol_rows(rows, plan.coeffs, i0, i1, plan.head, plan.tail, _NO_FIT, _NO_FIT)
+    return out.reshape(arr.shape)
+
+
+_NO_FIT = np.zeros((0, 0))
+_NO_FIT.flags.writeable = False
 
 
 def _unwrap(headings: np.ndarray) -> np.ndarray:
@@ -215,7 +211,7 @@ def _accelerations(states: np.ndarray, center: bool, vehicle: VehicleParameters)
 
 
 def comfort_signals(
-    states: np.ndarray, dt: float, filters: ComfortFilters, vehicle: VehicleParameters = PACIFICA, groups: Sequence[int] | None = None
+    states: np.ndarray, dt: float, filters: ComfortFilters, vehicle: VehicleParameters = PACIFICA
 ) -> np.ndarray:
     """The six smoothed comfort signals.
 
@@ -224,8 +220,6 @@ def comfort_signals(
         dt: Step [s].
         filters: Window settings (:data:`V1_FILTERS` or :data:`V2_FILTERS`).
         vehicle: Footprint (for box-centre accelerations).
-        groups: Row counts (summing to K) computed as separate calls would, bit for bit
-            (:func:`savgol_filter`); ``None``: one group.
 
     Returns:
         (K, 6, S) float64 signals, rows :class:`ComfortIndex` [m/s^2, m/s^2, m/s^3, m/s^3,
@@ -235,19 +229,19 @@ def comfort_signals(
     n = s.shape[1]
     ax, ay = _accelerations(s, filters.center_referenced, vehicle)
     w_acc = _window(filters.accel_window, n)
-    lon = np.round(savgol_filter(ax, w_acc, 2, groups=groups), 8)
-    lat = np.round(savgol_filter(ay, w_acc, 2, groups=groups), 8)
+    lon = np.round(savgol_filter(ax, w_acc, 2), 8)
+    lat = np.round(savgol_filter(ay, w_acc, 2), 8)
     w_smooth = _window(filters.accel_smoothing_window, n)
     w_jerk = _window(filters.jerk_window, n)
     mag = np.hypot(s[..., StateIndex.ACCELERATION_X], s[..., StateIndex.ACCELERATION_Y])
-    mag_s = np.round(savgol_filter(mag, w_smooth, 2, groups=groups), 8)
-    lon_s = np.round(savgol_filter(ax, w_smooth, 2, groups=groups), 8)
-    jerk = np.round(savgol_filter(mag_s, w_jerk, 2, deriv=1, delta=dt, groups=groups), 8)
-    lon_jerk = np.round(savgol_filter(lon_s, w_jerk, 2, deriv=1, delta=dt, groups=groups), 8)
+    mag_s = np.round(savgol_filter(mag, w_smooth, 2), 8)
+    lon_s = np.round(savgol_filter(ax, w_smooth, 2), 8)
+    jerk = np.round(savgol_filter(mag_s, w_jerk, 2, deriv=1, delta=dt), 8)
+    lon_jerk = np.round(savgol_filter(lon_s, w_jerk, 2, deriv=1, delta=dt), 8)
     heading = _unwrap(s[..., StateIndex.HEADING])
     w_yaw = _window(filters.yaw_window, n)
-    yaw_accel = np.round(savgol_filter(heading, w_yaw, 3, deriv=2, delta=dt, groups=groups), 8)
-    yaw_rate = np.round(savgol_filter(heading, w_yaw, 2, deriv=1, delta=dt, groups=groups), 8)
+    yaw_accel = np.round(savgol_filter(heading, w_yaw, 3, deriv=2, delta=dt), 8)
+    yaw_rate = np.round(savgol_filter(heading, w_yaw, 2, deriv=1, delta=dt), 8)
     return np.stack([lon, lat, jerk, lon_jerk, yaw_accel, yaw_rate], axis=1)
 
 
@@ -257,7 +251,6 @@ def comfort_checks(
     filters: ComfortFilters,
     bounds: ComfortBounds | None = None,
     vehicle: VehicleParameters = PACIFICA,
-    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Whether each comfort signal stays strictly within its bounds at every step.
 
@@ -267,13 +260,12 @@ def comfort_checks(
         filters: Window settings.
         bounds: Limits; ``None`` means ``ComfortBounds()``.
         vehicle: Footprint.
-        groups: Row counts computed as separate calls would (:func:`comfort_signals`).
 
     Returns:
         (K, 6) bool, columns :class:`ComfortIndex`.
     """
     b = bounds if bounds is not None else ComfortBounds()
-    sig = comfort_signals(states, dt, filters, vehicle, groups)
+    sig = comfort_signals(states, dt, filters, vehicle)
     lo = np.array([b.min_lon_accel, -b.max_abs_lat_accel, -b.max_abs_jerk, -b.max_abs_lon_jerk, -b.max_abs_yaw_accel, -b.max_abs_yaw_rate])
     hi = np.array([b.max_lon_accel, b.max_abs_lat_accel, b.max_abs_jerk, b.max_abs_lon_jerk, b.max_abs_yaw_accel, b.max_abs_yaw_rate])
     return ((sig > lo[None, :, None]) & (sig < hi[None, :, None])).all(axis=-1)
@@ -285,23 +277,21 @@ def is_comfortable(
     filters: ComfortFilters,
     bounds: ComfortBounds | None = None,
     vehicle: VehicleParameters = PACIFICA,
-    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """(K,) float64 comfort score: 1 if every check of :func:`comfort_checks` passes, else 0
-    (``groups``: see :func:`comfort_signals`)."""
-    return comfort_checks(states, dt, filters, bounds, vehicle, groups).all(axis=-1).astype(np.float64)
+    """(K,) float64 comfort score: 1 if every check of :func:`comfort_checks` passes, else 0."""
+    return comfort_checks(states, dt, filters, bounds, vehicle).all(axis=-1).astype(np.float64)
 
 
-def _extended_features(states: np.ndarray, dt: float, groups: Sequence[int] | None = None) -> np.ndarray:
+def _extended_features(states: np.ndarray, dt: float) -> np.ndarray:
     """(K, 4, n) acceleration magnitude, jerk, yaw rate, yaw acceleration (v2 definitions)."""
     n = states.shape[1]
     mag = np.hypot(states[..., StateIndex.ACCELERATION_X], states[..., StateIndex.ACCELERATION_Y])
-    acc = np.round(savgol_filter(mag, min(8, n), 2, groups=groups), 8)
-    jerk = np.round(savgol_filter(acc, min(15, n), 2, deriv=1, delta=dt, groups=groups), 8)
+    acc = np.round(savgol_filter(mag, min(8, n), 2), 8)
+    jerk = np.round(savgol_filter(acc, min(15, n), 2, deriv=1, delta=dt), 8)
     heading = _unwrap(states[..., StateIndex.HEADING])
     w = min(5, n)
-    yaw_rate = np.round(savgol_filter(heading, w, 2, deriv=1, delta=dt, groups=groups), 8)
-    yaw_accel = np.round(savgol_filter(heading, w, 2, deriv=2, delta=dt, groups=groups), 8)
+    yaw_rate = np.round(savgol_filter(heading, w, 2, deriv=1, delta=dt), 8)
+    yaw_accel = np.round(savgol_filter(heading, w, 2, deriv=2, delta=dt), 8)
     return np.stack([acc, jerk, yaw_rate, yaw_accel], axis=1)
 
 
@@ -323,8 +313,8 @@ def extended_comfort(
         dt: Step [s].
         bounds: RMS limits; ``None`` means ``ExtendedComfortBounds()``.
         groups: Row counts of ``current`` (summing to K), one previous plan each: ``previous``
-            is then (len(groups), S, 11) and every group's result is bit-identical to a call
-            with its rows and its (S, 11) previous plan alone (one pass for many scenes).
+            is then (len(groups), S, 11) and every group's result equals a call with its rows
+            and its (S, 11) previous plan alone (one pass for many scenes).
 
     Returns:
         (K,) float64: 1 where the plans agree on their overlap (current steps 0 .. S-1-offset vs
@@ -341,11 +331,10 @@ def extended_comfort(
         groups = [int(g) for g in groups]
         if prev.shape[0] != len(groups) or sum(groups) != cur.shape[0]:
             raise ValueError(f"extended_comfort: with groups, previous needs one plan per group ({len(groups)}) and the groups must sum to {cur.shape[0]}")
-        f_cur = _extended_features(cur[:, :-offset_steps], dt, groups)
-        f_prev = np.repeat(_extended_features(prev[:, offset_steps:], dt, [1] * len(groups)), groups, axis=0)
+        f_prev = np.repeat(_extended_features(prev[:, offset_steps:], dt), groups, axis=0)
     else:
-        f_cur = _extended_features(cur[:, :-offset_steps], dt)
         f_prev = _extended_features(prev[:, offset_steps:], dt)
+    f_cur = _extended_features(cur[:, :-offset_steps], dt)
     rms = np.sqrt(np.mean((f_cur - f_prev) ** 2, axis=-1))  # (K, 4)
     limits = np.array([b.acceleration, b.jerk, b.yaw_rate, b.yaw_accel])
     return (rms <= limits[None, :]).all(axis=-1).astype(np.float64)

@@ -285,3 +285,46 @@ def slab_table(x1, y1, x2, y2, edge_poly, n_polygons, width_max, cross_error):
             row = table[g, r] if r < width else extra[extra_start[g] + r - width]
             row[0], row[1], row[2], row[3] = xa, ya, slope, bound
     return ys, keys, key_start, table, extra, extra_start
+
+
+@numba.njit(**_JIT)
+def savgol_rows(x, coeffs, i0, i1, head, tail, fit, evaluate):
+    """Savitzky-Golay filter of every row of ``x`` (R, n) (``comfort.savgol_filter``'s plan):
+    outputs i0 .. i1-1 by convolution with ``coeffs`` (window,), the first / last ``half`` from
+    the edge operators ``head`` / ``tail`` (half, window); with ``fit`` (p + 1, n) non-empty, the
+    whole signal through ``evaluate @ fit`` instead. Each row's arithmetic is its own, in a fixed
+    order, so a row gets the same bits in any batch."""
+    rows, n = x.shape
+    out = np.empty((rows, n))
+    if fit.shape[0] > 0:
+        p1 = fit.shape[0]
+        poly = np.empty(p1)
+        for r in range(rows):
+            for q in range(p1):
+                acc = 0.0
+                for j in range(n):
+                    acc += fit[q, j] * x[r, j]
+                poly[q] = acc
+            for j in range(n):
+                acc = 0.0
+                for q in range(p1):
+                    acc += evaluate[j, q] * poly[q]
+                out[r, j] = acc
+        return out
+    window = coeffs.size
+    half = window // 2
+    for r in range(rows):
+        for j in range(i0, i1):
+            acc = 0.0
+            for k in range(window):
+                acc += coeffs[k] * x[r, j + half - k]
+            out[r, j] = acc
+        for j in range(half):
+            acc = 0.0
+            hacc = 0.0
+            for w in range(window):
+                acc += head[j, w] * x[r, w]
+                hacc += tail[j, w] * x[r, n - window + w]
+            out[r, j] = acc
+            out[r, n - half + j] = hacc
+    return out

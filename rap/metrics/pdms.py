@@ -992,7 +992,7 @@ def _score_batch(
         counts = [j.cands.shape[0] for j in planned]
         states_c = np.concatenate([j.states[:c] for j, c in zip(planned, counts)])
         feats_c = _AreaFeatures.concatenate([j.feats.take(np.arange(c)) for j, c in zip(planned, counts)])
-        comfort = is_comfortable(states_c, dt, cfg.v1_comfort_filters, cfg.comfort_bounds, vehicle, groups=counts)
+        comfort = is_comfortable(states_c, dt, cfg.v1_comfort_filters, cfg.comfort_bounds, vehicle)
         row_scene = np.repeat(np.arange(len(planned)), counts)
         nc, ttc_v1, _, _ = _object_metrics(states_c, feats_c, StackedObjects.stack([j.forecast for j in planned]), cfg, True, row_scene=row_scene)
         dac_c = drivable_area_compliance(feats_c.areas[..., EgoAreaIndex.NON_DRIVABLE_AREA])
@@ -1014,7 +1014,7 @@ def _score_batch(
     dac = drivable_area_compliance(feats_all.areas[..., EgoAreaIndex.NON_DRIVABLE_AREA])
     ddc = driving_direction_compliance(feats_all.centers, feats_all.areas[..., EgoAreaIndex.ONCOMING_TRAFFIC], feats_all.center_in_inter, dt, cfg)
     lk = lane_keeping(~feats_all.within, feats_all.center_in_inter, dt, cfg)
-    c_v1 = is_comfortable(states_all, dt, cfg.v1_comfort_filters, cfg.comfort_bounds, vehicle, groups=fin_counts)
+    c_v1 = is_comfortable(states_all, dt, cfg.v1_comfort_filters, cfg.comfort_bounds, vehicle)
     hc = np.ones(states_all.shape[0])
     histories = [j.scene.history_state_array() for j in jobs]
     by_length: dict[int, list[int]] = {}
@@ -1025,7 +1025,7 @@ def _score_batch(
         padded = np.concatenate([
             np.concatenate([np.broadcast_to(histories[i], (fin_counts[i],) + histories[i].shape), fin_states[i]], axis=1) for i in members
         ])  # fmt: skip
-        hist_hc = is_comfortable(padded, dt, cfg.v2_comfort_filters, cfg.comfort_bounds, vehicle, groups=[fin_counts[i] for i in members])
+        hist_hc = is_comfortable(padded, dt, cfg.v2_comfort_filters, cfg.comfort_bounds, vehicle)
         for i, part in zip(members, np.split(hist_hc, np.cumsum([fin_counts[i] for i in members])[:-1])):
             hc[bounds[i] : bounds[i + 1]] = part
     ec = np.full(states_all.shape[0], np.nan)
