@@ -617,7 +617,7 @@ def eval_closed_loop_cmd(
     ctx: typer.Context,
     agent: str = typer.Option(..., "--agent", help="expert | constant_velocity | path/to/agent.py | package.module (with build_agent()) | a rap train checkpoint (*.pt)"),
     routes: str = typer.Option("bench:base", "--routes", help="bench:base | bench:dev10 | synthetic:N"),
-    out: Path = typer.Option(Path("out/eval_closed_loop"), "--out", help="folder for results.json, closed_loop_eval.json/.md and routes/"),
+    out: Path = typer.Option(Path("out/eval_closed_loop"), "--out", help="folder for results.json, closed_loop_eval.json/.md, index.html (with media/) and routes/"),
     workers: int = typer.Option(1, "--workers", min=1, help="routes run in parallel (processes)"),
     resume: bool = typer.Option(False, "--resume", help="skip routes already finished in --out (same agent, routes and config)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML eval config (default configs/eval/default.yaml)"),
@@ -626,7 +626,8 @@ def eval_closed_loop_cmd(
     """Bench2Drive-style closed-loop driving score on synthetic towns; last line is JSON with
     driving_score, success_rate, efficiency, comfort, routes and abilities (0-100 scale).
 
-    Extra arguments are dotted config overrides, e.g. closed_loop.agent_hz=4.
+    Extra arguments are dotted config overrides, e.g. closed_loop.agent_hz=4
+    (closed_loop.report_media=false: index.html without BEV animations and camera strips).
     Exit 0 when every route ran; 2 when the config, the routes or the agent cannot be loaded;
     3 when the agent crashed on some routes (each "Failed - Agent crashed", scored 0).
     """
@@ -664,7 +665,7 @@ def eval_closed_loop_cmd(
     crashed = [row for row in report["route_rows"] if "error" in row]
     for row in crashed[:10]:
         console.print(f"[red]agent crashed:[/red] {escape(row['route_id'])}: {escape(row['error'])}", soft_wrap=True)
-    console.print(f"report: {Path(out) / 'closed_loop_eval.md'}")
+    console.print(f"report: {Path(out) / 'closed_loop_eval.md'}, {Path(out) / 'index.html'}")
     print(json.dumps(headline(report), sort_keys=True))
     if crashed:
         raise _fail(f"{len(crashed)} of {report['routes']} routes failed with the agent crashed (agent {report['agent']!r}; each scored 0)", exit_routes_failed)

@@ -7,6 +7,8 @@
 * :mod:`~rap.eval.closed_loop.infractions`: per-tick infraction detection and route progress.
 * :mod:`~rap.eval.closed_loop.runner`: the agent loop per route, the suite (workers, resume).
 * :mod:`~rap.eval.closed_loop.outputs`: ``results.json``, the summary JSON and Markdown.
+* :mod:`~rap.eval.closed_loop.media`: per route, the recorded states, the BEV animation and the
+  camera strip; :mod:`~rap.eval.closed_loop.html_report`: ``index.html``.
 * :mod:`~rap.eval.closed_loop.config`: ``ClosedLoopConfig`` (the eval config plus ``closed_loop``).
 
 Judging is :mod:`rap.eval.driving_score`'s (pure functions).

@@ -26,6 +26,10 @@ class ClosedLoopSection(FrozenModel):
         parked_fraction: share of parking-strip spots with a parked car.
         deviation_m, blocked_s, timeout_seconds_per_m, timeout_initial_s, checkpoints: see
             :class:`rap.eval.closed_loop.infractions.MonitorConfig`.
+        report_media: write the HTML report's media per route (recorded states, BEV animation,
+            camera thumbnails; :mod:`rap.eval.closed_loop.media`); ``index.html`` is written
+            either way.
+        report_strip_s: [s] between the camera views kept for the report.
     """
 
     sim_hz: float = Field(default=10.0, gt=0, le=100)
@@ -39,6 +43,8 @@ class ClosedLoopSection(FrozenModel):
     timeout_seconds_per_m: float = Field(default=0.4, gt=0)
     timeout_initial_s: float = Field(default=60.0, ge=0)
     checkpoints: int = Field(default=4, ge=1, le=100)
+    report_media: bool = True
+    report_strip_s: float = Field(default=3.0, gt=0)
 
     @model_validator(mode="after")
     def _rates(self) -> ClosedLoopSection:

@@ -1,6 +1,7 @@
 """Reports of a closed-loop run: ``results.json`` (the leaderboard's format, via
 :func:`rap.eval.driving_score.results_document`), ``closed_loop_eval.json`` (the summary) and
-``closed_loop_eval.md``. Every file is written atomically (temp file, then rename)."""
+``closed_loop_eval.md`` and ``index.html`` (:mod:`rap.eval.closed_loop.html_report`). Every file
+is written atomically (temp file, then rename)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ def _md(text: str) -> str:
 
 
 def write_outputs(out_dir: str | Path, report: dict, results: Sequence[dict]) -> None:
-    """``results.json``, ``closed_loop_eval.json`` and ``closed_loop_eval.md`` in ``out_dir``."""
+    """``results.json``, ``closed_loop_eval.json``, ``closed_loop_eval.md`` and ``index.html`` in ``out_dir``."""
+    from rap.eval.closed_loop.html_report import write_html
+
     out_dir = Path(out_dir)
     _dump(out_dir / "results.json", results_document([r["record"] for r in results]))
     _dump(out_dir / "closed_loop_eval.json", report)
@@ -95,3 +98,4 @@ def write_outputs(out_dir: str | Path, report: dict, results: Sequence[dict]) ->
             inf += f"; error: {row['error']}"
         lines.append(f"| {row['route_id']} | {_md(row['scenario'])} | {_md(row['status'])} | {row['driving_score']:.2f} | {row['route_completion']:.2f} | {row['penalty']:.3f} | {_md(inf)} |")
     write_bytes_atomic(out_dir / "closed_loop_eval.md", ("\n".join(lines) + "\n").encode())
+    write_html(out_dir, report, results)

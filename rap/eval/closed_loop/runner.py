@@ -38,6 +38,7 @@ from rap.eval.agent import (
 )
 from rap.eval.closed_loop.config import ClosedLoopConfig
 from rap.eval.closed_loop.infractions import Monitor
+from rap.eval.closed_loop.media import RouteRecorder
 from rap.eval.closed_loop.routes import BASE_VERSION, RouteSpec, load_routes
 from rap.eval.closed_loop.world import World
 from rap.eval.driving_score import merge_repeats, route_record
@@ -45,6 +46,7 @@ from rap.eval.navsim import _checked, _sensor_config
 from rap.eval.observe import Observer
 from rap.fileio import write_bytes_atomic
 from rap.kinematics import DrivingCommand
+from rap.trajectory import NAVSIM_SAMPLING
 
 __all__ = ["TARGET_AHEAD_M", "evaluate_closed_loop", "load_agent_spec", "route_file", "run_route"]
 
@@ -84,6 +86,9 @@ class _Session:
         except (ValueError, TypeError) as exc:
             raise AgentLoadError(f"agent {self.name!r}: sensor_config() returned {sensors}: {describe_exception(exc)}") from None
         self._renderer_cm = None
+        self._report_cm = None
+        self._report_observer: Observer | None = None
+        self._report_note = ""
         if self.observer.rig is not None:
             from rap.render.session import open_renderer
             from rap.render.style import named_style
@@ -92,11 +97,38 @@ class _Session:
             renderer = self._renderer_cm.__enter__()
             self.observer = Observer(renderer, sensors, config.observation, privileged=privileged)
 
+    def report_views(self, scene, step: int, config: ClosedLoopConfig) -> tuple[dict[str, np.ndarray], str]:
+        """Camera views for the report of an agent without cameras: the config's rig rendered
+        at thumbnail height (a renderer opened on first use); no views where none can be opened.
+        Returns the views and where they come from."""
+        if self._report_observer is None and not self._report_note:
+            from rap.eval.agent import SensorConfig
+            from rap.eval.closed_loop.media import CAM_H
+            from rap.render.session import open_renderer
+            from rap.render.style import named_style
+
+            obs_cfg = config.observation
+            size = (max(1, int(round(obs_cfg.size[0] * CAM_H / obs_cfg.size[1]))), CAM_H)
+            try:
+                cm = open_renderer(named_style(obs_cfg.style, obs_cfg.seed))
+                renderer = cm.__enter__()
+            except Exception as exc:  # no GL context here: the report goes without camera views
+                self._report_note = f"no camera views ({describe_exception(exc)})"
+            else:
+                self._report_cm = cm
+                self._report_observer = Observer(renderer, SensorConfig(rig=obs_cfg.rig, size=size), obs_cfg)
+                self._report_note = f"rig {obs_cfg.rig} (rendered for the report; the agent has no cameras)"
+        if self._report_observer is None:
+            return {}, self._report_note
+        return self._report_observer.observe(scene, step, NAVSIM_SAMPLING).images, self._report_note
+
     def close(self) -> None:
         self.caller.close()
-        if self._renderer_cm is not None:
-            self._renderer_cm.__exit__(None, None, None)
-            self._renderer_cm = None
+        for name in ("_renderer_cm", "_report_cm"):
+            cm = getattr(self, name)
+            if cm is not None:
+                cm.__exit__(None, None, None)
+                setattr(self, name, None)
 
 
 def _route_guidance(world: World, progress: float) -> tuple[np.ndarray, DrivingCommand]:
@@ -110,55 +142,80 @@ def _route_guidance(world: World, progress: float) -> tuple[np.ndarray, DrivingC
     return local[0], command
 
 
-def _query(session: _Session, world: World, progress: float, sampling):
+def _query(session: _Session, world: World, progress: float, sampling, config: ClosedLoopConfig, recorder: RouteRecorder | None = None):
     caller = session.caller
     caller.check_usable()
     scene = world.snapshot(progress)
     step = scene.current_index
     obs = session.observer.observe(scene, step, sampling)
+    if recorder is not None and recorder.wants_views(world.time_s):
+        if obs.images:
+            recorder.add_views(world.time_s, obs.images)
+        else:
+            recorder.add_views(world.time_s, *session.report_views(scene, step, config))
     target, command = _route_guidance(world, progress)
     obs = dataclasses.replace(obs, ego_status=dataclasses.replace(obs.ego_status, command=command), route_target=target)
     plan = caller.call("plan()", f"route {world.spec.route_id} t={world.time_s:.1f} s", lambda: session.agent.plan(obs))
     return _checked(session.name, plan, scene, step, sampling)
 
 
-def run_route(session: _Session, spec: RouteSpec, config: ClosedLoopConfig) -> dict:
+def run_route(session: _Session, spec: RouteSpec, config: ClosedLoopConfig, out_dir: Path | None = None) -> dict:
     """Drives one route; returns its result: ``record`` (the leaderboard's route record),
-    ``abilities``, ``comfort`` (smoothness in [0, 1]), ``error`` / ``traceback`` (agent crashed)."""
+    ``abilities``, ``comfort`` (smoothness in [0, 1]), ``timeline`` (the infractions with their
+    simulated times: ``name``, ``time_s``, ``message``), ``error`` / ``traceback`` (agent
+    crashed), and with ``out_dir`` and ``closed_loop.report_media`` on, ``media`` (the files
+    :meth:`~rap.eval.closed_loop.media.RouteRecorder.write` wrote for the HTML report, written
+    after the route; ``seconds`` is their wall time)."""
     start = time.perf_counter()
     cl = config.closed_loop
     world = World(spec, cl.world(), cl.seed)
     monitor = Monitor(world, cl.monitor())
+    recorder = RouteRecorder(world, cl.report_strip_s) if out_dir is not None and cl.report_media else None
     sampling = config.navsim.sampling.to_sampling()
     every = cl.ticks_per_query
     error: AgentCallError | None = None
     while not monitor.done:
         if world.tick % every == 0:
             try:
-                world.execute(_query(session, world, monitor.progress, sampling))
+                world.execute(_query(session, world, monitor.progress, sampling, config, recorder))
             except AgentCallError as exc:
                 error = exc
                 break
         world.step()
         monitor.observe()
+        if recorder is not None:
+            recorder.tick()
     failure = "agent_crashed" if error is not None else monitor.failure
     rc = 0.0 if error is not None else monitor.route_completion
+    infractions = merge_repeats(monitor.final_infractions())
     record = route_record(
-        spec.index, spec.route_id, rc, merge_repeats(monitor.final_infractions()), route_length_m=spec.length,
+        spec.index, spec.route_id, rc, infractions, route_length_m=spec.length,
         duration_game_s=world.time_s, duration_system_s=time.perf_counter() - start, failure=failure,
         scenario_name=spec.scenario_name, town_name=spec.town_name,
     )  # fmt: skip
-    result = {"route_id": spec.route_id, "index": spec.index, "record": record, "abilities": list(spec.abilities), "comfort": round(monitor.comfort(), 6)}
+    timeline = [{"name": i.name, "time_s": round(float(i.time_s), 3), "message": i.message} for i in infractions]
+    result = {"route_id": spec.route_id, "index": spec.index, "record": record, "abilities": list(spec.abilities), "comfort": round(monitor.comfort(), 6), "timeline": timeline}
     if error is not None:
         result["error"] = error.error
         if error.traceback:
             result["traceback"] = error.traceback
+    if recorder is not None:
+        media_start = time.perf_counter()
+        result["media"] = recorder.write(Path(out_dir), spec.route_id, timeline)
+        result["media"]["seconds"] = round(time.perf_counter() - media_start, 3)
     return result
 
 
+MEDIA_KEYS = ("report_media", "report_strip_s")  # closed_loop settings that change no score
+
+
 def run_key(agent_name: str, routes: str, config: ClosedLoopConfig) -> str:
-    """What a stored route result must match to be reused by ``--resume``."""
-    text = json.dumps({"agent": agent_name, "routes": routes, "config": config.model_dump(mode="json")}, sort_keys=True)
+    """What a stored route result must match to be reused by ``--resume`` (the report's media
+    settings aside: a resumed route keeps the media stored with it, or has none)."""
+    dumped = config.model_dump(mode="json")
+    for key in MEDIA_KEYS:
+        dumped["closed_loop"].pop(key, None)
+    text = json.dumps({"agent": agent_name, "routes": routes, "config": dumped}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -195,7 +252,7 @@ def _worker_init(agent_spec: str, config_json: str, agent_loader: Callable[[str]
 
 
 def _worker_run(spec: RouteSpec, out_dir: str, key: str) -> dict:
-    result = run_route(_WORKER["session"], spec, _WORKER["config"])
+    result = run_route(_WORKER["session"], spec, _WORKER["config"], Path(out_dir))
     _save_route(Path(out_dir), result, key)
     return result
 
@@ -210,11 +267,13 @@ def evaluate_closed_loop(
         agent: an agent, or its spec (``expert``, ``constant_velocity``, a file, a module, a
             checkpoint); ``workers > 1`` needs a spec (each worker process loads its own).
         routes: ``bench:base``, ``bench:dev10`` or ``synthetic:N``.
-        out_dir: where ``results.json``, ``closed_loop_eval.json`` / ``.md`` and
-            ``routes/<route_id>.json`` go.
+        out_dir: where ``results.json``, ``closed_loop_eval.json`` / ``.md``, ``index.html``,
+            ``routes/<route_id>.json`` (and with ``closed_loop.report_media``,
+            ``routes/<route_id>.npz`` and ``media/<route_id>/``) go.
         config: the evaluation config.
         workers: processes.
-        resume: reuse stored route results of the same agent, suite and config.
+        resume: reuse stored route results of the same agent, suite and config (media
+            settings aside); a reused route keeps the media files stored with it.
         on_route: called with each route's result.
         agent_loader: turns a spec into an agent, here and in every worker (a module-level
             function: workers are spawned); default :func:`load_agent_spec`.
@@ -253,7 +312,7 @@ def evaluate_closed_loop(
         session = _Session(agent, config)
         try:
             for spec in todo:
-                result = run_route(session, spec, config)
+                result = run_route(session, spec, config, out_dir)
                 _save_route(out_dir, result, key)
                 results[spec.route_id] = result
                 if on_route:
