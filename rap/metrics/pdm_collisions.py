@@ -401,8 +401,9 @@ def _find_contacts_stacked(
         return Contacts(empty, empty, empty)
     # Every active pair against every row of its scene, per look-ahead (compiled).
     box_r = float(np.hypot(vehicle.half_length, vehicle.half_width))
+    step_major = [np.ascontiguousarray(a.T) for a in (cx, cy, vx, vy, np.cos(heading), np.sin(heading), mx, my, ego_r)]
     hits = box_contacts(
-        ta, na, row_starts, objects.scene, cx, cy, vx, vy, np.cos(heading), np.sin(heading), mx, my, ego_r,
+        ta, na, row_starts, objects.scene, *step_major,
         ocx, ocy, obj_r, objects.x, objects.y, np.cos(objects.heading), np.sin(objects.heading),
         0.5 * objects.length, 0.5 * objects.width, 0.5 * np.hypot(objects.length, objects.width),
         ok, np.asarray(looks, dtype=np.int64), float(dt), float(vehicle.half_length), float(vehicle.half_width), box_r,

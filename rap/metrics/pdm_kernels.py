@@ -124,8 +124,9 @@ def box_contacts(
     Args:
         ta, na: (A,) active (ego step, object) pairs.
         row_starts: (G + 1,) first row of each scene; obj_scene: (N,) scene of each object.
-        cx, cy, vx, vy, cos_e, sin_e: (K, Te) ego box centres, velocities, cos / sin of heading.
-        mx, my, ego_r: (K, Te) circle the ego box sweeps over the look-aheads.
+        cx, cy, vx, vy, cos_e, sin_e: (Te, K) ego box centres, velocities, cos / sin of heading
+            (step-major: the rows of one step are contiguous).
+        mx, my, ego_r: (Te, K) circle the ego box sweeps over the look-aheads.
         ocx, ocy, obj_r: (Te, N) circle around the object's valid look-ahead boxes.
         ox, oy, cos_o, sin_o: (N, S) object centres and cos / sin of heading.
         half_len, half_wid, circle_r: (N,) object half length, half width, bounding radius.
@@ -146,9 +147,9 @@ def box_contacts(
         reach_o = obj_r[t, n]
         for k in range(row_starts[g], row_starts[g + 1]):
             # Swept circles (conservative: every look-ahead contact lies inside them).
-            ddx = mx[k, t] - ocx[t, n]
-            ddy = my[k, t] - ocy[t, n]
-            reach = ego_r[k, t] + reach_o
+            ddx = mx[t, k] - ocx[t, n]
+            ddy = my[t, k] - ocy[t, n]
+            reach = ego_r[t, k] + reach_o
             if ddx * ddx + ddy * ddy > reach * reach * (1.0 + 1e-6) + 1e-3:
                 continue
             for j in range(n_looks):
@@ -157,13 +158,13 @@ def box_contacts(
                 look = looks[j]
                 shift = look * dt
                 s = t + look
-                dx = ox[n, s] - (cx[k, t] + vx[k, t] * shift)
-                dy = oy[n, s] - (cy[k, t] + vy[k, t] * shift)
+                dx = ox[n, s] - (cx[t, k] + vx[t, k] * shift)
+                dy = oy[n, s] - (cy[t, k] + vy[t, k] * shift)
                 r = box_r + circle_r[n]
                 if not (dx * dx + dy * dy <= r * r + 1e-9):
                     continue
                 # Separating axes of the two rectangles (pdm_collisions.obb_overlap).
-                c1, s1, c2, s2 = cos_e[k, t], sin_e[k, t], cos_o[n, s], sin_o[n, s]
+                c1, s1, c2, s2 = cos_e[t, k], sin_e[t, k], cos_o[n, s], sin_o[n, s]
                 a2, b2 = half_len[n], half_wid[n]
                 cd = abs(c1 * c2 + s1 * s2)
                 sd = abs(c1 * s2 - s1 * c2)
