@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_closed_loop.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
