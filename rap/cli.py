@@ -618,7 +618,8 @@ def eval_closed_loop_cmd(
     agent: str = typer.Option(..., "--agent", help="expert | constant_velocity | path/to/agent.py | package.module (with build_agent()) | a rap train checkpoint (*.pt)"),
     routes: str = typer.Option("bench:base", "--routes", help="bench:base | bench:dev10 | synthetic:N"),
     out: Path = typer.Option(Path("out/eval_closed_loop"), "--out", help="folder for results.json, closed_loop_eval.json/.md, index.html (with media/) and routes/"),
-    workers: int = typer.Option(1, "--workers", min=1, help="routes run in parallel (processes)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="routes run in parallel (processes, or Ray actors with --executor ray)"),
+    executor: str = typer.Option("local", "--executor", help="local (a process pool) | ray (Ray actors; joins RAY_ADDRESS when set, else a local instance)"),
     resume: bool = typer.Option(False, "--resume", help="skip routes already finished in --out (same agent, routes and config)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML eval config (default configs/eval/default.yaml)"),
     observation_style: Optional[str] = typer.Option(None, "--observation-style", help="raster (default) | photo: how the agent's camera views are drawn (observation.style)"),
@@ -634,9 +635,11 @@ def eval_closed_loop_cmd(
     from rap.eval.closed_loop.config import ClosedLoopConfig
     from rap.eval.closed_loop.outputs import headline
     from rap.eval.closed_loop.routes import load_routes
-    from rap.eval.closed_loop.runner import evaluate_closed_loop
+    from rap.eval.closed_loop.runner import EXECUTORS, evaluate_closed_loop
 
     exit_routes_failed = 3
+    if executor not in EXECUTORS:
+        raise _fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     _check_out_folder(out)
     cfg = _eval_config(ClosedLoopConfig, config, ctx.args, observation_style)
     try:
@@ -651,7 +654,7 @@ def eval_closed_loop_cmd(
     with Progress(TextColumn("routes"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("routes", total=total, last="")
         try:
-            report = evaluate_closed_loop(agent, routes, out, config=cfg, workers=workers, resume=resume, on_route=progress, agent_loader=_load_closed_loop_agent)
+            report = evaluate_closed_loop(agent, routes, out, config=cfg, workers=workers, resume=resume, on_route=progress, agent_loader=_load_closed_loop_agent, executor=executor)
         except (ValueError, FileNotFoundError) as exc:  # AgentLoadError / CheckpointError name the file
             raise _fail(str(exc)) from None
     table = Table(title=escape(f"{report['agent']} on {routes}: {report['routes']} routes" + (f", {report['failed']} crashed" if report["failed"] else "")))

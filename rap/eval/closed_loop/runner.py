@@ -22,8 +22,9 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,12 @@ from rap.fileio import write_bytes_atomic
 from rap.kinematics import DrivingCommand
 from rap.trajectory import NAVSIM_SAMPLING
 
-__all__ = ["TARGET_AHEAD_M", "evaluate_closed_loop", "load_agent_spec", "route_file", "run_route"]
+__all__ = ["EXECUTORS", "TARGET_AHEAD_M", "evaluate_closed_loop", "load_agent_spec", "route_file", "run_route"]
 
 TARGET_AHEAD_M = 20.0  # [m] route target point ahead of the ego's progress
 COMMAND_AHEAD_M = 30.0  # [m] the route point the driving command looks at
 COMMAND_LATERAL_M = 2.0  # [m] |y| beyond which the command is a turn
+EXECUTORS = ("local", "ray")  # evaluate_closed_loop(executor=...), rap eval closed-loop --executor
 
 
 def load_agent_spec(spec: str) -> Agent:
@@ -257,9 +259,52 @@ def _worker_run(spec: RouteSpec, out_dir: str, key: str) -> dict:
     return result
 
 
+class _RouteActor:
+    """A Ray actor: one agent session (loaded once) that drives the routes it is given."""
+
+    def __init__(self, agent_spec: str, config_json: str, agent_loader: Callable[[str], Agent]) -> None:
+        _worker_init(agent_spec, config_json, agent_loader)
+
+    def run(self, spec: RouteSpec, out_dir: str, key: str) -> dict:
+        return _worker_run(spec, out_dir, key)
+
+
+def _run_ray(
+    todo: list[RouteSpec], agent_spec: str, config: ClosedLoopConfig, agent_loader: Callable[[str], Agent], out_dir: Path, key: str, workers: int
+) -> Iterator[dict]:
+    """The routes' results as ``workers`` Ray actors finish them (each route's files written
+    by its actor, as the process pool's workers do)."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray executor needs Ray: pip install 'rap[ray]' (or pip install ray)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, num_cpus=None if os.environ.get("RAY_ADDRESS") else max(1, workers))
+    try:
+        actor = ray.remote(num_cpus=1)(_RouteActor)
+        actors = [actor.remote(agent_spec, config.model_dump_json(), agent_loader) for _ in range(min(max(workers, 1), len(todo)))]
+        queue = list(todo)
+        running = {}
+        for a in actors:
+            if queue:
+                running[a.run.remote(queue.pop(0), str(out_dir), key)] = a
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            ref = ready[0]
+            a = running.pop(ref)
+            if queue:
+                running[a.run.remote(queue.pop(0), str(out_dir), key)] = a
+            yield ray.get(ref)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def evaluate_closed_loop(
     agent: Agent | str, routes: str, out_dir: str | Path, *, config: ClosedLoopConfig = ClosedLoopConfig(), workers: int = 1,
     resume: bool = False, on_route: Callable[[dict], None] | None = None, agent_loader: Callable[[str], Agent] = load_agent_spec,
+    executor: str = "local",
 ) -> dict:  # fmt: skip
     """Drives ``agent`` through the routes of ``routes`` and writes the reports to ``out_dir``.
 
@@ -271,31 +316,37 @@ def evaluate_closed_loop(
             ``routes/<route_id>.json`` (and with ``closed_loop.report_media``,
             ``routes/<route_id>.npz`` and ``media/<route_id>/``) go.
         config: the evaluation config.
-        workers: processes.
+        workers: processes (``local``) or Ray actors (``ray``).
         resume: reuse stored route results of the same agent, suite and config (media
             settings aside); a reused route keeps the media files stored with it.
         on_route: called with each route's result.
         agent_loader: turns a spec into an agent, here and in every worker (a module-level
             function: workers are spawned); default :func:`load_agent_spec`.
+        executor: ``local`` (a process pool when ``workers > 1``) or ``ray`` (``workers`` Ray
+            actors, each loading the agent once; ``ray.init()`` joins the cluster named by
+            ``RAY_ADDRESS`` when set, else starts a local instance). Same results either way.
 
     Returns:
         The summary (:func:`rap.eval.closed_loop.outputs.summary`).
 
     Raises:
         AgentLoadError (ValueError): the agent cannot be loaded or its sensor config is bad.
-        ValueError: an unknown route suite, or an agent object with ``workers > 1``.
+        ValueError: an unknown route suite, an unknown executor, an agent object with
+            ``workers > 1`` or ``executor="ray"``, or Ray not installed for ``ray``.
     """
     from rap.eval.closed_loop.outputs import summary, write_outputs
 
     out_dir = Path(out_dir)
+    if executor not in EXECUTORS:
+        raise ValueError(f"evaluate_closed_loop: executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     specs = load_routes(routes)
     start = time.perf_counter()
     if isinstance(agent, str):
         agent_spec, agent = agent, agent_loader(agent)
     else:
         agent_spec = None
-        if workers > 1:
-            raise ValueError("evaluate_closed_loop: workers > 1 needs the agent as a spec string (each worker loads its own)")
+        if workers > 1 or executor == "ray":
+            raise ValueError("evaluate_closed_loop: workers > 1 and the ray executor need the agent as a spec string (each worker loads its own)")
     name = str(getattr(agent, "name", type(agent).__name__))
     key = run_key(name, routes, config)
     results: dict[str, dict] = {}
@@ -308,7 +359,13 @@ def evaluate_closed_loop(
                 on_route(stored)
         else:
             todo.append(spec)
-    if todo and (workers <= 1 or len(todo) == 1):
+    if todo and executor == "ray":
+        _Session(agent, config).close()  # sensor_config() problems surface here, once
+        for result in _run_ray(todo, agent_spec, config, agent_loader, out_dir, key, workers):
+            results[result["route_id"]] = result
+            if on_route:
+                on_route(result)
+    elif todo and (workers <= 1 or len(todo) == 1):
         session = _Session(agent, config)
         try:
             for spec in todo:

@@ -251,3 +251,22 @@ def test_a_camera_agent_gets_its_rendered_views_every_query():
     assert set(first) == {"CAM_L0", "CAM_F0", "CAM_R0"}
     assert all(image.shape == (32, 64, 3) and image.dtype.name == "uint8" and image.any() for image in first.values())
     assert result["record"]["status"] == "Failed - Agent got blocked"
+
+
+def test_ray_executor_gives_the_local_results(tmp_path):
+    """``--executor ray`` (Ray actors, each loading the agent once) writes the same results as the
+    local run; an agent object (not a spec) and an unknown executor are refused."""
+    pytest.importorskip("ray")
+    config = quiet_config(blocked_s=2.0, report_media=False)
+    local = evaluate_closed_loop("constant_velocity", "synthetic:3", tmp_path / "local", config=config)
+    ray_run = evaluate_closed_loop("constant_velocity", "synthetic:3", tmp_path / "ray", config=config, executor="ray", workers=2)
+    assert {k: v for k, v in ray_run.items() if k != "seconds"} == {k: v for k, v in local.items() if k != "seconds"}
+    docs = [_without_wall_clock(json.loads((tmp_path / d / "results.json").read_text())) for d in ("local", "ray")]
+    assert docs[0] == docs[1]
+    assert sorted(p.name for p in (tmp_path / "ray" / "routes").glob("*.json")) == ["RouteScenario_0.json", "RouteScenario_1.json", "RouteScenario_2.json"]
+    with pytest.raises(ValueError, match="need the agent as a spec string"):
+        evaluate_closed_loop(StopAgent(), "synthetic:1", tmp_path / "obj", config=config, executor="ray")
+    with pytest.raises(ValueError, match="executor must be one of local, ray"):
+        evaluate_closed_loop("constant_velocity", "synthetic:1", tmp_path / "bad", config=config, executor="dask")
+    bad = CliRunner().invoke(app, ["eval", "closed-loop", "--agent", "constant_velocity", "--routes", "synthetic:1", "--out", str(tmp_path / "cli"), "--executor", "dask"])
+    assert bad.exit_code == 2 and "--executor must be one of local, ray" in bad.output
