@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 import shapely
 
-from rap.metrics.pdm_kernels import segment_nearest, slab_membership, slab_table
+from rap.metrics.pdm_kernels import grid_cells, segment_nearest, slab_membership, slab_table
 
 __all__ = ["EgoAreaIndex", "PreparedPolygons", "SegmentGrid", "membership_bits", "membership", "any_membership", "bits_to_bool", "index_bits", "area_flags", "ego_areas"]
 
@@ -124,15 +124,7 @@ class _SlabIndex:
         cx1 = np.minimum(((b[:, 2] - self.gx0) // cell).astype(np.int64), self.nx - 1)
         cy0 = ((b[:, 1] - self.gy0) // cell).astype(np.int64)
         cy1 = np.minimum(((b[:, 3] - self.gy0) // cell).astype(np.int64), self.ny - 1)
-        wx = cx1 - cx0 + 1
-        count = wx * (cy1 - cy0 + 1)
-        owner = np.repeat(np.arange(b.shape[0]), count)
-        local = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-        cid = (cy0[owner] + local // wx[owner]) * self.nx + cx0[owner] + local % wx[owner]
-        # Any order of a cell's polygons will do; 16-bit cell ids sort by radix (much faster).
-        order = np.argsort(cid.astype(np.uint16), kind="stable") if self.nx * self.ny <= 1 << 16 else np.argsort(cid)
-        self.cell_poly = poly_ids[owner[order]]
-        self.cell_start = np.concatenate([[0], np.cumsum(np.bincount(cid, minlength=self.nx * self.ny))])
+        self.cell_start, self.cell_poly = grid_cells(cx0, cx1, cy0, cy1, poly_ids.astype(np.int64), self.nx, self.ny)
 
     def cells(self, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The grid's (cell_start, cell_poly) restricted to the polygons with ``allowed[j]``

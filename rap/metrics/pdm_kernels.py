@@ -329,3 +329,26 @@ def savgol_rows(x, coeffs, i0, i1, head, tail, fit, evaluate):
             out[r, j] = acc
             out[r, n - half + j] = hacc
     return out
+
+
+@numba.njit(**_JIT)
+def grid_cells(cx0, cx1, cy0, cy1, poly_ids, nx, ny):
+    """Broad-phase grid of ``_SlabIndex``: for every cell of an (ny, nx) grid the polygons whose
+    cell range [cx0, cx1] x [cy0, cy1] covers it, in polygon order (CSR: cell_start, cell_poly)."""
+    n_cells = nx * ny
+    cell_start = np.zeros(n_cells + 1, np.int64)
+    for j in range(cx0.size):
+        for gy in range(cy0[j], cy1[j] + 1):
+            for gx in range(cx0[j], cx1[j] + 1):
+                cell_start[gy * nx + gx + 1] += 1
+    for c in range(n_cells):
+        cell_start[c + 1] += cell_start[c]
+    filled = cell_start[:-1].copy()
+    cell_poly = np.empty(cell_start[n_cells], np.int64)
+    for j in range(cx0.size):
+        for gy in range(cy0[j], cy1[j] + 1):
+            for gx in range(cx0[j], cx1[j] + 1):
+                c = gy * nx + gx
+                cell_poly[filled[c]] = poly_ids[j]
+                filled[c] += 1
+    return cell_start, cell_poly
