@@ -5,7 +5,7 @@ polygons and which drivable-area polygons strictly contain it (``shapely`` "cont
 by point with shapely that is ~100 ns per point and polygon. Here the polygons are indexed
 (:class:`PreparedPolygons`; on the first query only those whose bounds meet its points, as a
 scoring call queries one region near the ego) and :func:`membership_bits` answers a whole query
-in array operations, on one of two paths (both exact; only their cost differs):
+on one of two paths (both exact; only their cost differs):
 
 * *pairs* (sparse queries, e.g. 64 proposals): a uniform grid (cells of a few metres) lists the
   polygons whose bounding box overlaps each cell, and a point is paired with the polygons of its
@@ -14,7 +14,9 @@ in array operations, on one of two paths (both exact; only their cost differs):
   ray from it can cross, and the crossing count is its parity (odd = inside). A crossing compares
   the point's x with the edge's x at the point's y and counts only where the difference exceeds
   a bound on that computation's rounding error, so the parity equals GEOS's robust ray-crossing
-  count. Points are processed in chunks of a few thousand so that every temporary stays small.
+  count. A compiled loop (:func:`rap.metrics.pdm_kernels.slab_membership`) visits each point's
+  cell once, skips polygons whose bounds do not contain the point, and finds its slab by binary
+  search among the polygon's slab keys.
 * *raster* (dense queries, e.g. 1000 proposals): the polygons are rasterized on a grid (default
   0.2 m) that covers only the queried points, with three states per cell: inside, outside, or
   uncertain (an edge passes within about one cell; edges are sampled every half cell and the
@@ -48,11 +50,6 @@ floating-point error of x_edge is below 1.2e-16 |xa| + 6.1e-16 |dx|; this leaves
 
 _SLAB_WIDTH = 4
 """Crossing edges per slab kept in the dense table (more go to the overflow list)."""
-
-_CHUNK_POINTS = 8192
-"""Points per membership pass: keeps the (point, polygon) pair arrays near 150 KB each, small
-enough to stay in cache, large enough that the ~100 array operations of a pass are not dominated
-by their fixed cost."""
 
 EXACT_ONLY_MARGIN = 0.05
 """[m] how far an exact-only polygon may be from the region its exact predicate decides."""
@@ -495,23 +492,20 @@ def membership_bits(
                 blocks = [(int(a), int(z), rel[a]) for a, z in zip(edges[:-1], edges[1:])]
             else:
                 blocks, per_point = [(0, p, None)], rel
-    # Chunks of points keep every temporary small (cache-resident, no allocator churn).
     index = polys.index_for(px, py)
     for a, z, mask in blocks:
         allowed = None if mask is None else bits_to_bool(mask, n_poly)
         if allowed is not None and not allowed.any():
             continue
-        for c0 in range(a, z, _CHUNK_POINTS):
-            c1 = min(z, c0 + _CHUNK_POINTS)
-            _membership_chunk(polys, index, px[c0:c1], py[c0:c1], allowed, None if per_point is None else per_point[c0:c1], out[c0:c1])
+        _membership_block(polys, index, px[a:z], py[a:z], allowed, None if per_point is None else per_point[a:z], out[a:z])
     return out
 
 
-def _membership_chunk(
+def _membership_block(
     polys: PreparedPolygons, index: _SlabIndex, px: np.ndarray, py: np.ndarray, allowed: np.ndarray | None, per_point: np.ndarray | None, out: np.ndarray
 ) -> None:
-    """:func:`membership_bits` for a few thousand points (with ``index``, an index of ``polys``
-    that covers them), written into ``out`` (their rows)."""
+    """:func:`membership_bits` for a run of points (with ``index``, an index of ``polys`` that
+    covers them), written into ``out`` (their rows)."""
     if index.nx == 0 or px.size == 0:
         return
     # Slab parity for every (point, polygon) pair of the grid (compiled); undecided pairs and
