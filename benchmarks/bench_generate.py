@@ -12,7 +12,12 @@ the peak memory per worker.
 untimed), in process with one worker: samples/s of load + plan + scoring context + encode, the ceiling that a renderer ~10x
 faster (a GPU) would leave, beside the raw render rate of this machine.
 
+Each end-to-end row also has ``cpu_ms_per_view``: CPU time of the run's processes and threads
+(llvmpipe's included) per view, which other jobs on a shared machine disturb far less than the
+wall-clock rates; ``--repeat N`` keeps the fastest of N runs of each measurement.
+
 Usage: python benchmarks/bench_generate.py [--scenes 4] [--sizes 512x256,1920x1080] [--cpu-only]
+       [--repeat 1] [--workers 1,2] [--no-synthetic]
 """
 
 from __future__ import annotations
@@ -40,21 +45,30 @@ cfg = load_config(GenerateConfig, None, [f"size=[{sys.argv[3]},{sys.argv[4]}]"])
 t = time.perf_counter()
 result = generate(sys.argv[1], sys.argv[2], cfg, workers=int(sys.argv[5]))
 seconds = time.perf_counter() - t
-rss = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]
-print(json.dumps({"samples": result.samples, "seconds": seconds, "views": result.samples * 3, "rss_self_mb": rss[0], "rss_children_mb": rss[1]}))
+usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+rss = [u.ru_maxrss / 1024 for u in usage]
+cpu = sum(u.ru_utime + u.ru_stime for u in usage)  # every process and thread of the run (llvmpipe's included)
+print(json.dumps({"samples": result.samples, "seconds": seconds, "views": result.samples * 3, "rss_self_mb": rss[0], "rss_children_mb": rss[1], "cpu_s": cpu}))
 """
 
 
-def run_generate(source: str, size: tuple[int, int], workers: int) -> dict:
-    out = Path(tempfile.mkdtemp(prefix="rap_bench_gen_"))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", WORKER_SNIPPET, source, str(out / "ds"), str(size[0]), str(size[1]), str(workers)],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+def run_generate(source: str, size: tuple[int, int], workers: int, repeat: int = 1) -> dict:
+    """One ``rap generate`` run in a fresh process (the fastest of ``repeat`` runs): samples,
+    seconds, views, peak RSS and ``cpu_s`` (CPU seconds of the run's processes and threads)."""
+    best = None
+    for _ in range(max(1, repeat)):
+        out = Path(tempfile.mkdtemp(prefix="rap_bench_gen_"))
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", WORKER_SNIPPET, source, str(out / "ds"), str(size[0]), str(size[1]), str(workers)],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        if best is None or got["seconds"] < best["seconds"]:
+            best = got
+    return best
 
 
 def stage_breakdown(source: str, size: tuple[int, int], render: bool = True) -> dict:
@@ -106,12 +120,14 @@ def stage_breakdown(source: str, size: tuple[int, int], render: bool = True) -> 
     return {"seconds": times, "samples": samples}
 
 
-def raw_render_rate(size: tuple[int, int], frames: int = 60) -> float:
+def raw_render_rate(size: tuple[int, int], frames: int = 60, repeat: int = 1) -> float:
+    """Views/s of ``bench-render`` (front3) on the shipped scenario: the fastest of ``repeat``."""
     from rap.perf import bench_render
     from rap.render.rigs import get_rig
     from rap.sources.womd import load_womd
 
-    return bench_render(load_womd(SCENARIO), get_rig("front3", size), frames)["views_per_s"]
+    scene = load_womd(SCENARIO)
+    return max(bench_render(scene, get_rig("front3", size), frames)["views_per_s"] for _ in range(max(1, repeat)))
 
 
 def main() -> None:
@@ -119,6 +135,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--sizes", default="512x256,1920x1080")
     parser.add_argument("--cpu-only", action="store_true", help="time the CPU stages alone (no rendering)")
+    parser.add_argument("--repeat", type=int, default=1, help="keep the fastest of N runs of each measurement (a shared, noisy machine)")
+    parser.add_argument("--workers", default="1,2", help="worker counts of the end-to-end runs")
+    parser.add_argument("--no-synthetic", action="store_true", help="leave out the synthetic:2 rows")
     args = parser.parse_args()
     from rap.sources.tfrecord import read_records, write_records
 
@@ -127,35 +146,36 @@ def main() -> None:
     write_records(source_file, read_records(SCENARIO) * args.scenes)
     source = f"womd:{source_file}"
     rows = []
-    runs = [(f"womd x{args.scenes}", source, s) for s in args.sizes.split(",")] + [("synthetic:2", "synthetic:2", "512x256")]
+    runs = [(f"womd x{args.scenes}", source, s) for s in args.sizes.split(",")] + ([] if args.no_synthetic else [("synthetic:2", "synthetic:2", "512x256")])
     if args.cpu_only:
         cpu_only(runs)
         shutil.rmtree(tmp, ignore_errors=True)
         return
     for source_name, src, size_text in runs:
         size = tuple(int(v) for v in size_text.split("x"))
-        raw = raw_render_rate(size)
+        raw = raw_render_rate(size, repeat=args.repeat)
         stages = stage_breakdown(src, size)["seconds"]
-        for workers in (1, 2):
-            r = run_generate(src, size, workers)
+        for workers in (int(w) for w in args.workers.split(",")):
+            r = run_generate(src, size, workers, args.repeat)
             rows.append({
                 "source": source_name, "size": size_text, "workers": workers, "samples_per_s": r["samples"] / r["seconds"],
                 "views_per_s": r["views"] / r["seconds"], "raw_render_views_per_s": raw,
                 "ratio_to_raw": r["views"] / r["seconds"] / raw, "samples": r["samples"],
+                "cpu_ms_per_view": 1000 * r["cpu_s"] / r["views"],
                 "rss_main_mb": r["rss_self_mb"], "rss_worker_mb": r["rss_children_mb"] if workers > 1 else r["rss_self_mb"],
                 "stages_s": stages,
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
-    meta = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "scenes": args.scenes}
+    meta = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "scenes": args.scenes, "repeat": args.repeat}
     out = ROOT / "benchmarks" / "results" / "generate.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\n{meta['date']}, {meta['machine']}, llvmpipe, front3\n")
-    print("| source | size | workers | samples | samples/s | views/s | raw bench-render views/s | ratio | peak RSS per worker |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| source | size | workers | samples | samples/s | views/s | raw bench-render views/s | ratio | CPU ms per view | peak RSS per worker |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['source']} | {r['size']} | {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | {r['views_per_s']:.0f} | {r['raw_render_views_per_s']:.0f} | {r['ratio_to_raw']:.2f} | {r['rss_worker_mb']:.0f} MB |")
+        print(f"| {r['source']} | {r['size']} | {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | {r['views_per_s']:.0f} | {r['raw_render_views_per_s']:.0f} | {r['ratio_to_raw']:.2f} | {r['cpu_ms_per_view']:.1f} | {r['rss_worker_mb']:.0f} MB |")
     print("\nwhere the time goes (1 worker, seconds over the run):")
     for r in rows:
         if r["workers"] == 1:

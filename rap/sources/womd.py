@@ -65,6 +65,7 @@ Derived geometry (WOMD maps have no lane widths, stop lines or drivable area):
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import warnings
 from typing import Callable, Iterator
@@ -389,6 +390,7 @@ def _tracks(scenario: scenario_pb2.Scenario, num_steps: int, where: _Where) -> A
     ids = np.zeros(n, dtype=np.int64)
     types = np.zeros(n, dtype=np.int8)
     allowed_types = {int(t) for t in AgentType}
+    get_state = operator.attrgetter(*_STATE_FIELDS)  # one C call per state for every field
     for i, track in enumerate(scenario.tracks):
         states = track.states
         if track.object_type not in allowed_types:
@@ -396,8 +398,9 @@ def _tracks(scenario: scenario_pb2.Scenario, num_steps: int, where: _Where) -> A
         ids[i] = track.id
         types[i] = track.object_type
         valid[i] = [s.valid for s in states]
-        for name in _STATE_FIELDS:
-            values[name][i] = [getattr(s, name) for s in states]
+        rows = np.array([get_state(s) for s in states], dtype=np.float64).reshape(-1, len(_STATE_FIELDS))  # (T, fields)
+        for k, name in enumerate(_STATE_FIELDS):
+            values[name][i] = rows[:, k]
     for name in _STATE_FIELDS:  # WOMD fills invalid states with -1 or stale values.
         values[name][~valid] = 0.0
     for name in _STATE_FIELDS:
@@ -444,11 +447,14 @@ def _tracks(scenario: scenario_pb2.Scenario, num_steps: int, where: _Where) -> A
 # ----------------------------------------------------------------------------------------------
 
 
+_XYZ = operator.attrgetter("x", "y", "z")
+
+
 def _points(
     map_points, field: str, where: _Where, *, min_points: int = 1
 ) -> np.ndarray:  # map_points: repeated map_pb2.MapPoint
     """(n, 3) float64 array of MapPoints, checked finite and long enough."""
-    pts = np.array([(p.x, p.y, p.z) for p in map_points], dtype=np.float64).reshape(-1, 3)
+    pts = np.array(list(map(_XYZ, map_points)), dtype=np.float64).reshape(-1, 3)
     if pts.shape[0] < min_points:
         raise where.error(field, f"has {pts.shape[0]} points, need at least {min_points}")
     bad = ~np.isfinite(pts)
