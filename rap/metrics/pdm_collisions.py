@@ -321,43 +321,21 @@ def find_contacts(
         dt: Step [s].
         row_scene: With :class:`StackedObjects`: (K,) int64 scene of each row of ``states``
             (rows sorted by scene); a row meets only its own scene's objects. The contacts are
-            those of each scene searched alone (in another order), in the stacked numbering.
+            those of each scene searched alone, in the stacked numbering. ``None``: one scene
+            (every row meets every object).
+
+    Returns:
+        The contacts per look-ahead, in (step, object, row) order (the compiled
+        :func:`rap.metrics.pdm_kernels.box_contacts`).
     """
     cfg = config if config is not None else CollisionConfig()
-    if row_scene is not None:
-        return _find_contacts_stacked(states, objects, last_step, vehicle, cfg, dt, np.asarray(row_scene, dtype=np.int64))
-    looks = [int(d) for d in cfg.ttc_lookahead_steps]
-    empty = tuple(np.zeros(0, dtype=np.int64) for _ in looks)
-    top = min(int(last_step), states.shape[1] - 1, objects.num_steps - 1)
-    if len(objects) == 0 or top < 0:
-        return Contacts(empty, empty, empty)
-    cx, cy, vx, vy, speed, heading, mx, my, ego_r = _ego_sweep(states, top, looks, vehicle, dt)
-    # Objects: circle around their positions at t + look-ahead (valid ones only): (Te, N).
-    # Worked step-major ((Te, D, N) C-ordered, from the transposed (N, S) tracks) so the sums over
-    # the look-aheads add in the same order whatever the objects' memory layout.
-    steps = np.arange(top + 1)
-    idx = np.minimum(steps[:, None] + np.asarray(looks)[None, :], objects.num_steps - 1)  # (Te, D)
-    ok = (steps[:, None] + np.asarray(looks)[None, :] < objects.num_steps)[:, :, None] & objects.valid.T[idx]  # (Te, D, N)
-    ocx, ocy, obj_r, any_ok = _object_circles(objects, idx, ok)
-    # Drop (step, object) pairs out of reach of every proposal, then test the rest densely.
-    lo_x, hi_x = (mx - ego_r).min(axis=0), (mx + ego_r).max(axis=0)
-    lo_y, hi_y = (my - ego_r).min(axis=0), (my + ego_r).max(axis=0)
-    active = any_ok & (ocx + obj_r >= lo_x[:, None]) & (ocx - obj_r <= hi_x[:, None])
-    active &= (ocy + obj_r >= lo_y[:, None]) & (ocy - obj_r <= hi_y[:, None])
-    ta, na = np.nonzero(active)
-    if ta.size == 0:
-        return Contacts(empty, empty, empty)
-    ddx = (mx[:, ta] - ocx[ta, na]).astype(np.float32)  # (K, A)
-    ddy = (my[:, ta] - ocy[ta, na]).astype(np.float32)
-    reach = (ego_r[:, ta] + obj_r[ta, na]).astype(np.float32)
-    ddx *= ddx
-    ddy *= ddy
-    ddx += ddy
-    reach *= reach
-    near = ddx <= reach * np.float32(1 + 1e-4) + np.float32(1e-3)  # float32 slack; exact test follows
-    kk, aa = np.nonzero(near)
-    tt, nn = ta[aa], na[aa]
-    return _exact_contacts(kk, tt, nn, objects, ok, looks, cx, cy, vx, vy, heading, vehicle, dt)
+    if row_scene is None:  # one scene: every row meets every object
+        if not isinstance(objects, StackedObjects):
+            objects = StackedObjects.stack([objects])
+        elif objects.starts.size > 2:
+            raise ValueError("find_contacts: stacked objects of several scenes need row_scene")
+        row_scene = np.zeros(states.shape[0], dtype=np.int64)
+    return _find_contacts_stacked(states, objects, last_step, vehicle, cfg, dt, np.asarray(row_scene, dtype=np.int64))
 
 
 def _find_contacts_stacked(
@@ -410,41 +388,6 @@ def _find_contacts_stacked(
     )
     per_look = [hits[1:, hits[0] == j] for j in range(len(looks))]
     return Contacts(tuple(h[0] for h in per_look), tuple(h[1] for h in per_look), tuple(h[2] for h in per_look))
-
-
-def _exact_contacts(kk, tt, nn, objects, ok, looks, cx, cy, vx, vy, heading, vehicle, dt, maybe=None) -> Contacts:
-    """The separating-axis test of every candidate (row, step, object) per look-ahead (lookups
-    by flat index: the same values as 2-d indexing, cheaper). ``maybe``: per look-ahead, (P,)
-    bool, the candidates that can pass it at all (they include every valid one that passes the
-    exact circle test); ``None``: all valid ones."""
-    hl, hw = vehicle.half_length, vehicle.half_width
-    box_r = float(np.hypot(hl, hw))
-    circle_r = 0.5 * np.hypot(objects.length, objects.width)
-    out_k, out_t, out_n = [], [], []
-    e = kk * cx.shape[1] + tt
-    ecx, ecy, evx, evy, eh = (np.take(np.ravel(a), e) for a in (cx, cy, vx, vy, heading))
-    n_look, n_obj, n_steps = ok.shape[1], ok.shape[2], objects.x.shape[1]
-    ok_flat = np.ravel(ok)
-    ox, oy, oh = np.ravel(objects.x), np.ravel(objects.y), np.ravel(objects.heading)
-    for j, look in enumerate(looks):
-        if maybe is None:
-            sel = np.flatnonzero(np.take(ok_flat, (tt * n_look + j) * n_obj + nn))
-        else:
-            sel = np.flatnonzero(maybe[j])
-        n1 = np.take(nn, sel)
-        o = n1 * n_steps + (np.take(tt, sel) + look)
-        shift = look * dt
-        dx = np.take(ox, o) - (np.take(ecx, sel) + np.take(evx, sel) * shift)
-        dy = np.take(oy, o) - (np.take(ecy, sel) + np.take(evy, sel) * shift)
-        close = np.flatnonzero(dx * dx + dy * dy <= (box_r + np.take(circle_r, n1)) ** 2 + 1e-9)  # per-look-ahead circles
-        sel, n1, o, dx, dy = sel[close], n1[close], o[close], dx[close], dy[close]
-        hit = obb_overlap(
-            dx, dy, np.take(eh, sel), hl, hw, np.take(oh, o), 0.5 * np.take(objects.length, n1), 0.5 * np.take(objects.width, n1)
-        )
-        out_k.append(kk[sel[hit]])
-        out_t.append(tt[sel[hit]])
-        out_n.append(n1[hit])
-    return Contacts(tuple(out_k), tuple(out_t), tuple(out_n))
 
 
 def _first_events(keys: np.ndarray, pair: np.ndarray) -> np.ndarray:

@@ -119,7 +119,9 @@ def box_contacts(
     ok, looks, dt, hl, hw, box_r,
 ):
     """Exact ego-object box contacts of every active (step, object) pair with every row of the
-    object's scene, per look-ahead (the test of ``pdm_collisions._exact_contacts``).
+    object's scene, per look-ahead: the ego box moved ahead at its speed and heading against the
+    object's box at that step (bounding circles, then the separating-axis test of
+    ``pdm_collisions.obb_overlap``; touching counts).
 
     Args:
         ta, na: (A,) active (ego step, object) pairs.
