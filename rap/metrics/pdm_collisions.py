@@ -351,7 +351,7 @@ def _find_contacts_stacked(
     if np.any(np.diff(row_scene) < 0):
         raise ValueError("find_contacts: row_scene must be sorted (rows grouped by scene)")
     n_scenes = objects.starts.size - 1
-    cx, cy, vx, vy, speed, heading, mx, my, ego_r = _ego_sweep(states, top, looks, vehicle, dt)
+    cx, cy, vx, vy, _, heading, mx, my, ego_r = _ego_sweep(states, top, looks, vehicle, dt)
     # Objects (step-major, as find_contacts): a look-ahead counts while it is within the
     # object's own scene's steps (and the scene's steps cover the ego step).
     steps = np.arange(top + 1)

@@ -365,8 +365,8 @@ def track(
     _, c = _lateral_constants(horizon)
     inv_l = 1.0 / cfg.vehicle.wheel_base
     lat = np.array([
-        *lqr.q_lateral, lqr.r_lateral, inv_l, c["s1"], c["s2"], c["st"] + c["s2"], c["skt"], c["sq"] + c["skt"], c["skq"],
-        dt * dt * inv_l, dt**3 * inv_l, horizon * dt, c["st"],
+        *lqr.q_lateral, lqr.r_lateral, inv_l, c["s1"], c["s2"], c["st"], c["st"] + c["s2"], c["skt"], c["sq"] + c["skt"], c["skq"],
+        dt * dt * inv_l, dt**3 * inv_l, horizon * dt,
     ], dtype=np.float64)  # fmt: skip
     lon = np.array([lqr.stopping_velocity, lqr.stopping_proportional_gain, lon_gain, dt], dtype=np.float64)
     bike = cfg.bicycle

@@ -24,7 +24,15 @@ _X, _Y, _H, _VX, _VY, _AX, _AY, _STEER, _STEER_RATE, _W, _ALPHA = range(11)
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _wrap(angle):
+    """The LQR's angle wrap to [-pi, pi)."""
     return (angle + _PI) % (2.0 * _PI) - _PI
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _wrap_heading(angle):
+    """``rap.geometry.wrap_angle``: the wrap to [-pi, pi), with mod's round-up to +pi folded back."""
+    wrapped = (angle + _PI) % _TWO_PI - _PI
+    return wrapped - _TWO_PI if wrapped >= _PI else wrapped
 
 
 @numba.njit(cache=True, nogil=True)
@@ -37,16 +45,17 @@ def track_loop(states, ref, ref_sin, ref_cos, velocity, curv, horizon, lon, lat,
         velocity: (K, N - 1) fitted reference speeds; curv: (K, N - 1, 5) curvature window sums.
         horizon: LQR horizon [steps].
         lon: (stopping velocity, stopping gain, LQR gain, dt).
-        lat: (q0, q1, q2, r, 1 / wheel base, s1, s2, st + s2, skt, sq + skt, skq, dt^2 / L,
-            dt^3 / L, n dt) — the lateral LQR's constants (``_lateral_steering_rate``).
+        lat: (q0, q1, q2, r, 1 / wheel base, s1, s2, st, st + s2, skt, sq + skt, skq, dt^2 / L,
+            dt^3 / L, n dt): the closed-form lateral LQR's constants, each combined in Python as
+            the array form combined it (``tracker._lateral_constants``).
         bicycle: (accel lag factor, steering lag factor, max steering angle, wheel base).
     """
     k_rows, n = states.shape[0], states.shape[1]
     last = n - 2
     v_stop, k_stop, lon_gain, dt = lon[0], lon[1], lon[2], lon[3]
     q0, q1, q2, r_lat, inv_l = lat[0], lat[1], lat[2], lat[3], lat[4]
-    s1, s2, st_s2, skt, sq_skt, skq, dt2_l, dt3_l, b2 = lat[5], lat[6], lat[7], lat[8], lat[9], lat[10], lat[11], lat[12], lat[13]
-    st = lat[14]
+    s1, s2, st, st_s2, skt, sq_skt, skq = lat[5], lat[6], lat[7], lat[8], lat[9], lat[10], lat[11]
+    dt2_l, dt3_l, b2 = lat[12], lat[13], lat[14]
     acc_lag, steer_lag, max_steer, wheel_base = bicycle[0], bicycle[1], bicycle[2], bicycle[3]
     for r in range(k_rows):
         for i in range(n - 1):
@@ -87,9 +96,7 @@ def track_loop(states, ref, ref_sin, ref_cos, velocity, curv, horizon, lon, lat,
             new_steer_rate = (lagged_steer - steer) / dt
             nxt[_X] = cur[_X] + dt * v * np.cos(heading)
             nxt[_Y] = cur[_Y] + dt * v * np.sin(heading)
-            h = heading + dt * v * np.tan(steer) / wheel_base
-            wrapped = (h + _PI) % _TWO_PI - _PI
-            nxt[_H] = wrapped - _TWO_PI if wrapped >= _PI else wrapped
+            nxt[_H] = _wrap_heading(heading + dt * v * np.tan(steer) / wheel_base)
             new_v = v + dt * new_accel
             nxt[_VX] = new_v
             nxt[_VY] = 0.0
