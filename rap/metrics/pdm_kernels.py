@@ -1,9 +1,11 @@
 """Compiled inner loops of the PDM scorer (numba).
 
-Each kernel does per element what the numpy code around it did with array passes, with the same
-floating-point operations in the same order, so every result is bit-identical; what changes is
+Each kernel does per element what array code did with many passes, with the same floating-point
+operations in the same order, so its results are bit-identical to that code's; what changes is
 that the ~10^4-10^5 (point, polygon) pairs or (row, step, object) triples of a scoring call are
-visited once in a loop instead of by ~100 array passes over temporaries. Compiled on first use
+visited once in a loop instead of by ~100 array passes over temporaries. The exception is
+:func:`savgol_rows`, whose edge sums replace BLAS products (last-bit differences; a row's bits
+no longer depend on its batch). Compiled on first use
 and cached on disk (``cache=True``: ``__pycache__`` beside this file, or numba's user cache).
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["slab_membership"]
+__all__ = ["box_contacts", "grid_cells", "savgol_rows", "segment_nearest", "slab_membership", "slab_table"]
 
 _JIT = dict(cache=True, nogil=True)
 
