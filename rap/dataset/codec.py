@@ -258,17 +258,18 @@ def _decode_pil(data: bytes) -> np.ndarray:
         return np.array(image)
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A ``numpy.load``-able ``.npz`` with deterministic bytes (stored entries in name order,
-    fixed timestamps and attributes; ``numpy.savez`` stamps the current time)."""
+def npz_bytes(arrays: dict[str, np.ndarray], compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A ``numpy.load``-able ``.npz`` with deterministic bytes (entries in name order, fixed
+    timestamps and attributes; ``numpy.savez`` stamps the current time). ``compression``:
+    ``zipfile.ZIP_STORED`` (default) or ``zipfile.ZIP_DEFLATED``."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
         for name in sorted(arrays):
             npy = io.BytesIO()
             np.lib.format.write_array(npy, np.ascontiguousarray(arrays[name]), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
             info.create_system = 3  # unix
             info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_STORED
+            info.compress_type = compression
             zf.writestr(info, npy.getvalue())
     return buf.getvalue()

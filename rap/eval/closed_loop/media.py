@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rap.dataset.codec import npz_bytes
 from rap.fileio import write_bytes_atomic
 from rap.scene import LightState, RoadLineType
 from rap.sim.bicycle import PACIFICA
@@ -194,18 +195,9 @@ def camera_row(images: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def save_states(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Writes ``arrays`` as an ``.npz`` (deflated), atomically; the same arrays give the same
-    bytes (fixed zip timestamps, sorted names; ``np.savez`` stamps the current time)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(arrays):
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, member.getvalue())
-    write_bytes_atomic(path, buf.getvalue())
+    """Writes ``arrays`` as a deflated ``.npz``, atomically; the same arrays give the same bytes
+    (:func:`rap.dataset.codec.npz_bytes`)."""
+    write_bytes_atomic(path, npz_bytes(arrays, zipfile.ZIP_DEFLATED))
 
 
 def load_states(path: str | Path) -> dict[str, np.ndarray]:
