@@ -144,3 +144,32 @@ def test_a_file_that_is_not_perception_frames_is_skipped_with_the_reason(tmp_pat
     assert result.exit_code == 3
     (skipped,) = read_manifest(tmp_path / "bad").skipped
     assert str(WOMD) in skipped.source and skipped.reason
+
+
+def test_frames_with_a_corrupt_image_or_a_missing_calibration_are_skipped_and_counted(tmp_path):
+    from waymo_open_dataset import dataset_pb2
+
+    from rap.sources.tfrecord import read_records, write_records
+
+    (good,) = read_records(FRAME)
+
+    def frame_message():
+        msg = dataset_pb2.Frame()
+        msg.ParseFromString(good)
+        return msg
+
+    bad_jpeg, no_calibration, no_image = frame_message(), frame_message(), frame_message()
+    bad_jpeg.images[0].image = b"not a jpeg"
+    del no_calibration.context.camera_calibrations[1]
+    del no_image.images[2]
+    mixed = tmp_path / "mixed.tfrecord"
+    write_records(mixed, [good] + [m.SerializeToString() for m in (bad_jpeg, no_calibration, no_image)])
+    result = generate(f"waymo-frame:{mixed}", tmp_path / "out", GenerateConfig())
+    assert result.exit_code == 3 and result.samples == 1  # the good frame is kept, the run goes on
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.counts["paired"] == 1
+    skipped = {s.record: s.reason for s in manifest.skipped}
+    assert sorted(skipped) == [1, 2, 3]
+    assert "FRONT" in skipped[1] and "JPEG" in skipped[1]
+    assert "calibration" in skipped[2] and str(mixed) in skipped[2]
+    assert "SIDE_LEFT" in skipped[3] and "no image" in skipped[3]
