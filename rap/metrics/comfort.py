@@ -37,7 +37,7 @@ from enum import IntEnum
 import numpy as np
 
 from rap.sim.bicycle import PACIFICA, StateIndex, VehicleParameters
-from rap.metrics.pdm_kernels import savgol_rows
+from rap.metrics.pdm_kernels import comfort_rows, savgol_rows
 
 __all__ = [
     "ComfortIndex",
@@ -148,9 +148,18 @@ def _savgol_plan(n: int, window: int, polyorder: int, deriv: int, delta: float) 
         whole_fit = fit
         whole_eval = basis(t)
     plan = _SavgolPlan(coeffs, (window - 1 - half, n - half), head, tail, whole_fit, whole_eval)
-    for arr in (plan.coeffs, plan.head, plan.tail):
-        arr.flags.writeable = False
+    for arr in (plan.coeffs, plan.head, plan.tail, plan.fit, plan.evaluate):
+        if arr is not None:
+            arr.flags.writeable = False
     return plan
+
+
+def _kernel_plan(n: int, window: int, polyorder: int, deriv: int = 0, delta: float = 1.0) -> tuple:
+    """A plan as the compiled kernels take it: (coeffs, i0, i1, head, tail, fit, evaluate)."""
+    plan = _savgol_plan(n, int(window), int(polyorder), int(deriv), float(delta))
+    if plan.fit is not None:
+        return (plan.coeffs, 0, 0, plan.head, plan.tail, plan.fit, plan.evaluate)
+    return (plan.coeffs, plan.interior[0], plan.interior[1], plan.head, plan.tail, _NO_FIT, _NO_FIT)
 
 
 def savgol_filter(x: np.ndarray, window: int, polyorder: int, deriv: int = 0, delta: float = 1.0) -> np.ndarray:
@@ -265,10 +274,26 @@ def comfort_checks(
         (K, 6) bool, columns :class:`ComfortIndex`.
     """
     b = bounds if bounds is not None else ComfortBounds()
-    sig = comfort_signals(states, dt, filters, vehicle)
     lo = np.array([b.min_lon_accel, -b.max_abs_lat_accel, -b.max_abs_jerk, -b.max_abs_lon_jerk, -b.max_abs_yaw_accel, -b.max_abs_yaw_rate])
     hi = np.array([b.max_lon_accel, b.max_abs_lat_accel, b.max_abs_jerk, b.max_abs_lon_jerk, b.max_abs_yaw_accel, b.max_abs_yaw_rate])
-    return ((sig > lo[None, :, None]) & (sig < hi[None, :, None])).all(axis=-1)
+    s = np.asarray(states, dtype=np.float64)
+    k, n = s.shape[:2]
+    if k == 0:
+        return np.zeros((0, 6), dtype=bool)
+    # The signals of comfort_signals, filtered, rounded and checked row by row (compiled).
+    ax, ay = _accelerations(s, filters.center_referenced, vehicle)
+    mag = np.hypot(s[..., StateIndex.ACCELERATION_X], s[..., StateIndex.ACCELERATION_Y])
+    heading = _unwrap(s[..., StateIndex.HEADING])
+    w_yaw = _window(filters.yaw_window, n)
+    return comfort_rows(
+        *(np.ascontiguousarray(a) for a in (ax, ay, mag, heading)),
+        _kernel_plan(n, _window(filters.accel_window, n), 2),
+        _kernel_plan(n, _window(filters.accel_smoothing_window, n), 2),
+        _kernel_plan(n, _window(filters.jerk_window, n), 2, 1, dt),
+        _kernel_plan(n, w_yaw, 3, 2, dt),
+        _kernel_plan(n, w_yaw, 2, 1, dt),
+        lo, hi,
+    )  # fmt: skip
 
 
 def is_comfortable(

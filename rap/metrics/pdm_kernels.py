@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["box_contacts", "grid_cells", "savgol_rows", "segment_nearest", "slab_membership", "slab_table"]
+__all__ = ["box_contacts", "comfort_rows", "grid_cells", "savgol_rows", "segment_nearest", "slab_membership", "slab_table"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -293,6 +293,41 @@ def slab_table(x1, y1, x2, y2, edge_poly, n_polygons, width_max, cross_error):
 
 
 @numba.njit(**_JIT)
+def _savgol_row(x, out, coeffs, i0, i1, head, tail, fit, evaluate, poly):
+    """One signal ``x`` (n,) through a Savitzky-Golay plan into ``out`` (see :func:`savgol_rows`;
+    ``poly`` is scratch of at least ``fit.shape[0]``)."""
+    n = x.size
+    if fit.shape[0] > 0:
+        p1 = fit.shape[0]
+        for q in range(p1):
+            acc = 0.0
+            for j in range(n):
+                acc += fit[q, j] * x[j]
+            poly[q] = acc
+        for j in range(n):
+            acc = 0.0
+            for q in range(p1):
+                acc += evaluate[j, q] * poly[q]
+            out[j] = acc
+        return
+    window = coeffs.size
+    half = window // 2
+    for j in range(i0, i1):
+        acc = 0.0
+        for k in range(window):
+            acc += coeffs[k] * x[j + half - k]
+        out[j] = acc
+    for j in range(half):
+        acc = 0.0
+        hacc = 0.0
+        for w in range(window):
+            acc += head[j, w] * x[w]
+            hacc += tail[j, w] * x[n - window + w]
+        out[j] = acc
+        out[n - half + j] = hacc
+
+
+@numba.njit(**_JIT)
 def savgol_rows(x, coeffs, i0, i1, head, tail, fit, evaluate):
     """Savitzky-Golay filter of every row of ``x`` (R, n) (``comfort.savgol_filter``'s plan):
     outputs i0 .. i1-1 by convolution with ``coeffs`` (window,), the first / last ``half`` from
@@ -301,37 +336,56 @@ def savgol_rows(x, coeffs, i0, i1, head, tail, fit, evaluate):
     order, so a row gets the same bits in any batch."""
     rows, n = x.shape
     out = np.empty((rows, n))
-    if fit.shape[0] > 0:
-        p1 = fit.shape[0]
-        poly = np.empty(p1)
-        for r in range(rows):
-            for q in range(p1):
-                acc = 0.0
-                for j in range(n):
-                    acc += fit[q, j] * x[r, j]
-                poly[q] = acc
-            for j in range(n):
-                acc = 0.0
-                for q in range(p1):
-                    acc += evaluate[j, q] * poly[q]
-                out[r, j] = acc
-        return out
-    window = coeffs.size
-    half = window // 2
+    poly = np.empty(max(fit.shape[0], 1))
     for r in range(rows):
-        for j in range(i0, i1):
-            acc = 0.0
-            for k in range(window):
-                acc += coeffs[k] * x[r, j + half - k]
-            out[r, j] = acc
-        for j in range(half):
-            acc = 0.0
-            hacc = 0.0
-            for w in range(window):
-                acc += head[j, w] * x[r, w]
-                hacc += tail[j, w] * x[r, n - window + w]
-            out[r, j] = acc
-            out[r, n - half + j] = hacc
+        _savgol_row(x[r], out[r], coeffs, i0, i1, head, tail, fit, evaluate, poly)
+    return out
+
+
+@numba.njit(**_JIT)
+def _filtered(x, out, plan, poly):
+    """``out`` = ``np.round(savgol(x), 8)`` with a plan tuple (coeffs, i0, i1, head, tail, fit, evaluate)."""
+    _savgol_row(x, out, plan[0], plan[1], plan[2], plan[3], plan[4], plan[5], plan[6], poly)
+    for j in range(out.size):
+        out[j] = np.round(out[j], 8)
+
+
+@numba.njit(**_JIT)
+def _within(sig, lo, hi):
+    for j in range(sig.size):
+        if not (sig[j] > lo and sig[j] < hi):
+            return False
+    return True
+
+
+@numba.njit(**_JIT)
+def comfort_rows(ax, ay, mag, heading, acc, smooth, jerk, yaw_accel, yaw_rate, lo, hi):
+    """nuPlan's six comfort checks of every row (``comfort.comfort_checks``): per row the smoothed
+    lon / lat accelerations (``acc`` plan), the jerk of the smoothed acceleration magnitude and of
+    the smoothed lon acceleration (``smooth`` then ``jerk``), the yaw acceleration and rate of the
+    unwrapped heading (``yaw_accel``, ``yaw_rate``), each rounded to 1e-8 like the array code, then
+    strictly within (lo[i], hi[i]) at every step. Plans are (coeffs, i0, i1, head, tail, fit,
+    evaluate) tuples of ``comfort._savgol_plan``. Returns (R, 6) bool, columns ``ComfortIndex``."""
+    rows, n = ax.shape
+    out = np.zeros((rows, 6), dtype=np.bool_)
+    a = np.empty(n)
+    b = np.empty(n)
+    poly = np.empty(8)
+    for r in range(rows):
+        _filtered(ax[r], a, acc, poly)
+        out[r, 0] = _within(a, lo[0], hi[0])
+        _filtered(ay[r], a, acc, poly)
+        out[r, 1] = _within(a, lo[1], hi[1])
+        _filtered(mag[r], a, smooth, poly)
+        _filtered(a, b, jerk, poly)
+        out[r, 2] = _within(b, lo[2], hi[2])
+        _filtered(ax[r], a, smooth, poly)
+        _filtered(a, b, jerk, poly)
+        out[r, 3] = _within(b, lo[3], hi[3])
+        _filtered(heading[r], a, yaw_accel, poly)
+        out[r, 4] = _within(a, lo[4], hi[4])
+        _filtered(heading[r], a, yaw_rate, poly)
+        out[r, 5] = _within(a, lo[5], hi[5])
     return out
 
 

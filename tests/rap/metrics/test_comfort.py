@@ -114,3 +114,38 @@ def test_comfort_of_a_batch_equals_each_group_alone():
         assert np.array_equal(ec[lo:hi], extended_comfort(states[lo:hi], previous[g], 5, 0.1))
     with pytest.raises(ValueError, match="one plan per group"):
         extended_comfort(states, previous[:2], 5, 0.1, groups=sizes)
+
+
+@pytest.mark.parametrize("filters, steps", [(V1_FILTERS, 41), (V2_FILTERS, 41), (V2_FILTERS, 61), (V1_FILTERS, 6)])
+def test_compiled_checks_equal_the_bounds_applied_to_the_signals(filters, steps):
+    """comfort_checks (one compiled pass per row) decides exactly what comparing
+    comfort_signals (the array code) with the bounds decides, near the bounds included."""
+    from rap.metrics.comfort import ComfortBounds
+
+    rng = np.random.default_rng(7)
+    k = 300
+    states = np.zeros((k, steps, 11))
+    t = np.arange(steps) * 0.1
+    scale = rng.uniform(0.0, 3.0, (k, 1))  # from calm to far outside the bounds
+    states[..., StateIndex.ACCELERATION_X] = scale * np.sin(rng.uniform(0.5, 6.0, (k, 1)) * t) + rng.normal(0, 0.3, (k, steps)) * scale
+    states[..., StateIndex.ACCELERATION_Y] = scale * rng.normal(0, 1.0, (k, steps))
+    states[..., StateIndex.HEADING] = np.cumsum(rng.normal(0, 0.004, (k, steps)) * scale, axis=1) + rng.uniform(-7, 7, (k, 1))
+    states[..., StateIndex.ANGULAR_VELOCITY] = rng.normal(0, 0.1, (k, steps))
+    states[..., StateIndex.ANGULAR_ACCELERATION] = rng.normal(0, 0.3, (k, steps))
+    b = ComfortBounds()
+    sig = comfort_signals(states, 0.1, filters)
+    lo = np.array([b.min_lon_accel, -b.max_abs_lat_accel, -b.max_abs_jerk, -b.max_abs_lon_jerk, -b.max_abs_yaw_accel, -b.max_abs_yaw_rate])
+    hi = -lo
+    hi[0] = b.max_lon_accel
+    expected = ((sig > lo[None, :, None]) & (sig < hi[None, :, None])).all(axis=-1)
+    got = comfort_checks(states, 0.1, filters)
+    assert got.shape == (k, 6) and got.dtype == bool
+    np.testing.assert_array_equal(got, expected)
+    assert 0.2 < expected.all(axis=1).mean() < 0.9  # both outcomes are exercised
+    # A signal exactly on a bound fails (strict bounds), as in the array code.
+    edge = states[:1].copy()
+    edge[..., StateIndex.ACCELERATION_X] = b.max_lon_accel
+    edge[..., StateIndex.ACCELERATION_Y] = 0.0
+    edge[..., StateIndex.HEADING] = 0.0
+    edge[..., StateIndex.ANGULAR_VELOCITY] = edge[..., StateIndex.ANGULAR_ACCELERATION] = 0.0
+    assert not comfort_checks(edge, 0.1, V1_FILTERS)[0, ComfortIndex.LON_ACCEL]
