@@ -3,7 +3,8 @@
 * :mod:`~rap.eval.closed_loop.routes`: the route suites (``bench:base``, ``bench:dev10``,
   ``synthetic:N``), one scenario event per route, grouped by Bench2Drive's abilities.
 * :mod:`~rap.eval.closed_loop.world`: the fixed-step world (IDM traffic, timed lights, event
-  actors, the ego executed by the tracker on the bicycle model) and its Scene snapshots.
+  actors, the ego executed by the tracker on the bicycle model from a moving start) and its
+  Scene snapshots; :mod:`~rap.eval.closed_loop.pedestrians`: its pedestrians.
 * :mod:`~rap.eval.closed_loop.infractions`: per-tick infraction detection and route progress.
 * :mod:`~rap.eval.closed_loop.runner`: the agent loop per route, the suite (workers, resume).
 * :mod:`~rap.eval.closed_loop.outputs`: ``results.json``, the summary JSON and Markdown.

@@ -24,6 +24,8 @@ class ClosedLoopSection(FrozenModel):
         history_s: [s] past kept in each observation's scene.
         density: background vehicles per 100 m of road lane.
         parked_fraction: share of parking-strip spots with a parked car.
+        standing_start: start every route at rest (as ``bench-base-v1`` did) instead of at the
+            route's ``start_speed``.
         deviation_m, blocked_s, timeout_seconds_per_m, timeout_initial_s, checkpoints: see
             :class:`rap.eval.closed_loop.infractions.MonitorConfig`.
         report_media: write the HTML report's media per route (recorded states, BEV animation,
@@ -38,6 +40,7 @@ class ClosedLoopSection(FrozenModel):
     history_s: float = Field(default=2.0, ge=1.5, le=10.0)
     density: float = Field(default=0.6, ge=0, le=5)
     parked_fraction: float = Field(default=0.4, ge=0, le=1)
+    standing_start: bool = False
     deviation_m: float = Field(default=30.0, gt=0)
     blocked_s: float = Field(default=60.0, gt=0)
     timeout_seconds_per_m: float = Field(default=0.4, gt=0)
@@ -63,7 +66,7 @@ class ClosedLoopSection(FrozenModel):
 
     def world(self) -> WorldConfig:
         """The world settings."""
-        return WorldConfig(dt=1.0 / self.sim_hz, history_s=self.history_s, density=self.density, parked_fraction=self.parked_fraction)
+        return WorldConfig(dt=1.0 / self.sim_hz, history_s=self.history_s, density=self.density, parked_fraction=self.parked_fraction, standing_start=self.standing_start)
 
     def monitor(self) -> MonitorConfig:
         """The infraction thresholds."""

@@ -8,10 +8,21 @@ vehicle from speed, plans to stop inside its standstill gap; driven closed loop 
 2 Hz, executed by the tracker with its lag) it rear-ends braking leaders. The check keeps the
 reference plan's path and slows along it: the first vehicle box (now, and forecast at constant
 velocity 1 s and 2 s ahead) that the ego's front bumper would come within half its width plus
--0.3 m of along the path (a box squarely in the way) is the leader; an IDM driver with firmer braking (:data:`SHIELD_IDM`,
+-0.3 m of along the path (a box squarely in the way) is the leader (a pedestrian's box, grown by
+:data:`_PED_MARGIN` on every side, is forecast every 0.5 s up to 4 s ahead: the whole stretch it
+will walk across the path blocks it, as the reference planner would otherwise pass behind a
+crossing pedestrian at speed); an IDM driver with firmer braking (:data:`SHIELD_IDM`,
 the shared :func:`rap.sim.idm.idm_acceleration`), slowing for the path's curves to 2 m/s^2
 lateral acceleration (the reference planner ignores curvature, and the tracker swings wide in
 tight junction turns at speed), caps the progress at each planned pose.
+
+Stop signs (:class:`StopSignKeeper`): the reference planner knows lights only; the expert gives
+the next stop-sign connector of its route a red light until it has stood still (below 80 % of
+:data:`~rap.eval.closed_loop.infractions.STOP_SPEED`) with its front bumper in the sign's stop
+area, then lets it go (CARLA's rule: stop once, then proceed). Stop lines, of a held stop sign
+and of the route's next red light (:func:`red_light_stop`), are also given to the check as
+standing obstacles: the reference planner's own approach to a red connector creeps on at a few
+cm/s and can end with the front bumper past the line.
 """
 
 from __future__ import annotations
@@ -22,23 +33,30 @@ import numpy as np
 
 from rap import geometry
 from rap.eval.agent import ExpertAgent, Observation
-from rap.scene import Scene, TrafficLights
+from rap.eval.closed_loop.infractions import STOP_AREA_M, STOP_AREA_PAST_M, STOP_SPEED
+from rap.scene import AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA
 from rap.sim.idm import Boxes, IDMParameters, idm_acceleration, path_hits
 from rap.trajectory import Trajectory
 
-__all__ = ["SHIELD_IDM", "ClosedLoopExpert", "own_lights", "reference_plan", "route_centerline", "shield"]
+__all__ = ["SHIELD_IDM", "ClosedLoopExpert", "StopSignKeeper", "own_lights", "red_light_stop", "reference_plan", "route_centerline", "route_lane_arcs", "shield", "with_stop_light"]
 
 SHIELD_IDM = IDMParameters(max_accel=1.5, comfort_decel=3.0, time_headway=1.2, min_gap=2.5, max_decel=7.0)
 _SPACING = 0.5  # [m] path samples
 _FORECAST_S = (0.0, 1.0, 2.0)  # [s] obstacle forecasts checked
+_PED_FORECAST_S = tuple(np.arange(0.0, 4.01, 0.5))  # [s] pedestrian forecasts checked
+_PED_MARGIN = 0.5  # [m] pedestrian boxes grown by this on every side
 _CLEARANCE = -0.3  # [m] beyond the ego's half width (negative: only boxes squarely in the way; a reference plan grazing a box, e.g. passing a parked car, is left alone)
 _LATERAL_ACCEL = 2.0  # [m/s^2] in curves (as the synthetic world's expert drivers)
 _CURVE_DECEL = 2.0  # [m/s^2] slowing down for a curve ahead
 _DT = 0.1  # [s] IDM integration step
+_STOP_LOOK_M = 80.0  # [m] stop signs farther ahead are left for later
+_STOP_INSIDE_M = 1.0  # [m] a stop counts this far inside the stop area's far end (margin)
+_YELLOW_DECEL = 3.0  # [m/s^2] stop at a yellow light when this is enough (as the background traffic)
+_COMMITTED_M = 0.5  # [m] a front bumper this far past a stop line goes on
 
 
-def shield(plan: Trajectory, scene: Scene, step: int, speed: float) -> Trajectory:
+def shield(plan: Trajectory, scene: Scene, step: int, speed: float, stop_at: float | None = None) -> Trajectory:
     """``plan`` slowed along its own path so that an IDM driver with :data:`SHIELD_IDM` would
     not run into the first vehicle box on it (see the module docs).
 
@@ -46,6 +64,8 @@ def shield(plan: Trajectory, scene: Scene, step: int, speed: float) -> Trajector
         plan: ego-frame poses (rear axle) at ``plan.sampling``.
         scene, step: the privileged scene (ego = ``scene.ego_index``).
         speed: [m/s] the ego's current speed.
+        stop_at: [m] a point to stop before (its distance from the front bumper along the
+            path, e.g. a stop sign's line), approached as a standing obstacle; None: none.
     """
     poses = np.vstack([[0.0, 0.0, 0.0], np.asarray(plan.poses)])
     seg = np.hypot(*np.diff(poses[:, :2], axis=0).T)
@@ -59,19 +79,26 @@ def shield(plan: Trajectory, scene: Scene, step: int, speed: float) -> Trajector
     front = np.stack([px, py], axis=-1) + PACIFICA.front_length * tan
     x0, y0, _, h0 = scene.ego_pose(step)
     tr = scene.tracks
-    rows = np.flatnonzero(tr.valid[:, step] & (np.arange(tr.num_agents) != scene.ego_index))
+    others = tr.valid[:, step] & (np.arange(tr.num_agents) != scene.ego_index)
+    walkers = tr.types == AgentType.PEDESTRIAN
     gap, lead_v = np.inf, 0.0
-    if rows.size:
+    if others.any():
         parts = []
-        for t in _FORECAST_S:
-            cx = tr.x[rows, step] + tr.vx[rows, step] * t
-            cy = tr.y[rows, step] + tr.vy[rows, step] * t
-            local = geometry.to_frame(np.stack([cx, cy], -1), (x0, y0), h0)
+        for rows, times, grow in ((np.flatnonzero(others & ~walkers), _FORECAST_S, 0.0), (np.flatnonzero(others & walkers), _PED_FORECAST_S, 2 * _PED_MARGIN)):
+            if not rows.size:
+                continue
             vel = geometry.rotate(np.stack([tr.vx[rows, step], tr.vy[rows, step]], -1), -h0)
-            parts.append(Boxes.from_poses(local[:, 0], local[:, 1], geometry.wrap_angle(tr.heading[rows, step] - h0), tr.length[rows, step], tr.width[rows, step], vel[:, 0], vel[:, 1]))
+            for t in times:
+                cx = tr.x[rows, step] + tr.vx[rows, step] * t
+                cy = tr.y[rows, step] + tr.vy[rows, step] * t
+                local = geometry.to_frame(np.stack([cx, cy], -1), (x0, y0), h0)
+                rel = geometry.wrap_angle(tr.heading[rows, step] - h0)
+                parts.append(Boxes.from_poses(local[:, 0], local[:, 1], rel, tr.length[rows, step] + grow, tr.width[rows, step] + grow, vel[:, 0], vel[:, 1]))
         hits = path_hits(front[None], tan[None], Boxes.concatenate(parts), PACIFICA.half_width + _CLEARANCE).nearest(1)
         if hits.sample[0] >= 0:
             gap, lead_v = float(s[hits.sample[0]]), float(hits.speed[0])
+    if stop_at is not None and stop_at < gap:
+        gap, lead_v = max(float(stop_at), 0.0), 0.0
     # curve speed: the path's curvature (heading change over +-2 m) at _LATERAL_ACCEL, reached
     # braking at _CURVE_DECEL from wherever the ego is
     w = max(1, int(round(2.0 / _SPACING)))
@@ -138,16 +165,124 @@ def reference_plan(scene: Scene, step: int, sampling) -> Trajectory:
     return reference_planner_plan(inputs, sampling)
 
 
+def with_stop_light(scene: Scene, lane_id: int) -> Scene:
+    """``scene`` with a light held at STOP (every step) on lane ``lane_id`` (at its start)."""
+    lights = scene.traffic_lights
+    lanes = scene.map.lanes
+    start = lanes.centerlines[lanes.index_of(int(lane_id))][0]
+    keep = lights.lane_ids != int(lane_id)
+    steps = scene.num_steps
+    held = TrafficLights(
+        lane_ids=np.concatenate([lights.lane_ids[keep], [int(lane_id)]]).astype(np.int64),
+        stop_points=np.concatenate([lights.stop_points[keep], [[start[0], start[1], 0.0]]]),
+        states=np.concatenate([lights.states[keep].reshape(-1, steps), np.full((1, steps), int(LightState.STOP))]).astype(np.int8),
+        valid=np.concatenate([lights.valid[keep].reshape(-1, steps), np.ones((1, steps), bool)]),
+    )  # fmt: skip
+    return dataclasses.replace(scene, traffic_lights=held)
+
+
+def route_lane_arcs(scene: Scene, step: int) -> list[tuple[int, float]]:
+    """Each lane of ``scene.ego_route`` with the arc [m] along the route's chained centerlines
+    from the ego's rear axle (projected on the chain's first three lanes) to the lane's start."""
+    lanes = scene.map.lanes
+    pts = [lanes.centerlines[lanes.index_of(int(i))][:, :2] for i in scene.ego_route]
+    lengths = np.array([float(np.hypot(*np.diff(p, axis=0).T).sum()) if len(p) > 1 else 0.0 for p in pts])
+    starts = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
+    x0, y0 = scene.ego_pose(step)[:2]
+    best, ego_arc = np.inf, 0.0
+    for k in range(min(3, len(pts))):
+        p = pts[k]
+        if len(p) < 2:
+            continue
+        a, b = p[:-1], p[1:]
+        ab = b - a
+        t = np.clip(((np.array([x0, y0]) - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+        d = np.hypot(*(a + t[:, None] * ab - np.array([x0, y0])).T)
+        j = int(np.argmin(d))
+        if d[j] < best:
+            seg = np.hypot(*ab.T)
+            best, ego_arc = float(d[j]), starts[k] + float(seg[:j].sum() + t[j] * seg[j])
+    return [(int(i), float(s0 - ego_arc)) for i, s0 in zip(scene.ego_route, starts)]
+
+
+def red_light_stop(scene: Scene, step: int, speed: float) -> float | None:
+    """[m] from the front bumper, along the route, to the stop line of the route's next lane
+    whose light is STOP at ``step`` (or CAUTION and reachable with :data:`_YELLOW_DECEL`); None:
+    no such line ahead (a bumper less than :data:`_COMMITTED_M` past a line counts as before it)."""
+    lights = scene.traffic_lights
+    if not len(lights):
+        return None
+    state = {int(i): int(st) for i, st, ok in zip(lights.lane_ids, lights.states[:, step], lights.valid[:, step]) if ok}
+    for lane_id, start_arc in route_lane_arcs(scene, step):
+        if lane_id not in state:
+            continue
+        ahead = start_arc - PACIFICA.front_length
+        if ahead < -_COMMITTED_M:
+            continue
+        st = state[lane_id]
+        if st == LightState.STOP or (st == LightState.CAUTION and speed * speed / (2.0 * max(ahead - 1.0, 0.1)) <= _YELLOW_DECEL):
+            return ahead
+        if ahead > 0:
+            return None  # the next light ahead is green (or a yellow to go through)
+    return None
+
+
+class StopSignKeeper:
+    """Which stop signs of its route the expert has served (stood still at), per route: the
+    memory starts afresh when the scene id changes or the scene's time goes back."""
+
+    def __init__(self) -> None:
+        self.scene_id: str | None = None
+        self.time_s = -np.inf
+        self.served: set[int] = set()
+
+    def apply(self, scene: Scene, step: int, speed: float) -> tuple[Scene, float | None]:
+        """``scene`` with the next unserved stop-sign connector of ``scene.ego_route`` held red
+        (:func:`with_stop_light`), and the distance [m] from the front bumper to its line (None
+        when no sign is held); a sign is served once the ego (speed ``speed`` [m/s]) stands
+        with its front bumper in the sign's stop area."""
+        t = float(scene.timestamps[step])
+        if scene.scene_id != self.scene_id or t < self.time_s:
+            self.scene_id, self.served = scene.scene_id, set()
+        self.time_s = t
+        signs = scene.map.stop_signs
+        controlled = {int(i) for group in signs.lane_ids for i in group}
+        if not controlled & {int(i) for i in scene.ego_route}:
+            return scene, None
+        for lane_id, start_arc in route_lane_arcs(scene, step):
+            if lane_id not in controlled or lane_id in self.served:
+                continue
+            ahead = start_arc - PACIFICA.front_length  # front bumper to the line, along the route
+            if ahead < -STOP_AREA_PAST_M:
+                self.served.add(lane_id)  # behind us
+                continue
+            if ahead > _STOP_LOOK_M:
+                break
+            if abs(speed) < 0.8 * STOP_SPEED and ahead <= STOP_AREA_M - _STOP_INSIDE_M:
+                self.served.add(lane_id)
+                continue
+            return with_stop_light(scene, lane_id), ahead
+        return scene, None
+
+
 class ClosedLoopExpert(ExpertAgent):
     """``expert`` in closed loop: the reference planner on the route ahead
-    (:func:`reference_plan`, with :func:`own_lights`) plus :func:`shield` (the same name,
-    privileges and sensors as :class:`~rap.eval.agent.ExpertAgent`; another plan)."""
+    (:func:`reference_plan`, with :func:`own_lights` and the stop signs of
+    :class:`StopSignKeeper`) plus :func:`shield` (the same name, privileges and sensors as
+    :class:`~rap.eval.agent.ExpertAgent`; another plan)."""
+
+    def __init__(self) -> None:
+        self.stop_signs = StopSignKeeper()
 
     def plan(self, observation: Observation) -> Trajectory:
         assert observation.scene is not None and observation.step is not None
-        scene = own_lights(observation.scene)
+        speed = observation.ego_status.speed
+        scene, stop_at = self.stop_signs.apply(own_lights(observation.scene), observation.step, speed)
+        red = red_light_stop(scene, observation.step, speed)
+        if red is not None:
+            stop_at = red if stop_at is None else min(stop_at, red)
         plan = reference_plan(scene, observation.step, observation.sampling)
-        return shield(plan, scene, observation.step, observation.ego_status.speed)
+        return shield(plan, scene, observation.step, speed, stop_at=stop_at)
 
 
 def own_lights(scene: Scene) -> Scene:

@@ -1,14 +1,20 @@
 """Infractions of the ego, detected each tick of a closed-loop world (CARLA leaderboard 2.0
 criteria as Bench2Drive runs them), and route progress.
 
-* Collisions: the ego's box first touching another vehicle's box (``collisions_vehicle``; the
-  synthetic world has no pedestrians yet), or the static layout (``collisions_layout``: a
+* Collisions: the ego's box first touching another vehicle's box (``collisions_vehicle``), a
+  pedestrian's (``collisions_pedestrian``), or the static layout (``collisions_layout``: a
   stop-sign pole, or the box centre leaving the drivable area, i.e. mounting the sidewalk where
   CARLA towns have curbs, poles and walls), while the ego
   drives at >= :data:`~rap.eval.driving_score.MIN_COLLISION_SPEED`; a contact that lasts counts
   once (and :func:`~rap.eval.driving_score.merge_repeats` merges repeats within 5 m / 5 s).
 * ``red_light``: the ego's box centre crosses the stop line of a route connector whose light
   is STOP.
+* ``stop_infraction`` (CARLA's RunningStopTest): each stop sign of the route (an all-way-stop
+  junction's entry, the sign's stop line at the start of the route's connector) has a stop area,
+  the front bumper from :data:`STOP_AREA_M` before the line to :data:`STOP_AREA_PAST_M` past it;
+  the ego must drive slower than :data:`STOP_SPEED` at some tick with its front bumper in the
+  area. Leaving the area past the line without that is one infraction ("Agent ran a stop with
+  id={sign} at (x, y, z)" of the sign).
 * ``outside_route_lanes``: metres driven with the box centre outside the route's lanes and
   their same-direction neighbours, as a share of the completed route (reported at the end);
   junctions are not checked (as the leaderboard's test skips them).
@@ -31,14 +37,17 @@ from shapely.prepared import prep
 
 from rap.eval.closed_loop.world import World
 from rap.eval.driving_score import MIN_COLLISION_SPEED, Infraction
-from rap.scene import LightState
+from rap.scene import AgentType, LightState
 from rap.sim.bicycle import PACIFICA
 
-__all__ = ["Monitor", "MonitorConfig", "box_polygons"]
+__all__ = ["STOP_AREA_M", "STOP_AREA_PAST_M", "STOP_SPEED", "Monitor", "MonitorConfig", "box_polygons", "route_stop_signs"]
 
 _NEIGHBOUR_RADIUS = 50.0  # [m] "surrounding traffic" of min-speed checkpoints
 _BLOCKED_SPEED = 0.1  # [m/s]
 _POLE_RADIUS = 0.3  # [m] stop-sign poles
+STOP_AREA_M = 6.0  # [m] a stop sign's area starts this far before its stop line (front bumper) ...
+STOP_AREA_PAST_M = 1.5  # [m] ... and ends this far past it
+STOP_SPEED = 0.1  # [m/s] "stopped" at a stop sign (CARLA's RunningStopTest.SPEED_THRESHOLD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +82,20 @@ def _where(x: float, y: float) -> str:
     return f"(x={x:.3f}, y={y:.3f}, z=0.000)"
 
 
+def route_stop_signs(world: World) -> list[tuple[float, int, np.ndarray]]:
+    """The stop signs along the world's route: (route arc [m] of the stop line, sign id, sign
+    position (3,)) per route connector that a stop sign controls, in route order."""
+    signs = world.map.stop_signs
+    out = []
+    for k, i in enumerate(world.route_lanes):
+        lane_id = int(world.lane_ids[i])
+        for s in range(len(signs.ids)):
+            if lane_id in signs.lane_ids[s]:
+                out.append((world.lane_arc(k), int(signs.ids[s]), np.asarray(signs.positions[s], dtype=np.float64)))
+                break
+    return out
+
+
 class Monitor:
     """Watches one world (see the module docs)."""
 
@@ -93,6 +116,8 @@ class Monitor:
         self.timeout_s = config.initial_s + config.seconds_per_m * world.length
         # stop lines of the route's signalized connectors: (route arc, light row, lane id)
         self.stops = [(world.lane_arc(k), world.signal_row[i], int(world.lane_ids[i])) for k, i in enumerate(route) if i in world.signal_row]
+        # stop signs not yet passed: (stop line arc, sign id, position, stopped in the area)
+        self.stop_signs = [[arc, sid, pos, False] for arc, sid, pos in route_stop_signs(world)]
         self.infractions: list[Infraction] = []
         self.progress = 0.0
         self.contacts: set[int] = set()
@@ -139,15 +164,18 @@ class Monitor:
         o = w.others()
         ego_poly = box_polygons(c[0], c[1], h, PACIFICA.length, PACIFICA.width)[0]
         near = o["valid"] & (np.hypot(o["x"] - c[0], o["y"] - c[1]) < 12.0)
-        touching = set()
+        touching: dict[int, int] = {}
         if near.any():
             idx = np.flatnonzero(near)
             hit = shapely.intersects(ego_poly, box_polygons(o["x"][idx], o["y"][idx], o["heading"][idx], o["length"][idx], o["width"][idx]))
-            touching = {int(o["ids"][i]) for i in idx[hit]}
-        for other in sorted(touching - self.contacts):
+            touching = {int(o["ids"][i]): int(o["types"][i]) for i in idx[hit]}
+        for other in sorted(set(touching) - self.contacts):
             if abs(v) >= MIN_COLLISION_SPEED:
-                self._add("collisions_vehicle", f"Agent collided against object with type=vehicle and id={other} at {_where(*c)}", c[0], c[1], other)
-        self.contacts = touching
+                if touching[other] == AgentType.PEDESTRIAN:
+                    self._add("collisions_pedestrian", f"Agent collided against object with type=walker.pedestrian and id={other} at {_where(*c)}", c[0], c[1], other)
+                else:
+                    self._add("collisions_vehicle", f"Agent collided against object with type=vehicle and id={other} at {_where(*c)}", c[0], c[1], other)
+        self.contacts = set(touching)
         off_road = not self.drivable.contains(shapely.Point(c[0], c[1]))
         pole = self.poles is not None and bool(self.poles.intersects(ego_poly))
         edge = off_road or pole
@@ -160,13 +188,14 @@ class Monitor:
         for arc, row, lane_id in self.stops:
             if prev_progress < arc <= self.progress and states[row] == LightState.STOP:
                 self._add("red_light", f"Agent ran a red light {lane_id} at {_where(*c)}", c[0], c[1])
+        self._check_stop_signs(v)
         # outside route lanes
         step_m = float(np.hypot(*(c - self.last_xy)))
         if not self.route_area.contains(shapely.Point(c[0], c[1])):
             self.outside_m += step_m
         self.last_xy = c
         # min speed checkpoints
-        vehicles = o["valid"] & (np.hypot(o["x"] - c[0], o["y"] - c[1]) < _NEIGHBOUR_RADIUS) & (np.hypot(o["vx"], o["vy"]) > 0.0)
+        vehicles = o["valid"] & (o["types"] == AgentType.VEHICLE) & (np.hypot(o["x"] - c[0], o["y"] - c[1]) < _NEIGHBOUR_RADIUS) & (np.hypot(o["vx"], o["vy"]) > 0.0)
         self.speeds.append(abs(v))
         if vehicles.any():
             self.traffic.append(float(np.hypot(o["vx"], o["vy"])[vehicles].mean()))
@@ -186,6 +215,18 @@ class Monitor:
             self._end("vehicle_blocked", f"Agent got blocked at {_where(*c)}", c)
         elif w.time_s >= self.timeout_s:
             self._end("route_timeout", "Route timeout.", c)
+
+    def _check_stop_signs(self, v: float) -> None:
+        """Stop signs: stopped in the area, or left it past the line without (see the module docs)."""
+        front = self.progress + 0.5 * PACIFICA.length
+        for entry in list(self.stop_signs):
+            arc, sign_id, pos, stopped = entry
+            if arc - STOP_AREA_M <= front <= arc + STOP_AREA_PAST_M and abs(v) < STOP_SPEED:
+                entry[3] = stopped = True
+            if front > arc + STOP_AREA_PAST_M:
+                if not stopped:
+                    self._add("stop_infraction", f"Agent ran a stop with id={sign_id} at {_where(pos[0], pos[1])}", pos[0], pos[1])
+                self.stop_signs.remove(entry)
 
     def _end(self, failure: str, message: str, c: np.ndarray) -> None:
         self._add(failure, message, c[0], c[1])

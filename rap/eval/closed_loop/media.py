@@ -13,7 +13,7 @@ ego's camera strip (``closed_loop.report_media``, on by default).
   :data:`MAX_THUMBS` camera thumbnails (``cam_<t>.jpg``). Every file is written atomically.
 
 A frame: the BEV around the ego, heading up (drivable area, painted lines, the route in blue,
-the ego white, background traffic orange, scenario actors magenta, parked cars grey, the light
+the ego white, background traffic orange, scenario actors magenta (pedestrians as dots), parked cars grey, the light
 of each signalized connector as a dot at its stop line), the latest camera row below it, and
 the route's timeline (infractions as coloured ticks, a white cursor at the frame's time).
 """
@@ -59,8 +59,12 @@ INFRACTION_COLORS = {
 }  # fmt: skip
 
 # track kinds (``kind`` in the states) and their BGR colours
-EGO, BACKGROUND, EVENT, PARKED, EVENT_PARKED = 0, 1, 2, 3, 4
-_KIND_BGR = {EGO: (255, 255, 255), BACKGROUND: (40, 150, 245), EVENT: (220, 60, 220), PARKED: (140, 140, 140), EVENT_PARKED: (220, 60, 220)}
+EGO, BACKGROUND, EVENT, PARKED, EVENT_PARKED, PEDESTRIAN = 0, 1, 2, 3, 4, 5
+_KIND_BGR = {
+    EGO: (255, 255, 255), BACKGROUND: (40, 150, 245), EVENT: (220, 60, 220), PARKED: (140, 140, 140), EVENT_PARKED: (220, 60, 220),
+    PEDESTRIAN: (220, 60, 220),
+}  # fmt: skip
+_PEDESTRIAN_PX = 3  # [px] radius of the dot that marks a pedestrian (its 0.6 m box is under 2 px)
 _BG, _ROAD, _ROUTE = (28, 28, 28), (72, 72, 72), (230, 150, 60)
 _LIGHT_BGR = {
     int(LightState.STOP): (40, 40, 255), int(LightState.ARROW_STOP): (40, 40, 255), int(LightState.FLASHING_STOP): (40, 40, 255),
@@ -93,8 +97,9 @@ class RouteRecorder:
         n_agents = len(world.agents)
         kinds = [BACKGROUND if r == "background" else EVENT for r in world.roles]
         kinds += [EVENT_PARKED if k == world.event_parked else PARKED for k in range(len(world.statics))]
+        kinds += [PEDESTRIAN] * len(world.walkers)
         self.kind = np.array([EGO, *kinds], dtype=np.int8)
-        assert len(self.kind) == 1 + n_agents + len(world.statics)
+        assert len(self.kind) == 1 + n_agents + len(world.statics) + len(world.walkers)
         self.length = np.concatenate([[PACIFICA.length], o["length"]]).astype(np.float32)
         self.width = np.concatenate([[PACIFICA.width], o["width"]]).astype(np.float32)
         self.light_xy = np.array([world.town.lanes[c].points[0] for c in world.signal_lanes], dtype=np.float32).reshape(-1, 2)
@@ -310,6 +315,8 @@ def render_frames(states: dict[str, np.ndarray], town, rows: Sequence[np.ndarray
         uv = np.round(np.stack([wx, wy], -1) @ m[:, :2].T + m[:, 2]).astype(np.int32)
         for j, poly in zip(near.tolist(), uv):
             cv2.fillConvexPoly(bev, poly[:4], colors[j], cv2.LINE_AA)
+            if kind[j] == PEDESTRIAN:
+                cv2.circle(bev, tuple(int(v) for v in poly[:4].mean(axis=0)), _PEDESTRIAN_PX, colors[j], -1, cv2.LINE_AA)
         ego = uv[-1]
         cv2.line(bev, tuple(int(v) for v in (ego[0] + ego[2]) // 2), tuple(int(v) for v in ego[4]), (0, 0, 0), 1, cv2.LINE_AA)
         if len(light_xy):

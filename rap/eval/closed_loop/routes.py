@@ -3,30 +3,55 @@ one scenario event grouped by Bench2Drive's abilities.
 
 A route is a chain of lanes of the synthetic town ``synthetic:<town_seed>`` (the same town
 ``rap generate --source synthetic:<seed>`` draws), 150-400 m long, starting on a road lane (not
-a junction connector), plus one :class:`Event`:
+a junction connector) at ``start_speed`` (a moving start: 60-90 % of the first lane's speed
+limit, low enough to stop at 2 m/s^2 before its stop line), plus one :class:`Event`:
 
-============== ================= =========================================================
-event          ability           what happens
-============== ================= =========================================================
-lead_brake     Emergency_Brake   a lead vehicle drives the ego's route ahead of it (90 % of the
-                                 speed limit) and, past ``arc`` m with the ego within 40 m and
-                                 able to stop behind it at 1.2 m/s^2 (or 60 m later in any
-                                 case), brakes at ``decel`` (2.5-3) m/s^2 to a stop, waits 3 s
-                                 and goes on
-red_light      Traffic_Signs     the route crosses a signalized junction; the ego's light is
-                                 held red until the ego has waited 4 s at the line (or 60 s)
-parked         Overtaking        a parked vehicle intrudes ``intrusion`` m into the route's lane
-                                 at ``arc`` m; pass it by shifting towards the adjacent lane
-crossing       Give_Way          a vehicle on a conflicting junction movement drives through
-                                 (ignoring its light) as the ego approaches; yield to it
-turn_traffic   Merging           the route turns into another road at a junction; extra
-                                 vehicles drive on the road it merges into
-============== ================= =========================================================
+================== ================= =====================================================
+event              ability           what happens
+================== ================= =====================================================
+lead_brake         Emergency_Brake   a lead vehicle drives the ego's route ahead of it (90 % of
+                                     the speed limit) and, past ``arc`` m with the ego within
+                                     40 m and able to stop behind it at 1.2 m/s^2 (or 60 m
+                                     later in any case), brakes at ``decel`` (2.5-3) m/s^2 to a
+                                     stop, waits 3 s and goes on
+ped_crossing       Emergency_Brake   a pedestrian waits on the right sidewalk at ``arc`` m and
+                                     steps out across the road at ``speed`` (1.4-2) m/s when the
+                                     ego (keeping its speed) would reach the crossing just as it
+                                     reaches the ego's lane centre (and could still stop at
+                                     2.5 m/s^2)
+red_light          Traffic_Signs     the route crosses a signalized junction; the ego's light is
+                                     held red until the ego has waited 4 s at the line (or 60 s)
+stop_sign          Traffic_Signs     the route crosses an all-way-stop junction at ``arc`` m (the
+                                     connector's start, the stop line); the ego must stop
+                                     (< 0.1 m/s) with its front bumper within 6 m before the line
+parked             Overtaking        a parked vehicle intrudes ``intrusion`` m into the route's
+                                     lane at ``arc`` m; pass it by shifting towards the adjacent
+                                     lane
+crossing           Give_Way          a vehicle on a conflicting junction movement drives through
+                                     (ignoring its light) as the ego approaches; yield to it
+turn_traffic       Merging           the route turns into another road at a junction; extra
+                                     vehicles drive on the road it merges into
+================== ================= =====================================================
 
-Suites (:func:`load_routes`): ``bench:base`` (:data:`BASE_VERSION`: 45 routes, 9 per event,
-towns 1000-1044), ``bench:dev10`` (a fixed 10-route subset of it, 2 per event) and
-``synthetic:N`` (N routes with events drawn from the seed). Everything is a pure function of
-the suite name: the same name gives the same routes.
+Suites (:func:`load_routes`): ``bench:base`` (:data:`BASE_VERSION` ``bench-base-v2``: 42 routes,
+6 per event in the order of :data:`EVENTS_BASE_ORDER`; the routes of the five events of
+``bench-base-v1`` are its first 6 routes of each (the same towns, lanes and events; v2 adds the
+moving start), the new events are drawn in towns 1045 onwards, skipping towns without such a
+route), ``bench:dev10`` (a fixed 10-route subset of it, 2 per ability:
+:data:`DEV10_EVENTS`) and ``synthetic:N`` (N routes with events drawn from the seed).
+Everything is a pure function of the suite name: the same name gives the same routes.
+
+=================== ================ ====== =========================================
+ability             events           routes towns (bench:base)
+=================== ================ ====== =========================================
+Emergency_Brake     lead_brake,      12     1000-1005; first 6 with a route from 1045
+                    ped_crossing
+Traffic_Signs       red_light,       12     1009-1014; first 6 with a route after those
+                    stop_sign
+Overtaking          parked           6      1018-1023
+Give_Way            crossing         6      1027-1032
+Merging             turn_traffic     6      1036-1041
+=================== ================ ====== =========================================
 """
 
 from __future__ import annotations
@@ -38,25 +63,39 @@ import numpy as np
 
 from rap.sources.synthetic.roads import Town, TownConfig, build_town
 
-__all__ = ["ABILITIES", "BASE_VERSION", "EVENT_ABILITY", "Event", "RouteSpec", "build_route", "load_routes", "route_town"]
+__all__ = [
+    "ABILITIES", "BASE_VERSION", "DEV10_EVENTS", "EVENTS_BASE_ORDER", "EVENT_ABILITY", "START_SPEED", "Event", "RouteSpec",
+    "build_route", "load_routes", "route_town",
+]  # fmt: skip
 
-BASE_VERSION = "bench-base-v1"
+BASE_VERSION = "bench-base-v2"
 ABILITIES = ("Merging", "Overtaking", "Emergency_Brake", "Give_Way", "Traffic_Signs")
 EVENT_ABILITY = {
     "turn_traffic": "Merging",
     "parked": "Overtaking",
     "lead_brake": "Emergency_Brake",
+    "ped_crossing": "Emergency_Brake",
     "crossing": "Give_Way",
     "red_light": "Traffic_Signs",
+    "stop_sign": "Traffic_Signs",
 }
 EVENTS = tuple(EVENT_ABILITY)
 MIN_LENGTH, MAX_LENGTH = 150.0, 400.0  # [m] route length
+START_SPEED = (0.6, 0.9)  # moving starts: share of the first lane's speed limit (uniform)
+_START_DECEL = 2.0  # [m/s^2] a moving start can still stop before the first lane's stop line at this
+_START_MARGIN = 6.0  # [m] ... this far before it
 _BASE_TOWN0 = 1000
-_BASE_PER_EVENT = 9
-# bench:base order: 9 routes per event, in this order (route i is event i // 9, town 1000 + i)
-EVENTS_BASE_ORDER = ("lead_brake", "red_light", "parked", "crossing", "turn_traffic")
-# bench:dev10: two routes of each event out of bench:base (indices into it).
-_DEV10 = (0, 1, 9, 10, 18, 19, 27, 28, 36, 37)
+_BASE_PER_EVENT = 6
+# bench:base order: 6 routes per event, in this order
+EVENTS_BASE_ORDER = ("lead_brake", "ped_crossing", "red_light", "stop_sign", "parked", "crossing", "turn_traffic")
+# bench-base-v1's draws (town 1000 + draw, route drawn with index = draw) of its five events
+_V1_DRAW0 = {"lead_brake": 0, "red_light": 9, "parked": 18, "crossing": 27, "turn_traffic": 36}
+_NEW_DRAW0 = 45  # new events: draws from here on, in EVENTS_BASE_ORDER, skipping towns without the event
+# bench:dev10: per event, which of its bench:base routes (0-5), in this order
+DEV10_EVENTS = (
+    ("lead_brake", 0), ("ped_crossing", 0), ("red_light", 0), ("stop_sign", 0), ("parked", 0), ("parked", 1),
+    ("crossing", 0), ("crossing", 1), ("turn_traffic", 0), ("turn_traffic", 1),
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +103,17 @@ class Event:
     """The scenario event of a route.
 
     Attributes:
-        kind: one of ``lead_brake``, ``red_light``, ``parked``, ``crossing``, ``turn_traffic``.
+        kind: one of :data:`EVENT_ABILITY`'s keys.
         arc: [m] along the route where it happens (brake point, parked car centre, the
-            junction connector's start).
-        lane: index (into the town's lanes) of the lane it concerns: the signalized or turning
-            connector, the parked car's lane, the route's connector the crossing vehicle cuts.
+            pedestrian's crossing, the junction connector's start).
+        lane: index (into the town's lanes) of the lane it concerns: the signalized, stop-sign
+            or turning connector, the parked car's or pedestrian's lane, the route's connector
+            the crossing vehicle cuts.
         other_lane: ``crossing``: the conflicting connector; ``turn_traffic``: the lane the
             route merges into; else -1.
         decel: [m/s^2] ``lead_brake`` deceleration.
         intrusion: [m] ``parked``: how far the parked car reaches into the lane from its right edge.
+        speed: [m/s] ``ped_crossing``: the pedestrian's walking speed.
     """
 
     kind: str
@@ -81,6 +122,7 @@ class Event:
     other_lane: int = -1
     decel: float = 0.0
     intrusion: float = 0.0
+    speed: float = 0.0
 
     @property
     def ability(self) -> str:
@@ -101,6 +143,7 @@ class RouteSpec:
         length: [m] route length from the start.
         event: the scenario event.
         seed: seeds the background traffic.
+        start_speed: [m/s] the ego's speed at the start (``closed_loop.standing_start`` ignores it).
     """
 
     route_id: str
@@ -111,6 +154,7 @@ class RouteSpec:
     length: float
     event: Event
     seed: int
+    start_speed: float = 0.0
 
     @property
     def abilities(self) -> tuple[str, ...]:
@@ -167,13 +211,15 @@ def _arcs(town: Town, lanes: list[int], start_arc: float) -> np.ndarray:
 
 def _event(kind: str, town: Town, lanes: list[int], start_arc: float, length: float, rng: np.random.Generator) -> Event | None:
     arcs = _arcs(town, lanes, start_arc)
-    if kind in ("red_light", "crossing", "turn_traffic"):
+    if kind in ("red_light", "stop_sign", "crossing", "turn_traffic"):
         signal = set(int(i) for i in town.signal_lanes)
         for k, lane in enumerate(lanes):
             ln = town.lanes[lane]
             if not ln.is_connector or not 50.0 <= arcs[k] <= length - 40.0:
                 continue
             if kind == "red_light" and lane in signal:
+                return Event(kind, float(arcs[k]), lane)
+            if kind == "stop_sign" and not town.junctions[ln.junction].signalized:
                 return Event(kind, float(arcs[k]), lane)
             if kind == "turn_traffic" and ln.movement in ("left", "right"):
                 return Event(kind, float(arcs[k]), lane, other_lane=int(ln.successors[0]))
@@ -185,7 +231,7 @@ def _event(kind: str, town: Town, lanes: list[int], start_arc: float, length: fl
                 if others:
                     return Event(kind, float(arcs[k]), lane, other_lane=int(others[int(rng.integers(len(others)))]))
         return None
-    # lead_brake / parked: a point on a straight-ish road lane, away from the lane's ends
+    # lead_brake / parked / ped_crossing: a point on a road lane, away from the lane's ends
     for k, lane in enumerate(lanes):
         ln = town.lanes[lane]
         lane_len = _lane_length(town, lane)
@@ -195,8 +241,18 @@ def _event(kind: str, town: Town, lanes: list[int], start_arc: float, length: fl
         arc = float(lo + (hi - lo) * rng.uniform(0.2, 0.6))
         if kind == "parked":
             return Event(kind, arc, lane, intrusion=float(rng.uniform(0.6, 0.9)))
+        if kind == "ped_crossing":
+            return Event(kind, arc, lane, speed=round(float(rng.uniform(1.4, 2.0)), 3))
         return Event(kind, arc, lane, decel=float(rng.uniform(2.5, 3.0)))
     return None
+
+
+def _start_speed(town: Town, start: int, start_arc: float, rng: np.random.Generator) -> float:
+    """[m/s] a moving start: :data:`START_SPEED` of the lane's limit, capped so that the ego can
+    stop at ``_START_DECEL`` ``_START_MARGIN`` m before the lane's end (a junction's stop line)."""
+    lane = town.lanes[start]
+    room = max(_lane_length(town, start) - start_arc - _START_MARGIN, 0.0)
+    return round(min(float(rng.uniform(*START_SPEED)) * lane.speed_limit, float(np.sqrt(2.0 * _START_DECEL * room))), 3)
 
 
 def build_route(index: int, town_seed: int, kind: str, seed: int, tries: int = 400) -> RouteSpec:
@@ -219,18 +275,39 @@ def build_route(index: int, town_seed: int, kind: str, seed: int, tries: int = 4
             continue
         event = _event(kind, town, lanes, start_arc, length, rng)
         if event is not None:
-            return RouteSpec(f"RouteScenario_{index}", index, int(town_seed), tuple(lanes), start_arc, round(length, 3), event, int(seed) * 1000 + index)
+            # the start speed from its own stream: the route's geometry does not depend on it
+            speed = _start_speed(town, start, start_arc, np.random.default_rng([int(seed), int(town_seed), int(index), 1]))
+            return RouteSpec(
+                f"RouteScenario_{index}", index, int(town_seed), tuple(lanes), start_arc, round(length, 3), event, int(seed) * 1000 + index, speed,
+            )  # fmt: skip
     raise ValueError(f"route {index}: no {kind} route found in synthetic:{town_seed} after {tries} tries")
+
+
+def _renumbered(spec: RouteSpec, index: int) -> RouteSpec:
+    return dataclasses.replace(spec, index=index, route_id=f"RouteScenario_{index}")
 
 
 @functools.lru_cache(maxsize=4)
 def _base() -> tuple[RouteSpec, ...]:
-    routes = []
-    for e, kind in enumerate(EVENTS_BASE_ORDER):
-        for j in range(_BASE_PER_EVENT):
-            index = e * _BASE_PER_EVENT + j
-            routes.append(build_route(index, _BASE_TOWN0 + index, kind, seed=0))
-    return tuple(routes)
+    per_event: dict[str, list[RouteSpec]] = {}
+    draw = _NEW_DRAW0
+    for kind in EVENTS_BASE_ORDER:
+        if kind in _V1_DRAW0:
+            d0 = _V1_DRAW0[kind]
+            per_event[kind] = [build_route(d, _BASE_TOWN0 + d, kind, seed=0) for d in range(d0, d0 + _BASE_PER_EVENT)]
+            continue
+        found: list[RouteSpec] = []
+        while len(found) < _BASE_PER_EVENT:
+            if draw >= _NEW_DRAW0 + 100:
+                raise ValueError(f"bench:base: fewer than {_BASE_PER_EVENT} towns with a {kind} route")
+            try:
+                found.append(build_route(draw, _BASE_TOWN0 + draw, kind, seed=0, tries=120))
+            except ValueError:
+                pass
+            draw += 1
+        per_event[kind] = found
+    ordered = [spec for kind in EVENTS_BASE_ORDER for spec in per_event[kind]]
+    return tuple(_renumbered(spec, k) for k, spec in enumerate(ordered))
 
 
 
@@ -245,7 +322,7 @@ def load_routes(spec: str) -> list[RouteSpec]:
         return list(_base())
     if spec == "bench:dev10":
         base = _base()
-        return [dataclasses.replace(base[i], index=k, route_id=f"RouteScenario_{k}") for k, i in enumerate(_DEV10)]
+        return [_renumbered(base[EVENTS_BASE_ORDER.index(kind) * _BASE_PER_EVENT + j], k) for k, (kind, j) in enumerate(DEV10_EVENTS)]
     if name == "synthetic":
         if not arg.isdigit() or int(arg) < 1:
             raise ValueError(f"--routes {spec}: synthetic:N needs a positive integer N")
@@ -253,6 +330,12 @@ def load_routes(spec: str) -> list[RouteSpec]:
         out = []
         for k in range(int(arg)):
             kind = EVENTS[int(rng.integers(len(EVENTS)))]
-            out.append(build_route(k, int(rng.integers(0, 1_000_000)), kind, seed=int(arg)))
+            for attempt in range(50):  # another town where this one has no such route (e.g. no all-way stop)
+                try:
+                    out.append(build_route(k, int(rng.integers(0, 1_000_000)), kind, seed=int(arg)))
+                    break
+                except ValueError:
+                    if attempt == 49:
+                        raise
         return out
     raise ValueError(f"--routes {spec}: unknown route suite; expected bench:base, bench:dev10 or synthetic:N")

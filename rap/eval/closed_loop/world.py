@@ -11,7 +11,12 @@ Per tick (``dt``, 0.1 s by default):
   has stood still for 30 s other than at a red light leaves the world (gridlocks at junctions
   without right-of-way rules would otherwise block the ego for good).
 * Event actors (see :mod:`rap.eval.closed_loop.routes`) are IDM agents too (the braking lead
-  vehicle, the crossing vehicle, the merging traffic) or static boxes (parked vehicles).
+  vehicle, the crossing vehicle, the merging traffic), static boxes (parked vehicles) or
+  pedestrians (:class:`~rap.eval.closed_loop.pedestrians.Walkers`: the ``ped_crossing``
+  walker, which background vehicles brake for as for any box in their path).
+* The ego starts at the route's ``start_speed`` along the route (``standing_start``: at rest),
+  its recorded past extrapolated backwards at that velocity (every other track's too: at their
+  starting velocities).
 * The ego executes the last plan: every query, the plan is turned into a 10 Hz rollout by the
   LQR tracker on the kinematic bicycle (:func:`rap.sim.tracker.simulate`) and the world takes
   one state of it per tick.
@@ -26,8 +31,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import shapely
 
 from rap import geometry
+from rap.eval.closed_loop.pedestrians import PEDESTRIAN_SIZE, Walkers, crossing_line
 from rap.eval.closed_loop.routes import RouteSpec, route_town
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA, StateIndex
@@ -47,6 +54,9 @@ _STUCK_S = 30.0  # [s] a background vehicle standing this long, not at a red lig
 _LEAD_SPEED = 0.9  # lead vehicle's desired speed, share of the speed limit
 _LEAD_TRIGGER_GAP = 40.0  # [m] bumper gap: the lead brakes once past the event's arc with the ego this close ...
 _LEAD_ROOM_DECEL = 1.2  # [m/s^2] ... and able to stop behind it at this deceleration (or 60 m later in any case)
+_PED_ROOM_DECEL = 2.5  # [m/s^2] the pedestrian steps out at the latest when the ego needs this much to stop before its line
+_PED_MARGIN = 3.0  # [m] ... this far before it
+_PED_CLEAR = 4.0  # [m] no parked car within this distance of the pedestrian's crossing line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +69,7 @@ class WorldConfig:
         density: background vehicles per 100 m of road lane at the start.
         parked_fraction: share of parking-strip spots with a parked car.
         ego_clearance: [m] no background vehicle starts closer than this to the ego.
+        standing_start: the ego starts at rest (else at the route's ``start_speed``).
     """
 
     dt: float = 0.1
@@ -66,6 +77,7 @@ class WorldConfig:
     density: float = 0.6
     parked_fraction: float = 0.4
     ego_clearance: float = 25.0
+    standing_start: bool = False
 
 
 class World:
@@ -91,11 +103,13 @@ class World:
         self._route()
         self._lights_init()
         self._ego_init()
+        self._walkers_init()
         self._statics_init()
         self._agents_init()
         self.past_steps = max(1, int(round(config.history_s / self.dt)))
         first = self._frame()
-        self.history = [first] * (self.past_steps + 1)  # standing still before the start
+        # the past: every track at its starting velocity (constant-velocity backwards)
+        self.history = [self._shifted(first, -j * self.dt) for j in range(self.past_steps, 0, -1)] + [first]
         self.light_history = [self.light_states()] * (self.past_steps + 1)
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -164,8 +178,30 @@ class World:
         rear = p - PACIFICA.rear_axle_to_center * t
         self.ego = np.zeros(len(StateIndex))
         self.ego[[StateIndex.X, StateIndex.Y, StateIndex.HEADING]] = (rear[0], rear[1], h)
+        self.start_speed = 0.0 if self.config.standing_start else float(self.spec.start_speed)
+        self.ego[StateIndex.VELOCITY_X] = self.start_speed
         self.plan_states: np.ndarray | None = None
         self.plan_index = 0
+
+    def _walkers_init(self) -> None:
+        """The ``ped_crossing`` walker: on the right sidewalk at the event's arc, crossing the
+        whole road (:func:`~rap.eval.closed_loop.pedestrians.crossing_line`)."""
+        self.walkers = Walkers.empty()
+        self.ped_line: tuple[np.ndarray, np.ndarray] | None = None
+        self.ped_lateral = 0.0
+        ev = self.spec.event
+        if ev.kind != "ped_crossing":
+            return
+        p, t = self.route_pose(ev.arc)
+        start, goal, lateral = crossing_line(self.town.drivable, p, t)
+        self.walkers = Walkers.create(start[None], goal[None], np.array([ev.speed]))
+        self.ped_line = (start, goal)
+        self.ped_lateral = lateral
+
+    @staticmethod
+    def _shifted(frame: dict[str, np.ndarray], dt: float) -> dict[str, np.ndarray]:
+        """``frame`` moved ``dt`` [s] at its velocities."""
+        return {**frame, "x": frame["x"] + frame["vx"] * dt, "y": frame["y"] + frame["vy"] * dt}
 
     def _statics_init(self) -> None:
         spots = self.town.parking_spots
@@ -182,6 +218,9 @@ class World:
             poses.append((c[0], c[1], float(np.arctan2(t[1], t[0]))))
         ego_xy = self.ego[[StateIndex.X, StateIndex.Y]]
         poses = [q for k, q in enumerate(poses) if k == self.event_parked or np.hypot(q[0] - ego_xy[0], q[1] - ego_xy[1]) > 6.0]
+        if self.ped_line is not None:  # the pedestrian's way across stays free of parked cars
+            line = shapely.LineString(self.ped_line)
+            poses = [q for k, q in enumerate(poses) if k == self.event_parked or line.distance(shapely.Point(q[0], q[1])) > _PED_CLEAR]
         self.statics = np.array(poses, dtype=np.float64).reshape(-1, 3)
         if self.event_parked >= 0:
             self.event_parked = len(self.statics) - 1
@@ -216,7 +255,7 @@ class World:
             lanes = self.route_lanes  # the ego's route, driven at 90 % of the speed limit
             paths.append(route_path([self._lane_xy(i) for i in lanes], [self.limits[i] for i in lanes], lanes, spacing=0.5, smoothing=2.0, speed_factor=_LEAD_SPEED))
             s0.append(self.offset + 22.0)
-            v0.append(0.0)
+            v0.append(self.start_speed)
             obey.append(True)
             role.append("lead")
         if ev.kind == "crossing":
@@ -293,19 +332,24 @@ class World:
         return geometry.rotate(self.ego[[StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y]], h)
 
     def others(self) -> dict[str, np.ndarray]:
-        """Every actor but the ego: ``x, y, heading, vx, vy, length, width, height, valid, kind``
-        (N,) (agents first, then static vehicles) and ``ids`` (N,) (track ids, 2..N+1)."""
+        """Every actor but the ego: ``x, y, heading, vx, vy, length, width, height, valid`` (N,)
+        (agents first, then static vehicles, then pedestrians), ``types`` (N,) int8
+        :class:`~rap.scene.AgentType` and ``ids`` (N,) (track ids, 2..N+1)."""
         poses = self.agents.poses()
         v = np.where(self.agents.active, self.agents.v, 0.0)
-        n_s = len(self.statics)
+        n_s, n_w = len(self.statics), len(self.walkers)
+        wp, wv = self.walkers.positions(), self.walkers.velocities()
+        ped = np.ones(n_w)
         return {
-            "x": np.concatenate([poses[:, 0], self.statics[:, 0]]), "y": np.concatenate([poses[:, 1], self.statics[:, 1]]),
-            "heading": np.concatenate([poses[:, 2], self.statics[:, 2]]),
-            "vx": np.concatenate([v * np.cos(poses[:, 2]), np.zeros(n_s)]), "vy": np.concatenate([v * np.sin(poses[:, 2]), np.zeros(n_s)]),
-            "length": np.concatenate([self.agents.length, np.full(n_s, _CAR[0])]), "width": np.concatenate([self.agents.width, np.full(n_s, _CAR[1])]),
-            "height": np.concatenate([self.agent_height, np.full(n_s, _CAR[2])]),
-            "valid": np.concatenate([self.agents.active, np.ones(n_s, bool)]),
-            "ids": np.arange(2, 2 + len(self.agents) + n_s, dtype=np.int64),
+            "x": np.concatenate([poses[:, 0], self.statics[:, 0], wp[:, 0]]), "y": np.concatenate([poses[:, 1], self.statics[:, 1], wp[:, 1]]),
+            "heading": np.concatenate([poses[:, 2], self.statics[:, 2], self.walkers.headings()]),
+            "vx": np.concatenate([v * np.cos(poses[:, 2]), np.zeros(n_s), wv[:, 0]]), "vy": np.concatenate([v * np.sin(poses[:, 2]), np.zeros(n_s), wv[:, 1]]),
+            "length": np.concatenate([self.agents.length, np.full(n_s, _CAR[0]), PEDESTRIAN_SIZE[0] * ped]),
+            "width": np.concatenate([self.agents.width, np.full(n_s, _CAR[1]), PEDESTRIAN_SIZE[1] * ped]),
+            "height": np.concatenate([self.agent_height, np.full(n_s, _CAR[2]), PEDESTRIAN_SIZE[2] * ped]),
+            "valid": np.concatenate([self.agents.active, np.ones(n_s, bool), np.ones(n_w, bool)]),
+            "types": np.concatenate([np.full(len(self.agents) + n_s, int(AgentType.VEHICLE)), np.full(n_w, int(AgentType.PEDESTRIAN))]).astype(np.int8),
+            "ids": np.arange(2, 2 + len(self.agents) + n_s + n_w, dtype=np.int64),
         }  # fmt: skip
 
     def _frame(self) -> dict[str, np.ndarray]:
@@ -355,11 +399,18 @@ class World:
         vw = self.ego_world_velocity()
         ego = Boxes.from_poses(np.array([c[0]]), np.array([c[1]]), np.array([h]), np.array([PACIFICA.length]), np.array([PACIFICA.width]), np.array([vw[0]]), np.array([vw[1]]))
         st = self.statics
-        obstacles = Boxes.concatenate([ego, Boxes.from_poses(st[:, 0], st[:, 1], st[:, 2], np.full(len(st), _CAR[0]), np.full(len(st), _CAR[1]))]) if len(st) else ego
+        parts = [ego]
+        if len(st):
+            parts.append(Boxes.from_poses(st[:, 0], st[:, 1], st[:, 2], np.full(len(st), _CAR[0]), np.full(len(st), _CAR[1])))
+        if len(self.walkers):  # background vehicles brake for pedestrians in their way
+            wp, wv, n_w = self.walkers.positions(), self.walkers.velocities(), len(self.walkers)
+            parts.append(Boxes.from_poses(wp[:, 0], wp[:, 1], self.walkers.headings(), np.full(n_w, PEDESTRIAN_SIZE[0]), np.full(n_w, PEDESTRIAN_SIZE[1]), wv[:, 0], wv[:, 1]))
+        obstacles = Boxes.concatenate(parts)
         prev = self.agents
         stop_gap = self._stop_gaps(states)
         nxt = prev.step(dt, obstacles, stop_gap=stop_gap) if len(prev) else prev
         nxt = self._events(prev, nxt)
+        self._walkers_update()
         # gridlock: background vehicles standing for _STUCK_S away from a red light leave
         self.stalled = np.where(nxt.active & (nxt.v < 0.1) & ~np.isfinite(stop_gap), self.stalled + dt, 0.0)
         stuck = (self.stalled >= _STUCK_S) & self.is_background
@@ -412,6 +463,24 @@ class World:
                 nxt = dataclasses.replace(nxt, active=active, v=v)
         return nxt
 
+    def _walkers_update(self) -> None:
+        """Moves the pedestrians; the ``ped_crossing`` walker steps out when the ego, keeping its
+        speed, would reach its line as it reaches the ego's lane centre, or at the latest when
+        the ego needs :data:`_PED_ROOM_DECEL` to stop :data:`_PED_MARGIN` m before the line."""
+        if not len(self.walkers):
+            return
+        walkers = self.walkers.step(self.dt)
+        if not walkers.walking[0] and walkers.walked[0] == 0.0:
+            ahead = self.spec.event.arc - self.progress_hint()  # [m] box centre to the line
+            v = max(self.ego_box()[2], 0.0)
+            front = ahead - 0.5 * PACIFICA.length
+            if front > 0.0 and v > 0.5:
+                meets = ahead / v <= self.ped_lateral / float(walkers.speed[0])
+                late = v * v / (2.0 * max(front - _PED_MARGIN, 0.1)) >= _PED_ROOM_DECEL
+                if meets or late:
+                    walkers = walkers.started(np.array([True]))
+        self.walkers = walkers
+
     def _hold_update(self) -> None:
         if self.hold_row < 0:
             return
@@ -463,11 +532,11 @@ class World:
         width = np.concatenate([[PACIFICA.width], o["width"]]).astype(np.float32)
         height = np.concatenate([[_EGO_HEIGHT], o["height"]]).astype(np.float32)
         tracks = AgentTracks(
-            ids=np.concatenate([[1], o["ids"]]).astype(np.int64), types=np.full(n, int(AgentType.VEHICLE), np.int8),
+            ids=np.concatenate([[1], o["ids"]]).astype(np.int64), types=np.concatenate([[int(AgentType.VEHICLE)], o["types"]]).astype(np.int8),
             x=arr["x"], y=arr["y"], z=np.broadcast_to(0.5 * height[:, None], (n, steps)).astype(np.float64), heading=arr["heading"],
             vx=arr["vx"], vy=arr["vy"], length=np.repeat(length[:, None], steps, 1), width=np.repeat(width[:, None], steps, 1),
             height=np.repeat(height[:, None], steps, 1), valid=valid,
-            rear_axle_offset=np.concatenate([[PACIFICA.rear_axle_to_center], 0.282 * o["length"]]).astype(np.float32),
+            rear_axle_offset=np.concatenate([[PACIFICA.rear_axle_to_center], np.where(o["types"] == AgentType.VEHICLE, 0.282 * o["length"], 0.0)]).astype(np.float32),
         )  # fmt: skip
         k = len(self.signal_lanes)
         future = np.stack([self.light_states(self.time_s + dt) for dt in t], axis=1) if k else np.zeros((0, FUTURE_STEPS), np.int8)

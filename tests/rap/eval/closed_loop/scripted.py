@@ -80,13 +80,15 @@ def quiet_config(**closed_loop) -> ClosedLoopConfig:
 
 @functools.lru_cache(maxsize=8)
 def straight_route(kind: str, max_length: float = 220.0) -> RouteSpec:
-    """A short route with event ``kind`` whose junction movements are all straight."""
+    """A short route with event ``kind`` whose junction movements are all straight and whose
+    only all-way-stop junction (if any) is a ``stop_sign`` event's."""
     for town_seed in range(200, 400):
         try:
             spec = build_route(0, town_seed, kind, seed=7, tries=60)
         except ValueError:
             continue
         town = route_town(town_seed)
-        if spec.length <= max_length and all(town.lanes[i].movement in ("", "straight") for i in spec.lanes):
+        stops = [i for i in spec.lanes if town.lanes[i].is_connector and not town.junctions[town.lanes[i].junction].signalized]
+        if spec.length <= max_length and all(town.lanes[i].movement in ("", "straight") for i in spec.lanes) and stops == ([spec.event.lane] if kind == "stop_sign" else []):
             return spec
     raise AssertionError(f"no straight {kind} route found")

@@ -101,14 +101,16 @@ def test_red_light_runner_gets_exactly_the_red_light_penalty():
 def test_driving_into_a_parked_car_gets_the_vehicle_collision_penalty():
     result = _drive(PursuitAgent(8.0), straight_route("parked"), quiet_config())
     rec = result["record"]
-    assert list(_penalised(rec)) == ["collisions_vehicle"]
+    # (the blind agent may also meet a red light on the way: timed lights, moving start)
+    assert set(_penalised(rec)) - {"red_light"} == {"collisions_vehicle"}
     assert len(rec["infractions"]["collisions_vehicle"]) == 1  # one contact counts once
-    assert rec["scores"]["score_penalty"] == 0.6 and rec["scores"]["score_composed"] == 60.0
+    penalty = 0.6 * 0.7 ** len(rec["infractions"]["red_light"])
+    assert rec["scores"]["score_penalty"] == pytest.approx(penalty, abs=1e-6)
 
 
 def test_an_agent_that_never_moves_gets_blocked():
     spec = straight_route("red_light")
-    result = _drive(StopAgent(), spec, quiet_config(blocked_s=3.0))
+    result = _drive(StopAgent(), spec, quiet_config(blocked_s=3.0, standing_start=True))
     rec = result["record"]
     assert rec["status"] == "Failed - Agent got blocked"
     assert len(rec["infractions"]["vehicle_blocked"]) == 1
@@ -191,7 +193,7 @@ def test_cli_agent_crash_fails_one_route_the_run_goes_on_exit_3(tmp_path):
     agent = tmp_path / "flaky.py"
     agent.write_text(AGENT_FILE)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["eval", "closed-loop", "--agent", str(agent), "--routes", "synthetic:2", "--out", str(out), "closed_loop.blocked_s=2", "closed_loop.density=0"])
+    result = CliRunner().invoke(app, ["eval", "closed-loop", "--agent", str(agent), "--routes", "synthetic:2", "--out", str(out), "closed_loop.blocked_s=2", "closed_loop.density=0", "closed_loop.standing_start=true"])
     assert result.exit_code == 3, result.output
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(last) == {"driving_score", "success_rate", "efficiency", "comfort", "routes", "abilities"}
@@ -245,7 +247,7 @@ class _CameraAgent:
 
 def test_a_camera_agent_gets_its_rendered_views_every_query():
     agent = _CameraAgent()
-    result = _drive(agent, straight_route("red_light"), quiet_config(blocked_s=2.0))
+    result = _drive(agent, straight_route("red_light"), quiet_config(blocked_s=2.0, standing_start=True))
     assert len(agent.views) == 4  # 2 s at 2 Hz (queries at 0, 0.5, 1.0, 1.5 s)
     first = agent.views[0]
     assert set(first) == {"CAM_L0", "CAM_F0", "CAM_R0"}

@@ -55,8 +55,8 @@ def _frames(path: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def red_light_run(tmp_path_factory):
-    """A blind agent with cameras on synthetic:1 (a lead-brake route through a red light): it
-    hits the lead vehicle and runs the light."""
+    """A blind agent with cameras on synthetic:1 (a pedestrian-crossing route through a red
+    light): it hits the pedestrian and runs the light."""
     out = tmp_path_factory.mktemp("report")
     report = evaluate_closed_loop(CameraPursuitAgent(8.0), "synthetic:1", out, config=quiet_config())
     return out, report
@@ -90,7 +90,7 @@ def test_the_timeline_marks_each_infraction_at_its_time(red_light_run):
     page = (out / "index.html").read_text()
     result = json.loads(route_file(out, "RouteScenario_0").read_text())
     names = {i["name"] for i in result["timeline"]}
-    assert {"red_light", "collisions_vehicle"} <= names
+    assert {"red_light", "collisions_pedestrian"} <= names
     section = _section(page, "RouteScenario_0")
     for item in result["timeline"]:
         assert f'class="mark" data-name="{item["name"]}" data-time="{item["time_s"]:.3f}"' in section
@@ -122,7 +122,7 @@ def test_media_off_writes_no_media_and_the_html_still_renders(tmp_path):
 
 
 def test_recorded_states_are_the_same_bytes_for_the_same_run(tmp_path):
-    config = quiet_config(blocked_s=3.0, density=0.6)  # moving traffic around a standing ego
+    config = quiet_config(blocked_s=3.0, density=0.6, standing_start=True)  # moving traffic around a standing ego
     for name in ("a", "b"):
         evaluate_closed_loop(StopAgent(), "synthetic:1", tmp_path / name, config=config)
     a, b = (tmp_path / name / "routes" / "RouteScenario_0.npz" for name in ("a", "b"))
