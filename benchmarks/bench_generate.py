@@ -8,6 +8,10 @@ rig and size. Reports samples/s, views/s, the ratio of end-to-end views/s to the
 where the time goes (load, plan, render, encode + write, measured in-process with 1 worker) and
 the peak memory per worker.
 
+``--paired`` generates with ``paired.enabled=true``: every ego moment also as a paired sample whose
+three photo views (the camera-like stand-in) count as views beside the raster ones, against the
+raster raw render rate (no stage breakdown).
+
 ``--cpu-only`` instead times the CPU stages alone (one view set rendered per scene and reused,
 untimed), in process with one worker: samples/s of load + plan + scoring context + encode, the ceiling that a renderer ~10x
 faster (a GPU) would leave, beside the raw render rate of this machine.
@@ -17,7 +21,7 @@ Each end-to-end row also has ``cpu_ms_per_view``: CPU time of the run's processe
 wall-clock rates; ``--repeat N`` keeps the fastest of N runs of each measurement.
 
 Usage: python benchmarks/bench_generate.py [--scenes 4] [--sizes 512x256,1920x1080] [--cpu-only]
-       [--repeat 1] [--workers 1,2] [--no-synthetic]
+       [--repeat 1] [--workers 1,2] [--no-synthetic] [--paired]
 """
 
 from __future__ import annotations
@@ -40,27 +44,32 @@ SCENARIO = ROOT / "data" / "waymo" / "womd_scenario_637f20cafde22ff8.tfrecord"
 WORKER_SNIPPET = """
 import json, resource, sys, time
 from rap.config import load_config
+from rap.dataset.manifest import read_manifest
 from rap.generate import GenerateConfig, generate
-cfg = load_config(GenerateConfig, None, [f"size=[{sys.argv[3]},{sys.argv[4]}]"])
+cfg = load_config(GenerateConfig, None, [f"size=[{sys.argv[3]},{sys.argv[4]}]"] + json.loads(sys.argv[6]))
 t = time.perf_counter()
 result = generate(sys.argv[1], sys.argv[2], cfg, workers=int(sys.argv[5]))
 seconds = time.perf_counter() - t
 usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
 rss = [u.ru_maxrss / 1024 for u in usage]
 cpu = sum(u.ru_utime + u.ru_stime for u in usage)  # every process and thread of the run (llvmpipe's included)
-print(json.dumps({"samples": result.samples, "seconds": seconds, "views": result.samples * 3, "rss_self_mb": rss[0], "rss_children_mb": rss[1], "cpu_s": cpu}))
+paired = read_manifest(sys.argv[2]).counts.get("paired", 0)
+# views written: three raster views per sample, and a paired sample's three photo views besides
+views = 3 * (result.samples + paired)
+print(json.dumps({"samples": result.samples, "paired": paired, "seconds": seconds, "views": views, "rss_self_mb": rss[0], "rss_children_mb": rss[1], "cpu_s": cpu}))
 """
 
 
-def run_generate(source: str, size: tuple[int, int], workers: int, repeat: int = 1) -> dict:
-    """One ``rap generate`` run in a fresh process (the fastest of ``repeat`` runs): samples,
-    seconds, views, peak RSS and ``cpu_s`` (CPU seconds of the run's processes and threads)."""
+def run_generate(source: str, size: tuple[int, int], workers: int, repeat: int = 1, overrides: tuple[str, ...] = ()) -> dict:
+    """One ``rap generate`` run in a fresh process (the fastest of ``repeat`` runs) with config
+    ``overrides``: samples (``paired`` of them paired), seconds, views written, peak RSS and
+    ``cpu_s`` (CPU seconds of the run's processes and threads)."""
     best = None
     for _ in range(max(1, repeat)):
         out = Path(tempfile.mkdtemp(prefix="rap_bench_gen_"))
         try:
             proc = subprocess.run(
-                [sys.executable, "-c", WORKER_SNIPPET, source, str(out / "ds"), str(size[0]), str(size[1]), str(workers)],
+                [sys.executable, "-c", WORKER_SNIPPET, source, str(out / "ds"), str(size[0]), str(size[1]), str(workers), json.dumps(list(overrides))],
                 check=True, capture_output=True, text=True,
             )  # fmt: skip
             got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -138,7 +147,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="keep the fastest of N runs of each measurement (a shared, noisy machine)")
     parser.add_argument("--workers", default="1,2", help="worker counts of the end-to-end runs")
     parser.add_argument("--no-synthetic", action="store_true", help="leave out the synthetic:2 rows")
+    parser.add_argument("--paired", action="store_true", help="generate with paired.enabled=true (photo views counted as views)")
     args = parser.parse_args()
+    overrides = ("paired.enabled=true",) if args.paired else ()
     from rap.sources.tfrecord import read_records, write_records
 
     tmp = Path(tempfile.mkdtemp(prefix="rap_bench_src_"))
@@ -154,11 +165,12 @@ def main() -> None:
     for source_name, src, size_text in runs:
         size = tuple(int(v) for v in size_text.split("x"))
         raw = raw_render_rate(size, repeat=args.repeat)
-        stages = stage_breakdown(src, size)["seconds"]
+        stages = {} if args.paired else stage_breakdown(src, size)["seconds"]
         for workers in (int(w) for w in args.workers.split(",")):
-            r = run_generate(src, size, workers, args.repeat)
+            r = run_generate(src, size, workers, args.repeat, overrides)
             rows.append({
-                "source": source_name, "size": size_text, "workers": workers, "samples_per_s": r["samples"] / r["seconds"],
+                "source": source_name + (" paired" if args.paired else ""), "size": size_text, "workers": workers,
+                "samples_per_s": r["samples"] / r["seconds"], "paired_samples": r["paired"],
                 "views_per_s": r["views"] / r["seconds"], "raw_render_views_per_s": raw,
                 "ratio_to_raw": r["views"] / r["seconds"] / raw, "samples": r["samples"],
                 "cpu_ms_per_view": 1000 * r["cpu_s"] / r["views"],
@@ -168,7 +180,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "scenes": args.scenes, "repeat": args.repeat}
-    out = ROOT / "benchmarks" / "results" / "generate.json"
+    out = ROOT / "benchmarks" / "results" / ("generate_paired.json" if args.paired else "generate.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\n{meta['date']}, {meta['machine']}, llvmpipe, front3\n")
@@ -178,7 +190,7 @@ def main() -> None:
         print(f"| {r['source']} | {r['size']} | {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | {r['views_per_s']:.0f} | {r['raw_render_views_per_s']:.0f} | {r['ratio_to_raw']:.2f} | {r['cpu_ms_per_view']:.1f} | {r['rss_worker_mb']:.0f} MB |")
     print("\nwhere the time goes (1 worker, seconds over the run):")
     for r in rows:
-        if r["workers"] == 1:
+        if r["workers"] == 1 and r["stages_s"]:
             total = sum(r["stages_s"].values())
             print(f"- {r['source']} {r['size']}: " + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in r["stages_s"].items()))
 
