@@ -616,7 +616,7 @@ def _load_closed_loop_agent(spec: str):
 def eval_closed_loop_cmd(
     ctx: typer.Context,
     agent: str = typer.Option(..., "--agent", help="expert | constant_velocity | path/to/agent.py | package.module (with build_agent()) | a rap train checkpoint (*.pt)"),
-    routes: str = typer.Option("bench:base", "--routes", help="bench:base | bench:dev10 | synthetic:N"),
+    routes: str = typer.Option("bench:base", "--routes", help="bench:base | bench:dev10 | synthetic:N | womd:PATH (real-log-seeded: one route per scenario of a WOMD file or folder; closed_loop.traffic=log|idm)"),
     out: Path = typer.Option(Path("out/eval_closed_loop"), "--out", help="folder for results.json, closed_loop_eval.json/.md, index.html (with media/) and routes/"),
     workers: int = typer.Option(1, "--workers", min=1, help="routes run in parallel (processes, or Ray actors with --executor ray)"),
     executor: str = typer.Option("local", "--executor", help="local (a process pool) | ray (Ray actors; joins RAY_ADDRESS when set, else a local instance)"),
@@ -624,7 +624,7 @@ def eval_closed_loop_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML eval config (default configs/eval/default.yaml)"),
     observation_style: Optional[str] = typer.Option(None, "--observation-style", help="raster (default) | photo: how the agent's camera views are drawn (observation.style)"),
 ) -> None:
-    """Bench2Drive-style closed-loop driving score on synthetic towns; last line is JSON with
+    """Bench2Drive-style closed-loop driving score on synthetic towns or real-log-seeded routes (womd:PATH); last line is JSON with
     driving_score, success_rate, efficiency, comfort, routes and abilities (0-100 scale).
 
     Extra arguments are dotted config overrides, e.g. closed_loop.agent_hz=4
@@ -634,8 +634,7 @@ def eval_closed_loop_cmd(
     """
     from rap.eval.closed_loop.config import ClosedLoopConfig
     from rap.eval.closed_loop.outputs import headline
-    from rap.eval.closed_loop.routes import load_routes
-    from rap.eval.closed_loop.runner import EXECUTORS, evaluate_closed_loop
+    from rap.eval.closed_loop.runner import EXECUTORS, evaluate_closed_loop, load_routes
 
     exit_routes_failed = 3
     if executor not in EXECUTORS:
@@ -643,7 +642,7 @@ def eval_closed_loop_cmd(
     _check_out_folder(out)
     cfg = _eval_config(ClosedLoopConfig, config, ctx.args, observation_style)
     try:
-        total = len(load_routes(routes))
+        total = len(load_routes(routes, cfg.closed_loop.log_seats))
     except ValueError as exc:
         raise _fail(str(exc)) from None
 

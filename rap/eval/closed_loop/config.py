@@ -4,6 +4,8 @@ traffic), all settable by dotted ``key=value`` overrides, e.g. ``closed_loop.age
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from rap.config import FrozenModel
@@ -32,6 +34,15 @@ class ClosedLoopSection(FrozenModel):
             camera thumbnails; :mod:`rap.eval.closed_loop.media`); ``index.html`` is written
             either way.
         report_strip_s: [s] between the camera views kept for the report.
+        traffic: the other agents of a real-log-seeded route (``--routes womd:PATH``): ``log``
+            (default) replays their logged boxes (non-reactive); ``idm`` drives the vehicles on
+            lanes with the shared IDM from their logged states, reacting to the ego and each
+            other (pedestrians, cyclists and parked vehicles replay their logs); see
+            :mod:`rap.eval.closed_loop.log_world`. Synthetic routes ignore it.
+        log_seats: whose seats a real-log-seeded suite drives from: ``ego`` (default) one route
+            per scenario, the logged ego's; ``vehicles`` also one from the seat of every other
+            logged vehicle that drives at least 20 m in the log (their logged paths as routes,
+            the ego then replaying its own log like any other agent).
     """
 
     sim_hz: float = Field(default=10.0, gt=0, le=100)
@@ -48,6 +59,8 @@ class ClosedLoopSection(FrozenModel):
     checkpoints: int = Field(default=4, ge=1, le=100)
     report_media: bool = True
     report_strip_s: float = Field(default=3.0, gt=0)
+    traffic: Literal["log", "idm"] = "log"
+    log_seats: Literal["ego", "vehicles"] = "ego"
 
     @model_validator(mode="after")
     def _rates(self) -> ClosedLoopSection:

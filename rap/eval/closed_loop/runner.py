@@ -2,12 +2,16 @@
 with :func:`evaluate_closed_loop` (a process pool for ``workers > 1``, per-route result files for
 ``resume``).
 
-Per route: the world (:class:`~rap.eval.closed_loop.world.World`) ticks at ``sim_hz``; every
+Per route: the world (:class:`~rap.eval.closed_loop.world.World`; for a real-log-seeded route of
+``womd:PATH``, :class:`~rap.eval.closed_loop.log_world.LogWorld` with ``closed_loop.traffic``)
+ticks at ``sim_hz``; every
 ``sim_hz / agent_hz`` ticks the agent gets an :class:`~rap.eval.agent.Observation` of the world's
 snapshot (cameras rendered through its sensor config, status and history, the driving command
 and the next route target point from the route), and its checked plan is executed by the
 tracker until the next query. The :class:`~rap.eval.closed_loop.infractions.Monitor` judges each
-tick; :func:`rap.eval.driving_score.route_record` makes the record.
+tick; :func:`rap.eval.driving_score.route_record` makes the record. A log route runs at least as
+long as its log (``LogWorld.min_duration_s``) unless it fails: a completed route goes on being
+judged until then.
 
 An agent that raises, times out or returns an invalid plan (NaN, wrong shape or sampling) ends
 its route as ``Failed - Agent crashed`` with route completion 0 (an errored route counts 0) and
@@ -39,8 +43,10 @@ from rap.eval.agent import (
 )
 from rap.eval.closed_loop.config import ClosedLoopConfig
 from rap.eval.closed_loop.infractions import Monitor
+from rap.eval.closed_loop.log_world import LogRouteSpec, LogWorld, load_log_routes
 from rap.eval.closed_loop.media import RouteRecorder
-from rap.eval.closed_loop.routes import BASE_VERSION, RouteSpec, load_routes
+from rap.eval.closed_loop.routes import BASE_VERSION, RouteSpec
+from rap.eval.closed_loop.routes import load_routes as _load_synthetic_routes
 from rap.eval.closed_loop.world import World
 from rap.eval.driving_score import merge_repeats, route_record
 from rap.eval.navsim import _checked, _sensor_config
@@ -49,12 +55,34 @@ from rap.fileio import write_bytes_atomic
 from rap.kinematics import DrivingCommand
 from rap.trajectory import NAVSIM_SAMPLING
 
-__all__ = ["EXECUTORS", "TARGET_AHEAD_M", "evaluate_closed_loop", "load_agent_spec", "route_file", "run_route"]
+__all__ = ["EXECUTORS", "TARGET_AHEAD_M", "evaluate_closed_loop", "load_agent_spec", "load_routes", "make_world", "route_file", "run_route"]
 
 TARGET_AHEAD_M = 20.0  # [m] route target point ahead of the ego's progress
 COMMAND_AHEAD_M = 30.0  # [m] the route point the driving command looks at
 COMMAND_LATERAL_M = 2.0  # [m] |y| beyond which the command is a turn
 EXECUTORS = ("local", "ray")  # evaluate_closed_loop(executor=...), rap eval closed-loop --executor
+
+
+def load_routes(spec: str, log_seats: str = "ego") -> list[RouteSpec | LogRouteSpec]:
+    """The routes of ``--routes``: ``womd:PATH`` (real-log-seeded, from the seats
+    ``log_seats`` names: :func:`~rap.eval.closed_loop.log_world.load_log_routes`), else the
+    synthetic suites (:func:`rap.eval.closed_loop.routes.load_routes`).
+
+    Raises:
+        ValueError: an unknown suite, a bad N, a missing or unreadable womd path (naming it).
+    """
+    if spec.startswith("womd:"):
+        return load_log_routes(spec, log_seats)
+    return _load_synthetic_routes(spec)
+
+
+def make_world(spec: RouteSpec | LogRouteSpec, config: ClosedLoopConfig) -> World | LogWorld:
+    """The route's world: :class:`LogWorld` (``closed_loop.traffic``, default ``log``) for a log
+    route, else :class:`World`."""
+    cl = config.closed_loop
+    if isinstance(spec, LogRouteSpec):
+        return LogWorld(spec, cl.world(), cl.seed, traffic=cl.traffic)
+    return World(spec, cl.world(), cl.seed)
 
 
 def load_agent_spec(spec: str) -> Agent:
@@ -161,7 +189,7 @@ def _query(session: _Session, world: World, progress: float, sampling, config: C
     return _checked(session.name, plan, scene, step, sampling)
 
 
-def run_route(session: _Session, spec: RouteSpec, config: ClosedLoopConfig, out_dir: Path | None = None) -> dict:
+def run_route(session: _Session, spec: RouteSpec | LogRouteSpec, config: ClosedLoopConfig, out_dir: Path | None = None) -> dict:
     """Drives one route; returns its result: ``record`` (the leaderboard's route record),
     ``abilities``, ``comfort`` (smoothness in [0, 1]), ``timeline`` (the infractions with their
     simulated times: ``name``, ``time_s``, ``message``), ``error`` / ``traceback`` (agent
@@ -170,13 +198,14 @@ def run_route(session: _Session, spec: RouteSpec, config: ClosedLoopConfig, out_
     after the route; ``seconds`` is their wall time)."""
     start = time.perf_counter()
     cl = config.closed_loop
-    world = World(spec, cl.world(), cl.seed)
+    world = make_world(spec, config)
     monitor = Monitor(world, cl.monitor())
+    min_s = float(getattr(world, "min_duration_s", 0.0))
     recorder = RouteRecorder(world, cl.report_strip_s) if out_dir is not None and cl.report_media else None
     sampling = config.navsim.sampling.to_sampling()
     every = cl.ticks_per_query
     error: AgentCallError | None = None
-    while not monitor.done:
+    while not monitor.done or (monitor.failure is None and world.time_s < min_s - 1e-9):
         if world.tick % every == 0:
             try:
                 world.execute(_query(session, world, monitor.progress, sampling, config, recorder))
@@ -190,6 +219,8 @@ def run_route(session: _Session, spec: RouteSpec, config: ClosedLoopConfig, out_
     failure = "agent_crashed" if error is not None else monitor.failure
     rc = 0.0 if error is not None else monitor.route_completion
     infractions = merge_repeats(monitor.final_infractions())
+    if spec.length <= 0.0:  # a route of length 0 (a standing logged ego): no min-speed checkpoints
+        infractions = [i for i in infractions if i.name != "min_speed_infractions"]
     record = route_record(
         spec.index, spec.route_id, rc, infractions, route_length_m=spec.length,
         duration_game_s=world.time_s, duration_system_s=time.perf_counter() - start, failure=failure,
@@ -311,7 +342,8 @@ def evaluate_closed_loop(
     Args:
         agent: an agent, or its spec (``expert``, ``constant_velocity``, a file, a module, a
             checkpoint); ``workers > 1`` needs a spec (each worker process loads its own).
-        routes: ``bench:base``, ``bench:dev10`` or ``synthetic:N``.
+        routes: ``bench:base``, ``bench:dev10``, ``synthetic:N`` or ``womd:PATH`` (see
+            :func:`load_routes`).
         out_dir: where ``results.json``, ``closed_loop_eval.json`` / ``.md``, ``index.html``,
             ``routes/<route_id>.json`` (and with ``closed_loop.report_media``,
             ``routes/<route_id>.npz`` and ``media/<route_id>/``) go.
@@ -339,7 +371,7 @@ def evaluate_closed_loop(
     out_dir = Path(out_dir)
     if executor not in EXECUTORS:
         raise ValueError(f"evaluate_closed_loop: executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    specs = load_routes(routes)
+    specs = load_routes(routes, config.closed_loop.log_seats)
     start = time.perf_counter()
     if isinstance(agent, str):
         agent_spec, agent = agent, agent_loader(agent)
