@@ -376,11 +376,14 @@ _DTYPE_BYTES = {"f1": 1, "u1": 1, "u4": 4, "f4": 4}
 _NUMPY_DTYPE = {"f1": np.uint8, "u1": np.uint8, "u4": np.uint32, "f4": np.float32}
 
 
-def _atlas_array(data: bytes, name: str, atlas_size: tuple[int, int]) -> np.ndarray:
-    """Bytes read from one attachment → (H, W, 3) uint8 for rgb, (H, W) for the others."""
+def _atlas_array(data: bytes, name: str, atlas_size: tuple[int, int], alpha: bool = False) -> np.ndarray:
+    """Bytes read from one attachment → (H, W, 3) uint8 for rgb ((H, W, 4) with ``alpha``),
+    (H, W) for the others."""
     comps, dtype = _ATTACHMENT[name]
     arr = np.frombuffer(data, _NUMPY_DTYPE[dtype]).reshape(atlas_size[1], atlas_size[0], comps)
-    return arr[..., :3] if name == "rgb" else arr[..., 0]
+    if name == "rgb":
+        return arr if alpha else arr[..., :3]
+    return arr[..., 0]
 
 
 def _split(views: Sequence[View], origins, atlas: dict) -> list[ViewOutput]:
@@ -422,6 +425,9 @@ class Renderer:
         self._style_tex = None
         self._material_tex = None
         self._noise_tex = None
+        self._static_table_tex = None
+        self._photo_uniforms: dict = {}  # (look id, orthographic) -> {uniform name: bytes}
+        self._photo_uniform_state: dict = {}  # program id -> (program, names it uses, {name: bytes written})
         self.set_style(style)
         self._cube = self._own(ctx.buffer(unit_cube().tobytes()))
         self._static_vbo = None
@@ -457,6 +463,7 @@ class Renderer:
             obj.release()
         self._resources.clear()
         self._programs.clear()
+        self._photo_uniform_state.clear()
         self._targets.clear()
         self._lookups.clear()
         self._vaos.clear()
@@ -486,6 +493,7 @@ class Renderer:
         """Use ``style`` for subsequent renders (uploads a tiny table texture)."""
         self._check_open()
         self.style = style
+        self._photo_uniforms = {}
         self._free(self._style_tex)
         table = np.ascontiguousarray(style.table())  # (C, 7, 3): texture rows = classes
         tex = self.ctx.texture((table.shape[1], table.shape[0]), 3, table.tobytes())
@@ -493,17 +501,25 @@ class Renderer:
         self._style_tex = self._own(tex)
         self._free(self._material_tex)
         self._free(self._noise_tex)
-        self._material_tex = self._noise_tex = None
+        self._free(self._static_table_tex)
+        self._material_tex = self._noise_tex = self._static_table_tex = None
         if style.photo is not None:
             materials = np.ascontiguousarray(style.photo.material_table(style.num_classes))  # (C, 1, 3)
             tex = self.ctx.texture((1, materials.shape[0]), 3, materials.tobytes())
             tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
             self._material_tex = self._own(tex)
-            noise = _photo.noise_texture(style.photo.seed)
-            tex = self.ctx.texture(noise.shape[::-1], 1, np.ascontiguousarray(noise).tobytes())
-            tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            grain = _photo.grain_texture(style.photo.seed)
+            tex = self.ctx.texture(grain.shape[::-1], 1, grain.tobytes())
+            # Nearest texel of the mip level nearest the pixel's footprint: filtered fetches cost
+            # llvmpipe far more, and without mip levels the far ground's fetches miss the caches.
+            tex.build_mipmaps()
+            tex.filter = (moderngl.NEAREST_MIPMAP_NEAREST, moderngl.NEAREST)
             tex.repeat_x = tex.repeat_y = True
             self._noise_tex = self._own(tex)
+            table = _photo.static_table(style.colors, style.photo)  # (C, 1, 4)
+            tex = self.ctx.texture((1, table.shape[0]), 4, table.tobytes(), dtype="f4")
+            tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+            self._static_table_tex = self._own(tex)
 
     def set_static(self, mesh: TriangleMesh, layered: bool = True) -> None:
         """Upload the static geometry. Replaces any earlier mesh.
@@ -557,85 +573,92 @@ class Renderer:
         if key not in self._programs:
             writes = "\n".join(_SCENE_WRITES[o] for o in outputs)
             if photo:
-                fs = _photo.PHOTO_FS.format(outputs=_fragment_outputs(outputs), writes=writes)
-                sources = (_photo.PHOTO_VS_STATIC, _photo.PHOTO_VS_BOXES)
+                sources = ((_photo.PHOTO_VS_STATIC, _photo.PHOTO_FS_STATIC), (_photo.PHOTO_VS_BOXES, _photo.PHOTO_FS_BOXES))
             else:
-                fs = _SCENE_FS.format(outputs=_fragment_outputs(outputs), writes=writes)
-                sources = (_SCENE_VS_STATIC, _SCENE_VS_BOXES)
-            static, boxes = (self._own(self.ctx.program(vertex_shader=vs, fragment_shader=fs)) for vs in sources)
+                sources = ((_SCENE_VS_STATIC, _SCENE_FS), (_SCENE_VS_BOXES, _SCENE_FS))
+            static, boxes = (
+                self._own(self.ctx.program(vertex_shader=vs, fragment_shader=fs.format(outputs=_fragment_outputs(outputs), writes=writes)))
+                for vs, fs in sources
+            )
             for prog in (static, boxes):
-                for name, unit in (("u_style", 0), ("u_material", 1), ("u_noise", 2)):
+                for name, unit in (("u_style", 0), ("u_material", 1), ("u_noise", 2), ("u_static_table", 3)):
                     if name in prog:  # optimised away when no rgb output is requested
                         prog[name] = unit
             self._programs[key] = (static, boxes)
         return self._programs[key]
 
     def _background_program(self):
+        """The photo look's sky and terrain program, with an empty vertex array (its vertices
+        come from gl_VertexID)."""
         if "photo_bg" not in self._programs:
             prog = self._own(self.ctx.program(vertex_shader=_photo.PHOTO_BG_VS, fragment_shader=_photo.PHOTO_BG_FS))
-            if "u_noise" in prog:
-                prog["u_noise"] = 2
             self._programs["photo_bg"] = (prog, self._own(self.ctx.vertex_array(prog, [])))
         return self._programs["photo_bg"]
 
-    def _set_photo_uniforms(self, prog: moderngl.Program, cam_pos: np.ndarray) -> None:
+    def _set_photo_uniforms(self, prog: moderngl.Program, cam_pos: np.ndarray, camera: Camera) -> None:
+        """The photo look's uniforms of ``prog`` for one view; a program keeps its uniforms, so
+        only those that changed since its last view are written."""
         look = self.style.photo
-        values = {
-            "u_sun": tuple(float(v) for v in look.sun), "u_ambient": float(look.ambient), "u_haze_m": float(look.haze_m),
-            "u_haze_color": tuple(c / 255.0 for c in look.sky_horizon), "u_cam_pos": tuple(float(v) for v in cam_pos),
-            "u_zenith": tuple(c / 255.0 for c in look.sky_zenith), "u_horizon": tuple(c / 255.0 for c in look.sky_horizon),
-            "u_ground": tuple(c / 255.0 for c in look.ground),
-        }  # fmt: skip
-        for name, value in values.items():
-            if name in prog:
-                prog[name].value = value
-        if "u_paints" in prog:
-            prog["u_paints"].write(_photo.BODY_PAINTS.tobytes())
+        ortho = isinstance(camera, OrthoCamera)
+        key = (id(look), ortho)
+        values = self._photo_uniforms.get(key)
+        if values is None:
+            values = self._photo_uniforms[key] = {
+                "u_sun": look.sun.astype(np.float32).tobytes(),
+                "u_ambient": np.float32(look.ambient).tobytes(),
+                # Haze: distance [m] / haze_m; none in orthographic views.
+                "u_haze_rate": np.float32(1.0 / look.haze_m if look.haze_m > 0 and not ortho else 0.0).tobytes(),
+                "u_lit_up": np.float32(_photo.lit_up(look)).tobytes(),
+                "u_haze_color": (np.array(look.sky_horizon, dtype=np.float32) / 255.0).tobytes(),
+                "u_zenith": (np.array(look.sky_zenith, dtype=np.float32) / 255.0).tobytes(),
+                "u_horizon": (np.array(look.sky_horizon, dtype=np.float32) / 255.0).tobytes(),
+                "u_ground": (np.array(look.ground, dtype=np.float32) / 255.0).tobytes(),
+                "u_paints": _photo.BODY_PAINTS.tobytes(),
+            }
+        entry = self._photo_uniform_state.get(id(prog))
+        if entry is None or entry[0] is not prog:  # names the program uses (cached: ``in`` scans its members)
+            entry = self._photo_uniform_state[id(prog)] = (prog, [n for n in (*values, "u_cam_pos") if n in prog], {})
+        _, names, written = entry
+        for name in names:
+            data = np.asarray(cam_pos, dtype=np.float32).tobytes() if name == "u_cam_pos" else values[name]
+            if written.get(name) != data:
+                prog[name].write(data)
+                written[name] = data
 
     def _draw_background(self, view: View, camera: Camera, viewport: tuple[int, int, int, int], outputs: tuple[str, ...]) -> None:
-        """Photo look: sky and ground into the rgb attachment of one view, after its scene and
-        only where nothing was drawn: the map (drawn as layers, without depth) is first laid into
-        the depth buffer by a colourless pass, so the background's far-plane triangle fails the
-        depth test there and its shading runs only on the rest (nothing but rgb is written)."""
-        ctx, fbo = self.ctx, self.ctx.fbo
-        masks_off = [(False,) * 4 for _ in outputs]
-        masks_on = (True,) * 4 if len(outputs) == 1 else tuple((True,) * 4 for _ in outputs)
-        first = min(max(int(view.skip_static_vertices), 0), self._static_count)
-        if self._static_layered and first < self._static_count:
-            prog, vao = self._depth_program()
-            proj = ortho_projection(camera) if isinstance(camera, OrthoCamera) else pinhole_projection(camera)
-            world_to_cam = np.linalg.inv(np.asarray(view.body_to_world, dtype=np.float64) @ camera.cam_to_body)
-            prog["u_proj"].write(proj.T.astype(np.float32).tobytes())
-            prog["u_view"].write(world_to_cam.T.astype(np.float32).tobytes())
-            fbo.color_mask = masks_off[0] if len(masks_off) == 1 else tuple(masks_off)  # type: ignore[assignment]
-            ctx.viewport = viewport
-            vao.render(moderngl.TRIANGLES, vertices=self._static_count - first, first=first)
-        prog, vao = self._background_program()
+        """Photo look: the sky and the terrain near the horizon into the rgb attachment of one
+        view (cleared to the far terrain's colour), before its scene (no depth test, nothing but
+        rgb written), which then paints over them; see :mod:`rasterizer.photo`. Shading only
+        where nothing is drawn would need the map's coverage first (the map is drawn as layers,
+        without depth): a second pass over the map that costs llvmpipe more than it saves."""
+        look = self.style.photo
         ortho = isinstance(camera, OrthoCamera)
         proj = ortho_projection(camera) if ortho else pinhole_projection(camera)
         world_to_cam = np.linalg.inv(np.asarray(view.body_to_world, dtype=np.float64) @ camera.cam_to_body)
-        prog["u_inv"].write(np.linalg.inv(proj @ world_to_cam).T.astype(np.float32).tobytes())
+        cam_pos = np.linalg.inv(world_to_cam)[:3, 3]
+        w, h = viewport[2], viewport[3]
+        rays = _photo.background_rays(np.linalg.inv(proj @ world_to_cam), cam_pos, w, h, ortho)
+        bands = _photo.background_bands(look, rays, cam_pos, w, h, ortho)
+        if len(bands.offsets) < 2:
+            return
+        prog, vao = self._background_program()
+        padded = np.zeros(_photo.BACKGROUND_MAX_ROWS, dtype=np.float32)
+        padded[: len(bands.offsets)] = bands.offsets
+        prog["u_ray"].write(rays.astype(np.float32).tobytes())
+        prog["u_rows"].write(padded.tobytes())
+        prog["u_band_axes"].value = (*bands.along, *bands.across)
+        prog["u_band_origin"].value = (*bands.origin, bands.half_length)
+        prog["u_size"].value = (float(w), float(h))
         prog["u_ortho"].value = ortho
-        self._set_photo_uniforms(prog, np.linalg.inv(world_to_cam)[:3, 3])
+        self._set_photo_uniforms(prog, cam_pos, camera)
+        ctx, fbo = self.ctx, self.ctx.fbo
         masks = [(name == "rgb",) * 4 for name in outputs]
         fbo.color_mask = masks[0] if len(masks) == 1 else tuple(masks)  # type: ignore[assignment]
-        fbo.depth_mask = False
+        ctx.disable(moderngl.DEPTH_TEST)
         ctx.viewport = viewport
-        vao.render(moderngl.TRIANGLES, vertices=3)  # at the far plane: fails the depth test wherever something was drawn
-        fbo.depth_mask = True
-        fbo.color_mask = masks_on  # type: ignore[assignment]
-
-    def _depth_program(self):
-        """A position-only program and vertex array of the static mesh (the photo look's depth
-        pass); the vertex array goes with the mesh (dropped by :meth:`set_static`)."""
-        prog = self._programs.get("depth_only")
-        if prog is None:
-            prog = self._own(self.ctx.program(vertex_shader=_photo.DEPTH_VS, fragment_shader=_photo.DEPTH_FS))
-            self._programs["depth_only"] = prog
-        key = ("static", "depth_only")
-        if key not in self._vaos:
-            self._vaos[key] = self._own(self.ctx.vertex_array(prog, [_binding(prog, self._static_vbo, STATIC_LAYOUT)]))
-        return prog, self._vaos[key]
+        vao.render(moderngl.TRIANGLES, vertices=6 * (len(bands.offsets) - 1))
+        ctx.enable(moderngl.DEPTH_TEST)
+        fbo.color_mask = (True,) * 4 if len(outputs) == 1 else tuple((True,) * 4 for _ in outputs)  # type: ignore[assignment]
 
     def _remap_program(self, outputs: tuple[str, ...]):
         key = ("remap", outputs)
@@ -724,7 +747,7 @@ class Renderer:
                 if name in prog:
                     prog[name].value = value
             if self.style.photo is not None:
-                self._set_photo_uniforms(prog, np.linalg.inv(world_to_cam)[:3, 3])
+                self._set_photo_uniforms(prog, np.linalg.inv(world_to_cam)[:3, 3], camera)
             if count is None:
                 first = min(max(int(view.skip_static_vertices), 0), self._static_count)
                 if first == self._static_count:
@@ -775,11 +798,12 @@ class Renderer:
             # RGB is read as RGBA: a plain copy in Mesa, where RGB needs a per-pixel repack
             # (about 3x slower at 1080p). The alpha channel is dropped by a numpy view.
             data = fbo.read(components=comps, attachment=k, dtype=dtype, alignment=1)
-            atlas[name] = _atlas_array(data, name, atlas_size)
+            atlas[name] = _atlas_array(data, name, atlas_size, alpha=self.style.photo is not None)
         return self._lens(views, _split(views, origins, atlas))
 
     def _lens(self, views: Sequence[View], results: list[ViewOutput]) -> list[ViewOutput]:
-        """Photo look: blur, vignetting and seeded noise on each view's rgb (after read-back)."""
+        """Photo look: blur, vignetting and seeded noise on each view's rgb (after read-back; the
+        photo look reads rgb back with its alpha channel, dropped here)."""
         look = self.style.photo
         if look is None:
             return results
@@ -823,10 +847,10 @@ class Renderer:
             slot = (slot + 1) % depth
             if len(pending) >= depth:
                 entry = pending.popleft()
-                yield self._lens(entry[1], self._collect(entry, outputs))
+                yield self._lens(entry[1], self._collect(entry, outputs, self.style.photo is not None))
         while pending:
             entry = pending.popleft()
-            yield self._lens(entry[1], self._collect(entry, outputs))
+            yield self._lens(entry[1], self._collect(entry, outputs, self.style.photo is not None))
 
     def _pixel_buffers(self, slot: int, atlas_size: tuple[int, int], outputs: tuple[str, ...]) -> dict:
         key = ("pbo", slot, atlas_size, outputs)
@@ -843,9 +867,9 @@ class Renderer:
         return self._targets[key]
 
     @staticmethod
-    def _collect(entry, outputs: tuple[str, ...]) -> list[ViewOutput]:
+    def _collect(entry, outputs: tuple[str, ...], alpha: bool = False) -> list[ViewOutput]:
         pbos, views, origins, atlas_size = entry
-        atlas = {name: _atlas_array(pbos[name].read(), name, atlas_size) for name in outputs}
+        atlas = {name: _atlas_array(pbos[name].read(), name, atlas_size, alpha) for name in outputs}
         return _split(views, origins, atlas)
 
     def _draw_frame(self, views: Sequence[View], outputs: tuple[str, ...]):
@@ -855,11 +879,14 @@ class Renderer:
         fbo, _ = self._target(atlas_size, outputs, textures=False)
         programs = self._scene_vaos(outputs)
         bg = np.asarray(self.style.background, dtype=np.float32) / 255.0
+        if self.style.photo is not None:
+            bg = _photo.terrain_clear_color(self.style.photo)  # the far terrain; the sky drawn over it
         self._style_tex.use(0)
         photo_bg = self.style.photo is not None and "rgb" in outputs
         if self._material_tex is not None:
             self._material_tex.use(1)
             self._noise_tex.use(2)
+            self._static_table_tex.use(3)
 
         distorted = [i for i, v in enumerate(views) if isinstance(v.camera, PinholeCamera) and v.camera.is_distorted]
         ctx.enable_only(moderngl.DEPTH_TEST)
@@ -874,9 +901,9 @@ class Renderer:
             for j, i in enumerate(distorted):
                 inter = inters[i]
                 x, y = src_origins[j]
-                self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
                 if photo_bg:
                     self._draw_background(views[i], inter, (x, y, inter.width, inter.height), outputs)
+                self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
 
         fbo.use()
         self._clear(fbo, outputs, bg)
@@ -884,9 +911,9 @@ class Renderer:
             if i in distorted:
                 continue
             x, y = origins[i]
-            self._draw(view, view.camera, (x, y, view.camera.width, view.camera.height), programs)
             if photo_bg:
                 self._draw_background(view, view.camera, (x, y, view.camera.width, view.camera.height), outputs)
+            self._draw(view, view.camera, (x, y, view.camera.width, view.camera.height), programs)
 
         if distorted:
             ctx.disable(moderngl.DEPTH_TEST)

@@ -46,15 +46,35 @@ def test_only_the_rgb_output_changes(ctx):
     assert (flat.class_id == 2).sum() > 100  # the box is in view
 
 
+def test_rgb_alone_is_the_rgb_of_all_outputs(ctx):
+    """The photo rgb does not depend on which other outputs are asked for (the map once came
+    out black when rgb was the only output)."""
+    boxes = Boxes([[12.0, 0.5, 1.0]], [[4.0, 2.0, 2.0]], [0.4], [2], [5])
+    alone = render(ctx, PHOTO, [View(camera())], ground(), boxes, outputs=("rgb",))[0]
+    full = render(ctx, PHOTO, [View(camera())], ground(), boxes)[0]
+    assert np.array_equal(alone.rgb, full.rgb)
+    assert alone.rgb[100:].mean() > 30  # the lit ground, not the clear colour
+
+
 def test_sky_above_the_horizon_and_ground_below(ctx):
-    """An empty world seen level: sky (bright, blue over red) in the upper half, the ground
-    plane (darker, the look's ground colour) in the lower half."""
+    """An empty world seen level: sky (bright, blue over red) in the upper half, the terrain
+    (darker, the look's ground colour) in the lower half, hazed toward the horizon colour near
+    the horizon, without a seam where the hazed rows meet the rest."""
     out = render(ctx, CLEAN, [View(camera())])[0].rgb.astype(float)
     sky, below = out[:50].reshape(-1, 3), out[70:].reshape(-1, 3)
     assert sky[:, 2].mean() > sky[:, 0].mean() + 10 and sky.mean() > below.mean() + 30
     zenith_row, horizon_row = out[0].mean(axis=0), out[58].mean(axis=0)
     assert zenith_row[2] - zenith_row[0] > horizon_row[2] - horizon_row[0]  # bluer higher up
-    assert below.std(axis=0).mean() > 1.0  # the ground is textured, not flat
+    haze = np.array(CLEAN.photo.sky_horizon, dtype=float)
+    assert np.abs(out[60] - haze).mean() < 0.5 * np.abs(out[110] - haze).mean()  # far terrain hazed
+    assert np.abs(np.diff(out[64:], axis=0)).max() <= 4  # smooth from the hazed rows on
+
+
+def test_rough_surfaces_are_textured(ctx):
+    """Asphalt-like (rough) surfaces carry grain: not flat."""
+    out = render(ctx, CLEAN, [View(camera())], ground())[0]
+    near = out.rgb[80:][out.class_id[80:] == 1].astype(float)
+    assert len(near) > 1000 and near.std(axis=0).min() > 2.0
 
 
 def test_surfaces_facing_the_sun_are_brighter(ctx):
@@ -85,11 +105,14 @@ def test_noise_is_seeded_by_the_look_and_the_view_not_by_what_else_is_rendered(c
     a, b = View(camera("a")), View(camera("b", pitch=0.1))
     alone = render(ctx, PHOTO, [a], mesh)[0].rgb
     assert np.array_equal(alone, render(ctx, PHOTO, [a], mesh)[0].rgb)  # same inputs, same bytes
-    # Beside another view (another place in the atlas) the same noise: GL's interpolation at
-    # another window offset may round a handful of pixels by one level, never more.
+    # Beside another view (another place in the atlas) the same noise. GL interpolates a
+    # surface's texture coordinates a little differently at another window offset, and the
+    # grain is read unfiltered (the nearest texel: filtering costs llvmpipe several times more),
+    # so where a coordinate lies on a texel edge the next texel's grain may be read: about 2 %
+    # of the values (distant ground) differ, by a few levels.
     together = render(ctx, PHOTO, [b, a], mesh)[1].rgb
     diff = np.abs(alone.astype(int) - together.astype(int))
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert diff.mean() < 0.15 and (diff > 0).mean() < 0.05 and diff.max() <= 16
     reseeded = render(ctx, dataclasses.replace(FLAT, photo=dataclasses.replace(LOOK, seed=8)), [a], mesh)[0].rgb
     assert not np.array_equal(alone, reseeded)
     noiseless = render(ctx, dataclasses.replace(FLAT, photo=dataclasses.replace(LOOK, noise=0.0)), [a], mesh)[0].rgb
