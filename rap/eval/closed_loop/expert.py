@@ -23,6 +23,17 @@ area, then lets it go (CARLA's rule: stop once, then proceed). Stop lines, of a 
 and of the route's next red light (:func:`red_light_stop`), are also given to the check as
 standing obstacles: the reference planner's own approach to a red connector creeps on at a few
 cm/s and can end with the front bumper past the line.
+
+Emergency vehicles (:func:`emergency_vehicle_behind`, :func:`yield_plan`): the scene has no
+emergency type, so the expert recognises one by what it does: a vehicle behind the ego, heading
+its way, faster than the ego and than 1.1 x the speed limit of the ego's lane (no other vehicle
+of the closed-loop world drives above the limit), within :data:`_EV_LOOK_M` m and a cone behind
+it (3 m plus 10 % of the distance to either side). While one is behind, the expert moves into a
+same-direction neighbour of its lane (the right one where there is one; :func:`yield_plan`, a
+path of its own in place of the reference planner's), slows to :data:`YIELD_SPEED` (at most :data:`_YIELD_DECEL`) and
+stops :data:`_YIELD_END_M` before that lane's end if the vehicle has not passed by then; where
+its lane has no neighbour (e.g. still in the junction before) it only slows. Once the vehicle
+is ahead it takes its route again.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from rap.sim.bicycle import PACIFICA
 from rap.sim.idm import Boxes, IDMParameters, idm_acceleration, path_hits
 from rap.trajectory import Trajectory
 
-__all__ = ["SHIELD_IDM", "ClosedLoopExpert", "StopSignKeeper", "own_lights", "red_light_stop", "reference_plan", "route_centerline", "route_lane_arcs", "shield", "with_stop_light"]
+__all__ = ["YIELD_SPEED", "EmergencyYield", "emergency_vehicle_behind", "yield_plan", "SHIELD_IDM", "ClosedLoopExpert", "StopSignKeeper", "own_lights", "red_light_stop", "reference_plan", "route_centerline", "route_lane_arcs", "shield", "with_stop_light"]
 
 SHIELD_IDM = IDMParameters(max_accel=1.5, comfort_decel=3.0, time_headway=1.2, min_gap=2.5, max_decel=7.0)
 _SPACING = 0.5  # [m] path samples
@@ -54,9 +65,15 @@ _STOP_LOOK_M = 80.0  # [m] stop signs farther ahead are left for later
 _STOP_INSIDE_M = 1.0  # [m] a stop counts this far inside the stop area's far end (margin)
 _YELLOW_DECEL = 3.0  # [m/s^2] stop at a yellow light when this is enough (as the background traffic)
 _COMMITTED_M = 0.5  # [m] a front bumper this far past a stop line goes on
+YIELD_SPEED = 3.0  # [m/s] the expert's speed while an emergency vehicle is behind it
+_YIELD_DECEL = 2.5  # [m/s^2] slowing down to it
+_YIELD_END_M = 8.0  # [m] stop this far before the end of the lane it moved into
+_YIELD_BLEND_S = 2.5  # [s] of driving at the current speed to move into the neighbour lane
+_EV_LOOK_M = 150.0  # [m] emergency vehicles farther behind are ignored
+_EV_OVER_LIMIT = 1.1  # an emergency vehicle drives faster than this share of the speed limit
 
 
-def shield(plan: Trajectory, scene: Scene, step: int, speed: float, stop_at: float | None = None) -> Trajectory:
+def shield(plan: Trajectory, scene: Scene, step: int, speed: float, stop_at: float | None = None, speed_cap: float | None = None) -> Trajectory:
     """``plan`` slowed along its own path so that an IDM driver with :data:`SHIELD_IDM` would
     not run into the first vehicle box on it (see the module docs).
 
@@ -66,6 +83,8 @@ def shield(plan: Trajectory, scene: Scene, step: int, speed: float, stop_at: flo
         speed: [m/s] the ego's current speed.
         stop_at: [m] a point to stop before (its distance from the front bumper along the
             path, e.g. a stop sign's line), approached as a standing obstacle; None: none.
+        speed_cap: [m/s] slow down to this (at most :data:`_YIELD_DECEL`) and stay below it;
+            None: none.
     """
     poses = np.vstack([[0.0, 0.0, 0.0], np.asarray(plan.poses)])
     seg = np.hypot(*np.diff(poses[:, :2], axis=0).T)
@@ -106,10 +125,12 @@ def shield(plan: Trajectory, scene: Scene, step: int, speed: float, stop_at: flo
     kappa = np.abs(pad[2 * w :] - pad[: -2 * w]) / (2 * w * _SPACING)
     v_curve = np.sqrt(_LATERAL_ACCEL / np.maximum(kappa, 1e-6))
     curvy = bool(np.any(v_curve < max(speed, 1.0) + 3.0))
-    if not np.isfinite(gap) and not curvy:
+    if not np.isfinite(gap) and not curvy and speed_cap is None:
         return plan
     times = plan.sampling.times_s
     v0 = max(float(np.max(seg / plan.sampling.interval_s)), speed, 0.5)
+    if speed_cap is not None:
+        v0 = min(v0, max(speed_cap, 0.5))
     v, pos, lead = max(speed, 0.0), 0.0, gap
     cap = np.empty(len(times))
     t, k = 0.0, 0
@@ -120,6 +141,8 @@ def shield(plan: Trajectory, scene: Scene, step: int, speed: float, stop_at: flo
             allowed = float(np.min(np.sqrt(v_curve[ahead] ** 2 + 2.0 * _CURVE_DECEL * (s[ahead] - pos))))
             acc = min(acc, (allowed - v) / _DT) if v > allowed else acc
             acc = max(acc, -SHIELD_IDM.max_decel)
+        if speed_cap is not None and v > speed_cap:
+            acc = min(acc, max(-_YIELD_DECEL, (speed_cap - v) / _DT))
         v_new = max(v + acc * _DT, 0.0)
         pos += 0.5 * (v + v_new) * _DT
         v = v_new
@@ -265,6 +288,131 @@ class StopSignKeeper:
         return scene, None
 
 
+def _current_route_lane(scene: Scene, step: int) -> tuple[int, float] | None:
+    """The lane of ``scene.ego_route`` under the ego's rear axle and the arc [m] from the rear
+    axle to its end (None: none)."""
+    arcs = route_lane_arcs(scene, step)
+    lanes = scene.map.lanes
+    for k, (lane_id, start) in enumerate(arcs):
+        end = arcs[k + 1][1] if k + 1 < len(arcs) else start + float(np.hypot(*np.diff(lanes.centerlines[lanes.index_of(lane_id)][:, :2], axis=0).T).sum())
+        if start <= 0.0 < end:
+            return lane_id, end
+    return None
+
+
+def emergency_vehicle_behind(scene: Scene, step: int, speed: float) -> int | None:
+    """Row of the nearest vehicle that is an emergency vehicle coming up behind the ego (see the
+    module docs), or None."""
+    tr, lanes = scene.tracks, scene.map.lanes
+    here = _current_route_lane(scene, step)
+    if here is None:
+        return None
+    k = lanes.index_of(here[0])
+    limit = float(lanes.speed_limit[k]) if lanes.has_speed_limit[k] else np.inf
+    x0, y0, _, h0 = scene.ego_pose(step)
+    rows = np.flatnonzero(tr.valid[:, step] & (tr.types == AgentType.VEHICLE) & (np.arange(tr.num_agents) != scene.ego_index))
+    if not rows.size or not np.isfinite(limit):
+        return None
+    v = np.hypot(tr.vx[rows, step], tr.vy[rows, step])
+    local = geometry.to_frame(np.stack([tr.x[rows, step], tr.y[rows, step]], -1), (x0, y0), h0)
+    same_way = np.abs(geometry.wrap_angle(tr.heading[rows, step] - h0)) < np.pi / 4
+    # behind: in a cone (roads bend: 120 m back, the lane can be 8 m to the side)
+    behind = (local[:, 0] < 0.0) & (local[:, 0] > -_EV_LOOK_M) & (np.abs(local[:, 1]) < 3.0 + 0.1 * np.abs(local[:, 0]))
+    ev = behind & same_way & (v > _EV_OVER_LIMIT * limit) & (v > speed)
+    if not ev.any():
+        return None
+    cand = np.flatnonzero(ev)
+    return int(rows[cand[np.argmax(local[cand, 0])]])
+
+
+def _along(line: np.ndarray, start: float, s: np.ndarray) -> np.ndarray:
+    """(len(s), 2) points of polyline ``line`` at arcs ``start + s`` (clamped to its ends)."""
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(line, axis=0).T))])
+    a = np.clip(start + s, 0.0, arc[-1])
+    return np.stack([np.interp(a, arc, line[:, 0]), np.interp(a, arc, line[:, 1])], axis=-1)
+
+
+def _project(line: np.ndarray, p: np.ndarray) -> float:
+    """Arc [m] of the point of polyline ``line`` nearest to ``p`` (2,)."""
+    a, b = line[:-1], line[1:]
+    ab = b - a
+    t = np.clip(((p - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+    d = np.hypot(*(a + t[:, None] * ab - p).T)
+    j = int(np.argmin(d))
+    seg = np.hypot(*ab.T)
+    return float(seg[:j].sum() + t[j] * seg[j])
+
+
+def yield_plan(scene: Scene, step: int, sampling, speed: float) -> tuple[Trajectory, float] | None:
+    """A plan that moves the ego into the same-direction neighbour of its lane (the right one
+    where there is one): a path blending from the ego's rear axle to the neighbour's centerline
+    over :data:`_YIELD_BLEND_S` s of driving (12-25 m), driven at the current speed (at least
+    :data:`YIELD_SPEED`), and the distance [m] from the front bumper to :data:`_YIELD_END_M`
+    before the end of the ego's lane (where to stop if the emergency vehicle has not passed by
+    then); None where the ego's lane has no neighbour."""
+    here = _current_route_lane(scene, step)
+    if here is None:
+        return None
+    lanes = scene.map.lanes
+    k = lanes.index_of(here[0])
+    side = lanes.right_neighbors[k] or lanes.left_neighbors[k]
+    if not side:
+        return None
+    x0, y0, _, h0 = scene.ego_pose(step)
+    own = geometry.to_frame(lanes.centerlines[k][:, :2], (x0, y0), h0)
+    other = geometry.to_frame(lanes.centerlines[lanes.index_of(int(side[0]))][:, :2], (x0, y0), h0)
+    a0 = _project(own, np.zeros(2))
+    c0 = _along(own, a0, np.zeros(1))[0]
+    b0 = _project(other, c0)
+    s = np.arange(0.0, 80.0, _SPACING)
+    c, n = _along(own, a0, s), _along(other, b0, s)
+    blend = float(np.clip(_YIELD_BLEND_S * max(speed, YIELD_SPEED), 12.0, 25.0))
+    u = np.clip(s / blend, 0.0, 1.0)[:, None]
+    w = u * u * (3.0 - 2.0 * u)
+    path = c + (1.0 - w) * (-c0) + w * (n - c)
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(path, axis=0).T))])
+    d = max(speed, YIELD_SPEED) * sampling.times_s
+    d = np.minimum(d, arc[-1])
+    xy = np.stack([np.interp(d, arc, path[:, 0]), np.interp(d, arc, path[:, 1])], axis=-1)
+    g = np.gradient(path, axis=0)
+    heading = np.interp(d, arc, np.unwrap(np.arctan2(g[:, 1], g[:, 0])))
+    plan = Trajectory(np.column_stack([xy, geometry.wrap_angle(heading)]), sampling)
+    return plan, here[1] - PACIFICA.front_length - _YIELD_END_M
+
+
+class EmergencyYield:
+    """Which emergency vehicle the expert is yielding to, per route (by track id: once
+    recognised, a vehicle stays one while it slows behind the ego); the memory starts afresh
+    when the scene id changes or the scene's time goes back."""
+
+    def __init__(self) -> None:
+        self.scene_id: str | None = None
+        self.time_s = -np.inf
+        self.track_id: int | None = None
+
+    def behind(self, scene: Scene, step: int, speed: float) -> bool:
+        """Whether an emergency vehicle is behind the ego (not yet past its front bumper)."""
+        t = float(scene.timestamps[step])
+        if scene.scene_id != self.scene_id or t < self.time_s:
+            self.scene_id, self.track_id = scene.scene_id, None
+        self.time_s = t
+        tr = scene.tracks
+        if self.track_id is not None:
+            rows = np.flatnonzero(tr.ids == self.track_id)
+            if rows.size and tr.valid[rows[0], step]:
+                r = int(rows[0])
+                x0, y0, _, h0 = scene.ego_pose(step)
+                local = geometry.to_frame(np.array([[tr.x[r, step], tr.y[r, step]]]), (x0, y0), h0)[0]
+                if local[0] - 0.5 * float(tr.length[r, step]) < PACIFICA.front_length and local[0] > -_EV_LOOK_M:
+                    return True
+            self.track_id = None
+        row = emergency_vehicle_behind(scene, step, speed)
+        if row is None:
+            return False
+        self.track_id = int(tr.ids[row])
+        return True
+
+
 class ClosedLoopExpert(ExpertAgent):
     """``expert`` in closed loop: the reference planner on the route ahead
     (:func:`reference_plan`, with :func:`own_lights` and the stop signs of
@@ -273,6 +421,7 @@ class ClosedLoopExpert(ExpertAgent):
 
     def __init__(self) -> None:
         self.stop_signs = StopSignKeeper()
+        self.emergency = EmergencyYield()
 
     def plan(self, observation: Observation) -> Trajectory:
         assert observation.scene is not None and observation.step is not None
@@ -281,8 +430,16 @@ class ClosedLoopExpert(ExpertAgent):
         red = red_light_stop(scene, observation.step, speed)
         if red is not None:
             stop_at = red if stop_at is None else min(stop_at, red)
-        plan = reference_plan(scene, observation.step, observation.sampling)
-        return shield(plan, scene, observation.step, speed, stop_at=stop_at)
+        cap, plan = None, None
+        if self.emergency.behind(scene, observation.step, speed):
+            cap = YIELD_SPEED
+            aside = yield_plan(scene, observation.step, observation.sampling, speed)
+            if aside is not None:
+                plan, end = aside
+                stop_at = end if stop_at is None else min(stop_at, end)
+        if plan is None:
+            plan = reference_plan(scene, observation.step, observation.sampling)
+        return shield(plan, scene, observation.step, speed, stop_at=stop_at, speed_cap=cap)
 
 
 def own_lights(scene: Scene) -> Scene:

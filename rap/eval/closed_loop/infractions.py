@@ -15,6 +15,14 @@ criteria as Bench2Drive runs them), and route progress.
   the ego must drive slower than :data:`STOP_SPEED` at some tick with its front bumper in the
   area. Leaving the area past the line without that is one infraction ("Agent ran a stop with
   id={sign} at (x, y, z)" of the sign).
+* ``yield_emergency_vehicle_infractions`` (CARLA's YieldToEmergencyVehicleTest): the
+  ``emergency_vehicle`` event's vehicle's speed is logged every tick from when it appears
+  (behind the ego) until its rear bumper has passed the ego's front bumper along the route (or
+  it leaves, or the route ends); its mean over the log as a share of its target speed
+  (:func:`emergency_vehicle_share`, rounded to 2 decimals as the leaderboard rounds it) below
+  :data:`EV_SUCCESS_PCT` is one infraction, "Agent failed to yield to an emergency vehicle,
+  slowing it to {X}% of its velocity)" (the leaderboard's text, stray parenthesis included; X as
+  Python prints the rounded float, e.g. ``81.5``).
 * ``outside_route_lanes``: metres driven with the box centre outside the route's lanes and
   their same-direction neighbours, as a share of the completed route (reported at the end);
   junctions are not checked (as the leaderboard's test skips them).
@@ -40,7 +48,7 @@ from rap.eval.driving_score import MIN_COLLISION_SPEED, Infraction
 from rap.scene import AgentType, LightState
 from rap.sim.bicycle import PACIFICA
 
-__all__ = ["STOP_AREA_M", "STOP_AREA_PAST_M", "STOP_SPEED", "Monitor", "MonitorConfig", "box_polygons", "route_stop_signs"]
+__all__ = ["EV_SUCCESS_PCT", "EmergencyVehicleTest", "emergency_vehicle_share", "STOP_AREA_M", "STOP_AREA_PAST_M", "STOP_SPEED", "Monitor", "MonitorConfig", "box_polygons", "route_stop_signs"]
 
 _NEIGHBOUR_RADIUS = 50.0  # [m] "surrounding traffic" of min-speed checkpoints
 _BLOCKED_SPEED = 0.1  # [m/s]
@@ -48,6 +56,46 @@ _POLE_RADIUS = 0.3  # [m] stop-sign poles
 STOP_AREA_M = 6.0  # [m] a stop sign's area starts this far before its stop line (front bumper) ...
 STOP_AREA_PAST_M = 1.5  # [m] ... and ends this far past it
 STOP_SPEED = 0.1  # [m/s] "stopped" at a stop sign (CARLA's RunningStopTest.SPEED_THRESHOLD)
+EV_SUCCESS_PCT = 95.0  # [%] YieldToEmergencyVehicleTest.success_value
+
+
+def emergency_vehicle_share(speeds, target_speed: float) -> float:
+    """[%] the mean of ``speeds`` [m/s] as a share of ``target_speed`` [m/s], rounded to 2
+    decimals (100 when nothing was logged), as YieldToEmergencyVehicleTest computes it."""
+    speeds = np.asarray(speeds, dtype=np.float64)
+    if not speeds.size:
+        return 100.0
+    return round(float(speeds.mean()) / float(target_speed) * 100.0, 2)
+
+
+class EmergencyVehicleTest:
+    """YieldToEmergencyVehicleTest of one route: :meth:`log` the emergency vehicle's speed while
+    it is behind the ego, :meth:`close` once it has passed (or at the end): the infraction, if
+    its mean speed was below :data:`EV_SUCCESS_PCT` % of ``target_speed``."""
+
+    def __init__(self, target_speed: float) -> None:
+        self.target_speed = float(target_speed)
+        self.speeds: list[float] = []
+        self.closed = False
+        self.share: float | None = None
+
+    def log(self, speed: float) -> None:
+        """Logs one tick's speed [m/s] (ignored once closed)."""
+        if not self.closed:
+            self.speeds.append(float(speed))
+
+    def close(self, time_s: float = 0.0, x: float = 0.0, y: float = 0.0) -> Infraction | None:
+        """Ends the log (once; later calls return None): the infraction or None."""
+        if self.closed:
+            return None
+        self.closed = True
+        self.share = emergency_vehicle_share(self.speeds, self.target_speed)
+        if self.share >= EV_SUCCESS_PCT:
+            return None
+        return Infraction(
+            "yield_emergency_vehicle_infractions", f"Agent failed to yield to an emergency vehicle, slowing it to {self.share}% of its velocity)",
+            time_s=time_s, x=x, y=y, percentage=self.share,
+        )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +167,7 @@ class Monitor:
         # stop signs not yet passed: (stop line arc, sign id, position, stopped in the area)
         self.stop_signs = [[arc, sid, pos, False] for arc, sid, pos in route_stop_signs(world)]
         self.infractions: list[Infraction] = []
+        self.ev_test = EmergencyVehicleTest(world.spec.event.speed) if getattr(world, "ev", -1) >= 0 else None
         self.progress = 0.0
         self.contacts: set[int] = set()
         self.on_edge = False
@@ -189,6 +238,7 @@ class Monitor:
             if prev_progress < arc <= self.progress and states[row] == LightState.STOP:
                 self._add("red_light", f"Agent ran a red light {lane_id} at {_where(*c)}", c[0], c[1])
         self._check_stop_signs(v)
+        self._check_emergency_vehicle()
         # outside route lanes
         step_m = float(np.hypot(*(c - self.last_xy)))
         if not self.route_area.contains(shapely.Point(c[0], c[1])):
@@ -228,13 +278,37 @@ class Monitor:
                     self._add("stop_infraction", f"Agent ran a stop with id={sign_id} at {_where(pos[0], pos[1])}", pos[0], pos[1])
                 self.stop_signs.remove(entry)
 
+    def _check_emergency_vehicle(self) -> None:
+        """Logs the emergency vehicle's speed from when it appears until its rear bumper passes
+        the ego's front bumper along the route (see the module docs)."""
+        test, w = self.ev_test, self.world
+        if test is None or test.closed or not w.ev_started:
+            return
+        a, k = w.agents, w.ev
+        passed = float(a.s[k]) - 0.5 * float(a.length[k]) - w.offset > self.progress + 0.5 * PACIFICA.length
+        if a.active[k] and not passed:
+            test.log(float(a.v[k]))
+            return
+        self._close_ev_test()
+
+    def _close_ev_test(self) -> None:
+        if self.ev_test is None or self.ev_test.closed:
+            return
+        a, k = self.world.agents, self.world.ev
+        x, y = (float(c) for c in a.poses()[k, :2])
+        inf = self.ev_test.close(self.world.time_s, x, y)
+        if inf is not None:
+            self.infractions.append(inf)
+
     def _end(self, failure: str, message: str, c: np.ndarray) -> None:
         self._add(failure, message, c[0], c[1])
         self.failure = failure
         self.done = True
 
     def final_infractions(self) -> list[Infraction]:
-        """The route's infractions, with ``outside_route_lanes`` (when any) appended."""
+        """The route's infractions, with ``outside_route_lanes`` (when any) appended (and the
+        emergency vehicle's judgement, when it is still behind the ego)."""
+        self._close_ev_test()
         out = list(self.infractions)
         driven = max(self.progress, 0.0)
         if self.outside_m > 0.05 and driven > 0:

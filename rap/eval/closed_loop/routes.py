@@ -29,16 +29,27 @@ parked             Overtaking        a parked vehicle intrudes ``intrusion`` m i
                                      lane
 crossing           Give_Way          a vehicle on a conflicting junction movement drives through
                                      (ignoring its light) as the ego approaches; yield to it
+emergency_vehicle  Give_Way          an emergency vehicle comes up from behind on the ego's route
+                                     at ``speed`` (1.25 x the speed limit of ``lane``, a road lane
+                                     of >= 60 m with a same-direction neighbour ``other_lane``):
+                                     it appears 120 m behind the ego's box centre when that
+                                     reaches ``arc`` (5 m into ``lane``) and drives the route's
+                                     lanes (ignoring lights); the ego must let it pass (move into
+                                     the neighbour lane, slow down), judged as the leaderboard's
+                                     YieldToEmergencyVehicleTest (its mean speed while behind the
+                                     ego at least 95 % of ``speed``)
 turn_traffic       Merging           the route turns into another road at a junction; extra
                                      vehicles drive on the road it merges into
 ================== ================= =====================================================
 
-Suites (:func:`load_routes`): ``bench:base`` (:data:`BASE_VERSION` ``bench-base-v2``: 42 routes,
+Suites (:func:`load_routes`): ``bench:base`` (:data:`BASE_VERSION` ``bench-base-v3``: 48 routes,
 6 per event in the order of :data:`EVENTS_BASE_ORDER`; the routes of the five events of
-``bench-base-v1`` are its first 6 routes of each (the same towns, lanes and events; v2 adds the
-moving start), the new events are drawn in towns 1045 onwards, skipping towns without such a
-route), ``bench:dev10`` (a fixed 10-route subset of it, 2 per ability:
-:data:`DEV10_EVENTS`) and ``synthetic:N`` (N routes with events drawn from the seed).
+``bench-base-v1`` are its first 6 routes of each (the same towns, lanes and events; v2 added the
+moving start), the newer events are drawn in towns 1045 onwards, in that order, skipping towns
+without such a route; v3 appends ``emergency_vehicle``, so the 42 routes of ``bench-base-v2``
+keep their indices, towns, lanes and events), ``bench:dev10`` (a fixed 10-route subset of it, 2
+per ability: :data:`DEV10_EVENTS`; v3 takes the first ``emergency_vehicle`` route instead of
+v2's second ``crossing`` one) and ``synthetic:N`` (N routes with events drawn from the seed).
 Everything is a pure function of the suite name: the same name gives the same routes.
 
 =================== ================ ====== =========================================
@@ -49,7 +60,8 @@ Emergency_Brake     lead_brake,      12     1000-1005; first 6 with a route from
 Traffic_Signs       red_light,       12     1009-1014; first 6 with a route after those
                     stop_sign
 Overtaking          parked           6      1018-1023
-Give_Way            crossing         6      1027-1032
+Give_Way            crossing,        12     1027-1032; first 6 with a route after the
+                    emergency_vehicle               stop_sign towns
 Merging             turn_traffic     6      1036-1041
 =================== ================ ====== =========================================
 """
@@ -61,14 +73,15 @@ import functools
 
 import numpy as np
 
+from rap.sim.idm import route_path
 from rap.sources.synthetic.roads import Town, TownConfig, build_town
 
 __all__ = [
-    "ABILITIES", "BASE_VERSION", "DEV10_EVENTS", "EVENTS_BASE_ORDER", "EVENT_ABILITY", "START_SPEED", "Event", "RouteSpec",
-    "build_route", "load_routes", "route_town",
+    "ABILITIES", "BASE_VERSION", "DEV10_EVENTS", "EV_BEHIND_M", "EV_LATERAL_ACCEL", "EV_LANE_M", "EV_SPEED_FACTOR", "EV_TRIGGER_M", "EVENTS_BASE_ORDER", "EVENT_ABILITY", "START_SPEED", "Event", "RouteSpec",
+    "build_route", "ev_lanes", "load_routes", "route_town",
 ]  # fmt: skip
 
-BASE_VERSION = "bench-base-v2"
+BASE_VERSION = "bench-base-v3"
 ABILITIES = ("Merging", "Overtaking", "Emergency_Brake", "Give_Way", "Traffic_Signs")
 EVENT_ABILITY = {
     "turn_traffic": "Merging",
@@ -76,6 +89,7 @@ EVENT_ABILITY = {
     "lead_brake": "Emergency_Brake",
     "ped_crossing": "Emergency_Brake",
     "crossing": "Give_Way",
+    "emergency_vehicle": "Give_Way",
     "red_light": "Traffic_Signs",
     "stop_sign": "Traffic_Signs",
 }
@@ -87,15 +101,20 @@ _START_MARGIN = 6.0  # [m] ... this far before it
 _BASE_TOWN0 = 1000
 _BASE_PER_EVENT = 6
 # bench:base order: 6 routes per event, in this order
-EVENTS_BASE_ORDER = ("lead_brake", "ped_crossing", "red_light", "stop_sign", "parked", "crossing", "turn_traffic")
+EVENTS_BASE_ORDER = ("lead_brake", "ped_crossing", "red_light", "stop_sign", "parked", "crossing", "turn_traffic", "emergency_vehicle")
 # bench-base-v1's draws (town 1000 + draw, route drawn with index = draw) of its five events
 _V1_DRAW0 = {"lead_brake": 0, "red_light": 9, "parked": 18, "crossing": 27, "turn_traffic": 36}
 _NEW_DRAW0 = 45  # new events: draws from here on, in EVENTS_BASE_ORDER, skipping towns without the event
 # bench:dev10: per event, which of its bench:base routes (0-5), in this order
 DEV10_EVENTS = (
     ("lead_brake", 0), ("ped_crossing", 0), ("red_light", 0), ("stop_sign", 0), ("parked", 0), ("parked", 1),
-    ("crossing", 0), ("crossing", 1), ("turn_traffic", 0), ("turn_traffic", 1),
+    ("crossing", 0), ("emergency_vehicle", 0), ("turn_traffic", 0), ("turn_traffic", 1),
 )  # fmt: skip
+EV_SPEED_FACTOR = 1.25  # emergency vehicle: its speed, share of the speed limit of the event lane
+EV_LATERAL_ACCEL = 5.0  # [m/s^2] its curve speed limit (the route is chosen so that it never binds before the event lane's end)
+EV_BEHIND_M = 120.0  # [m] it appears this far behind the ego's box centre (along the route) ...
+EV_TRIGGER_M = 5.0  # [m] ... when that is this far into the event lane
+EV_LANE_M = 60.0  # [m] shortest event lane
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +127,14 @@ class Event:
             pedestrian's crossing, the junction connector's start).
         lane: index (into the town's lanes) of the lane it concerns: the signalized, stop-sign
             or turning connector, the parked car's or pedestrian's lane, the route's connector
-            the crossing vehicle cuts.
+            the crossing vehicle cuts, the road lane where the emergency vehicle passes.
         other_lane: ``crossing``: the conflicting connector; ``turn_traffic``: the lane the
-            route merges into; else -1.
+            route merges into; ``emergency_vehicle``: a same-direction neighbour of ``lane``
+            (the right one where there is one); else -1.
         decel: [m/s^2] ``lead_brake`` deceleration.
         intrusion: [m] ``parked``: how far the parked car reaches into the lane from its right edge.
-        speed: [m/s] ``ped_crossing``: the pedestrian's walking speed.
+        speed: [m/s] ``ped_crossing``: the pedestrian's walking speed; ``emergency_vehicle``: the
+            emergency vehicle's target speed.
     """
 
     kind: str
@@ -231,6 +252,8 @@ def _event(kind: str, town: Town, lanes: list[int], start_arc: float, length: fl
                 if others:
                     return Event(kind, float(arcs[k]), lane, other_lane=int(others[int(rng.integers(len(others)))]))
         return None
+    if kind == "emergency_vehicle":
+        return _ev_event(town, lanes, arcs, length)
     # lead_brake / parked / ped_crossing: a point on a road lane, away from the lane's ends
     for k, lane in enumerate(lanes):
         ln = town.lanes[lane]
@@ -244,6 +267,48 @@ def _event(kind: str, town: Town, lanes: list[int], start_arc: float, length: fl
         if kind == "ped_crossing":
             return Event(kind, arc, lane, speed=round(float(rng.uniform(1.4, 2.0)), 3))
         return Event(kind, arc, lane, decel=float(rng.uniform(2.5, 3.0)))
+    return None
+
+
+def _straightest(town: Town, lane: int) -> int:
+    return int(min(town.lanes[lane].successors, key=lambda i: abs(_turn_angle(town, i))))
+
+
+def ev_lanes(town: Town, route_lanes, lane: int, beyond: float = 100.0) -> list[int]:
+    """The emergency vehicle's lanes: ``route_lanes`` up to the event lane ``lane``, then on
+    along the straightest successors for ``beyond`` m (it does not follow the ego's turns: a
+    vehicle that has to slow for a turn ahead of it would be slowed by no fault of the ego)."""
+    out = [int(i) for i in route_lanes[: list(route_lanes).index(lane) + 1]]
+    total = 0.0
+    while total < beyond and town.lanes[out[-1]].successors and len(out) < 60:
+        out.append(_straightest(town, out[-1]))
+        total += _lane_length(town, out[-1])
+    return out
+
+
+def _ev_event(town: Town, lanes: list[int], arcs: np.ndarray, length: float) -> Event | None:
+    """The first road lane of the route with a same-direction neighbour where an emergency vehicle
+    can come up from behind and pass: at least EV_LANE_M long, the trigger point (EV_TRIGGER_M
+    into it) at least EV_BEHIND_M + 5 m into the route, the lane ending 30 m before the route's
+    end, and the vehicle's way (:func:`ev_lanes`) straight enough that its curve limit
+    (EV_LATERAL_ACCEL) stays above its speed from where it appears to 60 m past the lane's end."""
+    for k, lane in enumerate(lanes):
+        ln = town.lanes[lane]
+        lane_len = _lane_length(town, lane)
+        if ln.is_connector or not (ln.left or ln.right) or k < 1 or lane_len < EV_LANE_M:
+            continue
+        if not EV_BEHIND_M + 5.0 <= arcs[k] + EV_TRIGGER_M <= length - lane_len - 30.0 + EV_TRIGGER_M:
+            continue
+        speed = round(EV_SPEED_FACTOR * ln.speed_limit, 3)
+        chain = ev_lanes(town, lanes, lane)
+        path = route_path([town.lanes[i].points for i in chain], [speed] * len(chain), chain, spacing=0.5, smoothing=2.0, lateral_accel=EV_LATERAL_ACCEL)
+        end = float(path.lane_starts[k]) + lane_len
+        s = np.arange(len(path.vmax)) * path.spacing
+        span = (s >= end - lane_len + EV_TRIGGER_M - EV_BEHIND_M - 5.0) & (s <= end + 60.0)
+        if not span.any() or float(path.vmax[span].min()) < speed - 1e-6:
+            continue
+        other = int(ln.right[0]) if ln.right else int(ln.left[0])
+        return Event("emergency_vehicle", float(arcs[k]) + EV_TRIGGER_M, lane, other_lane=other, speed=speed)
     return None
 
 

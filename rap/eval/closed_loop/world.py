@@ -11,7 +11,12 @@ Per tick (``dt``, 0.1 s by default):
   has stood still for 30 s other than at a red light leaves the world (gridlocks at junctions
   without right-of-way rules would otherwise block the ego for good).
 * Event actors (see :mod:`rap.eval.closed_loop.routes`) are IDM agents too (the braking lead
-  vehicle, the crossing vehicle, the merging traffic), static boxes (parked vehicles) or
+  vehicle, the crossing vehicle, the merging traffic, the emergency vehicle: on the ego's route
+  lanes up to the event lane, then straight on (:func:`~rap.eval.closed_loop.routes.ev_lanes`),
+  at the event's constant ``speed`` (curves at up to 5 m/s^2), ignoring lights, with a
+  short headway; it appears :data:`~rap.eval.closed_loop.routes.EV_BEHIND_M` behind the ego
+  when the ego reaches the event's arc, and no background vehicle's route uses the lanes it
+  drives before passing nor the event lane's neighbours), static boxes (parked vehicles) or
   pedestrians (:class:`~rap.eval.closed_loop.pedestrians.Walkers`: the ``ped_crossing``
   walker, which background vehicles brake for as for any box in their path).
 * The ego starts at the route's ``start_speed`` along the route (``standing_start``: at rest),
@@ -35,7 +40,7 @@ import shapely
 
 from rap import geometry
 from rap.eval.closed_loop.pedestrians import PEDESTRIAN_SIZE, Walkers, crossing_line
-from rap.eval.closed_loop.routes import RouteSpec, route_town
+from rap.eval.closed_loop.routes import EV_BEHIND_M, EV_LATERAL_ACCEL, RouteSpec, ev_lanes, route_town
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA, StateIndex
 from rap.sim.idm import Boxes, IDMAgents, IDMParameters, Routes, route_path
@@ -43,7 +48,7 @@ from rap.sim.tracker import RolloutConfig, simulate
 from rap.sources.synthetic.roads import light_schedule, map_elements
 from rap.trajectory import Trajectory
 
-__all__ = ["FUTURE_STEPS", "ROUTE_AHEAD_M", "World", "WorldConfig"]
+__all__ = ["EV_SIZE", "FUTURE_STEPS", "ROUTE_AHEAD_M", "World", "WorldConfig"]
 
 FUTURE_STEPS = 51  # snapshot steps after now (5 s at 0.1 s), extrapolated at constant velocity
 ROUTE_AHEAD_M = 200.0  # [m] of route in a snapshot's ego_route
@@ -57,6 +62,9 @@ _LEAD_ROOM_DECEL = 1.2  # [m/s^2] ... and able to stop behind it at this deceler
 _PED_ROOM_DECEL = 2.5  # [m/s^2] the pedestrian steps out at the latest when the ego needs this much to stop before its line
 _PED_MARGIN = 3.0  # [m] ... this far before it
 _PED_CLEAR = 4.0  # [m] no parked car within this distance of the pedestrian's crossing line
+EV_SIZE = (5.4, 2.0, 2.3)  # [m] length, width, height of the emergency vehicle (an ambulance)
+# the emergency vehicle's IDM driver: brisk, short headway
+_EV_IDM = {"max_accel": 2.5, "comfort_decel": 3.0, "time_headway": 0.8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +242,12 @@ class World:
         ego_xy = self.ego[[StateIndex.X, StateIndex.Y]]
         placed: list[np.ndarray] = [ego_xy]
         banned = {ev.lane} if ev.kind == "parked" else set()
+        if ev.kind == "emergency_vehicle":  # the emergency vehicle's way up to the ego, and the lane to move into, are free
+            k = self.route_lanes.index(ev.lane)
+            starts = self.path.lane_starts[: k + 1] - self.offset
+            ends = np.append(starts[1:], np.inf)
+            way = [self.route_lanes[j] for j in range(k + 1) if ends[j] >= ev.arc - EV_BEHIND_M - 10.0]
+            banned = set(way) | set(town.lanes[ev.lane].left) | set(town.lanes[ev.lane].right)
         for i, ln in enumerate(town.lanes):
             if ln.is_connector:
                 continue
@@ -285,14 +299,29 @@ class World:
                     v0.append(0.5 * self.limits[feeder])
                     obey.append(True)
                     role.append("merge_traffic")
+        self.ev = -1
+        if ev.kind == "emergency_vehicle":
+            self.ev = len(paths)
+            lanes = ev_lanes(town, self.route_lanes, ev.lane, beyond=150.0)
+            paths.append(route_path([self._lane_xy(i) for i in lanes], [ev.speed] * len(lanes), lanes, spacing=0.5, smoothing=2.0, lateral_accel=EV_LATERAL_ACCEL))
+            s0.append(0.0)
+            v0.append(0.0)
+            obey.append(False)
+            role.append("emergency")
         n = len(paths)
-        dims = np.array([_CAR if r != "background" else (rng.uniform(4.2, 5.0), rng.uniform(1.75, 2.0), rng.uniform(1.4, 1.7)) for r in role]).reshape(n, 3)
+        dims = np.array([(EV_SIZE if r == "emergency" else _CAR) if r != "background" else (rng.uniform(4.2, 5.0), rng.uniform(1.75, 2.0), rng.uniform(1.4, 1.7)) for r in role]).reshape(n, 3)
         active = np.ones(n, bool)
         if self.crossing >= 0:
             active[self.crossing] = False
         params = IDMParameters(
             max_accel=rng.uniform(1.2, 2.2, n) if n else 1.5, time_headway=rng.uniform(1.0, 1.6, n) if n else 1.5,
         )  # fmt: skip
+        if self.ev >= 0:
+            active[self.ev] = False
+            values = {f: np.broadcast_to(np.asarray(getattr(params, f), dtype=np.float64), (n,)).copy() for f in _EV_IDM}
+            for f, x in _EV_IDM.items():
+                values[f][self.ev] = x
+            params = dataclasses.replace(params, **values)
         self.agents = IDMAgents(Routes.stack(paths), np.array(s0), np.array(v0), dims[:, 0], dims[:, 1], params=params, active=active)
         self.agent_height = dims[:, 2]
         self.obeys_lights = np.array(obey, dtype=bool)
@@ -307,6 +336,7 @@ class World:
                     stops.append((a, float(start), self.signal_row[int(lane_idx)]))
         self.agent_stops = stops
         self.lead_phase, self.lead_wait = "drive", 0.0
+        self.ev_started = False
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -456,6 +486,13 @@ class World:
                 if self.lead_wait >= 3.0:
                     self.lead_phase = "done"
             nxt = dataclasses.replace(nxt, s=s, v=v)
+        if self.ev >= 0 and not self.ev_started and self.progress_hint() >= ev.arc:
+            # the emergency vehicle appears EV_BEHIND_M behind the ego's box centre, at its speed
+            self.ev_started = True
+            s, v, active = nxt.s.copy(), nxt.v.copy(), nxt.active.copy()
+            s[self.ev] = max(self.progress_hint() + self.offset - EV_BEHIND_M, 0.5 * EV_SIZE[0])
+            v[self.ev], active[self.ev] = ev.speed, True
+            nxt = dataclasses.replace(nxt, s=s, v=v, active=active)
         if self.crossing >= 0 and not nxt.active[self.crossing] and nxt.s[self.crossing] == self.crossing_start:
             if self.progress_hint() >= ev.arc - 38.0:
                 active, v = nxt.active.copy(), nxt.v.copy()

@@ -92,3 +92,15 @@ def straight_route(kind: str, max_length: float = 220.0) -> RouteSpec:
         if spec.length <= max_length and all(town.lanes[i].movement in ("", "straight") for i in spec.lanes) and stops == ([spec.event.lane] if kind == "stop_sign" else []):
             return spec
     raise AssertionError(f"no straight {kind} route found")
+
+
+@functools.lru_cache(maxsize=1)
+def ev_route() -> RouteSpec:
+    """An ``emergency_vehicle`` route whose junction movements are all straight and without
+    all-way stops (found by ``straight_route("emergency_vehicle", 320.0)``; built directly, as
+    that search takes ~40 s)."""
+    spec = build_route(0, 300, "emergency_vehicle", seed=7, tries=60)
+    town = route_town(300)
+    assert all(town.lanes[i].movement in ("", "straight") for i in spec.lanes)
+    assert not [i for i in spec.lanes if town.lanes[i].is_connector and not town.junctions[town.lanes[i].junction].signalized]
+    return spec

@@ -1,4 +1,4 @@
-"""The events of ``bench-base-v2``: moving starts, the pedestrian stepping out, stop signs; their
+"""The events of ``bench-base-v2`` (``v3``'s emergency vehicle: test_emergency_vehicle.py): moving starts, the pedestrian stepping out, stop signs; their
 infractions on hand-built situations (penalty factors, the leaderboard's messages)."""
 
 from __future__ import annotations
@@ -42,17 +42,18 @@ def _penalised(record: dict) -> dict:
 # --- the suite ---------------------------------------------------------------------------------
 
 
-def test_bench_base_v2_has_6_routes_per_event_and_dev10_two_per_ability():
-    assert BASE_VERSION == "bench-base-v2"
+def test_bench_base_v3_has_6_routes_per_event_and_dev10_two_per_ability():
+    assert BASE_VERSION == "bench-base-v3"
     routes = load_routes("bench:base")
-    assert len(routes) == 6 * len(EVENTS_BASE_ORDER) == 42
+    assert len(routes) == 6 * len(EVENTS_BASE_ORDER) == 48
     assert [r.event.kind for r in routes] == [k for k in EVENTS_BASE_ORDER for _ in range(6)]
     assert set(EVENTS_BASE_ORDER) == set(EVENT_ABILITY)
     assert all(r.start_speed > 0 for r in routes)
     dev = load_routes("bench:dev10")
     abilities = [a for r in dev for a in r.abilities]
     assert sorted(set(abilities)) == sorted(set(EVENT_ABILITY.values())) and all(abilities.count(a) == 2 for a in set(abilities))
-    assert {"ped_crossing", "stop_sign"} <= {r.event.kind for r in dev}
+    assert {"ped_crossing", "stop_sign", "emergency_vehicle"} <= {r.event.kind for r in dev}
+    assert all(150.0 <= r.length <= 400.0 for r in routes)
 
 
 # --- moving starts -----------------------------------------------------------------------------
