@@ -8,9 +8,9 @@ rig and size. Reports samples/s, views/s, the ratio of end-to-end views/s to the
 where the time goes (load, plan, render, encode + write, measured in-process with 1 worker) and
 the peak memory per worker.
 
-``--paired`` generates with ``paired.enabled=true``: every ego moment also as a paired sample whose
-three photo views (the camera-like stand-in) count as views beside the raster ones, against the
-raster raw render rate (no stage breakdown).
+``--paired`` generates with ``paired.enabled=true`` (the default config otherwise: every ego
+moment also gets a paired twin): a paired sample's three photo views (the camera-like stand-in)
+count as views beside its raster ones, against the raster raw render rate (no stage breakdown).
 
 ``--cpu-only`` instead times the CPU stages alone (one view set rendered per scene and reused,
 untimed), in process with one worker: samples/s of load + plan + scoring context + encode, the ceiling that a renderer ~10x
