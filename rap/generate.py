@@ -48,6 +48,7 @@ import numpy as np
 from pydantic import NonNegativeInt, PositiveInt
 
 import rap
+from rap.cluster import ray_session
 from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, ImageSide, NonNegativeFloat, PositiveFloat, SamplingSection, config_to_dict
 from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manifest
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
@@ -583,14 +584,7 @@ def _generate_locked(
 
 
 def _run_ray(units: list[WorkUnit], config: GenerateConfig, out_dir: Path, workers: int, address: Optional[str], finished: Callable[[dict], None]) -> None:
-    try:
-        import ray
-    except ImportError as exc:
-        raise GenerateError("the ray executor needs Ray: pip install 'rap[ray]' (or pip install ray)") from exc
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, num_cpus=None if address else max(1, workers))
-    try:
+    with ray_session(workers, address, GenerateError) as ray:
         task = ray.remote(num_cpus=1)(run_unit)
         pending = [task.remote(unit, config, str(out_dir)) for unit in units]
         while pending:
@@ -604,9 +598,6 @@ def _run_ray(units: list[WorkUnit], config: GenerateConfig, out_dir: Path, worke
                         raise cause from None
                     raise
                 finished(record)
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def build_manifest(config: GenerateConfig, records: Iterable[dict]) -> Manifest:

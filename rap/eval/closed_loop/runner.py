@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rap import geometry
+from rap.cluster import ray_session
 from rap.eval.agent import (
     Agent,
     AgentCaller,
@@ -305,14 +305,7 @@ def _run_ray(
 ) -> Iterator[dict]:
     """The routes' results as ``workers`` Ray actors finish them (each route's files written
     by its actor, as the process pool's workers do)."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("the ray executor needs Ray: pip install 'rap[ray]' (or pip install ray)") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, num_cpus=None if os.environ.get("RAY_ADDRESS") else max(1, workers))
-    try:
+    with ray_session(workers) as ray:
         actor = ray.remote(num_cpus=1)(_RouteActor)
         actors = [actor.remote(agent_spec, config.model_dump_json(), agent_loader) for _ in range(min(max(workers, 1), len(todo)))]
         queue = list(todo)
@@ -327,9 +320,6 @@ def _run_ray(
             if queue:
                 running[a.run.remote(queue.pop(0), str(out_dir), key)] = a
             yield ray.get(ref)
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def evaluate_closed_loop(
