@@ -28,7 +28,7 @@ class ClosedLoopSection(FrozenModel):
         parked_fraction: share of parking-strip spots with a parked car.
         standing_start: start every route at rest (as ``bench-base-v1`` did) instead of at the
             route's ``start_speed``.
-        deviation_m, blocked_s, timeout_seconds_per_m, timeout_initial_s, checkpoints: see
+        deviation_m, blocked_s, timeout_seconds_per_m, timeout_initial_s, checkpoints, scenario_timeout_s: see
             :class:`rap.eval.closed_loop.infractions.MonitorConfig`.
         report_media: write the HTML report's media per route (recorded states, BEV animation,
             camera thumbnails; :mod:`rap.eval.closed_loop.media`); ``index.html`` is written
@@ -57,6 +57,7 @@ class ClosedLoopSection(FrozenModel):
     timeout_seconds_per_m: float = Field(default=0.4, gt=0)
     timeout_initial_s: float = Field(default=60.0, ge=0)
     checkpoints: int = Field(default=4, ge=1, le=100)
+    scenario_timeout_s: float = Field(default=180.0, gt=0)
     report_media: bool = True
     report_strip_s: float = Field(default=3.0, gt=0)
     traffic: Literal["log", "idm"] = "log"
@@ -85,7 +86,7 @@ class ClosedLoopSection(FrozenModel):
         """The infraction thresholds."""
         return MonitorConfig(
             deviation_m=self.deviation_m, blocked_s=self.blocked_s, seconds_per_m=self.timeout_seconds_per_m,
-            initial_s=self.timeout_initial_s, checkpoints=self.checkpoints,
+            initial_s=self.timeout_initial_s, checkpoints=self.checkpoints, scenario_timeout_s=self.scenario_timeout_s,
         )  # fmt: skip
 
 

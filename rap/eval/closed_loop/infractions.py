@@ -57,6 +57,12 @@ STOP_AREA_M = 6.0  # [m] a stop sign's area starts this far before its stop line
 STOP_AREA_PAST_M = 1.5  # [m] ... and ends this far past it
 STOP_SPEED = 0.1  # [m/s] "stopped" at a stop sign (CARLA's RunningStopTest.SPEED_THRESHOLD)
 EV_SUCCESS_PCT = 95.0  # [%] YieldToEmergencyVehicleTest.success_value
+# ScenarioTimeoutTest: the events whose obstacle blocks the ego's lane (CARLA arms the test in its
+# blocking-obstacle scenarios), the route arcs before / after the event's ``arc`` [m] where its
+# clock starts (the scenario triggers) and stops (the ego is past the obstacle).
+SCENARIO_TIMEOUT_EVENTS = ("parked",)
+SCENARIO_TRIGGER_M = 30.0
+SCENARIO_PASSED_M = 10.0
 
 
 def emergency_vehicle_share(speeds, target_speed: float) -> float:
@@ -107,6 +113,8 @@ class MonitorConfig:
         blocked_s: [s] slower than 0.1 m/s this long ends it (``vehicle_blocked``).
         seconds_per_m, initial_s: route timeout = ``initial_s + seconds_per_m x length``.
         checkpoints: min-speed checkpoints per route.
+        scenario_timeout_s: [s] from a blocking event's trigger until the ego is past it, or
+            ``scenario_timeouts`` (CARLA's scenarios default to 180 s).
     """
 
     deviation_m: float = 30.0
@@ -114,6 +122,7 @@ class MonitorConfig:
     seconds_per_m: float = 0.4
     initial_s: float = 60.0
     checkpoints: int = 4
+    scenario_timeout_s: float = 180.0
 
 
 def box_polygons(x, y, heading, length, width) -> np.ndarray:
@@ -168,6 +177,9 @@ class Monitor:
         self.stop_signs = [[arc, sid, pos, False] for arc, sid, pos in route_stop_signs(world)]
         self.infractions: list[Infraction] = []
         self.ev_test = EmergencyVehicleTest(world.spec.event.speed) if getattr(world, "ev", -1) >= 0 else None
+        event = getattr(world.spec, "event", None)  # log routes have none
+        # a blocking event's clock: [arc, started at (None: not triggered), open]
+        self.scenario_clock = [event.arc, None, True] if event is not None and event.kind in SCENARIO_TIMEOUT_EVENTS else None
         self.progress = 0.0
         self.contacts: set[int] = set()
         self.on_edge = False
@@ -238,6 +250,7 @@ class Monitor:
             if prev_progress < arc <= self.progress and states[row] == LightState.STOP:
                 self._add("red_light", f"Agent ran a red light {lane_id} at {_where(*c)}", c[0], c[1])
         self._check_stop_signs(v)
+        self._check_scenario_timeout(c)
         self._check_emergency_vehicle()
         # outside route lanes
         step_m = float(np.hypot(*(c - self.last_xy)))
@@ -265,6 +278,24 @@ class Monitor:
             self._end("vehicle_blocked", f"Agent got blocked at {_where(*c)}", c)
         elif w.time_s >= self.timeout_s:
             self._end("route_timeout", "Route timeout.", c)
+
+    def _check_scenario_timeout(self, c: np.ndarray) -> None:
+        """ScenarioTimeoutTest: the blocking event's clock runs from the ego's progress reaching
+        :data:`SCENARIO_TRIGGER_M` before the event until :data:`SCENARIO_PASSED_M` past it; past
+        ``scenario_timeout_s`` it is one ``scenario_timeouts`` ("Agent timed out a scenario")."""
+        clock = self.scenario_clock
+        if clock is None or not clock[2]:
+            return
+        arc, started, _ = clock
+        if started is None:
+            if self.progress >= arc - SCENARIO_TRIGGER_M:
+                clock[1] = self.world.time_s
+            return
+        if self.progress >= arc + SCENARIO_PASSED_M:
+            clock[2] = False
+        elif self.world.time_s - started > self.config.scenario_timeout_s + 1e-9:  # (ticks: float sums)
+            clock[2] = False
+            self._add("scenario_timeouts", "Agent timed out a scenario", c[0], c[1])
 
     def _check_stop_signs(self, v: float) -> None:
         """Stop signs: stopped in the area, or left it past the line without (see the module docs)."""
