@@ -241,18 +241,21 @@ def static_table(colors: np.ndarray, look: PhotoLook) -> np.ndarray:
     return table
 
 
-PHOTO_FS_STATIC = """
-#version 330
-flat in uint v_class; flat in uint v_instance; flat in vec4 v_color; in vec3 v_surf;
-uniform vec4 u_depth; uniform bool u_ortho; uniform sampler2D u_noise; uniform vec3 u_haze_color;
-{outputs}
-// Share of a surface's colour through the haze at t = distance / haze length: exp(-t) to within
+# The haze of both fragment shaders (a format string, as they are: braces doubled).
+_TRANSMITTANCE = """// Share of a surface's colour through the haze at t = distance / haze length: exp(-t) to within
 // 0.0012 for t <= 3 by a polynomial (llvmpipe's exp, or a division, costs several times more).
 float transmittance(float t) {{
     t = min(t, 3.0);
     return 1.0 + t * (-0.98665439 + t * (0.45147472 + t * (-0.10905442 + t * 0.01101351)));
 }}
-void main() {{
+"""
+
+PHOTO_FS_STATIC = """
+#version 330
+flat in uint v_class; flat in uint v_instance; flat in vec4 v_color; in vec3 v_surf;
+uniform vec4 u_depth; uniform bool u_ortho; uniform sampler2D u_noise; uniform vec3 u_haze_color;
+{outputs}
+""" + _TRANSMITTANCE + """void main() {{
     float ndc_z = gl_FragCoord.z * 2.0 - 1.0;
     float z = u_ortho ? u_depth.z * ndc_z + u_depth.w : u_depth.x / (u_depth.y - ndc_z);
     vec3 color = v_color.rgb * (1.0 + v_color.a * texture(u_noise, v_surf.xy).r);
@@ -309,13 +312,7 @@ flat in uint v_class; flat in uint v_instance;
 in vec3 v_body; in vec3 v_glass; in float v_lz; flat in vec2 v_band; in float v_haze;
 uniform vec4 u_depth; uniform bool u_ortho; uniform vec3 u_haze_color;
 {outputs}
-// Share of a surface's colour through the haze at t = distance / haze length: exp(-t) to within
-// 0.0012 for t <= 3 by a polynomial (llvmpipe's exp, or a division, costs several times more).
-float transmittance(float t) {{
-    t = min(t, 3.0);
-    return 1.0 + t * (-0.98665439 + t * (0.45147472 + t * (-0.10905442 + t * 0.01101351)));
-}}
-void main() {{
+""" + _TRANSMITTANCE + """void main() {{
     float ndc_z = gl_FragCoord.z * 2.0 - 1.0;
     float z = u_ortho ? u_depth.z * ndc_z + u_depth.w : u_depth.x / (u_depth.y - ndc_z);
     vec3 color = (v_band.x > 0.5 && v_lz > 0.12 && v_lz < 0.42) ? v_glass : v_body;
