@@ -7,9 +7,15 @@ Per tick (``dt``, 0.1 s by default):
   a ``red_light`` event holds the ego's light at STOP until the ego has waited at it.
 * Background vehicles are :class:`rap.sim.idm.IDMAgents` (the IDM shared with the synthetic
   world) on random lane routes: they follow each other, brake for the ego and for parked cars
-  in their path, and stop at red lights (at yellow when they need at most 3 m/s^2). One that
-  has stood still for 30 s other than at a red light leaves the world (gridlocks at junctions
-  without right-of-way rules would otherwise block the ego for good).
+  in their path, and stop at red lights (at yellow when they need at most 3 m/s^2). At
+  all-way stops they stop at the line, stand 1 s and go first come, first served (the ego,
+  standing in its stop area, takes its turn too); at junction connectors without a light or a
+  sign they yield to vehicles inside crossing connectors
+  (:mod:`~rap.eval.closed_loop.junction_rules`; the emergency vehicle, which ignores signs,
+  claims its way through junctions from before it appears, when the ego comes within 60 m of
+  its appearance point, as if heard). One that has stood still for 30 s other than
+  at a red light or a stop line leaves the world (gridlocks would otherwise block the ego for
+  good).
 * Event actors (see :mod:`rap.eval.closed_loop.routes`) are IDM agents too (the braking lead
   vehicle, the crossing vehicle, the merging traffic, the emergency vehicle: on the ego's route
   lanes up to the event lane, then straight on (:func:`~rap.eval.closed_loop.routes.ev_lanes`),
@@ -39,6 +45,7 @@ import numpy as np
 import shapely
 
 from rap import geometry
+from rap.eval.closed_loop.junction_rules import EGO_CLAIM_S, STOPPED, JunctionRules
 from rap.eval.closed_loop.pedestrians import PEDESTRIAN_SIZE, Walkers, crossing_line
 from rap.eval.closed_loop.routes import EV_BEHIND_M, EV_LATERAL_ACCEL, RouteSpec, ev_lanes, route_town
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
@@ -63,6 +70,7 @@ _PED_ROOM_DECEL = 2.5  # [m/s^2] the pedestrian steps out at the latest when the
 _PED_MARGIN = 3.0  # [m] ... this far before it
 _PED_CLEAR = 4.0  # [m] no parked car within this distance of the pedestrian's crossing line
 EV_SIZE = (5.4, 2.0, 2.3)  # [m] length, width, height of the emergency vehicle (an ambulance)
+_EV_HEARD_M = 60.0  # [m] the ego this far before the emergency vehicle's appearance: background traffic hears it
 # the emergency vehicle's IDM driver: brisk, short headway
 _EV_IDM = {"max_accel": 2.5, "comfort_decel": 3.0, "time_headway": 0.8}
 
@@ -335,8 +343,81 @@ class World:
                 if np.isfinite(start) and int(lane_idx) in self.signal_row:
                     stops.append((a, float(start), self.signal_row[int(lane_idx)]))
         self.agent_stops = stops
+        self._rules_init()
         self.lead_phase, self.lead_wait = "drive", 0.0
         self.ev_started = False
+
+    def _rules_init(self) -> None:
+        """Stop signs and unprotected connectors for the IDM agents (:mod:`~rap.eval.closed_loop.junction_rules`),
+        and the ego's stop lines (route arc, junction) for its turn at all-way stops."""
+        index = {int(x): i for i, x in enumerate(self.lane_ids)}
+        self.stop_lanes = {index[int(c)] for lanes in self.map.stop_signs.lane_ids for c in lanes if int(c) in index}
+        r = self.agents.routes
+        self.rules = JunctionRules(self.town, r.lane_ids, r.lane_starts, r.length, self.obeys_lights, self.stop_lanes, self.signal_lanes)
+        self.ego_stop_lines = [(self.lane_arc(k), self.town.lanes[i].junction) for k, i in enumerate(self.route_lanes) if i in self.stop_lanes]
+        self.ego_claims: dict[float, float] = {}  # stop line's route arc -> when the ego stood at it
+        self.ego_claims_done: set[float] = set()
+
+    def set_agents(self, agents: IDMAgents, obey: np.ndarray, heights: np.ndarray | None = None) -> None:
+        """Replaces the IDM agents by ``agents`` (all background vehicles; ``obey``: (A,) bool,
+        following lights and junction rules): for hand-built situations."""
+        n = len(agents)
+        self.agents = agents
+        self.agent_height = np.full(n, _CAR[2]) if heights is None else np.asarray(heights, dtype=np.float64)
+        self.obeys_lights = np.asarray(obey, dtype=bool)
+        self.roles = ["background"] * n
+        self.is_background = np.ones(n, bool)
+        self.stalled = np.zeros(n)
+        self.agent_stops = [
+            (a, float(start), self.signal_row[int(li)])
+            for a in range(n) for li, start in zip(agents.routes.lane_ids[a], agents.routes.lane_starts[a])
+            if np.isfinite(start) and int(li) in self.signal_row
+        ]  # fmt: skip
+        self.lead = self.crossing = self.ev = -1
+        self._rules_init()
+        first = self._frame()
+        self.history = [self._shifted(first, -j * self.dt) for j in range(self.past_steps, 0, -1)] + [first]
+
+    def _ego_waiting(self) -> dict[int, float]:
+        """Junction -> when the ego stood (< :data:`~rap.eval.closed_loop.junction_rules.STOPPED` m/s)
+        with its front bumper within 6 m before a stop line of its route it has not crossed yet
+        (for at most :data:`~rap.eval.closed_loop.junction_rules.EGO_CLAIM_S` s)."""
+        if not self.ego_stop_lines:
+            return {}
+        front = self.progress_hint() + 0.5 * PACIFICA.length
+        v = abs(self.ego_box()[2])
+        out = {}
+        for arc, j in self.ego_stop_lines:
+            if arc in self.ego_claims_done:
+                continue
+            if arc in self.ego_claims:
+                if front > arc or self.time_s - self.ego_claims[arc] > EGO_CLAIM_S:
+                    del self.ego_claims[arc]
+                    self.ego_claims_done.add(arc)
+                    continue
+            elif arc - 6.0 <= front <= arc and v < STOPPED:
+                self.ego_claims[arc] = self.time_s
+            if arc in self.ego_claims:
+                out[j] = min(out.get(j, np.inf), self.ego_claims[arc])
+        return out
+
+    def _rule_gaps(self) -> np.ndarray:
+        a = self.agents
+        if not self.rules.any_rules:
+            return np.full(len(a), np.inf)
+        c, h, _ = self.ego_box()
+        u = np.array([np.cos(h), np.sin(h)])
+        n = np.array([-u[1], u[0]])
+        hl, hw = 0.5 * PACIFICA.length, 0.5 * PACIFICA.width
+        ego_poly = shapely.Polygon([c + hl * u + hw * n, c - hl * u + hw * n, c - hl * u - hw * n, c + hl * u - hw * n])
+        s, v, active = a.s, a.v, a.active
+        if self.ev >= 0 and not self.ev_started and self.progress_hint() >= self.spec.event.arc - _EV_HEARD_M:
+            # the emergency vehicle is heard before it appears: from _EV_HEARD_M before its
+            # appearance, it claims its way from where it would appear (right of way only)
+            s, v, active = s.copy(), v.copy(), active.copy()
+            s[self.ev] = max(self.progress_hint() + self.offset - EV_BEHIND_M, 0.5 * EV_SIZE[0])
+            v[self.ev], active[self.ev] = self.spec.event.speed, True
+        return self.rules.stop_gaps(self.time_s, s, v, a.length, active, ego_poly, self._ego_waiting())
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -437,7 +518,7 @@ class World:
             parts.append(Boxes.from_poses(wp[:, 0], wp[:, 1], self.walkers.headings(), np.full(n_w, PEDESTRIAN_SIZE[0]), np.full(n_w, PEDESTRIAN_SIZE[1]), wv[:, 0], wv[:, 1]))
         obstacles = Boxes.concatenate(parts)
         prev = self.agents
-        stop_gap = self._stop_gaps(states)
+        stop_gap = np.minimum(self._stop_gaps(states), self._rule_gaps())
         nxt = prev.step(dt, obstacles, stop_gap=stop_gap) if len(prev) else prev
         nxt = self._events(prev, nxt)
         self._walkers_update()
