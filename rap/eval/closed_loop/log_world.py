@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 
 from rap import geometry
-from rap.eval.closed_loop.world import FUTURE_STEPS, ROUTE_AHEAD_M, WorldConfig
+from rap.eval.closed_loop.world import ROUTE_AHEAD_M, WorldConfig, light_track, track_arrays
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA, StateIndex
 from rap.sim.idm import (
@@ -774,23 +774,10 @@ class LogWorld:
         extrapolated at constant velocity (no logged future: the same information as the
         synthetic world's); the scenario's map; the lights as logged (their future too, held
         after the log); the ego is row 0, its route ahead ``ego_route``."""
-        past = self.history
-        p = len(past)
-        n = len(past[-1]["x"])
-        steps = p + FUTURE_STEPS
-        arr = {k: np.zeros((n, steps)) for k in ("x", "y", "heading", "vx", "vy")}
-        valid = np.zeros((n, steps), bool)
-        for j, fr in enumerate(past):
-            for k in arr:
-                arr[k][:, j] = fr[k]
-            valid[:, j] = fr["valid"]
-        now = past[-1]
-        t = np.arange(1, FUTURE_STEPS + 1) * self.dt
-        for k in ("heading", "vx", "vy"):
-            arr[k][:, p:] = now[k][:, None]
-        arr["x"][:, p:] = now["x"][:, None] + now["vx"][:, None] * t
-        arr["y"][:, p:] = now["y"][:, None] + now["vy"][:, None] * t
-        valid[:, p:] = now["valid"][:, None]
+        arr, valid, t = track_arrays(self.history, self.dt)
+        n, steps = valid.shape
+        p = len(self.history)
+        now = self.history[-1]
         o = self.others()
         length = np.concatenate([[PACIFICA.length], o["length"]]).astype(np.float32)
         width = np.concatenate([[PACIFICA.width], o["width"]]).astype(np.float32)
@@ -805,9 +792,8 @@ class LogWorld:
             height=np.repeat(height[:, None], steps, 1), valid=valid,
             rear_axle_offset=np.concatenate([[PACIFICA.rear_axle_to_center], self.rear_offset]).astype(np.float32),
         )  # fmt: skip
+        states = light_track(self, t)
         k = len(self.signal_lanes)
-        future = np.stack([self.light_states(self.time_s + dt) for dt in t], axis=1) if k else np.zeros((0, FUTURE_STEPS), np.int8)
-        states = np.concatenate([np.stack(self.light_history, axis=1).reshape(k, p), future], axis=1).astype(np.int8)
         lights = TrafficLights(lane_ids=self.lane_ids[self.signal_lanes], stop_points=self._stop_points.copy(), states=states, valid=np.ones((k, steps), bool))
         return Scene(
             scene_id=f"closed-loop-{self.spec.route_id}", source=self.spec.town_name,

@@ -628,23 +628,9 @@ class World:
         the next :data:`FUTURE_STEPS` steps extrapolated at constant velocity; lights as
         scheduled; the ego is row 0, its route ahead (:meth:`route_ahead` of ``progress``, by
         default the ego's projection on the route) ``ego_route``."""
-        past = self.history
-        p = len(past)
-        n = len(past[-1]["x"])
-        steps = p + FUTURE_STEPS
-        arr = {k: np.zeros((n, steps)) for k in ("x", "y", "heading", "vx", "vy")}
-        valid = np.zeros((n, steps), bool)
-        for j, fr in enumerate(past):
-            for k in arr:
-                arr[k][:, j] = fr[k]
-            valid[:, j] = fr["valid"]
-        now = past[-1]
-        t = np.arange(1, FUTURE_STEPS + 1) * self.dt
-        for k in ("heading", "vx", "vy"):
-            arr[k][:, p:] = now[k][:, None]
-        arr["x"][:, p:] = now["x"][:, None] + now["vx"][:, None] * t
-        arr["y"][:, p:] = now["y"][:, None] + now["vy"][:, None] * t
-        valid[:, p:] = now["valid"][:, None]
+        arr, valid, t = track_arrays(self.history, self.dt)
+        n, steps = valid.shape
+        p = len(self.history)
         o = self.others()
         length = np.concatenate([[PACIFICA.length], o["length"]]).astype(np.float32)
         width = np.concatenate([[PACIFICA.width], o["width"]]).astype(np.float32)
@@ -656,9 +642,8 @@ class World:
             height=np.repeat(height[:, None], steps, 1), valid=valid,
             rear_axle_offset=np.concatenate([[PACIFICA.rear_axle_to_center], np.where(o["types"] == AgentType.VEHICLE, 0.282 * o["length"], 0.0)]).astype(np.float32),
         )  # fmt: skip
+        states = light_track(self, t)
         k = len(self.signal_lanes)
-        future = np.stack([self.light_states(self.time_s + dt) for dt in t], axis=1) if k else np.zeros((0, FUTURE_STEPS), np.int8)
-        states = np.concatenate([np.stack(self.light_history, axis=1).reshape(k, p), future], axis=1).astype(np.int8)
         stop_points = np.array([self.town.lanes[c].points[0] for c in self.signal_lanes]).reshape(-1, 2)
         lights = TrafficLights(
             lane_ids=self.lane_ids[self.signal_lanes], stop_points=np.concatenate([stop_points, np.zeros((k, 1))], axis=1),
@@ -669,6 +654,38 @@ class World:
             timestamps=(np.arange(steps) + self.tick - (p - 1)) * self.dt, current_index=p - 1, tracks=tracks, ego_index=0,
             map=self.map, traffic_lights=lights, ego_route=self.route_ahead(self.progress_hint() if progress is None else progress),
         )  # fmt: skip
+
+
+def track_arrays(past: list[dict[str, np.ndarray]], dt: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """A snapshot's track arrays from recorded frames ``past`` (``x, y, heading, vx, vy, valid``
+    per track, the last one now): ``x, y, heading, vx, vy`` (N, P + :data:`FUTURE_STEPS`) with the
+    future extrapolated at constant velocity, validity (N, P + FUTURE_STEPS) and the future's
+    times (FUTURE_STEPS,) [s] after now (a world's :meth:`World.snapshot` and the log world's)."""
+    p = len(past)
+    n = len(past[-1]["x"])
+    steps = p + FUTURE_STEPS
+    arr = {k: np.zeros((n, steps)) for k in ("x", "y", "heading", "vx", "vy")}
+    valid = np.zeros((n, steps), bool)
+    for j, fr in enumerate(past):
+        for k in arr:
+            arr[k][:, j] = fr[k]
+        valid[:, j] = fr["valid"]
+    now = past[-1]
+    t = np.arange(1, FUTURE_STEPS + 1) * dt
+    for k in ("heading", "vx", "vy"):
+        arr[k][:, p:] = now[k][:, None]
+    arr["x"][:, p:] = now["x"][:, None] + now["vx"][:, None] * t
+    arr["y"][:, p:] = now["y"][:, None] + now["vy"][:, None] * t
+    valid[:, p:] = now["valid"][:, None]
+    return arr, valid, t
+
+
+def light_track(world, t: np.ndarray) -> np.ndarray:
+    """(K, P + len(t)) int8 light states of a world's signalized lanes: as recorded
+    (``light_history``), then ``light_states`` at the times ``t`` [s] after now."""
+    k, p = len(world.signal_lanes), len(world.light_history)
+    future = np.stack([world.light_states(world.time_s + dt) for dt in t], axis=1) if k else np.zeros((0, len(t)), np.int8)
+    return np.concatenate([np.stack(world.light_history, axis=1).reshape(k, p), future], axis=1).astype(np.int8)
 
 
 def _turn(town, i: int) -> float:
