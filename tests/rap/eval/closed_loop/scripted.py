@@ -9,6 +9,7 @@ import numpy as np
 from rap.eval.agent import Observation, SensorConfig
 from rap.eval.closed_loop.config import ClosedLoopConfig, ClosedLoopSection
 from rap.eval.closed_loop.routes import RouteSpec, build_route, route_town
+from rap.eval.closed_loop.runner import _Session, run_route
 from rap.trajectory import Trajectory
 
 
@@ -104,3 +105,17 @@ def ev_route() -> RouteSpec:
     assert all(town.lanes[i].movement in ("", "straight") for i in spec.lanes)
     assert not [i for i in spec.lanes if town.lanes[i].is_connector and not town.junctions[town.lanes[i].junction].signalized]
     return spec
+
+
+def drive(agent, spec, config: ClosedLoopConfig) -> dict:
+    """One route driven by ``agent`` (the runner's per-route result)."""
+    session = _Session(agent, config)
+    try:
+        return run_route(session, spec, config)
+    finally:
+        session.close()
+
+
+def penalised(record: dict) -> dict:
+    """A route record's infractions other than the min-speed report."""
+    return {k: v for k, v in record["infractions"].items() if v and k != "min_speed_infractions"}

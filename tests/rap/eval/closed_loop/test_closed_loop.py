@@ -13,11 +13,9 @@ from rap.cli import app
 from rap.eval.closed_loop.config import ClosedLoopConfig
 from rap.eval.closed_loop.routes import ABILITIES, MAX_LENGTH, MIN_LENGTH, load_routes
 from rap.eval.closed_loop.runner import (
-    _Session,
     evaluate_closed_loop,
     load_agent_spec,
     route_file,
-    run_route,
 )
 from rap.eval.driving_score import results_document
 from tests.rap.eval.closed_loop.scripted import (
@@ -27,19 +25,8 @@ from tests.rap.eval.closed_loop.scripted import (
     quiet_config,
     straight_route,
 )
-
-
-def _drive(agent, spec, config: ClosedLoopConfig) -> dict:
-    session = _Session(agent, config)
-    try:
-        return run_route(session, spec, config)
-    finally:
-        session.close()
-
-
-def _penalised(record: dict) -> dict:
-    """Infractions other than the min-speed report."""
-    return {k: v for k, v in record["infractions"].items() if v and k != "min_speed_infractions"}
+from tests.rap.eval.closed_loop.scripted import drive as _drive
+from tests.rap.eval.closed_loop.scripted import penalised as _penalised
 
 
 def _without_wall_clock(doc: dict) -> dict:

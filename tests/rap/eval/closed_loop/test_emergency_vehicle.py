@@ -10,25 +10,27 @@ import numpy as np
 import pytest
 
 from rap.eval.closed_loop.config import ClosedLoopConfig
-from rap.eval.closed_loop.infractions import EV_SUCCESS_PCT, EmergencyVehicleTest, Monitor, emergency_vehicle_share
+from rap.eval.closed_loop.infractions import (
+    EV_SUCCESS_PCT,
+    EmergencyVehicleTest,
+    Monitor,
+    emergency_vehicle_share,
+)
 from rap.eval.closed_loop.pedestrians import PEDESTRIAN_SIZE, Walkers
 from rap.eval.closed_loop.routes import EV_BEHIND_M, EVENT_ABILITY, load_routes
-from rap.eval.closed_loop.runner import _Session, load_agent_spec, run_route
+from rap.eval.closed_loop.runner import load_agent_spec
 from rap.eval.closed_loop.world import EV_SIZE, World
 from rap.eval.driving_score import merge_repeats, route_record
 from rap.scene import AgentType
 from rap.sim.bicycle import PACIFICA, StateIndex
 from rap.sim.idm import IDMAgents, Routes
-from tests.rap.eval.closed_loop.scripted import PursuitAgent, ev_route, quiet_config, straight_route
-
-
-def _drive(agent, spec, config: ClosedLoopConfig) -> dict:
-    session = _Session(agent, config)
-    try:
-        return run_route(session, spec, config)
-    finally:
-        session.close()
-
+from tests.rap.eval.closed_loop.scripted import (
+    PursuitAgent,
+    ev_route,
+    quiet_config,
+    straight_route,
+)
+from tests.rap.eval.closed_loop.scripted import drive as _drive
 
 # --- the criterion -----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from rap.eval.closed_loop.routes import (
     EVENTS_BASE_ORDER,
     load_routes,
 )
-from rap.eval.closed_loop.runner import _Session, load_agent_spec, run_route
+from rap.eval.closed_loop.runner import load_agent_spec
 from rap.eval.closed_loop.world import World, WorldConfig
 from rap.eval.driving_score import merge_repeats, route_record
 from rap.scene import AgentType
@@ -25,19 +25,8 @@ from tests.rap.eval.closed_loop.scripted import (
     quiet_config,
     straight_route,
 )
-
-
-def _drive(agent, spec, config: ClosedLoopConfig) -> dict:
-    session = _Session(agent, config)
-    try:
-        return run_route(session, spec, config)
-    finally:
-        session.close()
-
-
-def _penalised(record: dict) -> dict:
-    return {k: v for k, v in record["infractions"].items() if v and k != "min_speed_infractions"}
-
+from tests.rap.eval.closed_loop.scripted import drive as _drive
+from tests.rap.eval.closed_loop.scripted import penalised as _penalised
 
 # --- the suite ---------------------------------------------------------------------------------
 

@@ -210,7 +210,11 @@ def test_a_bad_path_is_a_clear_error(tmp_path):
 def test_vehicle_seats_add_a_route_per_moving_logged_vehicle(scene):
     """closed_loop.log_seats=vehicles: the ego's route first, then one from the seat of every
     other vehicle that drives >= 20 m of the log along its lanes (the shipped SDC stands still)."""
-    from rap.eval.closed_loop.log_world import MIN_SEAT_PATH_M, MIN_SEAT_ROUTE_M, _box_centres
+    from rap.eval.closed_loop.log_world import (
+        MIN_SEAT_PATH_M,
+        MIN_SEAT_ROUTE_M,
+        _box_centres,
+    )
     from rap.scene import AgentType
 
     ego_only = load_routes(f"womd:{WOMD}")

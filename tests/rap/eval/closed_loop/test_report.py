@@ -14,7 +14,15 @@ import pytest
 from PIL import Image
 
 from rap.eval.agent import SensorConfig
-from rap.eval.closed_loop.media import BAR_H, BEV_H, CAM_H, FRAME_W, ROW_H, load_states, write_video
+from rap.eval.closed_loop.media import (
+    BAR_H,
+    BEV_H,
+    CAM_H,
+    FRAME_W,
+    ROW_H,
+    load_states,
+    write_video,
+)
 from rap.eval.closed_loop.routes import ABILITIES
 from rap.eval.closed_loop.runner import evaluate_closed_loop, route_file
 from tests.rap.eval.closed_loop.scripted import PursuitAgent, StopAgent, quiet_config

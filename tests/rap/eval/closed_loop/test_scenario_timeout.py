@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rap.eval.closed_loop.infractions import SCENARIO_PASSED_M, SCENARIO_TRIGGER_M, Monitor
+from rap.eval.closed_loop.infractions import (
+    SCENARIO_PASSED_M,
+    SCENARIO_TRIGGER_M,
+    Monitor,
+)
 from rap.eval.closed_loop.world import World
 from rap.eval.driving_score import merge_repeats, route_record
 from rap.sim.bicycle import PACIFICA, StateIndex
