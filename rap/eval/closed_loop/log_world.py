@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 
 from rap import geometry
-from rap.eval.closed_loop.world import ROUTE_AHEAD_M, WorldConfig, light_track, track_arrays
+from rap.eval.closed_loop.world import RouteWorld, WorldConfig, light_track, track_arrays
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA, StateIndex
 from rap.sim.idm import (
@@ -97,8 +97,7 @@ from rap.sim.idm import (
     locate_on_lanes,
     route_path,
 )
-from rap.sim.tracker import RolloutConfig, simulate
-from rap.trajectory import Trajectory
+from rap.sim.tracker import RolloutConfig
 
 __all__ = [
     "EXTEND_M", "HOLD_SPEED", "LOG_SEATS", "MIN_LENGTH_M", "MIN_SEAT_PATH_M", "MIN_SEAT_ROUTE_M", "TRAFFIC_MODES", "LogRouteSpec", "LogTown", "LogWorld", "build_log_route",
@@ -393,7 +392,7 @@ class _Sized:
 # --- the world --------------------------------------------------------------------------------
 
 
-class LogWorld:
+class LogWorld(RouteWorld):
     """One real-log-seeded route's world (see the module docs).
 
     Args:
@@ -449,38 +448,6 @@ class LogWorld:
         start = int(np.argmin(np.hypot(self.path.points[:, 0] - c[0], self.path.points[:, 1] - c[1])))
         self.offset = start * self.path.spacing
         self.length = float(self.spec.length)
-
-    def route_pose(self, arc: float) -> tuple[np.ndarray, np.ndarray]:
-        """Position (2,) and unit tangent (2,) at route arc ``arc`` [m]."""
-        pts, tan = self.path.points, self.path.tangents
-        f = np.clip((arc + self.offset) / self.path.spacing, 0, len(pts) - 1.000001)
-        i = int(f)
-        w = f - i
-        p = pts[i] * (1 - w) + pts[i + 1] * w
-        t = tan[i] * (1 - w) + tan[i + 1] * w
-        return p, t / max(np.linalg.norm(t), 1e-9)
-
-    def route_points(self) -> tuple[np.ndarray, np.ndarray]:
-        """(M, 2) route samples and (M,) their route arcs [m]."""
-        return self.path.points, np.arange(len(self.path.points)) * self.path.spacing - self.offset
-
-    def lane_arc(self, k: int) -> float:
-        """Route arc [m] where route lane ``k`` starts."""
-        return float(self.path.lane_starts[k]) - self.offset
-
-    def route_ahead(self, progress: float) -> tuple[int, ...]:
-        """Lane ids of the route from the lane before the one at route arc ``progress`` to the
-        last lane starting within :data:`~rap.eval.closed_loop.world.ROUTE_AHEAD_M` of it."""
-        starts = self.path.lane_starts[: len(self.route_lanes)] - self.offset
-        k = int(np.searchsorted(starts, progress, side="right")) - 1
-        end = int(np.searchsorted(starts, progress + ROUTE_AHEAD_M, side="right"))
-        return tuple(int(self.lane_ids[i]) for i in self.route_lanes[max(k - 1, 0) : max(end, k + 1)])
-
-    def progress_hint(self) -> float:
-        """Route arc [m] of the ego box centre's projection (global search)."""
-        c, _, _ = self.ego_box()
-        pts, arcs = self.route_points()
-        return float(arcs[int(np.argmin(np.hypot(pts[:, 0] - c[0], pts[:, 1] - c[1])))])
 
     # --- lights -------------------------------------------------------------------------------
 
@@ -540,31 +507,6 @@ class LogWorld:
         self.ego[StateIndex.STEERING_ANGLE] = e.steering_angle
         self.start_speed = v
         self.plan_states: np.ndarray | None = None
-        self.plan_index = 0
-
-    @property
-    def time_s(self) -> float:
-        """[s] simulated time (0 at the log's current step)."""
-        return self.tick * self.dt
-
-    def ego_box(self) -> tuple[np.ndarray, float, float]:
-        """Ego box centre (2,) [m], heading [rad] and (longitudinal) velocity [m/s]."""
-        h = float(self.ego[StateIndex.HEADING])
-        c = self.ego[[StateIndex.X, StateIndex.Y]] + PACIFICA.rear_axle_to_center * np.array([np.cos(h), np.sin(h)])
-        return c, h, float(self.ego[StateIndex.VELOCITY_X])
-
-    def ego_world_velocity(self) -> np.ndarray:
-        """(2,) [m/s]"""
-        return geometry.rotate(self.ego[[StateIndex.VELOCITY_X, StateIndex.VELOCITY_Y]], float(self.ego[StateIndex.HEADING]))
-
-    def ego_world_acceleration(self) -> np.ndarray:
-        """(2,) [m/s^2]"""
-        return geometry.rotate(self.ego[[StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y]], float(self.ego[StateIndex.HEADING]))
-
-    def execute(self, plan: Trajectory) -> None:
-        """Executes ``plan`` (ego-frame poses at the rear axle) from now on (the tracker's rollout)."""
-        states = simulate(np.asarray(plan.poses, dtype=np.float64)[None], plan.sampling, self.ego.copy(), self.rollout)
-        self.plan_states = states[0]
         self.plan_index = 0
 
     # --- other agents ---------------------------------------------------------------------------
@@ -706,16 +648,6 @@ class LogWorld:
         return {
             "x": np.concatenate([[ex], o["x"]]), "y": np.concatenate([[ey], o["y"]]), "heading": np.concatenate([[tr.heading[row, k]], o["heading"]]),
             "vx": np.concatenate([[tr.vx[row, k]], o["vx"]]), "vy": np.concatenate([[tr.vy[row, k]], o["vy"]]), "valid": np.concatenate([[True], o["valid"]]),
-        }  # fmt: skip
-
-    def _frame(self) -> dict[str, np.ndarray]:
-        """One row per track (ego first): x, y, heading, vx, vy, valid (box centres)."""
-        o = self.others()
-        c, h, _ = self.ego_box()
-        vw = self.ego_world_velocity()
-        return {
-            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
-            "vx": np.concatenate([[vw[0]], o["vx"]]), "vy": np.concatenate([[vw[1]], o["vy"]]), "valid": np.concatenate([[True], o["valid"]]),
         }  # fmt: skip
 
     # --- stepping -------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from rap.sim.tracker import RolloutConfig, simulate
 from rap.sources.synthetic.roads import light_schedule, map_elements
 from rap.trajectory import Trajectory
 
-__all__ = ["EV_SIZE", "FUTURE_STEPS", "ROUTE_AHEAD_M", "World", "WorldConfig"]
+__all__ = ["EV_SIZE", "FUTURE_STEPS", "ROUTE_AHEAD_M", "RouteWorld", "World", "WorldConfig", "light_track", "track_arrays"]
 
 FUTURE_STEPS = 51  # snapshot steps after now (5 s at 0.1 s), extrapolated at constant velocity
 ROUTE_AHEAD_M = 200.0  # [m] of route in a snapshot's ego_route
@@ -96,7 +96,86 @@ class WorldConfig:
     standing_start: bool = False
 
 
-class World:
+class RouteWorld:
+    """What every closed-loop world shares: the ego (a bicycle state executing the tracker's
+    rollout of the agent's last plan), its route (``path``, ``offset``, ``route_lanes``,
+    ``lane_ids``) and the clock (``tick``, ``dt``). Subclasses set those and provide
+    ``others()``, ``step()`` and ``snapshot()``: :class:`World` (a synthetic town) and
+    :class:`rap.eval.closed_loop.log_world.LogWorld` (a logged scenario)."""
+
+    def route_pose(self, arc: float) -> tuple[np.ndarray, np.ndarray]:
+        """Position (2,) and unit tangent (2,) at route arc ``arc`` [m]."""
+        pts, tan = self.path.points, self.path.tangents
+        f = np.clip((arc + self.offset) / self.path.spacing, 0, len(pts) - 1.000001)
+        i = int(f)
+        w = f - i
+        p = pts[i] * (1 - w) + pts[i + 1] * w
+        t = tan[i] * (1 - w) + tan[i + 1] * w
+        return p, t / max(np.linalg.norm(t), 1e-9)
+
+    def route_points(self) -> np.ndarray:
+        """(M, 2) route samples and (M,) their route arcs [m]."""
+        return self.path.points, np.arange(len(self.path.points)) * self.path.spacing - self.offset
+
+    def lane_arc(self, k: int) -> float:
+        """Route arc [m] where route lane ``k`` starts."""
+        return float(self.path.lane_starts[k]) - self.offset
+
+    def route_ahead(self, progress: float) -> tuple[int, ...]:
+        """Lane ids of the route from the lane before the one at route arc ``progress`` to the
+        last lane starting within :data:`ROUTE_AHEAD_M` of it (a route that comes back through
+        a junction later must not show its later pass as the way on)."""
+        starts = self.path.lane_starts[: len(self.route_lanes)] - self.offset
+        k = int(np.searchsorted(starts, progress, side="right")) - 1
+        end = int(np.searchsorted(starts, progress + ROUTE_AHEAD_M, side="right"))
+        return tuple(int(self.lane_ids[i]) for i in self.route_lanes[max(k - 1, 0) : max(end, k + 1)])
+
+    def progress_hint(self) -> float:
+        """Route arc [m] of the ego box centre's projection (local search, for events)."""
+        c, _, _ = self.ego_box()
+        pts, arcs = self.route_points()
+        return float(arcs[int(np.argmin(np.hypot(pts[:, 0] - c[0], pts[:, 1] - c[1])))])
+
+    @property
+    def time_s(self) -> float:
+        """[s] simulated time."""
+        return self.tick * self.dt
+
+    def ego_box(self) -> tuple[np.ndarray, float, float, float]:
+        """Ego box centre (2,) [m], heading [rad], speed [m/s] and (longitudinal) velocity."""
+        h = float(self.ego[StateIndex.HEADING])
+        c = self.ego[[StateIndex.X, StateIndex.Y]] + PACIFICA.rear_axle_to_center * np.array([np.cos(h), np.sin(h)])
+        return c, h, float(self.ego[StateIndex.VELOCITY_X])
+
+    def ego_world_velocity(self) -> np.ndarray:
+        """(2,) [m/s]"""
+        h = float(self.ego[StateIndex.HEADING])
+        return geometry.rotate(self.ego[[StateIndex.VELOCITY_X, StateIndex.VELOCITY_Y]], h)
+
+    def ego_world_acceleration(self) -> np.ndarray:
+        """(2,) [m/s^2]"""
+        h = float(self.ego[StateIndex.HEADING])
+        return geometry.rotate(self.ego[[StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y]], h)
+
+    def execute(self, plan: Trajectory) -> None:
+        """Executes ``plan`` (ego-frame poses at the rear axle) from now on: the tracker's rollout
+        on the bicycle gives the ego's next states."""
+        states = simulate(np.asarray(plan.poses, dtype=np.float64)[None], plan.sampling, self.ego.copy(), self.rollout)
+        self.plan_states = states[0]
+        self.plan_index = 0
+
+    def _frame(self) -> dict[str, np.ndarray]:
+        """One row per track (ego first): x, y, heading, vx, vy, valid (box centres)."""
+        o = self.others()
+        c, h, _ = self.ego_box()
+        vw = self.ego_world_velocity()
+        return {
+            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
+            "vx": np.concatenate([[vw[0]], o["vx"]]), "vy": np.concatenate([[vw[1]], o["vy"]]), "valid": np.concatenate([[True], o["valid"]]),
+        }  # fmt: skip
+
+
+class World(RouteWorld):
     """One route's world (see the module docs).
 
     Args:
@@ -146,24 +225,6 @@ class World:
         self.path = route_path([self._lane_xy(i) for i in lanes], [self.limits[i] for i in lanes], lanes, spacing=0.5, smoothing=2.0)
         self.offset = float(spec.start_arc)  # path arc of route arc 0
         self.length = float(spec.length)
-
-    def route_pose(self, arc: float) -> tuple[np.ndarray, np.ndarray]:
-        """Position (2,) and unit tangent (2,) at route arc ``arc`` [m]."""
-        pts, tan = self.path.points, self.path.tangents
-        f = np.clip((arc + self.offset) / self.path.spacing, 0, len(pts) - 1.000001)
-        i = int(f)
-        w = f - i
-        p = pts[i] * (1 - w) + pts[i + 1] * w
-        t = tan[i] * (1 - w) + tan[i + 1] * w
-        return p, t / max(np.linalg.norm(t), 1e-9)
-
-    def route_points(self) -> np.ndarray:
-        """(M, 2) route samples and (M,) their route arcs [m]."""
-        return self.path.points, np.arange(len(self.path.points)) * self.path.spacing - self.offset
-
-    def lane_arc(self, k: int) -> float:
-        """Route arc [m] where route lane ``k`` starts."""
-        return float(self.path.lane_starts[k]) - self.offset
 
     def _lights_init(self) -> None:
         self.signal_lanes = np.asarray(self.town.signal_lanes, dtype=np.int64)
@@ -421,27 +482,6 @@ class World:
 
     # --- state ------------------------------------------------------------------------------------
 
-    @property
-    def time_s(self) -> float:
-        """[s] simulated time."""
-        return self.tick * self.dt
-
-    def ego_box(self) -> tuple[np.ndarray, float, float, float]:
-        """Ego box centre (2,) [m], heading [rad], speed [m/s] and (longitudinal) velocity."""
-        h = float(self.ego[StateIndex.HEADING])
-        c = self.ego[[StateIndex.X, StateIndex.Y]] + PACIFICA.rear_axle_to_center * np.array([np.cos(h), np.sin(h)])
-        return c, h, float(self.ego[StateIndex.VELOCITY_X])
-
-    def ego_world_velocity(self) -> np.ndarray:
-        """(2,) [m/s]"""
-        h = float(self.ego[StateIndex.HEADING])
-        return geometry.rotate(self.ego[[StateIndex.VELOCITY_X, StateIndex.VELOCITY_Y]], h)
-
-    def ego_world_acceleration(self) -> np.ndarray:
-        """(2,) [m/s^2]"""
-        h = float(self.ego[StateIndex.HEADING])
-        return geometry.rotate(self.ego[[StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y]], h)
-
     def others(self) -> dict[str, np.ndarray]:
         """Every actor but the ego: ``x, y, heading, vx, vy, length, width, height, valid`` (N,)
         (agents first, then static vehicles, then pedestrians), ``types`` (N,) int8
@@ -463,24 +503,7 @@ class World:
             "ids": np.arange(2, 2 + len(self.agents) + n_s + n_w, dtype=np.int64),
         }  # fmt: skip
 
-    def _frame(self) -> dict[str, np.ndarray]:
-        """One row per track (ego first): x, y, heading, vx, vy, valid (box centres)."""
-        o = self.others()
-        c, h, _ = self.ego_box()
-        vw = self.ego_world_velocity()
-        return {
-            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
-            "vx": np.concatenate([[vw[0]], o["vx"]]), "vy": np.concatenate([[vw[1]], o["vy"]]), "valid": np.concatenate([[True], o["valid"]]),
-        }  # fmt: skip
-
     # --- stepping ---------------------------------------------------------------------------------
-
-    def execute(self, plan: Trajectory) -> None:
-        """Executes ``plan`` (ego-frame poses at the rear axle) from now on: the tracker's rollout
-        on the bicycle gives the ego's next states."""
-        states = simulate(np.asarray(plan.poses, dtype=np.float64)[None], plan.sampling, self.ego.copy(), self.rollout)
-        self.plan_states = states[0]
-        self.plan_index = 0
 
     def _stop_gaps(self, states: np.ndarray) -> np.ndarray:
         a = self.agents
@@ -535,12 +558,6 @@ class World:
         keep = self.past_steps + 1
         if len(self.history) > keep:
             del self.history[:-keep], self.light_history[:-keep]
-
-    def progress_hint(self) -> float:
-        """Route arc [m] of the ego box centre's projection (local search, for events)."""
-        c, _, _ = self.ego_box()
-        pts, arcs = self.route_points()
-        return float(arcs[int(np.argmin(np.hypot(pts[:, 0] - c[0], pts[:, 1] - c[1])))])
 
     def _events(self, prev: IDMAgents, nxt: IDMAgents) -> IDMAgents:
         ev, dt = self.spec.event, self.dt
@@ -613,15 +630,6 @@ class World:
             self.hold_row = -1
 
     # --- snapshots --------------------------------------------------------------------------------
-
-    def route_ahead(self, progress: float) -> tuple[int, ...]:
-        """Lane ids of the route from the lane before the one at route arc ``progress`` to the
-        last lane starting within :data:`ROUTE_AHEAD_M` of it (a route that comes back through
-        a junction later must not show its later pass as the way on)."""
-        starts = self.path.lane_starts[: len(self.route_lanes)] - self.offset
-        k = int(np.searchsorted(starts, progress, side="right")) - 1
-        end = int(np.searchsorted(starts, progress + ROUTE_AHEAD_M, side="right"))
-        return tuple(int(self.lane_ids[i]) for i in self.route_lanes[max(k - 1, 0) : max(end, k + 1)])
 
     def snapshot(self, progress: float | None = None) -> Scene:
         """The world as a Scene: the recorded past (``history_s``), now (``current_index``) and
