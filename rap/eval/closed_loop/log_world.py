@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 
 from rap import geometry
-from rap.eval.closed_loop.world import RouteWorld, WorldConfig, light_track, track_arrays
+from rap.eval.closed_loop.world import RouteWorld, WorldConfig, light_stop_gaps, light_track, track_arrays
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA, StateIndex
 from rap.sim.idm import (
@@ -114,7 +114,6 @@ HOLD_SPEED = 0.5  # [m/s] "standing" (held after the log; parked under idm)
 _EGO_HEIGHT = 1.777  # [m] as World's
 _DEFAULT_LIMIT = 13.4  # [m/s] lanes without a speed limit
 _IDM_ROUTE_M = 300.0  # [m] IDM routes ahead of each vehicle
-_YELLOW_DECEL = 3.0  # [m/s^2] IDM vehicles stop at CAUTION when this is enough (as World's)
 _NORMAL = {int(LightState.ARROW_STOP): int(LightState.STOP), int(LightState.ARROW_CAUTION): int(LightState.CAUTION), int(LightState.ARROW_GO): int(LightState.GO)}
 
 
@@ -652,19 +651,6 @@ class LogWorld(RouteWorld):
 
     # --- stepping -------------------------------------------------------------------------------
 
-    def _stop_gaps(self, states: np.ndarray) -> np.ndarray:
-        a = self.idm
-        gap = np.full(len(a), np.inf)
-        front = a.s + 0.5 * a.length
-        for k, arc, row in self.idm_stops:
-            if arc < front[k] - 1.0 or arc - front[k] > 60.0 or arc - front[k] >= gap[k]:
-                continue
-            g = arc - front[k]
-            st = states[row]
-            if st == LightState.STOP or (st == LightState.CAUTION and a.v[k] ** 2 / (2 * max(g - 1.0, 0.1)) <= _YELLOW_DECEL):
-                gap[k] = g
-        return gap
-
     def step(self) -> None:
         """Advances the world by one tick."""
         states = self.light_states()
@@ -683,7 +669,7 @@ class LogWorld(RouteWorld):
             if logged.any():
                 j = np.flatnonzero(logged)
                 parts.append(Boxes.from_poses(o["x"][j], o["y"][j], o["heading"][j], o["length"][j], o["width"][j], o["vx"][j], o["vy"][j]))
-            self.idm = self.idm.step(self.dt, Boxes.concatenate(parts), stop_gap=self._stop_gaps(states))
+            self.idm = self.idm.step(self.dt, Boxes.concatenate(parts), stop_gap=light_stop_gaps(self.idm, self.idm_stops, states))
         self.tick += 1
         self._cache = None
         self.history.append(self._frame())

@@ -55,7 +55,7 @@ from rap.sim.tracker import RolloutConfig, simulate
 from rap.sources.synthetic.roads import light_schedule, map_elements
 from rap.trajectory import Trajectory
 
-__all__ = ["EV_SIZE", "FUTURE_STEPS", "ROUTE_AHEAD_M", "RouteWorld", "World", "WorldConfig", "light_track", "track_arrays"]
+__all__ = ["EV_SIZE", "FUTURE_STEPS", "ROUTE_AHEAD_M", "YELLOW_DECEL", "RouteWorld", "World", "WorldConfig", "light_stop_gaps", "light_track", "track_arrays"]
 
 FUTURE_STEPS = 51  # snapshot steps after now (5 s at 0.1 s), extrapolated at constant velocity
 ROUTE_AHEAD_M = 200.0  # [m] of route in a snapshot's ego_route
@@ -506,17 +506,7 @@ class World(RouteWorld):
     # --- stepping ---------------------------------------------------------------------------------
 
     def _stop_gaps(self, states: np.ndarray) -> np.ndarray:
-        a = self.agents
-        gap = np.full(len(a), np.inf)
-        front = a.s + 0.5 * a.length
-        for k, arc, row in self.agent_stops:
-            if not self.obeys_lights[k] or arc < front[k] - 1.0 or arc - front[k] > 60.0 or arc - front[k] >= gap[k]:
-                continue
-            state = states[row]
-            g = arc - front[k]
-            if state == LightState.STOP or (state == LightState.CAUTION and a.v[k] ** 2 / (2 * max(g - 1.0, 0.1)) <= 3.0):
-                gap[k] = g
-        return gap
+        return light_stop_gaps(self.agents, self.agent_stops, states, self.obeys_lights)
 
     def step(self) -> None:
         """Advances the world by one tick."""
@@ -662,6 +652,26 @@ class World(RouteWorld):
             timestamps=(np.arange(steps) + self.tick - (p - 1)) * self.dt, current_index=p - 1, tracks=tracks, ego_index=0,
             map=self.map, traffic_lights=lights, ego_route=self.route_ahead(self.progress_hint() if progress is None else progress),
         )  # fmt: skip
+
+
+YELLOW_DECEL = 3.0  # [m/s^2] IDM vehicles stop at CAUTION when this is enough
+
+
+def light_stop_gaps(agents: IDMAgents, stops, states: np.ndarray, obeys: np.ndarray | None = None) -> np.ndarray:
+    """(N,) distance [m] from each IDM agent's front to the line it must stop at for a light
+    (inf: none): the nearest of its ``stops`` (agent, route arc of the stop line, light row)
+    within 60 m ahead (or 1 m behind) whose light in ``states`` is STOP, or CAUTION where it
+    can still stop at :data:`YELLOW_DECEL`; agents with ``obeys[k]`` False ignore lights."""
+    gap = np.full(len(agents), np.inf)
+    front = agents.s + 0.5 * agents.length
+    for k, arc, row in stops:
+        if (obeys is not None and not obeys[k]) or arc < front[k] - 1.0 or arc - front[k] > 60.0 or arc - front[k] >= gap[k]:
+            continue
+        state = states[row]
+        g = arc - front[k]
+        if state == LightState.STOP or (state == LightState.CAUTION and agents.v[k] ** 2 / (2 * max(g - 1.0, 0.1)) <= YELLOW_DECEL):
+            gap[k] = g
+    return gap
 
 
 def track_arrays(past: list[dict[str, np.ndarray]], dt: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
