@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 
 from rap import geometry
-from rap.eval.closed_loop.world import RouteWorld, WorldConfig, light_stop_gaps, light_track, track_arrays
+from rap.eval.closed_loop.world import RouteWorld, WorldConfig, light_stop_gaps, light_track, signal_stops, track_arrays
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA, StateIndex
 from rap.sim.idm import (
@@ -576,12 +576,7 @@ class LogWorld(RouteWorld):
         self.idm = IDMAgents(Routes.stack(paths), np.array(s0), v, self.size["length"][taken], self.size["width"][taken], params=IDMParameters(), track_index=r)
         self.idm_col[taken] = np.arange(len(taken))
         self.idm_cols = taken
-        # signalized stop points along each IDM route: (agent, arc, light row)
-        self.idm_stops = []
-        for a in range(len(self.idm)):
-            for lane_idx, start in zip(self.idm.routes.lane_ids[a], self.idm.routes.lane_starts[a]):
-                if np.isfinite(start) and int(lane_idx) in self.signal_row:
-                    self.idm_stops.append((a, float(start), self.signal_row[int(lane_idx)]))
+        self.idm_stops = signal_stops(self.idm.routes, self.signal_row)
 
     def _log_states(self, t: float) -> dict[str, np.ndarray]:
         """Every column's logged box at time ``t`` (interpolated between log steps; after the

@@ -55,7 +55,7 @@ from rap.sim.tracker import RolloutConfig, simulate
 from rap.sources.synthetic.roads import light_schedule, map_elements
 from rap.trajectory import Trajectory
 
-__all__ = ["EV_SIZE", "FUTURE_STEPS", "ROUTE_AHEAD_M", "YELLOW_DECEL", "RouteWorld", "World", "WorldConfig", "light_stop_gaps", "light_track", "track_arrays"]
+__all__ = ["EV_SIZE", "FUTURE_STEPS", "ROUTE_AHEAD_M", "YELLOW_DECEL", "RouteWorld", "World", "WorldConfig", "light_stop_gaps", "light_track", "signal_stops", "track_arrays"]
 
 FUTURE_STEPS = 51  # snapshot steps after now (5 s at 0.1 s), extrapolated at constant velocity
 ROUTE_AHEAD_M = 200.0  # [m] of route in a snapshot's ego_route
@@ -202,9 +202,7 @@ class World(RouteWorld):
         self._statics_init()
         self._agents_init()
         self.past_steps = max(1, int(round(config.history_s / self.dt)))
-        first = self._frame()
-        # the past: every track at its starting velocity (constant-velocity backwards)
-        self.history = [self._shifted(first, -j * self.dt) for j in range(self.past_steps, 0, -1)] + [first]
+        self._history_init()
         self.light_history = [self.light_states()] * (self.past_steps + 1)
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -397,13 +395,7 @@ class World(RouteWorld):
         self.roles = role
         self.is_background = np.array([r == "background" for r in role], dtype=bool)
         self.stalled = np.zeros(n)
-        # signalized stop points along each agent's route: (agent, arc, light row)
-        stops = []
-        for a in range(n):
-            for lane_idx, start in zip(self.agents.routes.lane_ids[a], self.agents.routes.lane_starts[a]):
-                if np.isfinite(start) and int(lane_idx) in self.signal_row:
-                    stops.append((a, float(start), self.signal_row[int(lane_idx)]))
-        self.agent_stops = stops
+        self.agent_stops = signal_stops(self.agents.routes, self.signal_row)
         self._rules_init()
         self.lead_phase, self.lead_wait = "drive", 0.0
         self.ev_started = False
@@ -429,13 +421,13 @@ class World(RouteWorld):
         self.roles = ["background"] * n
         self.is_background = np.ones(n, bool)
         self.stalled = np.zeros(n)
-        self.agent_stops = [
-            (a, float(start), self.signal_row[int(li)])
-            for a in range(n) for li, start in zip(agents.routes.lane_ids[a], agents.routes.lane_starts[a])
-            if np.isfinite(start) and int(li) in self.signal_row
-        ]  # fmt: skip
+        self.agent_stops = signal_stops(agents.routes, self.signal_row)
         self.lead = self.crossing = self.ev = -1
         self._rules_init()
+        self._history_init()
+
+    def _history_init(self) -> None:
+        """The recorded past: every track at its starting velocity (constant-velocity backwards)."""
         first = self._frame()
         self.history = [self._shifted(first, -j * self.dt) for j in range(self.past_steps, 0, -1)] + [first]
 
@@ -467,10 +459,7 @@ class World(RouteWorld):
         if not self.rules.any_rules:
             return np.full(len(a), np.inf)
         c, h, _ = self.ego_box()
-        u = np.array([np.cos(h), np.sin(h)])
-        n = np.array([-u[1], u[0]])
-        hl, hw = 0.5 * PACIFICA.length, 0.5 * PACIFICA.width
-        ego_poly = shapely.Polygon([c + hl * u + hw * n, c - hl * u + hw * n, c - hl * u - hw * n, c + hl * u - hw * n])
+        ego_poly = shapely.Polygon(geometry.box_corners_2d(c[0], c[1], h, PACIFICA.length, PACIFICA.width))
         s, v, active = a.s, a.v, a.active
         if self.ev >= 0 and not self.ev_started and self.progress_hint() >= self.spec.event.arc - _EV_HEARD_M:
             # the emergency vehicle is heard before it appears: from _EV_HEARD_M before its
@@ -655,6 +644,16 @@ class World(RouteWorld):
 
 
 YELLOW_DECEL = 3.0  # [m/s^2] IDM vehicles stop at CAUTION when this is enough
+
+
+def signal_stops(routes: Routes, signal_row: dict[int, int]) -> list[tuple[int, float, int]]:
+    """The signalized stop lines along IDM routes: (agent, route arc where the signalized lane
+    starts, light row) for every route lane in ``signal_row`` (lane index -> light row)."""
+    return [
+        (a, float(start), signal_row[int(lane)])
+        for a in range(routes.lane_ids.shape[0]) for lane, start in zip(routes.lane_ids[a], routes.lane_starts[a])
+        if np.isfinite(start) and int(lane) in signal_row
+    ]  # fmt: skip
 
 
 def light_stop_gaps(agents: IDMAgents, stops, states: np.ndarray, obeys: np.ndarray | None = None) -> np.ndarray:
