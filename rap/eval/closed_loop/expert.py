@@ -45,6 +45,7 @@ import numpy as np
 from rap import geometry
 from rap.eval.agent import ExpertAgent, Observation
 from rap.eval.closed_loop.infractions import STOP_AREA_M, STOP_AREA_PAST_M, STOP_SPEED
+from rap.eval.closed_loop.world import YELLOW_DECEL
 from rap.scene import AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA
 from rap.sim.idm import Boxes, IDMParameters, idm_acceleration, path_hits
@@ -63,7 +64,6 @@ _CURVE_DECEL = 2.0  # [m/s^2] slowing down for a curve ahead
 _DT = 0.1  # [s] IDM integration step
 _STOP_LOOK_M = 80.0  # [m] stop signs farther ahead are left for later
 _STOP_INSIDE_M = 1.0  # [m] a stop counts this far inside the stop area's far end (margin)
-_YELLOW_DECEL = 3.0  # [m/s^2] stop at a yellow light when this is enough (as the background traffic)
 _COMMITTED_M = 0.5  # [m] a front bumper this far past a stop line goes on
 YIELD_SPEED = 3.0  # [m/s] the expert's speed while an emergency vehicle is behind it
 _YIELD_DECEL = 2.5  # [m/s^2] slowing down to it
@@ -230,7 +230,7 @@ def route_lane_arcs(scene: Scene, step: int) -> list[tuple[int, float]]:
 
 def red_light_stop(scene: Scene, step: int, speed: float) -> float | None:
     """[m] from the front bumper, along the route, to the stop line of the route's next lane
-    whose light is STOP at ``step`` (or CAUTION and reachable with :data:`_YELLOW_DECEL`); None:
+    whose light is STOP at ``step`` (or CAUTION and reachable with :data:`~rap.eval.closed_loop.world.YELLOW_DECEL` (as the background traffic)); None:
     no such line ahead (a bumper less than :data:`_COMMITTED_M` past a line counts as before it)."""
     lights = scene.traffic_lights
     if not len(lights):
@@ -243,7 +243,7 @@ def red_light_stop(scene: Scene, step: int, speed: float) -> float | None:
         if ahead < -_COMMITTED_M:
             continue
         st = state[lane_id]
-        if st == LightState.STOP or (st == LightState.CAUTION and speed * speed / (2.0 * max(ahead - 1.0, 0.1)) <= _YELLOW_DECEL):
+        if st == LightState.STOP or (st == LightState.CAUTION and speed * speed / (2.0 * max(ahead - 1.0, 0.1)) <= YELLOW_DECEL):
             return ahead
         if ahead > 0:
             return None  # the next light ahead is green (or a yellow to go through)
