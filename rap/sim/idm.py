@@ -52,6 +52,7 @@ __all__ = [
     "desired_gap",
     "idm_acceleration",
     "interaction",
+    "lane_change_line",
     "lane_route",
     "locate_on_lanes",
     "path_hits",
@@ -581,6 +582,42 @@ def route_path(
     )
 
 
+def _arc_points(line: np.ndarray, arcs: np.ndarray) -> np.ndarray:
+    cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(line, axis=0), axis=1))])
+    a = np.clip(arcs, 0.0, cum[-1])
+    return np.stack([np.interp(a, cum, line[:, 0]), np.interp(a, cum, line[:, 1])], axis=1)
+
+
+def lane_change_line(source: np.ndarray, target: np.ndarray, start: float, blend: float, spacing: float = 0.5) -> np.ndarray:
+    """A lane change as one polyline: ``source`` (n, 2+) up to its arc ``start`` [m], then a
+    smoothstep blend over ``blend`` m of driving into ``target`` (m, 2+; a neighbouring lane
+    of the same direction, matched by projecting the source's point at ``start`` on it), then
+    the rest of ``target``. The part before ``start`` keeps the source's own vertices, so an
+    agent's arc on a route built from the source is the same on one built from this line.
+
+    Raises:
+        ValueError: ``blend`` not positive, or ``start`` outside the source.
+    """
+    src, dst = np.asarray(source, dtype=np.float64)[:, :2], np.asarray(target, dtype=np.float64)[:, :2]
+    seg = np.linalg.norm(np.diff(src, axis=0), axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    if blend <= 0 or not 0.0 <= start <= cum[-1]:
+        raise ValueError(f"lane_change_line: need blend > 0 and 0 <= start <= {cum[-1]:.2f} (the source's length); got blend={blend}, start={start}")
+    p0 = _arc_points(src, np.array([start]))[0]
+    a, b = dst[:-1], dst[1:]
+    ab = b - a
+    t = np.clip(((p0 - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+    j = int(np.argmin(np.linalg.norm(a + t[:, None] * ab - p0, axis=1)))
+    dcum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(ab, axis=1))])
+    d0 = float(dcum[j] + t[j] * np.linalg.norm(ab[j]))
+    u = np.arange(spacing, blend + 1e-9, spacing)
+    w = (u / blend) ** 3 * (10.0 - 15.0 * (u / blend) + 6.0 * (u / blend) ** 2)  # quintic smoothstep: no curvature jumps
+    mid = (1.0 - w)[:, None] * _arc_points(src, start + u) + w[:, None] * _arc_points(dst, d0 + u)
+    rest = dst[dcum > d0 + blend + 1e-6]
+    head = src[cum < start - 1e-6]
+    return np.concatenate([head, p0[None], mid, rest])
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Routes:
     """The routes of A agents stacked into padded arrays (each padded with its last sample).
@@ -624,6 +661,32 @@ class Routes:
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
+
+    def with_route(self, row: int, path: RoutePath) -> Routes:
+        """These routes with agent ``row``'s replaced by ``path`` (same spacing; the arrays grow
+        when it is longer or has more lanes than the padding holds)."""
+        if abs(path.spacing - self.spacing) > 1e-12:
+            raise ValueError(f"Routes.with_route: spacing {path.spacing} differs from {self.spacing}")
+        m = max(self.points.shape[1], path.points.shape[0])
+        r = max(self.lane_starts.shape[1], len(path.lanes))
+
+        def grown(a: np.ndarray, width: int, fill) -> np.ndarray:
+            if a.shape[1] == width:
+                return a.copy()
+            pad = np.repeat(a[:, -1:], width - a.shape[1], axis=1) if fill is None else np.full((a.shape[0], width - a.shape[1], *a.shape[2:]), fill, a.dtype)
+            return np.concatenate([a, pad], axis=1)
+
+        pts, tan, vmax = grown(self.points, m, None), grown(self.tangents, m, None), grown(self.vmax, m, None)
+        starts, ids = grown(self.lane_starts, r, np.inf), grown(self.lane_ids, r, 0)
+        k = path.points.shape[0]
+        pts[row, :k], pts[row, k:] = path.points, path.points[-1]
+        tan[row, :k], tan[row, k:] = path.tangents, path.tangents[-1]
+        vmax[row, :k], vmax[row, k:] = path.vmax, path.vmax[-1]
+        starts[row], ids[row] = np.inf, 0
+        starts[row, : len(path.lanes)], ids[row, : len(path.lanes)] = path.lane_starts, path.lanes
+        length = self.length.copy()
+        length[row] = path.length
+        return Routes(pts, tan, vmax, length, starts, ids, self.spacing)
 
     def pose(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(A, 2) positions [m] and (A, 2) unit tangents at arcs ``s`` (A,) [m] (clamped)."""
@@ -796,8 +859,9 @@ def lane_route(
 @dataclasses.dataclass(frozen=True, eq=False)
 class IDMAgents:
     """Reactive background vehicles: IDM along lane routes, braking for each other and for
-    given obstacles (the ego, non-reactive agents). No lane changes, signals or stop signs
-    (pass a red light as a static box). An agent whose route runs out (the map's edge, or its
+    given obstacles (the ego, non-reactive agents). No signals or stop signs (pass a red light
+    as a static box) and no lane changes of their own: a caller changes an agent's lane by
+    giving it a route through :func:`lane_change_line` (:meth:`Routes.with_route`). An agent whose route runs out (the map's edge, or its
     ``route_length``) leaves: it becomes inactive and its box no longer counts.
 
     Attributes:

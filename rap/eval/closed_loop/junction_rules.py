@@ -58,21 +58,9 @@ class JunctionRules:
 
     def __init__(self, town, lane_ids: np.ndarray, lane_starts: np.ndarray, lengths: np.ndarray, obey: np.ndarray, stop_lanes, signal_lanes) -> None:
         self.town = town
-        stop_lanes, signal_lanes = {int(c) for c in stop_lanes}, {int(c) for c in signal_lanes}
+        self._stop_lanes, self._signal_lanes = {int(c) for c in stop_lanes}, {int(c) for c in signal_lanes}
         n = int(lane_starts.shape[0])
-        rows = []
-        for a in range(n):
-            out = []
-            r = int(np.isfinite(lane_starts[a]).sum())
-            for k in range(r):
-                li = int(lane_ids[a, k])
-                jn = town.lanes[li].junction
-                if jn < 0:
-                    continue
-                end = float(lane_starts[a, k + 1]) if k + 1 < r else float(lengths[a])
-                kind = _NONE if li in signal_lanes else _STOP if li in stop_lanes else _YIELD
-                out.append((float(lane_starts[a, k]), end, li, jn, kind))
-            rows.append(out)
+        rows = [self._connectors(lane_ids[a], lane_starts[a], float(lengths[a])) for a in range(n)]
         e = max([1] + [len(r) for r in rows]) + 1  # a padding column: "no further connector"
         self.arc = np.full((n, e), np.inf)
         self.end = np.full((n, e), np.inf)
@@ -80,8 +68,7 @@ class JunctionRules:
         self.junction = np.full((n, e), -1, np.int64)
         self.kind = np.zeros((n, e), np.int8)
         for a, out in enumerate(rows):
-            for k, (s0, s1, li, jn, kind) in enumerate(out):
-                self.arc[a, k], self.end[a, k], self.lane[a, k], self.junction[a, k], self.kind[a, k] = s0, s1, li, jn, kind
+            self._set_row(a, out)
         self.obey = np.asarray(obey, dtype=bool).reshape(n)
         self.arrived = np.full(n, -1, np.int64)  # connector entry (column) the agent has stopped at ...
         self.arrival_t = np.zeros(n)  # ... and when
@@ -92,6 +79,38 @@ class JunctionRules:
 
     def __len__(self) -> int:
         return int(self.arc.shape[0])
+
+    def _connectors(self, lane_ids: np.ndarray, lane_starts: np.ndarray, length: float) -> list[tuple]:
+        """(start arc, end arc, lane, junction, rule) of every junction connector of one route."""
+        out = []
+        r = int(np.isfinite(lane_starts).sum())
+        for k in range(r):
+            li = int(lane_ids[k])
+            jn = self.town.lanes[li].junction
+            if jn < 0:
+                continue
+            end = float(lane_starts[k + 1]) if k + 1 < r else length
+            kind = _NONE if li in self._signal_lanes else _STOP if li in self._stop_lanes else _YIELD
+            out.append((float(lane_starts[k]), end, li, jn, kind))
+        return out
+
+    def _set_row(self, a: int, out: list[tuple]) -> None:
+        self.arc[a], self.end[a], self.lane[a], self.junction[a], self.kind[a] = np.inf, np.inf, -1, -1, _NONE
+        for k, (s0, s1, li, jn, kind) in enumerate(out):
+            self.arc[a, k], self.end[a, k], self.lane[a, k], self.junction[a, k], self.kind[a, k] = s0, s1, li, jn, kind
+
+    def reroute(self, a: int, lane_ids: np.ndarray, lane_starts: np.ndarray, length: float) -> None:
+        """Agent ``a`` drives a new route (a lane change on a road lane, before its next
+        connector): its connectors are re-read; it has arrived at and been granted none."""
+        out = self._connectors(lane_ids, lane_starts, float(length))
+        grow = len(out) + 1 - self.arc.shape[1]
+        if grow > 0:
+            pad = lambda x, fill: np.concatenate([x, np.full((x.shape[0], grow), fill, x.dtype)], axis=1)  # noqa: E731
+            self.arc, self.end, self.lane = pad(self.arc, np.inf), pad(self.end, np.inf), pad(self.lane, -1)
+            self.junction, self.kind = pad(self.junction, -1), pad(self.kind, _NONE)
+        self._set_row(a, out)
+        self.arrived[a], self.granted[a] = -1, -1
+        self.any_rules = bool(self.obey.any() and (self.kind != _NONE).any())
 
     def stop_gaps(self, t: float, s: np.ndarray, v: np.ndarray, length: np.ndarray, active: np.ndarray, ego_poly=None, ego_waiting: dict[int, float] | None = None) -> np.ndarray:
         """(A,) gaps [m] from the front bumpers to the stop line each agent must stop at now

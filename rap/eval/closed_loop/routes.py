@@ -14,6 +14,14 @@ lead_brake         Emergency_Brake   a lead vehicle drives the ego's route ahead
                                      40 m and able to stop behind it at 1.2 m/s^2 (or 60 m
                                      later in any case), brakes at ``decel`` (2.5-3) m/s^2 to a
                                      stop, waits 3 s and goes on
+cut_in             Emergency_Brake   a vehicle waits in a same-direction neighbour ``other_lane``
+                                     of the route's road lane ``lane`` (as if in a jam), its
+                                     box centre beside route arc ``arc``; when the ego's front
+                                     bumper comes within ``v^2 / (2 decel) + 2`` m of its rear
+                                     (``decel`` 2-2.5 m/s^2; at least 8 m), it pulls out into the
+                                     ego's lane ahead of it (a forced lane change over 15 m,
+                                     :mod:`~rap.eval.closed_loop.lane_changes`) and drives on
+                                     along the route
 ped_crossing       Emergency_Brake   a pedestrian waits on the right sidewalk at ``arc`` m and
                                      steps out across the road at ``speed`` (1.4-2) m/s when the
                                      ego (keeping its speed) would reach the crossing just as it
@@ -42,12 +50,14 @@ turn_traffic       Merging           the route turns into another road at a junc
                                      vehicles drive on the road it merges into
 ================== ================= =====================================================
 
-Suites (:func:`load_routes`): ``bench:base`` (:data:`BASE_VERSION` ``bench-base-v3``: 48 routes,
+Suites (:func:`load_routes`): ``bench:base`` (:data:`BASE_VERSION` ``bench-base-v4``: 54 routes,
 6 per event in the order of :data:`EVENTS_BASE_ORDER`; the routes of the five events of
 ``bench-base-v1`` are its first 6 routes of each (the same towns, lanes and events; v2 added the
 moving start), the newer events are drawn in towns 1045 onwards, in that order, skipping towns
 without such a route; v3 appends ``emergency_vehicle``, so the 42 routes of ``bench-base-v2``
-keep their indices, towns, lanes and events), ``bench:dev10`` (a fixed 10-route subset of it, 2
+keep their indices, towns, lanes and events; v4 appends ``cut_in`` and gives background
+vehicles lane changes (``closed_loop.lane_change_fraction``), so its first 48 routes are v3's
+with livelier traffic), ``bench:dev10`` (a fixed 10-route subset of it, 2
 per ability: :data:`DEV10_EVENTS`; v3 takes the first ``emergency_vehicle`` route instead of
 v2's second ``crossing`` one) and ``synthetic:N`` (N routes with events drawn from the seed).
 Everything is a pure function of the suite name: the same name gives the same routes.
@@ -55,8 +65,9 @@ Everything is a pure function of the suite name: the same name gives the same ro
 =================== ================ ====== =========================================
 ability             events           routes towns (bench:base)
 =================== ================ ====== =========================================
-Emergency_Brake     lead_brake,      12     1000-1005; first 6 with a route from 1045
-                    ped_crossing
+Emergency_Brake     lead_brake,      18     1000-1005; first 6 with a route from 1045;
+                    ped_crossing,           cut_in: first 6 with a route after the
+                    cut_in                  emergency_vehicle towns
 Traffic_Signs       red_light,       12     1009-1014; first 6 with a route after those
                     stop_sign
 Overtaking          parked           6      1018-1023
@@ -77,11 +88,11 @@ from rap.sim.idm import route_path
 from rap.sources.synthetic.roads import Town, TownConfig, build_town
 
 __all__ = [
-    "ABILITIES", "BASE_VERSION", "DEV10_EVENTS", "EV_BEHIND_M", "EV_LATERAL_ACCEL", "EV_LANE_M", "EV_SPEED_FACTOR", "EV_TRIGGER_M", "EVENTS_BASE_ORDER", "EVENT_ABILITY", "START_SPEED", "Event", "RouteSpec",
+    "ABILITIES", "BASE_VERSION", "DEV10_EVENTS", "EV_BEHIND_M", "EV_LATERAL_ACCEL", "EV_LANE_M", "EV_SPEED_FACTOR", "EV_TRIGGER_M", "EVENTS_BASE_ORDER", "EVENT_ABILITY", "START_SPEED", "CUT_IN_DECEL", "Event", "RouteSpec",
     "build_route", "ev_lanes", "load_routes", "route_town",
 ]  # fmt: skip
 
-BASE_VERSION = "bench-base-v3"
+BASE_VERSION = "bench-base-v4"
 ABILITIES = ("Merging", "Overtaking", "Emergency_Brake", "Give_Way", "Traffic_Signs")
 EVENT_ABILITY = {
     "turn_traffic": "Merging",
@@ -92,6 +103,7 @@ EVENT_ABILITY = {
     "emergency_vehicle": "Give_Way",
     "red_light": "Traffic_Signs",
     "stop_sign": "Traffic_Signs",
+    "cut_in": "Emergency_Brake",
 }
 EVENTS = tuple(EVENT_ABILITY)
 MIN_LENGTH, MAX_LENGTH = 150.0, 400.0  # [m] route length
@@ -101,7 +113,7 @@ _START_MARGIN = 6.0  # [m] ... this far before it
 _BASE_TOWN0 = 1000
 _BASE_PER_EVENT = 6
 # bench:base order: 6 routes per event, in this order
-EVENTS_BASE_ORDER = ("lead_brake", "ped_crossing", "red_light", "stop_sign", "parked", "crossing", "turn_traffic", "emergency_vehicle")
+EVENTS_BASE_ORDER = ("lead_brake", "ped_crossing", "red_light", "stop_sign", "parked", "crossing", "turn_traffic", "emergency_vehicle", "cut_in")
 # bench-base-v1's draws (town 1000 + draw, route drawn with index = draw) of its five events
 _V1_DRAW0 = {"lead_brake": 0, "red_light": 9, "parked": 18, "crossing": 27, "turn_traffic": 36}
 _NEW_DRAW0 = 45  # new events: draws from here on, in EVENTS_BASE_ORDER, skipping towns without the event
@@ -115,6 +127,9 @@ EV_LATERAL_ACCEL = 5.0  # [m/s^2] its curve speed limit (the route is chosen so 
 EV_BEHIND_M = 120.0  # [m] it appears this far behind the ego's box centre (along the route) ...
 EV_TRIGGER_M = 5.0  # [m] ... when that is this far into the event lane
 EV_LANE_M = 60.0  # [m] shortest event lane
+CUT_IN_DECEL = (2.0, 2.5)  # [m/s^2] cut_in: the ego's deceleration to stop behind the vehicle when it pulls out
+_CUT_IN_LANE_M = 75.0  # [m] shortest cut_in lane ...
+_CUT_IN_BEFORE_M, _CUT_IN_AFTER_M = 20.0, 50.0  # [m] ... with this much of it before and after the vehicle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +269,8 @@ def _event(kind: str, town: Town, lanes: list[int], start_arc: float, length: fl
         return None
     if kind == "emergency_vehicle":
         return _ev_event(town, lanes, arcs, length)
+    if kind == "cut_in":
+        return _cut_in_event(town, lanes, arcs, length, rng)
     # lead_brake / parked / ped_crossing: a point on a road lane, away from the lane's ends
     for k, lane in enumerate(lanes):
         ln = town.lanes[lane]
@@ -309,6 +326,24 @@ def _ev_event(town: Town, lanes: list[int], arcs: np.ndarray, length: float) -> 
             continue
         other = int(ln.right[0]) if ln.right else int(ln.left[0])
         return Event("emergency_vehicle", float(arcs[k]) + EV_TRIGGER_M, lane, other_lane=other, speed=speed)
+    return None
+
+
+def _cut_in_event(town: Town, lanes: list[int], arcs: np.ndarray, length: float, rng: np.random.Generator) -> Event | None:
+    """The first road lane of the route with a same-direction neighbour, at least
+    ``_CUT_IN_LANE_M`` long, with room for the waiting vehicle ``_CUT_IN_BEFORE_M`` into it and
+    ``_CUT_IN_AFTER_M`` before its end, 60 m into the route or later and 40 m before its end."""
+    for k, lane in enumerate(lanes):
+        ln = town.lanes[lane]
+        lane_len = _lane_length(town, lane)
+        if ln.is_connector or not (ln.left or ln.right) or lane_len < _CUT_IN_LANE_M:
+            continue
+        lo, hi = max(arcs[k] + _CUT_IN_BEFORE_M, 60.0), min(arcs[k] + lane_len - _CUT_IN_AFTER_M, length - 40.0)
+        if hi < lo:
+            continue
+        other = int(ln.left[0]) if ln.left else int(ln.right[0])
+        arc = float(lo + (hi - lo) * rng.uniform(0.0, 1.0))
+        return Event("cut_in", round(arc, 3), lane, other_lane=other, decel=round(float(rng.uniform(*CUT_IN_DECEL)), 3))
     return None
 
 

@@ -13,11 +13,17 @@ Per tick (``dt``, 0.1 s by default):
   sign they yield to vehicles inside crossing connectors
   (:mod:`~rap.eval.closed_loop.junction_rules`; the emergency vehicle, which ignores signs,
   claims its way through junctions from before it appears, when the ego comes within 60 m of
-  its appearance point, as if heard). One that has stood still for 30 s other than
+  its appearance point, as if heard). A share of those starting on a road lane with a
+  same-direction neighbour (``lane_change_fraction``) have routes that leave from the
+  neighbour: they change lanes into a safe gap (:mod:`~rap.eval.closed_loop.lane_changes`,
+  MOBIL's safety criterion, the ego included as a follower) or, finding none before the
+  lane's end, keep their lane. One that has stood still for 30 s other than
   at a red light or a stop line leaves the world (gridlocks would otherwise block the ego for
   good).
 * Event actors (see :mod:`rap.eval.closed_loop.routes`) are IDM agents too (the braking lead
-  vehicle, the crossing vehicle, the merging traffic, the emergency vehicle: on the ego's route
+  vehicle, the crossing vehicle, the merging traffic, the cut-in vehicle (standing in the
+  neighbour lane until the ego comes close, then a forced lane change into the ego's lane
+  ahead of it), the emergency vehicle: on the ego's route
   lanes up to the event lane, then straight on (:func:`~rap.eval.closed_loop.routes.ev_lanes`),
   at the event's constant ``speed`` (curves at up to 5 m/s^2), ignoring lights, with a
   short headway; it appears :data:`~rap.eval.closed_loop.routes.EV_BEHIND_M` behind the ego
@@ -46,6 +52,7 @@ import shapely
 
 from rap import geometry
 from rap.eval.closed_loop.junction_rules import EGO_CLAIM_S, STOPPED, JunctionRules
+from rap.eval.closed_loop.lane_changes import LaneChange, change_path, gap_is_safe, lane_change_window
 from rap.eval.closed_loop.pedestrians import PEDESTRIAN_SIZE, Walkers, crossing_line
 from rap.eval.closed_loop.routes import EV_BEHIND_M, EV_LATERAL_ACCEL, RouteSpec, ev_lanes, route_town
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
@@ -73,6 +80,9 @@ EV_SIZE = (5.4, 2.0, 2.3)  # [m] length, width, height of the emergency vehicle 
 _EV_HEARD_M = 60.0  # [m] the ego this far before the emergency vehicle's appearance: background traffic hears it
 # the emergency vehicle's IDM driver: brisk, short headway
 _EV_IDM = {"max_accel": 2.5, "comfort_decel": 3.0, "time_headway": 0.8}
+_CUT_IN_IDM = {"max_accel": 2.5, "time_headway": 1.0}  # the cut-in vehicle pulls out briskly
+_CUT_IN_MIN_GAP = 8.0  # [m] it pulls out at the latest when the ego's front bumper is this close to its rear
+_LANE_CHANGE_STREAM = 7  # seeds the lane-change draws apart from the traffic's own stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +95,9 @@ class WorldConfig:
         density: background vehicles per 100 m of road lane at the start.
         parked_fraction: share of parking-strip spots with a parked car.
         ego_clearance: [m] no background vehicle starts closer than this to the ego.
+        lane_change_fraction: share of the background vehicles starting on a road lane with a
+            same-direction neighbour whose route leaves from the neighbour
+            (:mod:`~rap.eval.closed_loop.lane_changes`).
         standing_start: the ego starts at rest (else at the route's ``start_speed``).
     """
 
@@ -93,6 +106,7 @@ class WorldConfig:
     density: float = 0.6
     parked_fraction: float = 0.4
     ego_clearance: float = 25.0
+    lane_change_fraction: float = 0.3
     standing_start: bool = False
 
 
@@ -189,6 +203,7 @@ class World(RouteWorld):
         self.config = config
         self.dt = float(config.dt)
         self.rng = np.random.default_rng([int(spec.seed), int(seed)])
+        self.seed = int(seed)
         self.town = route_town(spec.town_seed)
         self.map = map_elements(self.town)
         self.lane_ids = np.array([ln.id for ln in self.town.lanes], dtype=np.int64)
@@ -306,9 +321,10 @@ class World(RouteWorld):
     def _agents_init(self) -> None:
         town, rng, ev = self.town, self.rng, self.spec.event
         paths, s0, v0, obey, role = [], [], [], [], []
+        bg_starts: list[tuple[int, float]] = []  # background vehicles: start lane and arc
         ego_xy = self.ego[[StateIndex.X, StateIndex.Y]]
         placed: list[np.ndarray] = [ego_xy]
-        banned = {ev.lane} if ev.kind == "parked" else set()
+        banned = {ev.lane} if ev.kind == "parked" else {ev.other_lane} if ev.kind == "cut_in" else set()
         if ev.kind == "emergency_vehicle":  # the emergency vehicle's way up to the ego, and the lane to move into, are free
             k = self.route_lanes.index(ev.lane)
             starts = self.path.lane_starts[: k + 1] - self.offset
@@ -325,6 +341,7 @@ class World(RouteWorld):
                 if banned & set(route) or any(np.hypot(*(xy - q)) < (self.config.ego_clearance if k == 0 else 10.0) for k, q in enumerate(placed)):
                     continue
                 placed.append(xy)
+                bg_starts.append((i, float(a)))
                 paths.append(self._idm_route(route))
                 s0.append(float(a))
                 v0.append(0.7 * self.limits[i])
@@ -366,6 +383,20 @@ class World(RouteWorld):
                     v0.append(0.5 * self.limits[feeder])
                     obey.append(True)
                     role.append("merge_traffic")
+        self.cutin = -1
+        if ev.kind == "cut_in":  # waits in the neighbour lane beside the event's arc, standing
+            self.cutin = len(paths)
+            other = town.lanes[ev.other_lane]
+            beside = shapely.LineString(other.points).project(shapely.Point(*self.route_pose(ev.arc)[0]))
+            route = [ev.other_lane] + [int(j) for j in _lanes_from(town, int(other.successors[0]), 0.0, 150.0, None)] if other.successors else [ev.other_lane]
+            paths.append(self._idm_route(route))
+            s0.append(float(beside))
+            v0.append(0.0)
+            obey.append(True)
+            role.append("cut_in")
+            k = self.route_lanes.index(ev.lane)
+            after = tuple(int(j) for j in self.route_lanes[k + 1 :])
+            self.cutin_change = LaneChange((), ev.other_lane, ev.lane, after, (0.0, np.inf), forced=True)
         self.ev = -1
         if ev.kind == "emergency_vehicle":
             self.ev = len(paths)
@@ -383,6 +414,11 @@ class World(RouteWorld):
         params = IDMParameters(
             max_accel=rng.uniform(1.2, 2.2, n) if n else 1.5, time_headway=rng.uniform(1.0, 1.6, n) if n else 1.5,
         )  # fmt: skip
+        if self.cutin >= 0:
+            values = {f: np.broadcast_to(np.asarray(getattr(params, f), dtype=np.float64), (n,)).copy() for f in _CUT_IN_IDM}
+            for f, x in _CUT_IN_IDM.items():
+                values[f][self.cutin] = x
+            params = dataclasses.replace(params, **values)
         if self.ev >= 0:
             active[self.ev] = False
             values = {f: np.broadcast_to(np.asarray(getattr(params, f), dtype=np.float64), (n,)).copy() for f in _EV_IDM}
@@ -399,6 +435,31 @@ class World(RouteWorld):
         self._rules_init()
         self.lead_phase, self.lead_wait = "drive", 0.0
         self.ev_started = False
+        self.cutin_phase = "wait"
+        self._lane_changes_init(bg_starts, banned)
+
+    def _lane_changes_init(self, starts: list[tuple[int, float]], banned: set[int]) -> None:
+        """Pending lane changes of background vehicles (the first ``len(starts)`` agents), drawn
+        from a stream of their own (the routes and starts above do not depend on them)."""
+        self.changes: dict[int, LaneChange] = {}
+        frac = self.config.lane_change_fraction
+        if frac <= 0:
+            return
+        rng = np.random.default_rng([int(self.spec.seed), self.seed, _LANE_CHANGE_STREAM])
+        town = self.town
+        for k, (i, a) in enumerate(starts):
+            ln = town.lanes[i]
+            side = [int(j) for j in ln.left + ln.right if int(j) not in banned and town.lanes[int(j)].successors]
+            if not side or rng.random() >= frac:
+                continue
+            target = side[int(rng.integers(len(side)))]
+            then = _lanes_from(town, int(rng.choice(town.lanes[target].successors)), 0.0, 250.0, rng)
+            if banned & set(then):
+                continue
+            window = lane_change_window(0.0, float(np.linalg.norm(np.diff(ln.points, axis=0), axis=1).sum()), float(self.limits[i]))
+            if window is None or window[1] < a + 1.0:
+                continue
+            self.changes[k] = LaneChange((), i, target, tuple(int(j) for j in then), (max(window[0], a + 1.0), window[1]))
 
     def _rules_init(self) -> None:
         """Stop signs and unprotected connectors for the IDM agents (:mod:`~rap.eval.closed_loop.junction_rules`),
@@ -422,7 +483,8 @@ class World(RouteWorld):
         self.is_background = np.ones(n, bool)
         self.stalled = np.zeros(n)
         self.agent_stops = signal_stops(agents.routes, self.signal_row)
-        self.lead = self.crossing = self.ev = -1
+        self.lead = self.crossing = self.ev = self.cutin = -1
+        self.changes = {}
         self._rules_init()
         self._history_init()
 
@@ -519,6 +581,8 @@ class World(RouteWorld):
             wp, wv, n_w = self.walkers.positions(), self.walkers.velocities(), len(self.walkers)
             parts.append(Boxes.from_poses(wp[:, 0], wp[:, 1], self.walkers.headings(), np.full(n_w, PEDESTRIAN_SIZE[0]), np.full(n_w, PEDESTRIAN_SIZE[1]), wv[:, 0], wv[:, 1]))
         obstacles = Boxes.concatenate(parts)
+        self._change_lanes()
+        self._cut_in_trigger()
         prev = self.agents
         stop_gap = np.minimum(self._stop_gaps(states), self._rule_gaps())
         nxt = prev.step(dt, obstacles, stop_gap=stop_gap) if len(prev) else prev
@@ -537,6 +601,61 @@ class World(RouteWorld):
         keep = self.past_steps + 1
         if len(self.history) > keep:
             del self.history[:-keep], self.light_history[:-keep]
+
+    def _change_lanes(self) -> None:
+        """Starts the pending lane changes whose window is reached and whose gap is safe; drops
+        those past their window."""
+        if not self.changes:
+            return
+        a, others = self.agents, None
+        for k, ch in sorted(self.changes.items()):
+            if not a.active[k] or a.s[k] > ch.window[1]:
+                del self.changes[k]
+                continue
+            if ch.forced or a.s[k] < ch.window[0]:
+                continue
+            if others is None:
+                others = self._gap_boxes()
+            keep = np.arange(len(others["x"])) != k + 1  # row 0 is the ego
+            mine = a.poses()[k]
+            target = self.town.lanes[ch.target]
+            if gap_is_safe(target.points, target.width, (mine[0], mine[1], float(a.v[k]), float(a.length[k])), {f: x[keep] for f, x in others.items()}):
+                self._switch_route(k, ch)
+
+    def _cut_in_trigger(self) -> None:
+        """The ``cut_in`` vehicle pulls out when the ego's front bumper comes within
+        ``v^2 / (2 decel) + 2`` m (at least :data:`_CUT_IN_MIN_GAP`) of its rear; an ego already
+        level with it misses the event."""
+        if self.cutin < 0 or self.cutin_phase != "wait":
+            return
+        ev, k = self.spec.event, self.cutin
+        v = max(self.ego_box()[2], 0.0)
+        gap = ev.arc - self.progress_hint() - 0.5 * (PACIFICA.length + float(self.agents.length[k]))
+        if gap < 0.0:
+            self.cutin_phase = "missed"
+        elif gap <= max(v * v / (2.0 * ev.decel) + 2.0, _CUT_IN_MIN_GAP):
+            self._switch_route(k, self.cutin_change)
+            self.cutin_phase = "go"
+
+    def _gap_boxes(self) -> dict[str, np.ndarray]:
+        """Every box (the ego first, then :meth:`others`' rows): ``x, y, heading, length, v``."""
+        o = self.others()
+        c, h, v = self.ego_box()
+        return {
+            "x": np.concatenate([[c[0]], o["x"]])[np.r_[True, o["valid"]]], "y": np.concatenate([[c[1]], o["y"]])[np.r_[True, o["valid"]]],
+            "heading": np.concatenate([[h], o["heading"]])[np.r_[True, o["valid"]]], "length": np.concatenate([[PACIFICA.length], o["length"]])[np.r_[True, o["valid"]]],
+            "v": np.concatenate([[max(v, 0.0)], np.hypot(o["vx"], o["vy"])])[np.r_[True, o["valid"]]],
+        }  # fmt: skip
+
+    def _switch_route(self, k: int, ch: LaneChange) -> None:
+        """Agent ``k`` starts lane change ``ch`` now: its route becomes the change's path."""
+        a = self.agents
+        path = change_path(self.town, self.limits, ch, float(a.s[k]), float(a.v[k]))
+        routes = a.routes.with_route(k, path)
+        self.agents = dataclasses.replace(a, routes=routes)
+        self.agent_stops = signal_stops(routes, self.signal_row)
+        self.rules.reroute(k, routes.lane_ids[k], routes.lane_starts[k], float(routes.length[k]))
+        self.changes.pop(k, None)
 
     def _events(self, prev: IDMAgents, nxt: IDMAgents) -> IDMAgents:
         ev, dt = self.spec.event, self.dt
@@ -562,6 +681,10 @@ class World(RouteWorld):
                 self.lead_wait += dt
                 if self.lead_wait >= 3.0:
                     self.lead_phase = "done"
+            nxt = dataclasses.replace(nxt, s=s, v=v)
+        if self.cutin >= 0 and self.cutin_phase != "go":  # standing until it pulls out
+            s, v = nxt.s.copy(), nxt.v.copy()
+            s[self.cutin], v[self.cutin] = prev.s[self.cutin], 0.0
             nxt = dataclasses.replace(nxt, s=s, v=v)
         if self.ev >= 0 and not self.ev_started and self.progress_hint() >= ev.arc:
             # the emergency vehicle appears EV_BEHIND_M behind the ego's box centre, at its speed

@@ -1,4 +1,4 @@
-"""The events of ``bench-base-v2`` (``v3``'s emergency vehicle: test_emergency_vehicle.py): moving starts, the pedestrian stepping out, stop signs; their
+"""The events of ``bench-base-v2`` (``v3``'s emergency vehicle: test_emergency_vehicle.py; ``v4``'s cut-in: test_lane_changes.py): moving starts, the pedestrian stepping out, stop signs; their
 infractions on hand-built situations (penalty factors, the leaderboard's messages)."""
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from tests.rap.eval.closed_loop.scripted import penalised as _penalised
 # --- the suite ---------------------------------------------------------------------------------
 
 
-def test_bench_base_v3_has_6_routes_per_event_and_dev10_two_per_ability():
-    assert BASE_VERSION == "bench-base-v3"
+def test_bench_base_v4_has_6_routes_per_event_and_dev10_two_per_ability():
+    assert BASE_VERSION == "bench-base-v4"
     routes = load_routes("bench:base")
-    assert len(routes) == 6 * len(EVENTS_BASE_ORDER) == 48
+    assert len(routes) == 6 * len(EVENTS_BASE_ORDER) == 54
     assert [r.event.kind for r in routes] == [k for k in EVENTS_BASE_ORDER for _ in range(6)]
     assert set(EVENTS_BASE_ORDER) == set(EVENT_ABILITY)
     assert all(r.start_speed > 0 for r in routes)
