@@ -29,6 +29,8 @@ class ClosedLoopSection(FrozenModel):
         lane_change_fraction: share of the background vehicles starting on a road lane with a
             same-direction neighbour whose route leaves from that neighbour (they change lanes
             when the gap is safe; 0: nobody changes lanes, as in ``bench-base-v3``).
+        crosswalk_pedestrians_per_min: background pedestrians arriving per minute at each
+            crosswalk of an all-way-stop junction (0: none, as in ``bench-base-v3``).
         standing_start: start every route at rest (as ``bench-base-v1`` did) instead of at the
             route's ``start_speed``.
         deviation_m, blocked_s, timeout_seconds_per_m, timeout_initial_s, checkpoints, scenario_timeout_s: see
@@ -55,6 +57,7 @@ class ClosedLoopSection(FrozenModel):
     density: float = Field(default=0.6, ge=0, le=5)
     parked_fraction: float = Field(default=0.4, ge=0, le=1)
     lane_change_fraction: float = Field(default=0.3, ge=0, le=1)
+    crosswalk_pedestrians_per_min: float = Field(default=0.5, ge=0, le=30)
     standing_start: bool = False
     deviation_m: float = Field(default=30.0, gt=0)
     blocked_s: float = Field(default=60.0, gt=0)
@@ -84,7 +87,7 @@ class ClosedLoopSection(FrozenModel):
 
     def world(self) -> WorldConfig:
         """The world settings."""
-        return WorldConfig(dt=1.0 / self.sim_hz, history_s=self.history_s, density=self.density, parked_fraction=self.parked_fraction, lane_change_fraction=self.lane_change_fraction, standing_start=self.standing_start)
+        return WorldConfig(dt=1.0 / self.sim_hz, history_s=self.history_s, density=self.density, parked_fraction=self.parked_fraction, lane_change_fraction=self.lane_change_fraction, crosswalk_pedestrians_per_min=self.crosswalk_pedestrians_per_min, standing_start=self.standing_start)
 
     def monitor(self) -> MonitorConfig:
         """The infraction thresholds."""

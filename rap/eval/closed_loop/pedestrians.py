@@ -1,9 +1,14 @@
-"""Pedestrians of the closed-loop world (the ``ped_crossing`` event's walker): each waits at its
-start point and, once started, walks a straight line to its goal at its own speed (not reacting
-to vehicles, as CARLA's crossing walkers do not), then stands there.
+"""Pedestrians of the closed-loop world (the ``ped_crossing`` event's walker and the background
+pedestrians on crosswalks): each waits at its start point and, once started, walks a straight
+line to its goal at its own speed (not reacting to vehicles once on its way, as CARLA's crossing
+walkers do not), then stands there.
 
 :func:`crossing_line` finds where a pedestrian crossing a road at a point stands and goes: from
 the sidewalk on the right of the road's direction to the sidewalk on its left.
+:func:`crosswalk_crossings` draws the background pedestrians of a set of crosswalks: arrivals
+at the waiting points on either side (a Poisson process per crosswalk), each walking across to
+the other side; the world lets each go once its time has come and no vehicle is close to the
+crosswalk (:func:`may_cross`).
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import dataclasses
 import numpy as np
 import shapely
 
-__all__ = ["PEDESTRIAN_SIZE", "Walkers", "crossing_line"]
+__all__ = ["CROSSWALK_SPEED", "PEDESTRIAN_SIZE", "Walkers", "crossing_line", "crosswalk_crossings", "may_cross"]
 
 PEDESTRIAN_SIZE = (0.6, 0.6, 1.75)  # [m] length, width, height of a pedestrian's box
 _SIDEWALK_IN = 1.0  # [m] start this far beyond the right curb
 _SIDEWALK_OUT = 1.5  # [m] goal this far beyond the left curb
 _RAY_M = 60.0  # [m] longest curb search
+CROSSWALK_SPEED = (1.2, 1.6)  # [m/s] background pedestrians' walking speeds (uniform)
+_CLEAR_M, _CLEAR_S = 3.0, 3.0  # [m], [s] a pedestrian waits while a vehicle's box centre is within 3 m + 3 s of its speed of the crosswalk
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +63,11 @@ class Walkers:
 
     def __len__(self) -> int:
         return len(self.start)
+
+    @staticmethod
+    def concatenate(parts: list[Walkers]) -> Walkers:
+        """The pedestrians of ``parts`` in order."""
+        return Walkers(*(np.concatenate([getattr(w, f.name) for w in parts]) for f in dataclasses.fields(Walkers)))
 
     @property
     def lengths(self) -> np.ndarray:
@@ -119,3 +131,47 @@ def crossing_line(drivable, point: np.ndarray, tangent: np.ndarray) -> tuple[np.
     d_right = _curb_distance(drivable, point, right) + _SIDEWALK_IN
     d_left = _curb_distance(drivable, point, -right) + _SIDEWALK_OUT
     return point + d_right * right, point - d_left * right, d_right
+
+
+def crosswalk_crossings(crosswalks, rng: np.random.Generator, rate_per_min: float, horizon_s: float) -> tuple[Walkers, np.ndarray, list[int]]:
+    """Background pedestrians of ``crosswalks`` (the synthetic town's ``Crosswalk`` records:
+    ``centre``, ``across``, ``half_length``, ``width``).
+
+    Args:
+        rng: draws arrivals, sides, offsets along the crosswalk and speeds
+            (:data:`CROSSWALK_SPEED`), crosswalk by crosswalk.
+        rate_per_min: arrivals per minute per crosswalk (a Poisson process).
+        horizon_s: [s] arrivals up to this time.
+
+    Returns:
+        The pedestrians (waiting at their side's waiting point, shifted along the crosswalk
+        within its width), their arrival times (N,) [s] in the crosswalks' order, and the index
+        (into ``crosswalks``) each crosses.
+    """
+    starts, goals, speeds, times, which = [], [], [], [], []
+    for k, cw in enumerate(crosswalks):
+        t = 0.0
+        while rate_per_min > 0:
+            t += float(rng.exponential(60.0 / rate_per_min))
+            if t > horizon_s:
+                break
+            side = 1.0 if rng.random() < 0.5 else -1.0
+            shift = float(rng.uniform(-0.25, 0.25)) * float(cw.width) * np.asarray(cw.along, dtype=np.float64)
+            centre = np.asarray(cw.centre, dtype=np.float64) + shift
+            across = side * float(cw.half_length) * np.asarray(cw.across, dtype=np.float64)
+            starts.append(centre + across)
+            goals.append(centre - across)
+            speeds.append(float(rng.uniform(*CROSSWALK_SPEED)))
+            times.append(t)
+            which.append(k)
+    walkers = Walkers.create(np.array(starts).reshape(-1, 2), np.array(goals).reshape(-1, 2), np.array(speeds))
+    return walkers, np.array(times, dtype=np.float64), which
+
+
+def may_cross(zone, xy: np.ndarray, speed: np.ndarray) -> bool:
+    """Whether a pedestrian may step onto crosswalk ``zone`` (a shapely polygon): no vehicle box
+    centre ``xy`` (N, 2) within 3 m plus 3 s of its ``speed`` (N,) [m/s] of it."""
+    if not len(xy):
+        return True
+    d = shapely.distance(zone, shapely.points(np.asarray(xy, dtype=np.float64)))
+    return bool((d > _CLEAR_M + _CLEAR_S * np.abs(np.asarray(speed, dtype=np.float64))).all())

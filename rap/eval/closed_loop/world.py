@@ -31,6 +31,10 @@ Per tick (``dt``, 0.1 s by default):
   drives before passing nor the event lane's neighbours), static boxes (parked vehicles) or
   pedestrians (:class:`~rap.eval.closed_loop.pedestrians.Walkers`: the ``ped_crossing``
   walker, which background vehicles brake for as for any box in their path).
+* Background pedestrians cross the crosswalks of all-way-stop junctions (where every vehicle
+  stops anyway; ``crosswalk_pedestrians_per_min`` per crosswalk, from either side at 1.2-1.6
+  m/s): each steps out once its time has come and no vehicle's box centre (the ego's included)
+  is within 3 m plus 3 s of its speed of the crosswalk, and walks across without stopping.
 * The ego starts at the route's ``start_speed`` along the route (``standing_start``: at rest),
   its recorded past extrapolated backwards at that velocity (every other track's too: at their
   starting velocities).
@@ -53,7 +57,7 @@ import shapely
 from rap import geometry
 from rap.eval.closed_loop.junction_rules import EGO_CLAIM_S, STOPPED, JunctionRules
 from rap.eval.closed_loop.lane_changes import LaneChange, change_path, gap_is_safe, lane_change_window
-from rap.eval.closed_loop.pedestrians import PEDESTRIAN_SIZE, Walkers, crossing_line
+from rap.eval.closed_loop.pedestrians import PEDESTRIAN_SIZE, Walkers, crossing_line, crosswalk_crossings, may_cross
 from rap.eval.closed_loop.routes import EV_BEHIND_M, EV_LATERAL_ACCEL, RouteSpec, ev_lanes, route_town
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA, StateIndex
@@ -82,7 +86,9 @@ _EV_HEARD_M = 60.0  # [m] the ego this far before the emergency vehicle's appear
 _EV_IDM = {"max_accel": 2.5, "comfort_decel": 3.0, "time_headway": 0.8}
 _CUT_IN_IDM = {"max_accel": 2.5, "time_headway": 1.0}  # the cut-in vehicle pulls out briskly
 _CUT_IN_MIN_GAP = 8.0  # [m] it pulls out at the latest when the ego's front bumper is this close to its rear
-_LANE_CHANGE_STREAM = 7  # seeds the lane-change draws apart from the traffic's own stream
+_LANE_CHANGE_STREAM = 7
+_CROSSWALK_STREAM = 11  # seeds the background pedestrians apart from the traffic's own stream
+_CROSSWALK_HORIZON_S = 90.0  # [s] background pedestrians arrive up to this plus 0.4 s per route metre (past the route timeout)  # seeds the lane-change draws apart from the traffic's own stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +104,8 @@ class WorldConfig:
         lane_change_fraction: share of the background vehicles starting on a road lane with a
             same-direction neighbour whose route leaves from the neighbour
             (:mod:`~rap.eval.closed_loop.lane_changes`).
+        crosswalk_pedestrians_per_min: background pedestrians arriving per minute at each
+            crosswalk of an all-way-stop junction (0: none).
         standing_start: the ego starts at rest (else at the route's ``start_speed``).
     """
 
@@ -107,6 +115,7 @@ class WorldConfig:
     parked_fraction: float = 0.4
     ego_clearance: float = 25.0
     lane_change_fraction: float = 0.3
+    crosswalk_pedestrians_per_min: float = 0.5
     standing_start: bool = False
 
 
@@ -214,6 +223,7 @@ class World(RouteWorld):
         self._lights_init()
         self._ego_init()
         self._walkers_init()
+        self._crosswalk_walkers_init()
         self._statics_init()
         self._agents_init()
         self.past_steps = max(1, int(round(config.history_s / self.dt)))
@@ -287,6 +297,24 @@ class World(RouteWorld):
         self.walkers = Walkers.create(start[None], goal[None], np.array([ev.speed]))
         self.ped_line = (start, goal)
         self.ped_lateral = lateral
+
+    def _crosswalk_walkers_init(self) -> None:
+        """Background pedestrians on the crosswalks of the all-way-stop junctions
+        (:func:`~rap.eval.closed_loop.pedestrians.crosswalk_crossings`, drawn from a stream of
+        their own), after the event's walker."""
+        n = len(self.walkers)
+        self.walk_times = np.full(n, np.inf)  # the event's walker goes by its own rule
+        self.walk_zones: list = [None] * n
+        rate = self.config.crosswalk_pedestrians_per_min
+        crosswalks = [c for c in self.town.crosswalks if not self.town.junctions[c.junction].signalized]
+        if rate <= 0 or not crosswalks:
+            return
+        rng = np.random.default_rng([int(self.spec.seed), self.seed, _CROSSWALK_STREAM])
+        walkers, times, which = crosswalk_crossings(crosswalks, rng, rate, _CROSSWALK_HORIZON_S + 0.4 * self.length)
+        zones = [shapely.Polygon(c.ring) for c in crosswalks]
+        self.walkers = Walkers.concatenate([self.walkers, walkers])
+        self.walk_times = np.concatenate([self.walk_times, times])
+        self.walk_zones += [zones[k] for k in which]
 
     @staticmethod
     def _shifted(frame: dict[str, np.ndarray], dt: float) -> dict[str, np.ndarray]:
@@ -707,7 +735,7 @@ class World(RouteWorld):
         if not len(self.walkers):
             return
         walkers = self.walkers.step(self.dt)
-        if not walkers.walking[0] and walkers.walked[0] == 0.0:
+        if self.ped_line is not None and not walkers.walking[0] and walkers.walked[0] == 0.0:
             ahead = self.spec.event.arc - self.progress_hint()  # [m] box centre to the line
             v = max(self.ego_box()[2], 0.0)
             front = ahead - 0.5 * PACIFICA.length
@@ -715,7 +743,14 @@ class World(RouteWorld):
                 meets = ahead / v <= self.ped_lateral / float(walkers.speed[0])
                 late = v * v / (2.0 * max(front - _PED_MARGIN, 0.1)) >= _PED_ROOM_DECEL
                 if meets or late:
-                    walkers = walkers.started(np.array([True]))
+                    walkers = walkers.started(np.arange(len(walkers)) == 0)
+        due = ~walkers.walking & (walkers.walked == 0.0) & (self.walk_times <= self.time_s)
+        if due.any():  # background pedestrians step onto their crosswalk when no vehicle is close
+            c, _, v = self.ego_box()
+            act = self.agents.active
+            xy = np.concatenate([c[None], self.agents.poses()[act, :2]])
+            speed = np.concatenate([[v], self.agents.v[act]])
+            walkers = walkers.started(np.array([bool(due[i]) and may_cross(self.walk_zones[i], xy, speed) for i in range(len(walkers))]))
         self.walkers = walkers
 
     def _hold_update(self) -> None:

@@ -75,8 +75,8 @@ class BadAgent:
 
 
 def quiet_config(**closed_loop) -> ClosedLoopConfig:
-    """No background traffic, no parked cars in the parking strips."""
-    return ClosedLoopConfig(closed_loop=ClosedLoopSection(**{"density": 0.0, "parked_fraction": 0.0, **closed_loop}))
+    """No background traffic, no parked cars in the parking strips, no background pedestrians."""
+    return ClosedLoopConfig(closed_loop=ClosedLoopSection(**{"density": 0.0, "parked_fraction": 0.0, "crosswalk_pedestrians_per_min": 0.0, **closed_loop}))
 
 
 @functools.lru_cache(maxsize=8)
