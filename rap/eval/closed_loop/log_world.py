@@ -42,8 +42,9 @@ record (an error when no route is left).
     synthetic world's traffic uses) from their logged speed, on their lane at their logged arc
     (boxes snapped onto the lane's centerline), along the lanes they drive in the log and then
     the straightest successors: they follow each other, brake for the ego and for the replayed
-    agents, and stop at the logged lights (at STOP; at CAUTION when they need at most
-    3 m/s^2). An agent whose route runs out leaves. The other agents (pedestrians, cyclists,
+    agents, stop at the logged lights (at STOP; at CAUTION when they need at most
+    3 m/s^2) and at the map's stop signs (stand 1 s, then go:
+    :mod:`~rap.eval.closed_loop.stop_signs`). An agent whose route runs out leaves. The other agents (pedestrians, cyclists,
     parked vehicles, vehicles off the lanes or appearing later) replay their logs as with
     ``log``.
 * The map is the scenario's: snapshots carry it (rendering, the expert's drivable area and
@@ -85,6 +86,7 @@ from pathlib import Path
 import numpy as np
 
 from rap import geometry
+from rap.eval.closed_loop.stop_signs import SignStops
 from rap.eval.closed_loop.world import RouteWorld, WorldConfig, light_stop_gaps, light_track, signal_stops, track_arrays
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
 from rap.sim.bicycle import PACIFICA, StateIndex
@@ -577,6 +579,7 @@ class LogWorld(RouteWorld):
         self.idm_col[taken] = np.arange(len(taken))
         self.idm_cols = taken
         self.idm_stops = signal_stops(self.idm.routes, self.signal_row)
+        self.idm_signs = SignStops(self.idm.routes.lane_ids, self.idm.routes.lane_starts, self.log.map.lanes, self.map.stop_signs)
 
     def _log_states(self, t: float) -> dict[str, np.ndarray]:
         """Every column's logged box at time ``t`` (interpolated between log steps; after the
@@ -664,7 +667,9 @@ class LogWorld(RouteWorld):
             if logged.any():
                 j = np.flatnonzero(logged)
                 parts.append(Boxes.from_poses(o["x"][j], o["y"][j], o["heading"][j], o["length"][j], o["width"][j], o["vx"][j], o["vy"][j]))
-            self.idm = self.idm.step(self.dt, Boxes.concatenate(parts), stop_gap=light_stop_gaps(self.idm, self.idm_stops, states))
+            idm = self.idm
+            stop_gap = np.minimum(light_stop_gaps(idm, self.idm_stops, states), self.idm_signs.stop_gaps(self.dt, idm.s, idm.v, idm.length, idm.active))
+            self.idm = idm.step(self.dt, Boxes.concatenate(parts), stop_gap=stop_gap)
         self.tick += 1
         self._cache = None
         self.history.append(self._frame())

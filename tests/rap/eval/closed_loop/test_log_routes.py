@@ -4,6 +4,7 @@ whole log; routes of moving logged vehicles (``ego_row``) exercise the moving ca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from rap.eval.closed_loop.log_world import (
 )
 from rap.eval.closed_loop.runner import evaluate_closed_loop, load_routes, make_world
 from rap.eval.closed_loop.world import WorldConfig
+from rap.scene import StopSigns
 from rap.sim.bicycle import PACIFICA
 
 WOMD = Path(__file__).resolve().parents[4] / "data" / "waymo" / "womd_scenario_637f20cafde22ff8.tfrecord"
@@ -237,3 +239,32 @@ def test_vehicle_seats_add_a_route_per_moving_logged_vehicle(scene):
     assert v == pytest.approx(float(np.hypot(scene.tracks.vx[MOVING, step], scene.tracks.vy[MOVING, step])), abs=0.05)
     with pytest.raises(ValueError, match="log_seats"):
         load_log_routes(f"womd:{WOMD}", "everyone")
+
+
+def test_idm_vehicles_stop_at_a_stop_sign_of_their_route_then_go_on(scene, moving):
+    """The shipped map has no stop sign on an IDM vehicle's way: one is added 25 m ahead of a
+    moving vehicle, on the lane it will be driving there."""
+    w = LogWorld(moving, traffic="idm")
+    ids = w.others()["ids"][w.idm_cols]
+    a = int(np.flatnonzero((w.idm.v > 5.0) & ~np.isin(ids, FOLLOWED))[0])
+    arc = float(w.idm.s[a] + 0.5 * w.idm.length[a] + 25.0)
+    lane = int(w.idm.routes.lane_at(np.full(len(w.idm), arc))[a])
+    pos, _ = w.idm.routes.pose(np.full(len(w.idm), arc))
+    signs = StopSigns(ids=np.array([900001]), positions=np.array([[pos[a, 0], pos[a, 1], 0.0]]), lane_ids=((int(scene.map.lanes.ids[lane]),),))
+    signed = dataclasses.replace(scene, map=dataclasses.replace(scene.map, stop_signs=signs))
+    w = LogWorld(moving, traffic="idm", scene=signed)
+    assert len(w.idm_signs) >= 1
+    stood, fronts = 0.0, []
+    for _ in range(120):
+        w.step()
+        front = float(w.idm.s[a] + 0.5 * w.idm.length[a])
+        fronts.append(front)
+        if w.idm.v[a] < 0.1 and arc - 4.0 <= front <= arc + 1.0:
+            stood += w.dt
+    assert stood >= 1.0 - 1e-9  # stopped at the sign for a second
+    assert max(fronts) > arc + 5.0  # and went on
+    # without the sign it drives through at speed
+    plain = LogWorld(moving, traffic="idm")
+    for _ in range(40):
+        plain.step()
+        assert plain.idm.v[a] > 1.0 or plain.idm.s[a] + 0.5 * plain.idm.length[a] > arc
