@@ -1,9 +1,9 @@
-"""Lane changes of the closed-loop world's IDM vehicles.
+"""Lane changes of the closed-loop worlds' IDM vehicles.
 
 A vehicle whose route needs a lane change (its way on leaves from a same-direction neighbour
-of its lane) drives its own lane with a pending :class:`LaneChange`. Inside the change window
-(arcs of its route where a change can start and still end :data:`END_MARGIN_M` before the
-lane's end) it moves over as soon as the neighbour has a safe gap: MOBIL's safety criterion
+of its lane; in a log, its logged lanes move to a neighbour) drives its own lane with a pending
+:class:`LaneChange`. Inside the change window (from 5 m into the lane while a blend at its
+speed still ends :data:`END_MARGIN_M` before the lane's end) it moves over as soon as the neighbour has a safe gap: MOBIL's safety criterion
 (Kesting, Treiber & Helbing 2007), :func:`gap_is_safe`: the new follower (the ego included)
 would brake at most :data:`SAFE_DECEL` for it, and the gap to the new leader is at least the
 standstill gap plus :data:`LEADER_HEADWAY_S` of its speed. Its route then becomes the
@@ -21,11 +21,11 @@ import numpy as np
 
 from rap.sim.idm import IDMParameters, RoutePath, idm_acceleration, lane_change_line, route_path
 
-__all__ = ["END_MARGIN_M", "LEADER_HEADWAY_S", "SAFE_DECEL", "LaneChange", "blend_length", "change_path", "gap_is_safe", "lane_change_window"]
+__all__ = ["END_MARGIN_M", "LEADER_HEADWAY_S", "SAFE_DECEL", "LaneChange", "blend_length", "change_path", "gap_is_safe", "lane_change_window", "ready_changes"]
 
 SAFE_DECEL = 2.0  # [m/s^2] the new follower brakes at most this for the changer (MOBIL's b_safe)
 LEADER_HEADWAY_S = 0.5  # [s] gap to the new leader: standstill gap plus this much of the changer's speed
-END_MARGIN_M = 10.0  # [m] a change ends at least this far before the source lane's end
+END_MARGIN_M = 5.0  # [m] a change ends at least this far before the source lane's end
 _START_MARGIN_M = 5.0  # [m] and starts at least this far into it
 _FOLLOWER = IDMParameters()  # how the new follower is assumed to react
 _ALONG = 80.0  # [m] followers and leaders this far along the target lane count
@@ -45,7 +45,8 @@ class LaneChange:
         source: the lane the change starts on.
         target: its same-direction neighbour the change ends on.
         then: lane indices after ``target``, in driving order.
-        window: (2,) [m] route arcs of the agent's box centre where the change may start.
+        window: (2,) [m] route arcs of the agent's box centre: the change starts after the
+            first and ends (its blend included) by the second.
         forced: skip the safety check (the world decides when).
     """
 
@@ -57,13 +58,14 @@ class LaneChange:
     forced: bool = False
 
 
-def lane_change_window(source_start: float, source_length: float, speed_limit: float) -> tuple[float, float] | None:
-    """(2,) [m] route arcs where a change off a source lane starting at route arc
-    ``source_start`` may begin (a blend at the lane's speed limit ends :data:`END_MARGIN_M`
-    before its end); None where the lane is too short."""
+def lane_change_window(source_start: float, source_length: float) -> tuple[float, float] | None:
+    """(2,) [m] route arcs of the box centre between which a change off a source lane starting
+    at route arc ``source_start`` happens: it may start :data:`_START_MARGIN_M` into the lane
+    and must end (start plus :func:`blend_length` of the speed then) :data:`END_MARGIN_M`
+    before the lane's end; None where not even the shortest blend fits."""
     lo = source_start + _START_MARGIN_M
-    hi = source_start + source_length - END_MARGIN_M - blend_length(speed_limit)
-    return (lo, hi) if hi > lo else None
+    hi = source_start + source_length - END_MARGIN_M
+    return (lo, hi) if hi - blend_length(0.0) >= lo else None
 
 
 def change_path(town, limits: np.ndarray, change: LaneChange, start_arc: float, speed: float) -> RoutePath:
@@ -138,3 +140,26 @@ def gap_is_safe(
         if float(acc[0]) < -safe_decel:
             return False
     return True
+
+
+def ready_changes(changes: dict[int, LaneChange], agents, town, boxes: dict[str, np.ndarray], rows: np.ndarray) -> list[int]:
+    """The agents whose pending change starts now: inside its window and, unless forced, with a
+    safe gap (:func:`gap_is_safe` on the target lane of ``town``) among ``boxes`` (``x, y,
+    heading, length, v, valid`` (N,): every box, the ego's included; agent ``k`` is row
+    ``rows[k]``, left out of its own check). Changes whose agent has left or passed the
+    window's end are dropped from ``changes``."""
+    out = []
+    poses = None
+    for k, ch in sorted(changes.items()):
+        if not agents.active[k] or agents.s[k] + blend_length(0.0) > ch.window[1]:
+            del changes[k]
+            continue
+        if ch.forced or agents.s[k] < ch.window[0] or agents.s[k] + blend_length(float(agents.v[k])) > ch.window[1]:
+            continue
+        poses = agents.poses() if poses is None else poses
+        keep = boxes["valid"] & (np.arange(len(boxes["x"])) != rows[k])
+        target = town.lanes[ch.target]
+        others = {f: boxes[f][keep] for f in ("x", "y", "heading", "length", "v")}
+        if gap_is_safe(target.points, target.width, (poses[k, 0], poses[k, 1], float(agents.v[k]), float(agents.length[k])), others):
+            out.append(k)
+    return out

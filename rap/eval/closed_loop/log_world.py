@@ -44,7 +44,11 @@ record (an error when no route is left).
     the straightest successors: they follow each other, brake for the ego and for the replayed
     agents, stop at the logged lights (at STOP; at CAUTION when they need at most
     3 m/s^2) and at the map's stop signs (stand 1 s, then go:
-    :mod:`~rap.eval.closed_loop.stop_signs`). An agent whose route runs out leaves. The other agents (pedestrians, cyclists,
+    :mod:`~rap.eval.closed_loop.stop_signs`). A vehicle that changes lanes in the log (its
+    logged lanes move to a same-direction neighbour) changes lanes too, off the same lane, into
+    the first safe gap (:mod:`~rap.eval.closed_loop.lane_changes`), and drives on along its
+    logged lanes there; without a gap before the lane's end it keeps its lane. An agent whose
+    route runs out leaves. The other agents (pedestrians, cyclists,
     parked vehicles, vehicles off the lanes or appearing later) replay their logs as with
     ``log``.
 * The map is the scenario's: snapshots carry it (rendering, the expert's drivable area and
@@ -86,6 +90,7 @@ from pathlib import Path
 import numpy as np
 
 from rap import geometry
+from rap.eval.closed_loop.lane_changes import LaneChange, blend_length, change_path, lane_change_window, ready_changes
 from rap.eval.closed_loop.stop_signs import SignStops
 from rap.eval.closed_loop.world import RouteWorld, WorldConfig, light_stop_gaps, light_track, signal_stops, track_arrays
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
@@ -554,20 +559,25 @@ class LogWorld(RouteWorld):
         lane, arc = locate_on_lanes(lanes, xy, tr.heading[rows, k0])
         lookup = LaneLookup(log, lane_polygons(log))
         paths, s0, taken = [], [], []
+        self.idm_changes: dict[int, LaneChange] = {}
         for j, r, li, a in zip(moving, rows, lane, arc):
             if li < 0:
                 continue
-            chain = [int(li)]
+            chain, after = [int(li)], []  # after: the lanes past its first logged lane change
             for lane_id in lookup.traversed(int(r), k0):  # the lanes it drives in the log, as a successor chain
                 i = lanes.index_of(int(lane_id))
-                if i in _successor_indices(log, chain[-1]):
-                    chain.append(i)
+                last = after[-1] if after else chain[-1]
+                if i in _successor_indices(log, last):
+                    (after if after else chain).append(i)
+                elif not after and i in self.town.lanes[chain[-1]].left + self.town.lanes[chain[-1]].right:
+                    after.append(i)  # a lane change off chain[-1] into its neighbour i
             done = float(sum(geometry.polyline_length(_lane_xy(log, i)) for i in chain)) - float(a)
-            if done < _IDM_ROUTE_M:
-                chain = _extend(log, chain, _IDM_ROUTE_M - done)
-            path = _path(log, chain)
+            full = _extend(log, chain, _IDM_ROUTE_M - done) if done < _IDM_ROUTE_M else chain
+            path = _path(log, full)
             if path.length < 1.0 or a >= path.length - 1.0:
                 continue
+            if after:
+                self._plan_change(len(paths), chain, after, float(a))
             paths.append(path)
             s0.append(float(a))
             taken.append(j)
@@ -580,6 +590,36 @@ class LogWorld(RouteWorld):
         self.idm_cols = taken
         self.idm_stops = signal_stops(self.idm.routes, self.signal_row)
         self.idm_signs = SignStops(self.idm.routes.lane_ids, self.idm.routes.lane_starts, self.log.map.lanes, self.map.stop_signs)
+
+    def _plan_change(self, k: int, chain: list[int], after: list[int], arc: float) -> None:
+        """IDM agent ``k``'s logged lane change off ``chain[-1]`` into ``after[0]``, pending
+        (:mod:`~rap.eval.closed_loop.lane_changes`) while its window on the source lane is
+        ahead of (or around) its start ``arc``."""
+        lengths = [float(geometry.polyline_length(_lane_xy(self.log, i))) for i in chain]
+        window = lane_change_window(sum(lengths[:-1]), lengths[-1])
+        if window is None or window[1] - blend_length(0.0) < arc:
+            return
+        then = _extend(self.log, list(after), _IDM_ROUTE_M)[1:]
+        self.idm_changes[k] = LaneChange(tuple(chain[:-1]), chain[-1], after[0], tuple(then), (max(window[0], arc), window[1]))
+
+    def _change_lanes(self) -> None:
+        """Starts the IDM agents' logged lane changes when their gap is safe."""
+        if not self.idm_changes:
+            return
+        o = self.others()
+        c, h, v = self.ego_box()
+        boxes = {
+            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
+            "length": np.concatenate([[PACIFICA.length], o["length"]]), "v": np.concatenate([[max(v, 0.0)], np.hypot(o["vx"], o["vy"])]),
+            "valid": np.concatenate([[True], o["valid"]]),
+        }  # fmt: skip
+        for k in ready_changes(self.idm_changes, self.idm, self.town, boxes, self.idm_cols + 1):
+            ch = self.idm_changes.pop(k)
+            path = change_path(self.town, self.limits, ch, float(self.idm.s[k]), float(self.idm.v[k]))
+            self.idm = dataclasses.replace(self.idm, routes=self.idm.routes.with_route(k, path))
+            self.idm_stops = signal_stops(self.idm.routes, self.signal_row)
+            self.idm_signs = self.idm_signs.rerouted(self.idm.routes.lane_ids, self.idm.routes.lane_starts, self.log.map.lanes, self.map.stop_signs)
+            self._cache = None
 
     def _log_states(self, t: float) -> dict[str, np.ndarray]:
         """Every column's logged box at time ``t`` (interpolated between log steps; after the
@@ -658,6 +698,7 @@ class LogWorld(RouteWorld):
         else:
             self.ego[[StateIndex.VELOCITY_X, StateIndex.VELOCITY_Y, StateIndex.ACCELERATION_X, StateIndex.ACCELERATION_Y]] = 0.0
         if self.idm is not None and len(self.idm):
+            self._change_lanes()
             c, h, _ = self.ego_box()
             vw = self.ego_world_velocity()
             parts = [Boxes.from_poses(np.array([c[0]]), np.array([c[1]]), np.array([h]), np.array([PACIFICA.length]), np.array([PACIFICA.width]), np.array([vw[0]]), np.array([vw[1]]))]

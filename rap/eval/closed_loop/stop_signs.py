@@ -59,6 +59,18 @@ class SignStops:
     def __len__(self) -> int:
         return len(self.arc)
 
+    def rerouted(self, lane_ids: np.ndarray, lane_starts: np.ndarray, lanes, signs) -> SignStops:
+        """The stops of the agents' new routes (one agent changed lanes), keeping the standing
+        time and releases of every stop that is still there (same agent, same arc)."""
+        new = SignStops(lane_ids, lane_starts, lanes, signs)
+        old = {(int(a), round(float(x), 6)): k for k, (a, x) in enumerate(zip(self.agent, self.arc))}
+        for k, (a, x) in enumerate(zip(new.agent, new.arc)):
+            j = old.get((int(a), round(float(x), 6)))
+            if j is not None:
+                new.stood[k], new.done[k] = self.stood[j], self.done[j]
+        new._started = self._started
+        return new
+
     def stop_gaps(self, dt: float, s: np.ndarray, v: np.ndarray, length: np.ndarray, active: np.ndarray) -> np.ndarray:
         """(A,) gaps [m] from the front bumpers to the stop point each agent must stop at now
         (inf: none); counts standing time (``dt`` [s] a call) and releases stops.

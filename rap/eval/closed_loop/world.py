@@ -56,7 +56,7 @@ import shapely
 
 from rap import geometry
 from rap.eval.closed_loop.junction_rules import EGO_CLAIM_S, STOPPED, JunctionRules
-from rap.eval.closed_loop.lane_changes import LaneChange, change_path, gap_is_safe, lane_change_window
+from rap.eval.closed_loop.lane_changes import LaneChange, blend_length, change_path, lane_change_window, ready_changes
 from rap.eval.closed_loop.pedestrians import PEDESTRIAN_SIZE, Walkers, crossing_line, crosswalk_crossings, may_cross
 from rap.eval.closed_loop.routes import EV_BEHIND_M, EV_LATERAL_ACCEL, RouteSpec, ev_lanes, route_town
 from rap.scene import AgentTracks, AgentType, LightState, Scene, TrafficLights
@@ -484,8 +484,8 @@ class World(RouteWorld):
             then = _lanes_from(town, int(rng.choice(town.lanes[target].successors)), 0.0, 250.0, rng)
             if banned & set(then):
                 continue
-            window = lane_change_window(0.0, float(np.linalg.norm(np.diff(ln.points, axis=0), axis=1).sum()), float(self.limits[i]))
-            if window is None or window[1] < a + 1.0:
+            window = lane_change_window(0.0, float(np.linalg.norm(np.diff(ln.points, axis=0), axis=1).sum()))
+            if window is None or window[1] - blend_length(0.0) < a + 1.0:
                 continue
             self.changes[k] = LaneChange((), i, target, tuple(int(j) for j in then), (max(window[0], a + 1.0), window[1]))
 
@@ -635,20 +635,8 @@ class World(RouteWorld):
         those past their window."""
         if not self.changes:
             return
-        a, others = self.agents, None
-        for k, ch in sorted(self.changes.items()):
-            if not a.active[k] or a.s[k] > ch.window[1]:
-                del self.changes[k]
-                continue
-            if ch.forced or a.s[k] < ch.window[0]:
-                continue
-            if others is None:
-                others = self._gap_boxes()
-            keep = np.arange(len(others["x"])) != k + 1  # row 0 is the ego
-            mine = a.poses()[k]
-            target = self.town.lanes[ch.target]
-            if gap_is_safe(target.points, target.width, (mine[0], mine[1], float(a.v[k]), float(a.length[k])), {f: x[keep] for f, x in others.items()}):
-                self._switch_route(k, ch)
+        for k in ready_changes(self.changes, self.agents, self.town, self._gap_boxes(), np.arange(len(self.agents)) + 1):
+            self._switch_route(k, self.changes[k])
 
     def _cut_in_trigger(self) -> None:
         """The ``cut_in`` vehicle pulls out when the ego's front bumper comes within
@@ -666,13 +654,13 @@ class World(RouteWorld):
             self.cutin_phase = "go"
 
     def _gap_boxes(self) -> dict[str, np.ndarray]:
-        """Every box (the ego first, then :meth:`others`' rows): ``x, y, heading, length, v``."""
+        """Every box (the ego first, then :meth:`others`' rows): ``x, y, heading, length, v, valid``."""
         o = self.others()
         c, h, v = self.ego_box()
         return {
-            "x": np.concatenate([[c[0]], o["x"]])[np.r_[True, o["valid"]]], "y": np.concatenate([[c[1]], o["y"]])[np.r_[True, o["valid"]]],
-            "heading": np.concatenate([[h], o["heading"]])[np.r_[True, o["valid"]]], "length": np.concatenate([[PACIFICA.length], o["length"]])[np.r_[True, o["valid"]]],
-            "v": np.concatenate([[max(v, 0.0)], np.hypot(o["vx"], o["vy"])])[np.r_[True, o["valid"]]],
+            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
+            "length": np.concatenate([[PACIFICA.length], o["length"]]), "v": np.concatenate([[max(v, 0.0)], np.hypot(o["vx"], o["vy"])]),
+            "valid": np.concatenate([[True], o["valid"]]),
         }  # fmt: skip
 
     def _switch_route(self, k: int, ch: LaneChange) -> None:

@@ -138,7 +138,7 @@ def test_without_a_safe_gap_a_vehicle_keeps_its_lane_and_route(monkeypatch):
     world = World(spec)
     pending = _changers(world)
     before = world.agents.routes.lane_ids.copy()
-    monkeypatch.setattr("rap.eval.closed_loop.world.gap_is_safe", lambda *a, **k: False)
+    monkeypatch.setattr("rap.eval.closed_loop.lane_changes.gap_is_safe", lambda *a, **k: False)
     for _ in range(400):
         world.step()
     np.testing.assert_array_equal(world.agents.routes.lane_ids[: before.shape[0], : before.shape[1]], before)
@@ -165,7 +165,8 @@ def test_the_same_seed_gives_the_same_lane_changes():
 
 def test_blend_length_is_2_5_s_of_driving_within_15_to_30_m():
     assert blend_length(0.0) == 15.0 and blend_length(8.0) == 20.0 and blend_length(20.0) == 30.0
-    assert lane_changes.lane_change_window(0.0, 30.0, 10.0) is None
+    assert lane_changes.lane_change_window(0.0, 20.0) is None  # 5 m in, 5 m before the end: no room for 15 m
+    assert lane_changes.lane_change_window(10.0, 60.0) == (15.0, 65.0)
 
 
 def _route_plan(world: World, speed: float) -> Trajectory:

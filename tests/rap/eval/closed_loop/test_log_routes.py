@@ -147,14 +147,20 @@ def test_idm_traffic_starts_at_the_logged_states_and_brakes_for_a_stopped_ego(sc
     assert set(FOLLOWED) <= replayed
     reacting, speeds = _contacts(w, 80)
     assert not reacting
-    # 1670 follows in the ego's lane: it comes to a stop behind the ego (1678, which changes into
-    # the ego's lane in the log, keeps to its own lane under IDM and passes)
-    assert min(speeds[1670]) < 0.1
+    # 1670 follows in the ego's lane: it comes to a stop behind the ego; 1678 changes into the
+    # ego's lane as in the log (a lane change into a safe gap) and queues behind 1670
+    assert min(speeds[1670]) < 0.1 and min(speeds[1678]) < 0.5
     o = w.others()
-    j = int(np.flatnonzero(o["ids"] == 1670)[0])
     c, h, _ = w.ego_box()
-    behind = np.array([o["x"][j] - c[0], o["y"][j] - c[1]]) @ np.array([np.cos(h), np.sin(h)])
-    assert -15.0 < behind < -0.5 * (PACIFICA.length + o["length"][j])
+    f = np.array([np.cos(h), np.sin(h)])
+    along = {}
+    for tid in FOLLOWED:
+        j = int(np.flatnonzero(o["ids"] == tid)[0])
+        d = np.array([o["x"][j] - c[0], o["y"][j] - c[1]])
+        along[tid] = float(d @ f)
+        assert abs(float(d @ np.array([-f[1], f[0]]))) < 0.5  # in the ego's lane
+    assert -15.0 < along[1670] < -0.5 * (PACIFICA.length + o["length"][int(np.flatnonzero(o["ids"] == 1670)[0])])
+    assert along[1678] < along[1670] - 4.0
 
 
 def test_the_expert_drives_the_shipped_route_and_results_come_out(tmp_path):
