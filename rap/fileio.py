@@ -28,6 +28,7 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # mtime) every LOCK_RENEW_S. A lease of another host renewed within LOCK_LEASE_S holds the lock.
 LOCK_LEASE_S = 120.0  # [s]
 LOCK_RENEW_S = 30.0  # [s]
+LEASE_THREAD_PREFIX = "lease "  # the name of the thread that renews a lock's lease starts so
 
 
 class DiskFullError(OSError):
@@ -193,7 +194,7 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     os.utime(fd)
 
-        renewer = threading.Thread(target=renew, name=f"lease {Path(path).name}", daemon=True)
+        renewer = threading.Thread(target=renew, name=f"{LEASE_THREAD_PREFIX}{Path(path).name}", daemon=True)
         renewer.start()
         yield
     finally:

@@ -38,6 +38,7 @@ import json
 import multiprocessing
 import os
 import re
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySec
 from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manifest
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
 from rap.dataset.writer import TMP_SUFFIX, ShardWriter, shard_name
-from rap.fileio import LockHeldError, exclusive_lock, is_disk_full, lock_holder, remove_quietly, sha256_file
+from rap.fileio import LEASE_THREAD_PREFIX, LockHeldError, exclusive_lock, is_disk_full, lock_holder, remove_quietly, sha256_file
 from rap.images import save_json
 from rap.render.rigs import camera_record
 from rap.scene import Scene
@@ -321,6 +322,35 @@ def _run_unit_star(args) -> dict:
     return run_unit(*args)
 
 
+START_METHOD_ENV = "RAP_START_METHOD"
+
+
+def worker_start_method() -> str:
+    """How worker processes start: ``fork`` where that is safe, else ``spawn``.
+
+    Forked workers inherit this process's imports and loaded kernels (a spawned one pays ~1.2 s
+    of CPU to import them again before its first unit: a large share of a short run). Safe means
+    Linux, no OpenGL context ever created in this process (:func:`rasterizer.context.contexts_created`:
+    the driver's state and threads do not survive a fork) and no thread but the run's own lock
+    lease (a thread holding a lock at the fork would leave it held in the child). The
+    environment variable ``RAP_START_METHOD`` (``fork``, ``spawn`` or ``forkserver``) overrides
+    the choice. Either way the output bytes are the same.
+    """
+    import threading
+
+    from rasterizer.context import contexts_created
+
+    chosen = os.environ.get(START_METHOD_ENV, "").strip()
+    if chosen:
+        if chosen not in multiprocessing.get_all_start_methods():
+            raise GenerateError(f"{START_METHOD_ENV}={chosen!r}: expected one of {', '.join(multiprocessing.get_all_start_methods())}")
+        return chosen
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.name.startswith(LEASE_THREAD_PREFIX)]
+    if sys.platform.startswith("linux") and not contexts_created() and not others:
+        return "fork"
+    return "spawn"
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Worker initializer (Linux): the worker is killed when the run that started it dies, so a
     killed run's workers never keep writing into a folder that a resumed run now holds."""
@@ -551,7 +581,8 @@ def _generate_locked(
 
     done = _completed(out_dir, units) if resume else {}
     todo = [u for u in units if u.index not in done]
-    if on_start:
+    pooled = executor != "ray" and workers > 1
+    if on_start and not pooled:  # (a pool's workers start first: see below)
         on_start(len(units), len(done))
     start = time.perf_counter()
     records = dict(done)
@@ -567,9 +598,12 @@ def _generate_locked(
         for unit in todo:
             finished(run_unit(unit, config, out_dir))
     else:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context(worker_start_method())
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+            # forked workers start at the first submit, before on_start's progress bar has a thread
             futures = [pool.submit(run_unit, unit, config, out_dir) for unit in todo]
+            if on_start:
+                on_start(len(units), len(done))
             try:
                 for future in concurrent.futures.as_completed(futures):
                     finished(future.result())

@@ -12,6 +12,13 @@ import dataclasses
 import moderngl
 
 REQUIRED_GL_VERSION = 330
+_created = False  # this process has made a context (its driver state and threads exist here)
+
+
+def contexts_created() -> bool:
+    """Whether this process has created an OpenGL context (then a ``fork`` of it is not safe to
+    render in: GL drivers keep per-process state and threads that a forked child lacks)."""
+    return _created
 
 
 class ContextError(RuntimeError):
@@ -45,6 +52,8 @@ def create_context(backend: str = "egl", device_index: int = 0) -> moderngl.Cont
     Raises:
         ContextError: with the underlying reason and what to install when no context works.
     """
+    global _created
+    _created = True
     try:
         ctx = moderngl.create_standalone_context(backend=backend, require=REQUIRED_GL_VERSION, device_index=device_index)
     except Exception as exc:  # glcontext raises plain Exceptions with the EGL error text

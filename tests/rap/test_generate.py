@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from typer.testing import CliRunner
 from rap.cli import app
 from rap.config import load_config
 from rap.dataset.manifest import read_manifest, verify_shards
-from rap.generate import GenerateConfig, generate, list_units
+from rap.generate import START_METHOD_ENV, GenerateConfig, GenerateError, generate, list_units, worker_start_method
 from rap.sources.tfrecord import read_records, write_records
+from rasterizer.context import contexts_created, create_context
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "waymo"
 WOMD = DATA / "womd_scenario_637f20cafde22ff8.tfrecord"
@@ -62,11 +64,38 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert a["shard-000000.tar"] != c["shard-000000.tar"]  # recovery perturbations differ
 
 
-def test_two_workers_give_the_same_bytes(tmp_path, three_records):
+@pytest.mark.parametrize("method", ["", "spawn"])
+def test_two_workers_give_the_same_bytes_forked_or_spawned(tmp_path, three_records, method):
+    """``rap generate --workers 2`` in a fresh process (no GL context there: its workers are
+    forked by default) and with spawned workers writes what one in-process worker writes."""
     generate(f"womd:{three_records}", tmp_path / "one", small_config())
-    generate(f"womd:{three_records}", tmp_path / "two", small_config(), workers=2)
+    env = {k: v for k, v in os.environ.items() if k != START_METHOD_ENV} | ({START_METHOD_ENV: method} if method else {})
+    cmd = [sys.executable, "-m", "rap.cli", "generate", "--source", f"womd:{three_records}", "--out", str(tmp_path / "two"), "--workers", "2", *SMALL]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     assert digest(tmp_path / "one") == digest(tmp_path / "two")
     assert len(read_manifest(tmp_path / "two").shards) == 3
+
+
+def test_workers_fork_only_where_that_is_safe(monkeypatch):
+    monkeypatch.delenv(START_METHOD_ENV, raising=False)
+    with create_context():  # a GL context in this process: its driver state would not survive a fork
+        pass
+    assert contexts_created() and worker_start_method() == "spawn"
+    monkeypatch.setattr("rasterizer.context._created", False)
+    assert worker_start_method() == "fork"
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, name="someone else's thread")
+    other.start()
+    try:
+        assert worker_start_method() == "spawn"  # a thread could hold a lock across the fork
+    finally:
+        stop.set()
+        other.join()
+    monkeypatch.setenv(START_METHOD_ENV, "forkserver")
+    assert worker_start_method() == "forkserver"
+    monkeypatch.setenv(START_METHOD_ENV, "teleport")
+    with pytest.raises(GenerateError, match="RAP_START_METHOD='teleport': expected one of"):
+        worker_start_method()
 
 
 def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path, three_records):
