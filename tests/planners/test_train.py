@@ -74,22 +74,28 @@ def test_resume_after_kill_9_ends_with_the_weights_of_an_uninterrupted_run(tiny_
     cmd = [sys.executable, "-m", "rap", "train", str(TINY), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (killed / "last.pt").exists() and (killed / "metrics.jsonl").exists() and len((killed / "metrics.jsonl").read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(killed / "last.pt")["step"]
-    assert 0 < killed_at < 16
-    resumed = subprocess.run([*cmd, "--out", str(killed), "--resume"], env=env, capture_output=True, text=True, cwd=REPO)
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == 16
-    whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True, cwd=REPO)
-    assert whole.returncode == 0, whole.stderr
+    # the uninterrupted reference runs beside the killed and resumed one (one thread each, 2 cores)
+    whole = subprocess.Popen([*cmd, "--out", str(tmp_path / "whole")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if (killed / "last.pt").exists() and (killed / "metrics.jsonl").exists() and len((killed / "metrics.jsonl").read_text().splitlines()) >= 4:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed_at = load_checkpoint(killed / "last.pt")["step"]
+        assert 0 < killed_at < 16
+        resumed = subprocess.run([*cmd, "--out", str(killed), "--resume"], env=env, capture_output=True, text=True, cwd=REPO)
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == 16
+        _, whole_err = whole.communicate(timeout=600)
+        assert whole.returncode == 0, whole_err
+    finally:
+        if whole.poll() is None:
+            whole.kill()
     _assert_same_weights(killed / "last.pt", tmp_path / "whole" / "last.pt")
     assert [s for s, _ in _losses(killed)] == list(range(1, 17))  # metrics rewritten, no duplicated steps
     assert _losses(killed) == _losses(tmp_path / "whole")
