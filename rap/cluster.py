@@ -1,5 +1,6 @@
-"""Ray start-up shared by the commands that can run on a cluster (``rap generate --executor ray``,
-``rap eval closed-loop --executor ray``)."""
+"""Worker-process helpers shared by the commands that run work in parallel (``rap generate``,
+``rap eval closed-loop``): Ray start-up for ``--executor ray``, and tying local worker
+processes to the run that started them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,24 @@ import contextlib
 import os
 from typing import Iterator, Optional
 
-__all__ = ["ray_session"]
+__all__ = ["die_with_parent", "ray_session"]
 
 RAY_MISSING = "the ray executor needs Ray: pip install 'rap[ray]' (or pip install ray)"
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer (Linux): the calling worker process is killed when the process that
+    started it (``parent_pid``) dies, even by ``kill -9``, so a killed run leaves no workers
+    running on (writing into a folder a resumed run now holds, or using the CPU for nobody)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(1)
 
 
 @contextlib.contextmanager

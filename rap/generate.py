@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import NonNegativeInt, PositiveInt
 
 import rap
-from rap.cluster import ray_session
+from rap.cluster import die_with_parent, ray_session
 from rap.config import DEFAULT_CAMERA_SIZE, DEFAULT_RIG, FrozenModel, HistorySection, ImageSide, NonNegativeFloat, PositiveFloat, SamplingSection, config_to_dict
 from rap.dataset.manifest import Manifest, ShardEntry, SkippedInput, write_manifest
 from rap.dataset.sample import Sample, SampleKind, SamplePlan
@@ -351,20 +351,6 @@ def worker_start_method() -> str:
     return "spawn"
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Worker initializer (Linux): the worker is killed when the run that started it dies, so a
-    killed run's workers never keep writing into a folder that a resumed run now holds."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except Exception:  # pragma: no cover - not Linux
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl
-        os._exit(1)
-
-
 # -- a whole run ---------------------------------------------------------------------------------
 @dataclass
 class GenerateResult:
@@ -599,7 +585,7 @@ def _generate_locked(
             finished(run_unit(unit, config, out_dir))
     else:
         ctx = multiprocessing.get_context(worker_start_method())
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             # forked workers start at the first submit, before on_start's progress bar has a thread
             futures = [pool.submit(run_unit, unit, config, out_dir) for unit in todo]
             if on_start:

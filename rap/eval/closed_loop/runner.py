@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from rap import geometry
-from rap.cluster import ray_session
+from rap.cluster import die_with_parent, ray_session
 from rap.eval.agent import (
     Agent,
     AgentCaller,
@@ -278,7 +279,9 @@ def _stored(out_dir: Path, spec: RouteSpec, key: str) -> dict | None:
 _WORKER: dict = {}
 
 
-def _worker_init(agent_spec: str, config_json: str, agent_loader: Callable[[str], Agent]) -> None:
+def _worker_init(agent_spec: str, config_json: str, agent_loader: Callable[[str], Agent], parent_pid: int | None = None) -> None:
+    if parent_pid is not None:  # a local pool's worker: it dies with the run
+        die_with_parent(parent_pid)
     config = ClosedLoopConfig.model_validate_json(config_json)
     _WORKER["config"] = config
     _WORKER["session"] = _Session(agent_loader(agent_spec), config)
@@ -401,7 +404,7 @@ def evaluate_closed_loop(
     elif todo:
         _Session(agent, config).close()  # sensor_config() problems surface here, once
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=(agent_spec, config.model_dump_json(), agent_loader)) as pool:
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=(agent_spec, config.model_dump_json(), agent_loader, os.getpid())) as pool:
             futures = [pool.submit(_worker_run, spec, str(out_dir), key) for spec in todo]
             for fut in futures:
                 result = fut.result()

@@ -259,3 +259,52 @@ def test_ray_executor_gives_the_local_results(tmp_path):
         evaluate_closed_loop("constant_velocity", "synthetic:1", tmp_path / "bad", config=config, executor="dask")
     bad = CliRunner().invoke(app, ["eval", "closed-loop", "--agent", "constant_velocity", "--routes", "synthetic:1", "--out", str(tmp_path / "cli"), "--executor", "dask"])
     assert bad.exit_code == 2 and "--executor must be one of local, ray" in bad.output
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc (Linux)")
+def test_killing_a_run_with_kill_9_leaves_no_route_worker_running(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "rap", "eval", "closed-loop", "--agent", "constant_velocity", "--routes", "bench:dev10", "--workers", "2", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = [p for p in _children(proc.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+            if len(workers) == 2:
+                break
+            time.sleep(0.05)
+        assert len(workers) == 2 and proc.poll() is None, "no two route workers seen while the run lived"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
