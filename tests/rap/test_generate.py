@@ -78,19 +78,17 @@ def test_two_workers_give_the_same_bytes_forked_or_spawned(tmp_path, three_recor
 
 def test_workers_fork_only_where_that_is_safe(monkeypatch):
     monkeypatch.delenv(START_METHOD_ENV, raising=False)
+    main = threading.main_thread()
+    lease = threading.Thread(target=lambda: None, name="lease .lock")  # the run's own lock lease
+    monkeypatch.setattr(threading, "enumerate", lambda: [main, lease])
     with create_context():  # a GL context in this process: its driver state would not survive a fork
         pass
     assert contexts_created() and worker_start_method() == "spawn"
     monkeypatch.setattr("rasterizer.context._created", False)
     assert worker_start_method() == "fork"
-    stop = threading.Event()
-    other = threading.Thread(target=stop.wait, name="someone else's thread")
-    other.start()
-    try:
-        assert worker_start_method() == "spawn"  # a thread could hold a lock across the fork
-    finally:
-        stop.set()
-        other.join()
+    other = threading.Thread(target=lambda: None, name="someone else's thread")
+    monkeypatch.setattr(threading, "enumerate", lambda: [main, lease, other])
+    assert worker_start_method() == "spawn"  # a thread could hold a lock across the fork
     monkeypatch.setenv(START_METHOD_ENV, "forkserver")
     assert worker_start_method() == "forkserver"
     monkeypatch.setenv(START_METHOD_ENV, "teleport")
