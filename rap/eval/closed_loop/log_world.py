@@ -606,14 +606,7 @@ class LogWorld(RouteWorld):
         """Starts the IDM agents' logged lane changes when their gap is safe."""
         if not self.idm_changes:
             return
-        o = self.others()
-        c, h, v = self.ego_box()
-        boxes = {
-            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
-            "length": np.concatenate([[PACIFICA.length], o["length"]]), "v": np.concatenate([[max(v, 0.0)], np.hypot(o["vx"], o["vy"])]),
-            "valid": np.concatenate([[True], o["valid"]]),
-        }  # fmt: skip
-        for k in ready_changes(self.idm_changes, self.idm, self.town, boxes, self.idm_cols + 1):
+        for k in ready_changes(self.idm_changes, self.idm, self.town, self._gap_boxes(), self.idm_cols + 1):
             ch = self.idm_changes.pop(k)
             path = change_path(self.town, self.limits, ch, float(self.idm.s[k]), float(self.idm.v[k]))
             self.idm = dataclasses.replace(self.idm, routes=self.idm.routes.with_route(k, path))

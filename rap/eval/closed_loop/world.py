@@ -86,9 +86,9 @@ _EV_HEARD_M = 60.0  # [m] the ego this far before the emergency vehicle's appear
 _EV_IDM = {"max_accel": 2.5, "comfort_decel": 3.0, "time_headway": 0.8}
 _CUT_IN_IDM = {"max_accel": 2.5, "time_headway": 1.0}  # the cut-in vehicle pulls out briskly
 _CUT_IN_MIN_GAP = 8.0  # [m] it pulls out at the latest when the ego's front bumper is this close to its rear
-_LANE_CHANGE_STREAM = 7
+_LANE_CHANGE_STREAM = 7  # seeds the lane-change draws apart from the traffic's own stream
 _CROSSWALK_STREAM = 11  # seeds the background pedestrians apart from the traffic's own stream
-_CROSSWALK_HORIZON_S = 90.0  # [s] background pedestrians arrive up to this plus 0.4 s per route metre (past the route timeout)  # seeds the lane-change draws apart from the traffic's own stream
+_CROSSWALK_HORIZON_S = 90.0  # [s] background pedestrians arrive up to this plus 0.4 s per route metre (past the route timeout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +186,16 @@ class RouteWorld:
         states = simulate(np.asarray(plan.poses, dtype=np.float64)[None], plan.sampling, self.ego.copy(), self.rollout)
         self.plan_states = states[0]
         self.plan_index = 0
+
+    def _gap_boxes(self) -> dict[str, np.ndarray]:
+        """Every box for lane-change gap checks (the ego first, then ``others()``'s rows): ``x, y, heading, length, v, valid``."""
+        o = self.others()
+        c, h, v = self.ego_box()
+        return {
+            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
+            "length": np.concatenate([[PACIFICA.length], o["length"]]), "v": np.concatenate([[max(v, 0.0)], np.hypot(o["vx"], o["vy"])]),
+            "valid": np.concatenate([[True], o["valid"]]),
+        }  # fmt: skip
 
     def _frame(self) -> dict[str, np.ndarray]:
         """One row per track (ego first): x, y, heading, vx, vy, valid (box centres)."""
@@ -652,16 +662,6 @@ class World(RouteWorld):
         elif gap <= max(v * v / (2.0 * ev.decel) + 2.0, _CUT_IN_MIN_GAP):
             self._switch_route(k, self.cutin_change)
             self.cutin_phase = "go"
-
-    def _gap_boxes(self) -> dict[str, np.ndarray]:
-        """Every box (the ego first, then :meth:`others`' rows): ``x, y, heading, length, v, valid``."""
-        o = self.others()
-        c, h, v = self.ego_box()
-        return {
-            "x": np.concatenate([[c[0]], o["x"]]), "y": np.concatenate([[c[1]], o["y"]]), "heading": np.concatenate([[h], o["heading"]]),
-            "length": np.concatenate([[PACIFICA.length], o["length"]]), "v": np.concatenate([[max(v, 0.0)], np.hypot(o["vx"], o["vy"])]),
-            "valid": np.concatenate([[True], o["valid"]]),
-        }  # fmt: skip
 
     def _switch_route(self, k: int, ch: LaneChange) -> None:
         """Agent ``k`` starts lane change ``ch`` now: its route becomes the change's path."""
