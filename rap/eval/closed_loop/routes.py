@@ -56,7 +56,8 @@ Suites (:func:`load_routes`): ``bench:base`` (:data:`BASE_VERSION` ``bench-base-
 moving start), the newer events are drawn in towns 1045 onwards, in that order, skipping towns
 without such a route; v3 appends ``emergency_vehicle``, so the 42 routes of ``bench-base-v2``
 keep their indices, towns, lanes and events; v4 appends ``cut_in`` and gives background
-vehicles lane changes (``closed_loop.lane_change_fraction``), so its first 48 routes are v3's
+vehicles lane changes (``closed_loop.lane_change_fraction``) and the all-way stops crossing
+pedestrians (``closed_loop.crosswalk_pedestrians_per_min``), so its first 48 routes are v3's
 with livelier traffic), ``bench:dev10`` (a fixed 10-route subset of it, 2
 per ability: :data:`DEV10_EVENTS`; v3 takes the first ``emergency_vehicle`` route instead of
 v2's second ``crossing`` one) and ``synthetic:N`` (N routes with events drawn from the seed).

@@ -453,16 +453,10 @@ class World(RouteWorld):
             max_accel=rng.uniform(1.2, 2.2, n) if n else 1.5, time_headway=rng.uniform(1.0, 1.6, n) if n else 1.5,
         )  # fmt: skip
         if self.cutin >= 0:
-            values = {f: np.broadcast_to(np.asarray(getattr(params, f), dtype=np.float64), (n,)).copy() for f in _CUT_IN_IDM}
-            for f, x in _CUT_IN_IDM.items():
-                values[f][self.cutin] = x
-            params = dataclasses.replace(params, **values)
+            params = _with_driver(params, n, self.cutin, _CUT_IN_IDM)
         if self.ev >= 0:
             active[self.ev] = False
-            values = {f: np.broadcast_to(np.asarray(getattr(params, f), dtype=np.float64), (n,)).copy() for f in _EV_IDM}
-            for f, x in _EV_IDM.items():
-                values[f][self.ev] = x
-            params = dataclasses.replace(params, **values)
+            params = _with_driver(params, n, self.ev, _EV_IDM)
         self.agents = IDMAgents(Routes.stack(paths), np.array(s0), np.array(v0), dims[:, 0], dims[:, 1], params=params, active=active)
         self.agent_height = dims[:, 2]
         self.obeys_lights = np.array(obey, dtype=bool)
@@ -855,6 +849,14 @@ def _turn(town, i: int) -> float:
     p = town.lanes[i].points
     a, b = p[1] - p[0], p[-1] - p[-2]
     return float(np.arctan2(a[0] * b[1] - a[1] * b[0], a @ b))
+
+
+def _with_driver(params: IDMParameters, n: int, row: int, values: dict[str, float]) -> IDMParameters:
+    """``params`` of ``n`` agents with agent ``row``'s fields set to ``values``."""
+    arrays = {f: np.broadcast_to(np.asarray(getattr(params, f), dtype=np.float64), (n,)).copy() for f in values}
+    for f, x in values.items():
+        arrays[f][row] = x
+    return dataclasses.replace(params, **arrays)
 
 
 def _point_at(points: np.ndarray, arc: float) -> np.ndarray:
