@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rap.sim import PACIFICA, LQRConfig, RolloutConfig, StateIndex, fit_profiles, interpolate_poses, propagate, simulate, track
-from rap.sim.tracker import _lateral_constants
+from rap.sim.tracker import _lateral_constants, small_matmul
 from rap.trajectory import NAVSIM_SAMPLING, TrajectorySampling
 
 
@@ -318,7 +318,7 @@ def _array_track(ref: np.ndarray, init: np.ndarray, cfg: RolloutConfig) -> np.nd
     last, horizon = n - 2, lqr.tracking_horizon
     window = np.minimum(np.arange(n - 1)[:, None] + np.arange(horizon)[None, :], last)
     weights, _ = _lateral_constants(horizon)
-    curv_sums = curvature[:, window] @ weights
+    curv_sums = small_matmul(curvature[:, window], weights)  # the tracker's own product: BLAS rounds by call shape
     b_lon = horizon * dt
     lon_gain = lqr.q_longitudinal * b_lon / (b_lon * lqr.q_longitudinal * b_lon + lqr.r_longitudinal)
     states = np.empty((k, n, 11))
@@ -339,9 +339,11 @@ def _array_track(ref: np.ndarray, init: np.ndarray, cfg: RolloutConfig) -> np.nd
     return states
 
 
-def test_compiled_tracker_loop_equals_the_array_step_loop_bit_for_bit():
-    """``track`` (compiled row loop) executes exactly what the array form of the LQR step and
-    the bicycle's ``propagate`` give, for moving, stopping and turning rows."""
+def test_compiled_tracker_loop_equals_the_array_step_loop():
+    """``track`` (compiled row loop) executes what the array form of the LQR step and the
+    bicycle's ``propagate`` give, for moving, stopping and turning rows. Equal to rounding, not
+    bit for bit: on AVX-512 CPUs numpy's vectorised ``np.tan`` differs from the C library's
+    ``tan`` (which the compiled loop calls) in the last bit for ~0.6 % of angles."""
     rng = np.random.default_rng(7)
     ref = _smooth_reference(rng, 24)
     ref[:4, :, :2] = ref[:4, :1, :2]  # standing still: the stopping controller acts
@@ -354,5 +356,5 @@ def test_compiled_tracker_loop_equals_the_array_step_loop_bit_for_bit():
     cfg = RolloutConfig()
     want = _array_track(ref, init, cfg)
     got = track(ref, init, cfg)
-    assert np.array_equal(got, want)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     assert (got[:4, -1, StateIndex.VELOCITY_X] < 0.1).all()  # the stopping rows slowed down
