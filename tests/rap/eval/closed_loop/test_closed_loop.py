@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -296,7 +297,7 @@ def test_killing_a_run_with_kill_9_leaves_no_route_worker_running(tmp_path):
         deadline = time.monotonic() + 120
         workers: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
-            workers = [p for p in _children(proc.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+            workers = [p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
             if len(workers) == 2:
                 break
             time.sleep(0.05)
