@@ -205,14 +205,26 @@ def bench_render_cmd(
     print(json.dumps(result, sort_keys=True))
 
 
-@app.command()
-def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="output folder")) -> None:
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def demo(ctx: typer.Context, out: Path = typer.Option(Path("out/demo"), "--out", help="output folder")) -> None:
     """The whole chain on the shipped data: renders of the real Waymo scenario, the camera-model
-    check, augmented datasets with contact sheets, and NAVSIM-style scores with HTML reports."""
+    check, augmented datasets (with paired photo/raster samples), the tiny planner trained on them,
+    NAVSIM-style and closed-loop scores beside the built-in agents, and OUT/index.html linking it all.
+
+    Extra arguments are dotted config overrides, e.g. train.steps=50 (0: no planner),
+    eval.closed_loop_routes=synthetic:2 ('' skips the closed loop), data.synthetic_towns=2.
+    Last stdout line is JSON with every number and path (also OUT/demo.json).
+    """
+    from rap.config import ConfigError, load_config
     from rap.demo import run_demo
+    from rap.demo_config import DemoConfig
 
     try:
-        summary = run_demo(out, DEMO_SCENARIO, DEMO_FRAME, console=console)
+        cfg = load_config(DemoConfig, None, ctx.args)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        summary = run_demo(out, DEMO_SCENARIO, DEMO_FRAME, console=console, config=cfg)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     print(json.dumps(summary, sort_keys=True))
@@ -471,18 +483,6 @@ def _eval_config(model, config: Optional[Path], overrides, observation_style: Op
         raise _fail(str(exc)) from None
 
 
-def _load_any_agent(spec: str, builtin=None):
-    """A built-in agent, an agent file/module (``builtin``'s, default
-    :func:`rap.eval.agent.load_agent`), or a checkpoint of rap train (``*.pt``)."""
-    from rap.eval.agent import load_agent
-
-    if spec.endswith((".pt", ".pth", ".ckpt")):
-        from planners.agent import CheckpointAgent
-
-        return CheckpointAgent(spec)  # CheckpointError (a ValueError) names the file
-    return (builtin or load_agent)(spec)
-
-
 @eval_app.command("navsim", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def eval_navsim_cmd(
     ctx: typer.Context,
@@ -501,6 +501,7 @@ def eval_navsim_cmd(
     (nothing written); 3 when the agent failed in some scenes (raised, timed out, returned an
     invalid plan: each scored 0 and listed in the reports).
     """
+    from rap.agents import load_any_agent
     from rap.eval.config import EvalConfig
     from rap.eval.navsim import evaluate_navsim
 
@@ -508,7 +509,7 @@ def eval_navsim_cmd(
     _check_out_folder(out)
     cfg = _eval_config(EvalConfig, config, ctx.args, observation_style)
     try:
-        the_agent = _load_any_agent(agent)  # AgentLoadError / CheckpointError (ValueErrors): one line naming the file
+        the_agent = load_any_agent(agent)  # AgentLoadError / CheckpointError (ValueErrors): one line naming the file
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
@@ -551,10 +552,11 @@ def eval_open_loop_cmd(
     1/2/3 s and the collision rate with logged road users, per sample kind; last line is JSON
     with ade, fde, min_ade, samples. Exit 0 on success, 2 on a usage or input error."""
     from planners.open_loop import REPORT_NAME, evaluate_open_loop
+    from rap.agents import load_any_agent
 
     _check_out_folder(out)
     try:
-        the_agent = _load_any_agent(agent)
+        the_agent = load_any_agent(agent)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     with Progress(TextColumn("samples"), TextColumn("{task.completed}"), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -604,14 +606,6 @@ def eval_wod_e2e_cmd(
     print(json.dumps(summary, sort_keys=True))
 
 
-def _load_closed_loop_agent(spec: str):
-    """The closed-loop evaluator's agents (its own ``expert``), or a checkpoint of rap train
-    (module level: the evaluator's spawned workers load the agent with it)."""
-    from rap.eval.closed_loop.runner import load_agent_spec
-
-    return _load_any_agent(spec, load_agent_spec)
-
-
 @eval_app.command("closed-loop", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def eval_closed_loop_cmd(
     ctx: typer.Context,
@@ -632,6 +626,7 @@ def eval_closed_loop_cmd(
     Exit 0 when every route ran; 2 when the config, the routes or the agent cannot be loaded;
     3 when the agent crashed on some routes (each "Failed - Agent crashed", scored 0).
     """
+    from rap.agents import load_closed_loop_agent
     from rap.eval.closed_loop.config import ClosedLoopConfig
     from rap.eval.closed_loop.outputs import headline
     from rap.eval.closed_loop.runner import EXECUTORS, evaluate_closed_loop, load_routes
@@ -653,7 +648,7 @@ def eval_closed_loop_cmd(
     with Progress(TextColumn("routes"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("routes", total=total, last="")
         try:
-            report = evaluate_closed_loop(agent, routes, out, config=cfg, workers=workers, resume=resume, on_route=progress, agent_loader=_load_closed_loop_agent, executor=executor)
+            report = evaluate_closed_loop(agent, routes, out, config=cfg, workers=workers, resume=resume, on_route=progress, agent_loader=load_closed_loop_agent, executor=executor)
         except (ValueError, FileNotFoundError) as exc:  # AgentLoadError / CheckpointError name the file
             raise _fail(str(exc)) from None
     table = Table(title=escape(f"{report['agent']} on {routes}: {report['routes']} routes" + (f", {report['failed']} crashed" if report["failed"] else "")))

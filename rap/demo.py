@@ -1,32 +1,44 @@
 """`rap demo`: the whole chain on the embedded default data.
 
-1. Renders the shipped real Waymo Motion scenario from the ego (front3 and BEV), from another
-   vehicle's seat, and as a drive-through sequence.
+1. Renders the shipped real Waymo Motion scenario from the ego (front3, its `photo` stand-in and
+   BEV), from another vehicle's seat, and as a drive-through sequence.
 2. Checks the camera model against Waymo's own box projections on the shipped perception frame.
-3. Generates augmented datasets (ego, recovery and cross-agent samples) from the real scenario
-   and from a synthetic town, with a contact sheet of each (``rap inspect``).
-4. Scores the built-in agents NAVSIM-style (PDMS / EPDMS) on synthetic scenes and the logged
-   driver on the real scenario, with HTML reports.
+3. Generates augmented datasets (ego, recovery, cross-agent and paired photo/raster samples) from
+   the real scenario and from synthetic towns, with a contact sheet of each (``rap inspect``).
+4. Trains the tiny planner on them (``rap train``, raster-to-real alignment on).
+5. Scores the built-in agents and the trained planner NAVSIM-style (PDMS / EPDMS; the planner
+   also on `photo` observations) and in closed loop (Bench2Drive-style driving score).
+6. Writes ``index.html`` linking every picture, report and number (:mod:`rap.demo_page`).
+
+Part of the commands layer: it imports ``planners`` to train.
 """
 
 from __future__ import annotations
 
+import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rap.images import contact_sheet, save_png
+from rap.config import config_to_dict, load_config
+from rap.demo_config import DemoConfig
+from rap.images import contact_sheet, save_json, save_png
 from rap.render.job import render_to_dir
 from rap.render.rigs import get_rig
-from rap.scene import AgentType, Scene
 from rap.render.scene_raster import SceneRasterizer
-from rap.sources.womd import load_womd
 from rap.render.session import open_renderer
+from rap.scene import AgentType, Scene
+from rap.sources.womd import load_womd
 
 CAMERA_SIZE = (960, 540)
 BEV_SIZE = (512, 512)
+PLANNER = "planner"  # the trained planner's name in the demo's tables
+SUMMARY_FILE = "demo.json"
+EVAL_RUNS = (("expert", "synthetic"), ("constant_velocity", "synthetic"), ("log_replay", "synthetic"), ("log_replay", "womd"))
 
 
 def pick_other_vehicle(scene: Scene, step: int) -> int:
@@ -43,86 +55,212 @@ def pick_other_vehicle(scene: Scene, step: int) -> int:
     return int(tr.ids[int(np.argmin(dist))])
 
 
-EVAL_RUNS = (("expert", "synthetic:2"), ("constant_velocity", "synthetic:2"), ("log_replay", "synthetic:2"), ("log_replay", "womd"))
+class _Stages:
+    """The demo's progress: one bar over the stages, a second one for long stages' own steps, and
+    the seconds each stage took."""
+
+    def __init__(self, bar: Progress, names: list[str]) -> None:
+        self.bar, self.names, self.seconds = bar, names, {}
+        self.task = bar.add_task("demo", total=len(names))
+        self.sub = None
+
+    @contextmanager
+    def stage(self, name: str):
+        self.bar.update(self.task, description=f"demo: {name}")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        self.bar.advance(self.task)
+        self.done_steps()
+
+    def steps(self, description: str, total: int | None, completed: int = 0) -> None:
+        """Show (or restart) the second bar."""
+        self.done_steps()
+        self.sub = self.bar.add_task(description, total=total, completed=completed)
+
+    def step(self, completed: int | None = None, description: str | None = None) -> None:
+        if self.sub is None:
+            return
+        kwargs = {"description": description} if description else {}
+        if completed is None:
+            self.bar.advance(self.sub)
+            self.bar.update(self.sub, **kwargs)
+        else:
+            self.bar.update(self.sub, completed=completed, **kwargs)
+
+    def done_steps(self) -> None:
+        if self.sub is not None:
+            self.bar.remove_task(self.sub)
+            self.sub = None
 
 
-def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Console | None = None) -> dict:
-    """Run the demo; returns a summary with the paths written."""
-    import shutil
+def _renders(scene: Scene, out: Path, summary: dict) -> None:
+    now = scene.current_index
+    render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / "front3", step=now, outputs=("rgb", "class_id", "depth"))
+    render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / "front3_photo", step=now, style="photo")  # the camera-like stand-in
+    render_to_dir(scene, get_rig("bev", BEV_SIZE), out / "bev", step=now)
+    other = pick_other_vehicle(scene, now)
+    render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / f"agent_{other}", step=now, agent_id=other)
+    summary["other_agent_id"] = other
 
-    from rap.eval.agent import load_agent
-    from rap.eval.navsim import evaluate_navsim
-    from rap.config import load_config
+    ego_steps = np.flatnonzero(scene.tracks.valid[scene.ego_index])
+    steps = [int(s) for s in ego_steps[:: max(1, len(ego_steps) // 5)][:5]]
+    rig = get_rig("front3", (640, 360))
+    tiles = []
+    with open_renderer() as renderer:
+        rast = SceneRasterizer(renderer, scene)
+        for step in steps:
+            for view in rast.render(step, rig):
+                tiles.append((f"t={scene.timestamps[step]:.1f}s {view.camera_name}", view.rgb.copy()))
+    save_png(out / "drive_sequence.png", contact_sheet(tiles, columns=3, max_width=1920))
+    summary["drive_sequence"] = str(out / "drive_sequence.png")
+    summary["contact_sheets"] = [str(out / d / "contact_sheet.png") for d in ("front3", "front3_photo", "bev", f"agent_{other}")]
+
+
+def _datasets(scenario_path: Path, out: Path, cfg: DemoConfig) -> dict:
     from rap.dataset.inspect import inspect_dataset
     from rap.generate import GenerateConfig, generate
 
+    overrides = [f"size=[{cfg.data.size[0]},{cfg.data.size[1]}]", f"paired.enabled={str(cfg.data.paired).lower()}"]
+    datasets = {}
+    for name, source in (("dataset_womd", f"womd:{scenario_path}"), ("dataset_synthetic", f"synthetic:{cfg.data.synthetic_towns}")):
+        folder = out / name
+        shutil.rmtree(folder, ignore_errors=True)  # the demo starts over each time
+        result = generate(source, folder, load_config(GenerateConfig, None, overrides))
+        inspect_dataset(folder, folder / "contact_sheet.png", per_kind=3)
+        datasets[name] = {"source": source, "samples": result.samples, "counts": result.manifest.counts, "contact_sheet": str(folder / "contact_sheet.png")}
+    return datasets
+
+
+def _train(out: Path, cfg: DemoConfig, datasets: list[Path], stages: _Stages) -> dict:
+    from planners.config import TrainConfig
+    from planners.train import train
+
+    folder = out / "train"
+    shutil.rmtree(folder, ignore_errors=True)
+    overrides = [*cfg.train.overrides, f"data.datasets=[{','.join(str(d) for d in datasets)}]", f"train.max_steps={cfg.train.steps}"]
+    train_cfg = load_config(TrainConfig, cfg.train.config, overrides)
+
+    def on_start(info: dict) -> None:
+        stages.steps("train", info["max_steps"], info["start_step"])
+
+    def on_log(row: dict) -> None:
+        if "loss" in row:
+            stages.step(row["step"], f"train (loss {row['loss']:.3f}, {row['samples_per_s']:.1f} samples/s)")
+
+    result = train(train_cfg, folder, on_log=on_log, on_start=on_start)
+    return {
+        "config": str(cfg.train.config), "overrides": overrides, "model": train_cfg.model.type, "run": str(folder),
+        "loss_picture": str(folder / "loss.png"), **{k: result[k] for k in ("steps", "samples_per_s", "final_loss", "val_loss", "checkpoint")},
+    }  # fmt: skip
+
+
+def _navsim(scenario_path: Path, out: Path, cfg: DemoConfig, checkpoint: str | None) -> list[dict]:
+    from rap.agents import load_any_agent
+    from rap.eval.config import EvalConfig
+    from rap.eval.navsim import evaluate_navsim
+
+    runs = [(agent, cfg.eval.navsim_scenes if scenes == "synthetic" else f"womd:{scenario_path}", scenes, "raster") for agent, scenes in EVAL_RUNS]
+    if checkpoint is not None:
+        runs += [(PLANNER, cfg.eval.navsim_scenes, "synthetic", style) for style in ("raster", "photo")]
+    rows = []
+    for name, spec, label, style in runs:
+        folder = out / "eval" / (f"{name}_{label}" + ("_photo" if style == "photo" else ""))
+        shutil.rmtree(folder, ignore_errors=True)
+        agent = load_any_agent(checkpoint if name == PLANNER else name)
+        report = evaluate_navsim(agent, spec, folder, config=load_config(EvalConfig, None, [f"observation.style={style}"]))
+        rows.append({
+            "agent": name, "scenes": spec, "observation_style": style, "num_scenes": report["scenes"],
+            "pdms": round(report["pdms"], 4), "epdms": round(report["epdms"], 4), "report": str(folder / "index.html"),
+        })  # fmt: skip
+    return rows
+
+
+def _closed_loop(out: Path, cfg: DemoConfig, checkpoint: str | None, stages: _Stages) -> list[dict]:
+    from rap.agents import load_closed_loop_agent
+    from rap.eval.closed_loop.config import ClosedLoopConfig
+    from rap.eval.closed_loop.runner import evaluate_closed_loop, load_routes
+
+    routes = cfg.eval.closed_loop_routes
+    total = len(load_routes(routes))
+    agents = [(name, name) for name in cfg.eval.closed_loop_agents] + ([(PLANNER, checkpoint)] if checkpoint else [])
+    rows = []
+    for name, spec in agents:
+        folder = out / "closed_loop" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        stages.steps(f"closed loop: {name}", total)
+        report = evaluate_closed_loop(
+            spec, routes, folder, config=ClosedLoopConfig(), workers=cfg.eval.workers, agent_loader=load_closed_loop_agent,
+            on_route=lambda result: stages.step(),
+        )  # fmt: skip
+        rows.append({
+            "agent": name, "routes": routes, "num_routes": report["routes"], "driving_score": round(report["driving_score"], 2),
+            "success_rate": round(report["success_rate"], 2), "efficiency": None if report["efficiency"] is None else round(report["efficiency"], 2),
+            "comfort": round(report["comfort"], 2), "report": str(folder / "index.html"), "failed": report["failed"],
+        })  # fmt: skip
+    return rows
+
+
+def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Console | None = None, config: DemoConfig | None = None) -> dict:
+    """Run the demo into ``out``; returns a summary with every path and number written (also
+    saved as ``demo.json``, and shown as ``index.html``).
+
+    Raises:
+        ValueError, FileNotFoundError: bad config or input (naming the key or file).
+    """
+    from rap.demo_page import write_index
+    from rap.render.projection_check import check_projection
+
+    cfg = config or DemoConfig()
     out = Path(out)
     console = console or Console(stderr=True)
+    started = time.perf_counter()
     scene = load_womd(scenario_path)
-    now = scene.current_index
-    summary: dict = {"scene_id": scene.scene_id, "out": str(out)}
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("demo", total=6 + 2 + len(EVAL_RUNS))
-        render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / "front3", step=now, outputs=("rgb", "class_id", "depth"))
-        bar.advance(task)
-        render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / "front3_photo", step=now, style="photo")  # the camera-like stand-in
-        bar.advance(task)
-        render_to_dir(scene, get_rig("bev", BEV_SIZE), out / "bev", step=now)
-        bar.advance(task)
-        other = pick_other_vehicle(scene, now)
-        render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / f"agent_{other}", step=now, agent_id=other)
-        summary["other_agent_id"] = other
-        bar.advance(task)
+    summary: dict = {"scene_id": scene.scene_id, "out": str(out), "config": config_to_dict(cfg)}
+    train_steps = cfg.train.steps > 0
+    names = ["renders", "projection check", "datasets"] + (["train"] if train_steps else []) + ["NAVSIM-style scores"] + (["closed loop"] if cfg.eval.closed_loop_routes else [])
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        stages = _Stages(bar, names)
+        with stages.stage("renders"):
+            _renders(scene, out, summary)
+        with stages.stage("projection check"):
+            summary["projection_mean_iou"] = round(float(check_projection(frame_path, out / "projection")["mean_iou"]), 4)
+        with stages.stage("datasets"):
+            summary["datasets"] = _datasets(scenario_path, out, cfg)
+        checkpoint = None
+        if train_steps:
+            with stages.stage("train"):
+                summary["train"] = _train(out, cfg, [out / name for name in summary["datasets"]], stages)
+            checkpoint = summary["train"]["checkpoint"]
+        with stages.stage("NAVSIM-style scores"):
+            summary["eval"] = _navsim(scenario_path, out, cfg, checkpoint)
+        if cfg.eval.closed_loop_routes:
+            with stages.stage("closed loop"):
+                summary["closed_loop"] = _closed_loop(out, cfg, checkpoint, stages)
+    summary["stages"] = stages.seconds
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary["index"] = str(out / "index.html")
+    save_json(out / SUMMARY_FILE, summary)
+    write_index(out, summary)
+    _print(console, out, summary)
+    return summary
 
-        ego_steps = np.flatnonzero(scene.tracks.valid[scene.ego_index])
-        steps = [int(s) for s in ego_steps[:: max(1, len(ego_steps) // 5)][:5]]
-        rig = get_rig("front3", (640, 360))
-        tiles = []
-        with open_renderer() as renderer:
-            rast = SceneRasterizer(renderer, scene)
-            for step in steps:
-                for view in rast.render(step, rig):
-                    tiles.append((f"t={scene.timestamps[step]:.1f}s {view.camera_name}", view.rgb.copy()))
-        save_png(out / "drive_sequence.png", contact_sheet(tiles, columns=3, max_width=1920))
-        summary["drive_sequence"] = str(out / "drive_sequence.png")
-        bar.advance(task)
 
-        from rap.render.projection_check import check_projection
-
-        result = check_projection(frame_path, out / "projection")
-        summary["projection_mean_iou"] = round(float(result["mean_iou"]), 4)
-        bar.advance(task)
-
-        datasets = {}
-        for name, source, overrides in (
-            ("dataset_womd", f"womd:{scenario_path}", []),
-            ("dataset_synthetic", "synthetic:1", ["recovery.num_samples=1", "cross_agent.max_agents=3"]),
-        ):
-            folder = out / name
-            shutil.rmtree(folder, ignore_errors=True)  # the demo starts over each time
-            result = generate(source, folder, load_config(GenerateConfig, None, overrides))
-            inspect_dataset(folder, folder / "contact_sheet.png", per_kind=3)
-            datasets[name] = {"samples": result.samples, "counts": result.manifest.counts, "contact_sheet": str(folder / "contact_sheet.png")}
-            bar.advance(task)
-        summary["datasets"] = datasets
-
-        evals = []
-        for agent_name, scenes in EVAL_RUNS:
-            spec = f"womd:{scenario_path}" if scenes == "womd" else scenes
-            folder = out / "eval" / f"{agent_name}_{scenes.split(':')[0]}"
-            report = evaluate_navsim(load_agent(agent_name), spec, folder)
-            evals.append({"agent": agent_name, "scenes": scenes, "num_scenes": report["scenes"], "pdms": round(report["pdms"], 4), "epdms": round(report["epdms"], 4), "report": str(folder / "index.html")})
-            bar.advance(task)
-        summary["eval"] = evals
-    summary["contact_sheets"] = [str(out / d / "contact_sheet.png") for d in ("front3", "front3_photo", "bev", f"agent_{other}")]
-    console.print(f"[green]demo done[/green]: renders of {scene.scene_id} in {out}")
+def _print(console: Console, out: Path, summary: dict) -> None:
+    console.print(f"[green]demo done[/green] in {summary['seconds']:.0f} s: open {summary['index']}")
     for path in summary["contact_sheets"] + [summary["drive_sequence"]]:
         console.print(f"  {path}")
     console.print(f"  {out / 'projection'} (camera-model check, mean IoU {summary['projection_mean_iou']})")
     for name, info in summary["datasets"].items():
         counts = ", ".join(f"{k} {v}" for k, v in sorted(info["counts"].items()))
         console.print(f"  {out / name}: {info['samples']} samples ({counts}); contact sheet {info['contact_sheet']}", soft_wrap=True)
+    if "train" in summary:
+        t = summary["train"]
+        console.print(f"  planner: {t['model']} trained {t['steps']} steps ({t['samples_per_s']:.1f} samples/s), loss {t['final_loss']:.3f}, validation {t['val_loss']:.3f}: {t['checkpoint']}", soft_wrap=True)
     console.print("  NAVSIM-style scores (PDMS v1 / EPDMS v2):")
     for row in summary["eval"]:
-        console.print(f"    {row['agent']:<18} on {row['scenes']:<12} {row['num_scenes']:>3} scenes  PDMS {row['pdms']:.3f}  EPDMS {row['epdms']:.3f}  {row['report']}", soft_wrap=True)
-    return summary
+        who = row["agent"] + (" (photo)" if row["observation_style"] == "photo" else "")
+        console.print(f"    {who:<18} on {row['scenes'].split(':')[0]:<10} {row['num_scenes']:>3} scenes  PDMS {row['pdms']:.3f}  EPDMS {row['epdms']:.3f}  {row['report']}", soft_wrap=True)
+    for row in summary.get("closed_loop", []):
+        console.print(f"    closed loop {row['agent']:<18} on {row['routes']}: driving score {row['driving_score']:.2f}, success rate {row['success_rate']:.2f}  {row['report']}", soft_wrap=True)

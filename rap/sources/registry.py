@@ -9,7 +9,8 @@ Two spellings address scenes:
   (the embedded default).
 * ``KIND:PATH`` as a collection (:func:`list_units`, :func:`load_unit`, :func:`iter_scenes`):
   every record of a file or folder, as ``rap generate`` and ``rap eval`` take it;
-  ``synthetic:N`` means seeds 0..N-1.
+  ``synthetic:N`` means seeds 0..N-1, ``synthetic:A-B`` seeds A to B (both included: towns
+  kept apart from the ``synthetic:N`` ones, for held-out evaluation).
 
 Paths must be regular files (or, where a folder is read, folders): a named pipe, a device or a
 socket is refused up front, naming it, before any reader opens it (a FIFO would block forever);
@@ -153,6 +154,21 @@ class WorkUnit:
         return f"{self.kind}:{self.path}"
 
 
+def synthetic_seeds(source: str) -> list[int]:
+    """The town seeds of ``synthetic:N`` (0..N-1) or ``synthetic:A-B`` (A to B, both included).
+
+    Raises:
+        ValueError: any other spelling, naming the source.
+    """
+    text = source.partition(":")[2]
+    first, dash, last = text.partition("-")
+    if dash and first.isdigit() and last.isdigit() and int(first) <= int(last):
+        return list(range(int(first), int(last) + 1))
+    if not dash and text.isdigit() and int(text) > 0:
+        return list(range(int(text)))
+    raise ValueError(f"source {source!r}: expected synthetic:N (a positive number of towns, seeds 0..N-1) or synthetic:A-B (seeds A to B, A <= B)")
+
+
 def list_units(source: str) -> list[WorkUnit]:
     """Enumerate the work units of ``KIND:PATH`` (a file or a folder), in a stable order.
 
@@ -168,9 +184,7 @@ def list_units(source: str) -> list[WorkUnit]:
     if not sep or not path_text:
         raise ValueError(f"source {source!r}: expected womd:PATH, scenarionet:DIR or synthetic:N")
     if kind == "synthetic":
-        if not path_text.isdigit() or int(path_text) <= 0:
-            raise ValueError(f"source {source!r}: synthetic:N needs a positive number of scenes (seeds 0..N-1)")
-        return [WorkUnit(seed, kind, path_text, seed) for seed in range(int(path_text))]
+        return [WorkUnit(i, kind, path_text, seed) for i, seed in enumerate(synthetic_seeds(source))]
     if kind not in SOURCES and kind not in FRAME_KINDS:
         raise _unknown_kind(source, kind)
     path = Path(path_text)

@@ -483,3 +483,15 @@ def test_expert_speed_is_plausible(logs):
         assert speed.max() > 2.0  # It drives.
         assert np.all(np.abs(accel) < 8.5)
         assert math.isfinite(float(speed.mean()))
+
+
+def test_synthetic_ranges_name_towns_apart_from_the_first_n():
+    from rap.sources.registry import list_units, synthetic_seeds
+
+    assert synthetic_seeds("synthetic:3") == [0, 1, 2]
+    assert synthetic_seeds("synthetic:500-502") == [500, 501, 502]
+    units = list_units("synthetic:500-501")
+    assert [(u.index, u.record) for u in units] == [(0, 500), (1, 501)]  # shard names by index, towns by seed
+    for bad in ("synthetic:0", "synthetic:5-3", "synthetic:a", "synthetic:-3", "synthetic:1-"):
+        with pytest.raises(ValueError, match="expected synthetic:N .* or synthetic:A-B"):
+            list_units(bad)
