@@ -10,7 +10,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_
 from rap.config import FrozenModel, ImageSide, NonNegativeFloat, PositiveFloat
 from rap.generate import GenerateConfig
 
-__all__ = ["BackboneSection", "ModelSection", "DataSection", "KindWeights", "LossSection", "AlignSection", "OptimSection", "TrainSection", "TrainConfig"]
+__all__ = ["BackboneSection", "ModelSection", "DataSection", "KindWeights", "KindLimits", "LossSection", "AlignSection", "OptimSection", "TrainSection", "TrainConfig"]
 
 # Sample kinds training reads. ``paired`` samples (a real or photo view beside the raster of the
 # same moment): the planner sees their real views; their rasters feed the alignment losses.
@@ -74,6 +74,18 @@ class KindWeights(FrozenModel):
         return float(getattr(self, kind))
 
 
+class KindLimits(FrozenModel):
+    """At most this many training samples of each kind (None: all of them)."""
+
+    ego: Optional[NonNegativeInt] = None
+    recovery: Optional[NonNegativeInt] = None
+    cross_agent: Optional[NonNegativeInt] = None
+    paired: Optional[NonNegativeInt] = None
+
+    def of(self, kind: str) -> Optional[int]:
+        return getattr(self, kind)
+
+
 class DataSection(FrozenModel):
     """What the planner trains on."""
 
@@ -83,6 +95,9 @@ class DataSection(FrozenModel):
     # RAP: recovery and cross-agent samples as small fractions).
     # paired: real (or photo) views with the raster of the same moment, for align.* (default 0: unused)
     kind_fractions: KindWeights = KindWeights(ego=0.6, recovery=0.2, cross_agent=0.2, paired=0.0)
+    # Keep only N training samples of a kind (e.g. data.max_samples.cross_agent=300, the
+    # data-scaling curve): a fixed subset chosen by a hash of each sample's key, nested as N grows.
+    max_samples: KindLimits = KindLimits()
     cameras: list[str] = ["CAM_L0", "CAM_F0", "CAM_R0"]  # image order; [] for models without images
     image_size: tuple[ImageSide, ImageSide] = (256, 128)  # [px] (width, height) the loader resizes to
     history_poses: PositiveInt = 3  # past poses the model reads (the dataset's history)

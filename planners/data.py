@@ -161,12 +161,25 @@ def split_samples(index, samples: Sequence[IndexedSample], config: TrainConfig, 
     scene split (:func:`val_scenes`) and the training samples' sampling probabilities."""
     data = config.data
     held = val_scenes((s.scene_id for s in samples), data.val_fraction)
-    index.train = [s for s in samples if s.scene_id not in held]
+    index.train = _limited([s for s in samples if s.scene_id not in held], data.max_samples)
     index.val = [s for s in samples if s.scene_id in held]
     if not index.train:
         raise DataError(f"data.val_fraction={data.val_fraction}: every scene is held out for validation; lower it")
     index.counts = {"train": dict(Counter(s.kind for s in index.train)), "val": dict(Counter(s.kind for s in index.val))}
     index.probabilities = _probabilities(index.train, config, num_inputs)
+
+
+def _limited(samples: list[IndexedSample], limits) -> list[IndexedSample]:
+    """``samples`` with at most ``limits.of(kind)`` of each kind: those whose (dataset, key)
+    hashes lowest, so a smaller limit keeps a subset of what a larger one keeps."""
+    keep = set(range(len(samples)))
+    for kind in KINDS:
+        limit = limits.of(kind)
+        rows = [i for i, s in enumerate(samples) if s.kind == kind]
+        if limit is not None and len(rows) > limit:
+            ranked = sorted(rows, key=lambda i: (_scene_hash(f"{samples[i].dataset}/{samples[i].key}"), i))
+            keep -= set(ranked[limit:])
+    return [s for i, s in enumerate(samples) if i in keep]
 
 
 def _read_meta(shard: Path, key: str, members: Sequence[tuple[str, int, int]]) -> dict:

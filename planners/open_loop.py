@@ -89,7 +89,12 @@ def _summary(rows: list[dict]) -> dict[str, Any]:
     return out
 
 
-def evaluate_open_loop(agent, data: str | Path, out_dir: str | Path, *, max_samples: int | None = None, on_sample: Callable[[dict], None] | None = None) -> dict[str, Any]:
+VIEWS = ("raster", "real")  # evaluate_open_loop(views=...), rap eval open-loop --views
+
+
+def evaluate_open_loop(
+    agent, data: str | Path, out_dir: str | Path, *, max_samples: int | None = None, on_sample: Callable[[dict], None] | None = None, views: str = "raster",
+) -> dict[str, Any]:  # fmt: skip
     """Score ``agent`` against every sample of the dataset ``data`` (see the module docstring).
 
     Args:
@@ -99,14 +104,20 @@ def evaluate_open_loop(agent, data: str | Path, out_dir: str | Path, *, max_samp
         data: a dataset folder written by ``rap generate``.
         out_dir: where ``open_loop_eval.json`` goes.
         max_samples: stop after this many samples.
+        views: ``raster`` (every sample through its stored views) or ``real`` (only the paired
+            samples that have a target, through their real or photo views: the planner seen in
+            the camera domain).
 
     Returns:
         The report: ``{"agent", "data", "ade", "fde", "min_ade", "l2_1s", ..., "collision_rate",
         "samples", "per_kind": {kind: {...}}}``.
 
     Raises:
-        ValueError: no dataset at ``data`` or a privileged agent (samples hold no scene).
+        ValueError: no dataset at ``data``, a privileged agent (samples hold no scene), an unknown
+            ``views``, or (``views="real"``) no paired sample with a target.
     """
+    if views not in VIEWS:
+        raise ValueError(f"--views must be one of {', '.join(VIEWS)}, got {views!r}")
     data = Path(data)
     if not data.is_dir():
         raise ValueError(f"--data {data}: no such folder")
@@ -122,6 +133,10 @@ def evaluate_open_loop(agent, data: str | Path, out_dir: str | Path, *, max_samp
         if max_samples is not None and len(rows) >= max_samples:
             break
         sample = record_to_sample(record)
+        if views == "real":
+            if sample.real_images is None or not sample.has_target:
+                continue
+            sample = dataclasses.replace(sample, images=dict(sample.real_images))
         sampling = sample.plan.target.sampling
         obs = observation_from_sample(sample, sampling)
         if sensors.rig is None:  # agents without cameras see no views, as in every evaluator
@@ -143,8 +158,9 @@ def evaluate_open_loop(agent, data: str | Path, out_dir: str | Path, *, max_samp
         if on_sample is not None:
             on_sample(row)
     if not rows:
-        raise ValueError(f"--data {data}: the dataset holds no samples")
-    report = {"agent": agent.name, "data": str(data), **_summary(rows)}
+        what = "no paired sample with a target (write some with rap generate ... paired.enabled=true)" if views == "real" else "no samples"
+        raise ValueError(f"--data {data}: the dataset holds {what}")
+    report = {"agent": agent.name, "data": str(data), "views": views, **_summary(rows)}
     report["per_kind"] = {kind: _summary([r for r in rows if r["kind"] == kind]) for kind in sorted({r["kind"] for r in rows})}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -547,6 +547,7 @@ def eval_open_loop_cmd(
     data: Path = typer.Option(..., "--data", help="dataset folder written by rap generate"),
     out: Path = typer.Option(Path("out/eval_open_loop"), "--out", help="folder for open_loop_eval.json"),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="stop after this many samples"),
+    views: str = typer.Option("raster", "--views", help="raster (every sample's stored views) | real (only paired samples, through their real or photo views)"),
 ) -> None:
     """Open-loop errors against a dataset's targets: ADE, FDE, minADE over proposals, L2 at
     1/2/3 s and the collision rate with logged road users, per sample kind; last line is JSON
@@ -562,7 +563,7 @@ def eval_open_loop_cmd(
     with Progress(TextColumn("samples"), TextColumn("{task.completed}"), TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("samples", total=None, last="")
         try:
-            report = evaluate_open_loop(the_agent, data, out, max_samples=max_samples, on_sample=lambda row: bar.update(task, advance=1, last=f"{row['kind']} ADE {row['ade']:.2f} m"))
+            report = evaluate_open_loop(the_agent, data, out, max_samples=max_samples, views=views, on_sample=lambda row: bar.update(task, advance=1, last=f"{row['kind']} ADE {row['ade']:.2f} m"))
         except ValueError as exc:  # ShardFormatError too
             raise _fail(str(exc)) from None
     table = Table(title=escape(f"{report['agent']} on {data}: {report['samples']} samples"))

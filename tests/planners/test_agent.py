@@ -124,3 +124,22 @@ def test_resume_without_a_config_reuses_the_runs_own(tiny_dataset, tmp_path):
     assert json.loads(again.stdout.strip().splitlines()[-1])["steps"] == 1
     changed = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "run"), "optim.lr=0.5"])
     assert changed.exit_code == 2 and "optim.lr: run 0.001, now 0.5" in changed.output
+
+
+def test_open_loop_on_real_views_scores_the_paired_samples_through_their_photo_views(checkpoint, paired_dataset, tiny_dataset, tmp_path):
+    from planners.open_loop import evaluate_open_loop
+
+    agent = CheckpointAgent(checkpoint)
+    real = evaluate_open_loop(agent, paired_dataset, tmp_path / "real", views="real")
+    raster = evaluate_open_loop(agent, paired_dataset, tmp_path / "raster")
+    assert real["views"] == "real" and set(real["per_kind"]) == {"paired"}
+    assert real["samples"] == raster["per_kind"]["paired"]["samples"] > 0
+    real_rows = json.loads((tmp_path / "real" / "open_loop_eval.json").read_text())["rows"]
+    raster_rows = {r["key"]: r for r in json.loads((tmp_path / "raster" / "open_loop_eval.json").read_text())["rows"] if r["kind"] == "paired"}
+    assert {r["key"] for r in real_rows} == set(raster_rows)
+    # the same moments seen as photos instead of rasters: the planner answers differently
+    assert any(abs(r["ade"] - raster_rows[r["key"]]["ade"]) > 1e-6 for r in real_rows)
+    with pytest.raises(ValueError, match="no paired sample with a target"):
+        evaluate_open_loop(agent, tiny_dataset, tmp_path / "none", views="real")
+    bad = CliRunner().invoke(app, ["eval", "open-loop", "--agent", str(checkpoint), "--data", str(paired_dataset), "--views", "photo", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "--views must be one of raster, real" in bad.output
