@@ -15,16 +15,15 @@ Part of the commands layer: it imports ``planners`` to train.
 
 from __future__ import annotations
 
-import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rap.config import config_to_dict, load_config
+from rap.chain import Stages, closed_loop_scores, generate_dataset, navsim_scores, train_planner
+from rap.config import config_to_dict
 from rap.demo_config import DemoConfig
 from rap.images import contact_sheet, save_json, save_png
 from rap.render.job import render_to_dir
@@ -55,45 +54,6 @@ def pick_other_vehicle(scene: Scene, step: int) -> int:
     return int(tr.ids[int(np.argmin(dist))])
 
 
-class _Stages:
-    """The demo's progress: one bar over the stages, a second one for long stages' own steps, and
-    the seconds each stage took."""
-
-    def __init__(self, bar: Progress, names: list[str]) -> None:
-        self.bar, self.names, self.seconds = bar, names, {}
-        self.task = bar.add_task("demo", total=len(names))
-        self.sub = None
-
-    @contextmanager
-    def stage(self, name: str):
-        self.bar.update(self.task, description=f"demo: {name}")
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 1)
-        self.bar.advance(self.task)
-        self.done_steps()
-
-    def steps(self, description: str, total: int | None, completed: int = 0) -> None:
-        """Show (or restart) the second bar."""
-        self.done_steps()
-        self.sub = self.bar.add_task(description, total=total, completed=completed)
-
-    def step(self, completed: int | None = None, description: str | None = None) -> None:
-        if self.sub is None:
-            return
-        kwargs = {"description": description} if description else {}
-        if completed is None:
-            self.bar.advance(self.sub)
-            self.bar.update(self.sub, **kwargs)
-        else:
-            self.bar.update(self.sub, completed=completed, **kwargs)
-
-    def done_steps(self) -> None:
-        if self.sub is not None:
-            self.bar.remove_task(self.sub)
-            self.sub = None
-
-
 def _renders(scene: Scene, out: Path, summary: dict) -> None:
     now = scene.current_index
     render_to_dir(scene, get_rig("front3", CAMERA_SIZE), out / "front3", step=now, outputs=("rgb", "class_id", "depth"))
@@ -118,57 +78,24 @@ def _renders(scene: Scene, out: Path, summary: dict) -> None:
 
 
 def _datasets(scenario_path: Path, out: Path, cfg: DemoConfig) -> dict:
-    from rap.dataset.inspect import inspect_dataset
-    from rap.generate import GenerateConfig, generate
-
     overrides = [f"size=[{cfg.data.size[0]},{cfg.data.size[1]}]", f"paired.enabled={str(cfg.data.paired).lower()}"]
-    datasets = {}
-    for name, source in (("dataset_womd", f"womd:{scenario_path}"), ("dataset_synthetic", f"synthetic:{cfg.data.synthetic_towns}")):
-        folder = out / name
-        shutil.rmtree(folder, ignore_errors=True)  # the demo starts over each time
-        result = generate(source, folder, load_config(GenerateConfig, None, overrides))
-        inspect_dataset(folder, folder / "contact_sheet.png", per_kind=3)
-        datasets[name] = {"source": source, "samples": result.samples, "counts": result.manifest.counts, "contact_sheet": str(folder / "contact_sheet.png")}
-    return datasets
+    sources = (("dataset_womd", f"womd:{scenario_path}"), ("dataset_synthetic", f"synthetic:{cfg.data.synthetic_towns}"))
+    return {name: generate_dataset(source, out / name, overrides) for name, source in sources}
 
 
-def _train(out: Path, cfg: DemoConfig, datasets: list[Path], stages: _Stages) -> dict:
-    from planners.config import TrainConfig
-    from planners.train import train
-
-    folder = out / "train"
-    shutil.rmtree(folder, ignore_errors=True)
+def _train(out: Path, cfg: DemoConfig, datasets: list[Path], stages: Stages) -> dict:
     overrides = [*cfg.train.overrides, f"data.datasets=[{','.join(str(d) for d in datasets)}]", f"train.max_steps={cfg.train.steps}"]
-    train_cfg = load_config(TrainConfig, cfg.train.config, overrides)
-
-    def on_start(info: dict) -> None:
-        stages.steps("train", info["max_steps"], info["start_step"])
-
-    def on_log(row: dict) -> None:
-        if "loss" in row:
-            stages.step(row["step"], f"train (loss {row['loss']:.3f}, {row['samples_per_s']:.1f} samples/s)")
-
-    result = train(train_cfg, folder, on_log=on_log, on_start=on_start)
-    return {
-        "config": str(cfg.train.config), "overrides": overrides, "model": train_cfg.model.type, "run": str(folder),
-        "loss_picture": str(folder / "loss.png"), **{k: result[k] for k in ("steps", "samples_per_s", "final_loss", "val_loss", "checkpoint")},
-    }  # fmt: skip
+    return train_planner(cfg.train.config, overrides, out / "train", stages)
 
 
 def _navsim(scenario_path: Path, out: Path, cfg: DemoConfig, checkpoint: str | None) -> list[dict]:
-    from rap.agents import load_any_agent
-    from rap.eval.config import EvalConfig
-    from rap.eval.navsim import evaluate_navsim
-
     runs = [(agent, cfg.eval.navsim_scenes if scenes == "synthetic" else f"womd:{scenario_path}", scenes, "raster") for agent, scenes in EVAL_RUNS]
     if checkpoint is not None:
         runs += [(PLANNER, cfg.eval.navsim_scenes, "synthetic", style) for style in ("raster", "photo")]
     rows = []
     for name, spec, label, style in runs:
         folder = out / "eval" / (f"{name}_{label}" + ("_photo" if style == "photo" else ""))
-        shutil.rmtree(folder, ignore_errors=True)
-        agent = load_any_agent(checkpoint if name == PLANNER else name)
-        report = evaluate_navsim(agent, spec, folder, config=load_config(EvalConfig, None, [f"observation.style={style}"]))
+        report = navsim_scores(checkpoint if name == PLANNER else name, spec, folder, style)
         rows.append({
             "agent": name, "scenes": spec, "observation_style": style, "num_scenes": report["scenes"],
             "pdms": round(report["pdms"], 4), "epdms": round(report["epdms"], 4), "report": str(folder / "index.html"),
@@ -176,25 +103,14 @@ def _navsim(scenario_path: Path, out: Path, cfg: DemoConfig, checkpoint: str | N
     return rows
 
 
-def _closed_loop(out: Path, cfg: DemoConfig, checkpoint: str | None, stages: _Stages) -> list[dict]:
-    from rap.agents import load_closed_loop_agent
-    from rap.eval.closed_loop.config import ClosedLoopConfig
-    from rap.eval.closed_loop.runner import evaluate_closed_loop, load_routes
-
-    routes = cfg.eval.closed_loop_routes
-    total = len(load_routes(routes))
+def _closed_loop(out: Path, cfg: DemoConfig, checkpoint: str | None, stages: Stages) -> list[dict]:
     agents = [(name, name) for name in cfg.eval.closed_loop_agents] + ([(PLANNER, checkpoint)] if checkpoint else [])
     rows = []
     for name, spec in agents:
         folder = out / "closed_loop" / name
-        shutil.rmtree(folder, ignore_errors=True)
-        stages.steps(f"closed loop: {name}", total)
-        report = evaluate_closed_loop(
-            spec, routes, folder, config=ClosedLoopConfig(), workers=cfg.eval.workers, agent_loader=load_closed_loop_agent,
-            on_route=lambda result: stages.step(),
-        )  # fmt: skip
+        report = closed_loop_scores(spec, cfg.eval.closed_loop_routes, folder, workers=cfg.eval.workers, stages=stages, label=name)
         rows.append({
-            "agent": name, "routes": routes, "num_routes": report["routes"], "driving_score": round(report["driving_score"], 2),
+            "agent": name, "routes": cfg.eval.closed_loop_routes, "num_routes": report["routes"], "driving_score": round(report["driving_score"], 2),
             "success_rate": round(report["success_rate"], 2), "efficiency": None if report["efficiency"] is None else round(report["efficiency"], 2),
             "comfort": round(report["comfort"], 2), "report": str(folder / "index.html"), "failed": report["failed"],
         })  # fmt: skip
@@ -221,7 +137,7 @@ def run_demo(out: str | Path, scenario_path: Path, frame_path: Path, console: Co
     names = ["renders", "projection check", "datasets"] + (["train"] if train_steps else []) + ["NAVSIM-style scores"] + (["closed loop"] if cfg.eval.closed_loop_routes else [])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        stages = _Stages(bar, names)
+        stages = Stages(bar, len(names), "demo")
         with stages.stage("renders"):
             _renders(scene, out, summary)
         with stages.stage("projection check"):
