@@ -81,13 +81,15 @@ def generate_dataset(source: str, folder: Path, overrides: list[str], contact_sh
 
 def train_planner(config: Path, overrides: list[str], folder: Path, stages: Stages | None = None) -> dict:
     """`rap train CONFIG OVERRIDES --out FOLDER` (FOLDER emptied first); returns the run's
-    result with the config and overrides it ran with."""
+    result with the config and overrides it ran with and its training samples per kind."""
     from planners.config import TrainConfig
     from planners.train import train
 
     train_cfg = load_config(TrainConfig, config, overrides)
+    counts: dict = {}
 
     def on_start(info: dict) -> None:
+        counts.update(info["counts"]["train"])
         if stages is not None:
             stages.steps("train", info["max_steps"], info["start_step"])
 
@@ -97,7 +99,7 @@ def train_planner(config: Path, overrides: list[str], folder: Path, stages: Stag
 
     result = train(train_cfg, fresh(folder), on_log=on_log, on_start=on_start)
     return {
-        "config": str(config), "overrides": list(overrides), "model": train_cfg.model.type, "run": str(folder), "loss_picture": str(folder / "loss.png"),
+        "config": str(config), "overrides": list(overrides), "model": train_cfg.model.type, "run": str(folder), "loss_picture": str(folder / "loss.png"), "train_counts": counts,
         **{k: result[k] for k in ("steps", "samples_per_s", "final_loss", "val_loss", "checkpoint")},
     }  # fmt: skip
 

@@ -21,6 +21,8 @@ app = typer.Typer(
 console = Console(stderr=True, emoji=False, highlight=False)
 eval_app = typer.Typer(no_args_is_help=True, help="Score planners: NAVSIM-style PDMS/EPDMS, Waymo E2E rater feedback score.")
 app.add_typer(eval_app, name="eval")
+experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that train and score many planners: the augmentation/alignment ablation.")
+app.add_typer(experiment_app, name="experiment")
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_SCENARIO = DATA_DIR / "waymo" / "womd_scenario_637f20cafde22ff8.tfrecord"
@@ -667,6 +669,53 @@ def eval_closed_loop_cmd(
     print(json.dumps(headline(report), sort_keys=True))
     if crashed:
         raise _fail(f"{len(crashed)} of {report['routes']} routes failed with the agent crashed (agent {report['agent']!r}; each scored 0)", exit_routes_failed)
+
+
+@experiment_app.command("ablation", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def experiment_ablation_cmd(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Argument(None, help="YAML config (default configs/experiments/ablation.yaml)"),
+    out: Path = typer.Option(..., "--out", help="run folder (new or empty; with --resume, the run to continue)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out, skipping its finished steps (same config)"),
+) -> None:
+    """Train the planner on each row's data mixture (ego photo only, + ego / recovery / cross-agent
+    rasters, + alignment) with several seeds, score every model closed loop, NAVSIM-style and open
+    loop in the photo domain, and fit the cross-agent data-scaling curve. Writes ablation.json,
+    ablation.md, index.html, ablation.png and scaling.png into --out.
+
+    Extra arguments are dotted config overrides, e.g. experiment.scale=small (~20 minutes),
+    experiment.seeds=[0,1], train.steps=200. Last stdout line is JSON with rows (name, seeds,
+    driving_score, driving_score_ci95, pdms, min_ade). Exit 2 on a usage, config or data error;
+    3 when a planner crashed on closed-loop routes.
+    """
+    from rap.config import ConfigError
+    from rap.experiments.ablation import headline, run_ablation
+    from rap.experiments.ablation_config import load_ablation_config
+
+    exit_crashed = 3
+    if config is not None and "=" in config.name and not config.exists():  # only overrides given
+        ctx.args.insert(0, str(config))
+        config = None
+    try:
+        cfg = load_ablation_config(config, list(ctx.args))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        result = run_ablation(cfg, out, resume=resume, console=console)
+    except (ValueError, FileNotFoundError) as exc:  # AblationError, ConfigError, DataError, TrainError
+        raise _fail(str(exc)) from None
+    except RuntimeError as exc:
+        raise _fail(str(exc), exit_crashed) from None
+    table = Table(title=f"ablation ({result['observation_style']} observations, {result['seconds'] / 60:.1f} min)")
+    for column in ("row", "seeds", "driving score", "95 % CI", "PDMS", "minADE"):
+        table.add_column(column, justify="left" if column == "row" else "right")
+    for row in result["rows"]:
+        ci = row["driving_score_ci95"]
+        fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+        table.add_row(escape(row["name"]), str(len(row["seeds"])), fmt(row["driving_score"]), "–" if ci is None else f"[{ci[0]:.1f}, {ci[1]:.1f}]", fmt(row["pdms"], 3), fmt(row["min_ade"], 3))
+    console.print(table)
+    console.print(f"report: {out / 'index.html'}, {out / 'ablation.md'}")
+    print(json.dumps(headline(result), sort_keys=True))
 
 
 def main() -> None:  # pragma: no cover - console entry
