@@ -82,3 +82,16 @@ def test_resume_skips_finished_steps_and_other_configs_are_refused(micro, tmp_pa
     assert typo.exit_code == 2 and "experiment.sedes" in typo.output and not (tmp_path / "t").exists()
     scale = runner.invoke(app, ["experiment", "ablation", "--out", str(tmp_path / "s"), "experiment.scale=huge"])
     assert scale.exit_code == 2 and "experiment.scale='huge' is not one of default, small" in scale.output
+
+
+def test_the_gpu_scale_config_loads_and_its_planner_reads_cameras_the_generated_rig_has():
+    from planners.config import TrainConfig
+    from rap.config import load_config
+    from rap.render.rigs import get_rig
+
+    cfg = load_ablation_config(Path(__file__).resolve().parents[2] / "configs" / "experiments" / "ablation_gpu.yaml", [])
+    assert [r.name for r in cfg.rows] == [r.name for r in load_ablation_config(None, []).rows]
+    train = load_config(TrainConfig, cfg.train.config, cfg.train.overrides)
+    assert train.model.backbone.name == "resnet34" and train.model.num_proposals == 64
+    rig = next(o.partition("=")[2] for o in cfg.data.generate if o.startswith("rig="))
+    assert set(train.data.cameras) <= {c.name for c in get_rig(rig, cfg.data.size).cameras}
