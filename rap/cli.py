@@ -709,10 +709,11 @@ def experiment_ablation_cmd(
     table = Table(title=f"ablation ({result['observation_style']} observations, {result['seconds'] / 60:.1f} min)")
     for column in ("row", "seeds", "driving score", "95 % CI", "PDMS", "minADE"):
         table.add_column(column, justify="left" if column == "row" else "right")
-    for row in result["rows"]:
+    fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for row in result["rows"] + result["references"]:
         ci = row["driving_score_ci95"]
-        fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
-        table.add_row(escape(row["name"]), str(len(row["seeds"])), fmt(row["driving_score"]), "–" if ci is None else f"[{ci[0]:.1f}, {ci[1]:.1f}]", fmt(row["pdms"], 3), fmt(row["min_ade"], 3))
+        name, seeds = (row["name"], str(len(row["seeds"]))) if row in result["rows"] else (f"reference: {row['name']}", "–")
+        table.add_row(escape(name), seeds, fmt(row["driving_score"]), "–" if ci is None else f"[{ci[0]:.1f}, {ci[1]:.1f}]", fmt(row["pdms"], 3), fmt(row["min_ade"], 3))
     console.print(table)
     console.print(f"report: {out / 'index.html'}, {out / 'ablation.md'}")
     print(json.dumps(headline(result), sort_keys=True))

@@ -13,6 +13,7 @@ Output folder::
     config.json            the resolved config (--resume checks it)
     data/train, data/heldout   the generated datasets
     models/<row>-s<seed>/  train/ (the run), closed_loop/, navsim/, open_loop/ (each evaluator's reports)
+    references/<agent>/    the reference agents' (eval.references, e.g. constant_velocity) reports
     steps/<name>.json      one record per finished step (what --resume skips)
     ablation.json          rows, scaling curve, every model's numbers
     ablation.md, index.html, ablation.png, scaling.png
@@ -101,24 +102,29 @@ def _step(out: Path, name: str, resume: bool, run):
 def _score_model(cfg: AblationConfig, job: ModelJob, out: Path, stages: Stages) -> dict:
     folder = out / "models" / job.slug
     trained = train_planner(cfg.train.config, _train_overrides(cfg, job, out / "data" / "train"), folder / "train", stages)
-    ckpt = trained["checkpoint"]
-    style = cfg.eval.observation_style
     record: dict = {
         "row": job.row, "seed": job.seed, "cross_agent_limit": job.cross_agent, "slug": job.slug,
         "train": {k: trained[k] for k in ("steps", "samples_per_s", "final_loss", "val_loss", "checkpoint", "train_counts")},
     }  # fmt: skip
+    return {**record, **_scores(cfg, trained["checkpoint"], job.slug, folder, out, stages)}
+
+
+def _scores(cfg: AblationConfig, agent: str, label: str, folder: Path, out: Path, stages: Stages) -> dict:
+    """Closed-loop, NAVSIM-style and open-loop scores of one agent (a checkpoint or a built-in)."""
+    style = cfg.eval.observation_style
+    record: dict = {}
     if cfg.eval.closed_loop_routes:
-        report = closed_loop_scores(ckpt, cfg.eval.closed_loop_routes, folder / "closed_loop", style, cfg.eval.workers, stages, label=job.slug)
+        report = closed_loop_scores(agent, cfg.eval.closed_loop_routes, folder / "closed_loop", style, cfg.eval.workers, stages, label=label)
         if report["failed"]:
-            raise RuntimeError(f"{job.slug}: the planner crashed on {report['failed']} closed-loop routes (see {folder / 'closed_loop'})")
+            raise RuntimeError(f"{label}: the agent crashed on {report['failed']} closed-loop routes (see {folder / 'closed_loop'})")
         record["closed_loop"] = {
             "driving_score": report["driving_score"], "success_rate": report["success_rate"], "report": str(folder / "closed_loop" / "index.html"),
             "routes": {row["route_id"]: row["driving_score"] for row in report["route_rows"]},
         }  # fmt: skip
     if cfg.eval.navsim:
-        report = navsim_scores(ckpt, cfg.data.heldout, folder / "navsim", style)
+        report = navsim_scores(agent, cfg.data.heldout, folder / "navsim", style)
         record["navsim"] = {"pdms": report["pdms"], "epdms": report["epdms"], "scenes": report["scenes"], "report": str(folder / "navsim" / "index.html")}
-    report = open_loop_scores(ckpt, out / "data" / "heldout", folder / "open_loop", views="real" if style == "photo" else "raster")
+    report = open_loop_scores(agent, out / "data" / "heldout", folder / "open_loop", views="real" if style == "photo" else "raster")
     record["open_loop"] = {k: report[k] for k in ("min_ade", "ade", "fde", "samples")}
     return record
 
@@ -187,7 +193,7 @@ def run_ablation(cfg: AblationConfig, out: str | Path, *, resume: bool = False, 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     records = []
     with Progress(*columns, console=console, transient=True) as bar:
-        stages = Stages(bar, 2 + len(jobs), "ablation")
+        stages = Stages(bar, 2 + len(cfg.eval.references) + len(jobs), "ablation")
         with stages.stage("datasets"):
             data = {
                 "train": _step(out, "data-train", resume, lambda: generate_dataset(f"synthetic:{cfg.data.train_towns}", out / "data" / "train", [size, "paired.enabled=true", *cfg.data.generate], contact_sheet=False)),
@@ -195,12 +201,18 @@ def run_ablation(cfg: AblationConfig, out: str | Path, *, resume: bool = False, 
         with stages.stage("datasets"):
             heldout = [size, "paired.enabled=true", "recovery.enabled=false", "cross_agent.enabled=false", *cfg.data.generate]
             data["heldout"] = _step(out, "data-heldout", resume, lambda: generate_dataset(cfg.data.heldout, out / "data" / "heldout", heldout, contact_sheet=False))
+        references = []
+        for name in cfg.eval.references:
+            with stages.stage("references"):
+                folder = out / "references" / name
+                references.append(_step(out, f"reference-{name}", resume, lambda name=name, folder=folder: {"row": name, "seed": None, **_scores(cfg, name, name, folder, out, stages)}))
         for job in jobs:
             with stages.stage("models"):
                 records.append(_step(out, f"model-{job.slug}", resume, lambda job=job: _score_model(cfg, job, out, stages)))
     rows = [_row_summary(row.name, [r for r in records if r["row"] == row.name and r["cross_agent_limit"] is None], cfg) for row in cfg.rows]
+    reference_rows = [_row_summary(ref["row"], [ref], cfg) for ref in references]
     result = {
-        "rows": rows, "scaling": _scaling(cfg, records), "models": records, "data": data, "config": config_to_dict(cfg),
+        "rows": rows, "references": reference_rows, "scaling": _scaling(cfg, records), "models": records, "data": data, "config": config_to_dict(cfg),
         "observation_style": cfg.eval.observation_style, "closed_loop_routes": cfg.eval.closed_loop_routes, "heldout": cfg.data.heldout,
         "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stages.seconds,
     }  # fmt: skip
@@ -216,6 +228,7 @@ def headline(result: dict) -> dict:
     scaling = result.get("scaling")
     return {
         "rows": [{k: row[k] for k in keys} for row in result["rows"]],
+        "references": [{k: row[k] for k in keys if k != "seeds"} for row in result["references"]],
         "scaling": None if scaling is None else {k: scaling[k] for k in ("points", "fit_min_ade", "fit_driving_score")},
         "seconds": result["seconds"],
     }

@@ -46,6 +46,7 @@ class AblationEvalSection(FrozenModel):
     observation_style: Literal["raster", "photo"] = "photo"  # how the planners see (photo: the camera-like domain)
     navsim: bool = True  # NAVSIM-style scores on data.heldout
     workers: PositiveInt = 2
+    references: list[str] = Field(default_factory=lambda: ["constant_velocity"])  # agents scored the same way, beside the rows
 
 
 class ScalingSection(FrozenModel):

@@ -25,9 +25,11 @@ def _ci(row: dict) -> str:
 
 
 def _table_rows(result: dict) -> list[list[str]]:
+    rows = [(row, row["name"], str(len(row["seeds"]))) for row in result["rows"]]
+    rows += [(row, f"reference: {row['name']}", "–") for row in result.get("references", [])]
     return [
-        [row["name"], str(len(row["seeds"])), _f(row["driving_score"]), _ci(row), _f(row["success_rate"]), _f(row["pdms"], 3), _f(row["epdms"], 3), _f(row["min_ade"], 3), _f(row["ade"], 3)]
-        for row in result["rows"]
+        [name, seeds, _f(row["driving_score"]), _ci(row), _f(row["success_rate"]), _f(row["pdms"], 3), _f(row["epdms"], 3), _f(row["min_ade"], 3), _f(row["ade"], 3)]
+        for row, name, seeds in rows
     ]
 
 
@@ -111,6 +113,11 @@ def _rows_picture(result: dict) -> bytes:
             if key == "driving_score" and r["driving_score_ci95"]:
                 lo, hi = r["driving_score_ci95"]
                 ax.plot([lo, hi], [yy, yy], color="k", lw=1.5)
+        for ref, color in zip(result.get("references", []), ("tab:red", "tab:purple", "tab:brown")):
+            if ref[key] is not None:
+                ax.axvline(ref[key], color=color, ls="--", lw=1.2, label=ref["name"])
+        if result.get("references"):
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, names)

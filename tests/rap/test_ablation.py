@@ -51,6 +51,8 @@ def test_micro_ablation_trains_and_scores_every_row_and_writes_the_report(micro)
         low, high = row["driving_score_ci95"]
         assert 0.0 <= low <= row["driving_score"] <= high <= 100.0
         assert 0.0 <= row["pdms"] <= 1.0 and row["min_ade"] > 0.0
+    (ref,) = line["references"]  # constant velocity, scored the same way: the table's floor
+    assert ref["name"] == "constant_velocity" and 0.0 <= ref["driving_score"] <= 100.0 and ref["min_ade"] > 0.0
     doc = json.loads((out / "ablation.json").read_text())
     models = {m["slug"]: m for m in doc["models"]}
     assert set(models) == {"real-only-s0", "cross-agent-rasters-s0", "cross-agent-rasters-s0-ca5"}
@@ -65,7 +67,7 @@ def test_micro_ablation_trains_and_scores_every_row_and_writes_the_report(micro)
     for name in ("ablation.md", "index.html", "ablation.png", "scaling.png"):
         assert (out / name).stat().st_size > 0
     md = (out / "ablation.md").read_text()
-    assert "| real-only | 1 |" in md and "-0.021 ln x + 1.2173" in md
+    assert "| real-only | 1 |" in md and "| reference: constant_velocity | – |" in md and "-0.021 ln x + 1.2173" in md
 
 
 def test_resume_skips_finished_steps_and_other_configs_are_refused(micro, tmp_path):
