@@ -19,7 +19,7 @@ app = typer.Typer(
     help="rap: rasterize annotated driving scenes into camera views (3D rasterization augmented planning).",
 )
 console = Console(stderr=True, emoji=False, highlight=False)
-eval_app = typer.Typer(no_args_is_help=True, help="Score planners: NAVSIM-style PDMS/EPDMS, Waymo E2E rater feedback score.")
+eval_app = typer.Typer(no_args_is_help=True, help="Score planners: NAVSIM-style PDMS/EPDMS, open-loop errors, Waymo E2E rater feedback score, Bench2Drive-style closed loop.")
 app.add_typer(eval_app, name="eval")
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that train and score many planners: the augmentation/alignment ablation.")
 app.add_typer(experiment_app, name="experiment")
