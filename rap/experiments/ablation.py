@@ -93,7 +93,7 @@ def _step(out: Path, name: str, resume: bool, run):
     """``run()``'s JSON result, stored as ``steps/<name>.json``; with ``resume`` a stored one is reused."""
     path = out / "steps" / f"{name}.json"
     if resume and path.is_file():
-        return json.loads(path.read_text())
+        return _with_route_outcomes(json.loads(path.read_text()))
     result = run()
     save_json(path, result)
     return result
@@ -119,13 +119,31 @@ def _scores(cfg: AblationConfig, agent: str, label: str, folder: Path, out: Path
             raise RuntimeError(f"{label}: the agent crashed on {report['failed']} closed-loop routes (see {folder / 'closed_loop'})")
         record["closed_loop"] = {
             "driving_score": report["driving_score"], "success_rate": report["success_rate"], "report": str(folder / "closed_loop" / "index.html"),
-            "routes": {row["route_id"]: row["driving_score"] for row in report["route_rows"]},
+            "routes": {row["route_id"]: row["driving_score"] for row in report["route_rows"]}, **_route_outcomes(report["route_rows"]),
         }  # fmt: skip
     if cfg.eval.navsim:
         report = navsim_scores(agent, cfg.data.heldout, folder / "navsim", style)
         record["navsim"] = {"pdms": report["pdms"], "epdms": report["epdms"], "scenes": report["scenes"], "report": str(folder / "navsim" / "index.html")}
     report = open_loop_scores(agent, out / "data" / "heldout", folder / "open_loop", views="real" if style == "photo" else "raster")
     record["open_loop"] = {k: report[k] for k in ("min_ade", "ade", "fde", "samples")}
+    return record
+
+
+def _route_outcomes(route_rows: list[dict]) -> dict:
+    """Why the driving score is what it is: mean route completion [%] and the share of routes
+    ended because the agent left its route (Bench2Drive's "Agent deviated from the route")."""
+    return {
+        "route_completion": float(np.mean([row["route_completion"] for row in route_rows])),
+        "deviated": float(np.mean(["deviated" in row["status"] for row in route_rows])),
+    }
+
+
+def _with_route_outcomes(record: dict) -> dict:
+    """A stored step of a run made before ``_route_outcomes`` existed, completed from its closed-loop report."""
+    cl = record.get("closed_loop")
+    if cl is not None and "route_completion" not in cl:
+        report = json.loads((Path(cl["report"]).parent / "closed_loop_eval.json").read_text())
+        cl.update(_route_outcomes(report["route_rows"]))
     return record
 
 
@@ -145,6 +163,7 @@ def _row_summary(name: str, records: list[dict], cfg: AblationConfig) -> dict:
     return {
         "name": name, "seeds": [r["seed"] for r in records], "driving_score": ds, "driving_score_ci95": ci,
         "success_rate": _mean([c["success_rate"] for c in cl]),
+        "route_completion": _mean([c.get("route_completion") for c in cl]), "deviated": _mean([c.get("deviated") for c in cl]),
         "pdms": _mean([r.get("navsim", {}).get("pdms") for r in records]), "epdms": _mean([r.get("navsim", {}).get("epdms") for r in records]),
         "min_ade": _mean([r["open_loop"]["min_ade"] for r in records]), "ade": _mean([r["open_loop"]["ade"] for r in records]),
         "per_seed": [

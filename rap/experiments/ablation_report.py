@@ -28,12 +28,19 @@ def _table_rows(result: dict) -> list[list[str]]:
     rows = [(row, row["name"], str(len(row["seeds"]))) for row in result["rows"]]
     rows += [(row, f"reference: {row['name']}", "–") for row in result.get("references", [])]
     return [
-        [name, seeds, _f(row["driving_score"]), _ci(row), _f(row["success_rate"]), _f(row["pdms"], 3), _f(row["epdms"], 3), _f(row["min_ade"], 3), _f(row["ade"], 3)]
+        [
+            name, seeds, _f(row["driving_score"]), _ci(row), _f(row["success_rate"]), _f(row.get("route_completion"), 1), _pct(row.get("deviated")),
+            _f(row["pdms"], 3), _f(row["epdms"], 3), _f(row["min_ade"], 3), _f(row["ade"], 3),
+        ]  # fmt: skip
         for row, name, seeds in rows
     ]
 
 
-HEADER = ["row", "seeds", "driving score", "95 % CI", "success rate", "PDMS", "EPDMS", "minADE [m]", "ADE [m]"]
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
+HEADER = ["row", "seeds", "driving score", "95 % CI", "success rate", "route completion [%]", "left the route", "PDMS", "EPDMS", "minADE [m]", "ADE [m]"]
 
 
 def _setting(result: dict) -> str:

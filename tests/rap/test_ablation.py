@@ -64,6 +64,14 @@ def test_micro_ablation_trains_and_scores_every_row_and_writes_the_report(micro)
     assert line["scaling"]["fit_min_ade"] is not None
     # every model is scored on photo views: the open-loop rows are the held-out paired samples
     assert all(m["open_loop"]["samples"] > 0 and m["navsim"]["scenes"] > 0 and len(m["closed_loop"]["routes"]) == 1 for m in models.values())
+    # why a score is low: route completion and the share of routes ended off route, from the route reports
+    for m in models.values():
+        report = json.loads((Path(m["closed_loop"]["report"]).parent / "closed_loop_eval.json").read_text())
+        (route,) = report["route_rows"]
+        assert m["closed_loop"]["route_completion"] == pytest.approx(route["route_completion"])
+        assert m["closed_loop"]["deviated"] == float("deviated" in route["status"])
+    row = doc["rows"][0]
+    assert row["route_completion"] == models["real-only-s0"]["closed_loop"]["route_completion"] and 0.0 <= row["deviated"] <= 1.0
     for name in ("ablation.md", "index.html", "ablation.png", "scaling.png"):
         assert (out / name).stat().st_size > 0
     md = (out / "ablation.md").read_text()
@@ -76,6 +84,14 @@ def test_resume_skips_finished_steps_and_other_configs_are_refused(micro, tmp_pa
     again = runner.invoke(app, ["experiment", "ablation", "--out", str(out), "--resume", *MICRO])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout.strip().splitlines()[-1])["rows"] == line["rows"]  # every step reused
+    # a step stored before route outcomes were recorded gets them from its closed-loop report
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    step = out / "steps" / "model-real-only-s0.json"
+    record = json.loads(step.read_text())
+    del record["closed_loop"]["route_completion"], record["closed_loop"]["deviated"]
+    step.write_text(json.dumps(record))
+    assert runner.invoke(app, ["experiment", "ablation", "--out", str(out), "--resume", *MICRO]).exit_code == 0
+    assert json.loads((out / "ablation.json").read_text())["rows"] == rows
     not_new = runner.invoke(app, ["experiment", "ablation", "--out", str(out), *MICRO])
     assert not_new.exit_code == 2 and "not empty" in not_new.output
     other = runner.invoke(app, ["experiment", "ablation", "--out", str(out), "--resume", *MICRO, "train.steps=3"])
