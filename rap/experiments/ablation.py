@@ -207,6 +207,7 @@ def run_ablation(cfg: AblationConfig, out: str | Path, *, resume: bool = False, 
     console = console or Console(stderr=True)
     _prepare(out, cfg, resume)
     started = time.perf_counter()
+    reused = len(list((out / "steps").glob("*.json"))) if resume else 0  # finished by an earlier invocation
     size = f"size=[{cfg.data.size[0]},{cfg.data.size[1]}]"
     jobs = model_jobs(cfg)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -234,6 +235,7 @@ def run_ablation(cfg: AblationConfig, out: str | Path, *, resume: bool = False, 
         "rows": rows, "references": reference_rows, "scaling": _scaling(cfg, records), "models": records, "data": data, "config": config_to_dict(cfg),
         "observation_style": cfg.eval.observation_style, "closed_loop_routes": cfg.eval.closed_loop_routes, "heldout": cfg.data.heldout,
         "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stages.seconds,
+        "steps": 2 + len(cfg.eval.references) + len(jobs), "steps_reused": reused,
     }  # fmt: skip
     save_json(out / RESULT_FILE, result)
     write_report(out, result)

@@ -50,8 +50,15 @@ def _setting(result: dict) -> str:
         f"Planner {Path(cfg['train']['config']).name}, {cfg['train']['steps']} steps per model, seeds {cfg['experiment']['seeds']}; "
         f"trained on synthetic:{cfg['data']['train_towns']} at {cfg['data']['size'][0]}x{cfg['data']['size'][1]}; "
         f"observations in the {result['observation_style']} domain; closed loop on {routes}; NAVSIM-style and open loop on {result['heldout']} (held out). "
-        f"Intervals: two-way bootstrap over routes and seeds ({cfg['experiment']['bootstrap']} resamples). Run time {result['seconds'] / 60:.1f} min."
+        f"Intervals: two-way bootstrap over routes and seeds ({cfg['experiment']['bootstrap']} resamples). {_run_time(result)}"
     )
+
+
+def _run_time(result: dict) -> str:
+    minutes = f"Run time {result['seconds'] / 60:.1f} min"
+    if result.get("steps_reused"):
+        return f"{minutes} for this invocation, which reused {result['steps_reused']} of {result['steps']} steps finished by an earlier one (their time not counted)."
+    return f"{minutes}."
 
 
 def _markdown(result: dict) -> str:

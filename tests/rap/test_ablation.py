@@ -84,6 +84,7 @@ def test_resume_skips_finished_steps_and_other_configs_are_refused(micro, tmp_pa
     again = runner.invoke(app, ["experiment", "ablation", "--out", str(out), "--resume", *MICRO])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout.strip().splitlines()[-1])["rows"] == line["rows"]  # every step reused
+    assert "reused 6 of 6 steps finished by an earlier one" in (out / "ablation.md").read_text()  # 2 datasets, 1 reference, 3 models
     # a step stored before route outcomes were recorded gets them from its closed-loop report
     rows = json.loads((out / "ablation.json").read_text())["rows"]
     step = out / "steps" / "model-real-only-s0.json"
