@@ -179,6 +179,9 @@ class TrainSection(FrozenModel):
     val_batches: PositiveInt = 8
     checkpoint_every: PositiveInt = 100
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Processes that score the proposals for the scorer targets beside the training process
+    # (0: it scores them alone). Targets are the same bits whatever the value.
+    scorer_workers: NonNegativeInt = 0
 
 
 class TrainConfig(FrozenModel):

@@ -46,7 +46,7 @@ from planners.features import SCORE_NAMES
 from planners.align import AlignedPlanner, DomainClassifier, domain_bce, reversal_strength, spatial_alignment_loss
 from planners.losses import imitation_ce, imitation_targets, ranking_ce, scorer_bce, wta_l1
 from planners.model import build_model
-from planners.scoring import scorer_targets
+from planners.scoring import ScorerPool, scorer_targets
 from rap.config import config_to_dict
 from rap.fileio import LockHeldError, exclusive_lock, write_bytes_atomic
 
@@ -104,6 +104,10 @@ def _check_out(out: Path, resume: bool) -> None:
         raise TrainError(f"--out {out}: folder is not empty{hint}; give a new or empty folder")
 
 
+FREE_ON_RESUME = ("train.scorer_workers",)
+"""Config keys a resumed run may change (how the work is spread, not what it computes)."""
+
+
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(a) | set(b))
     out = []
@@ -120,10 +124,13 @@ def _batch_to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def compute_loss(model: torch.nn.Module, batch: dict, cfg: TrainConfig, sampling, *, align: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+def compute_loss(
+    model: torch.nn.Module, batch: dict, cfg: TrainConfig, sampling, *, align: bool = False, scorer_pool: ScorerPool | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Total loss of one batch and its parts (trajectory WTA L1, imitation CE, scorer BCE, scored
     samples and, with ``align`` and ``cfg.align`` weights, the spatial and global alignment
-    losses of :mod:`planners.align`; validation leaves them out)."""
+    losses of :mod:`planners.align`; validation leaves them out). ``scorer_pool`` scores the
+    proposals for the scorer targets in worker processes too (the same targets)."""
     align = align and cfg.align.enabled
     if not align and batch.get("paired_raster") is not None:
         batch = {**batch, "paired_raster": None}  # no second backbone pass without alignment
@@ -144,7 +151,7 @@ def compute_loss(model: torch.nn.Module, batch: dict, cfg: TrainConfig, sampling
     if logits is not None and (cfg.loss.scorer_weight > 0 or cfg.loss.rank_weight > 0):
         share = cfg.loss.rank_epdms_share if cfg.loss.rank_weight > 0 else 0.0
         names = SCORE_NAMES + ("epdms",) if share > 0 else SCORE_NAMES
-        targets, scored = scorer_targets(batch["scoring"], out["proposals"], sampling, batch["w_score"], names)
+        targets, scored = scorer_targets(batch["scoring"], out["proposals"], sampling, batch["w_score"], names, scorer_pool)
         targets, epdms = targets[..., : len(SCORE_NAMES)], targets[..., len(SCORE_NAMES) :]
         weights = batch["w_score"] * scored.float()
         if cfg.loss.scorer_weight > 0:
@@ -254,8 +261,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     lock = exclusive_lock(out / LOCK_FILE) if rank == 0 else contextlib.nullcontext()
     try:
-        with lock:
-            return _train(config, out, resume, rank, world, on_log, on_start, on_plan)
+        with lock, ScorerPool(config.train.scorer_workers) as pool:
+            return _train(config, out, resume, rank, world, on_log, on_start, on_plan, pool)
     except LockHeldError:
         raise TrainError(f"--out {out}: another rap train is writing this folder") from None
     except ValueError:
@@ -266,7 +273,7 @@ def train(
         raise
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_log, on_start, on_plan=None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_log, on_start, on_plan=None, pool: ScorerPool | None = None) -> dict[str, Any]:
     device = _device(cfg)
     distributed = world > 1
     if distributed and not torch.distributed.is_initialized():
@@ -276,7 +283,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
     payload = None
     if resume:
         payload = load_checkpoint(out / LAST)
-        diff = _config_diff(json.loads(payload["config"]), config_to_dict(cfg))
+        diff = [d for d in _config_diff(json.loads(payload["config"]), config_to_dict(cfg)) if d.split(":")[0] not in FREE_ON_RESUME]
         if diff:
             raise TrainError(f"--resume {out}: the config differs from the run's ({'; '.join(diff[:5])}); resume with the run's own {CONFIG_FILE}")
     torch.manual_seed(cfg.train.seed)
@@ -370,7 +377,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
         if isinstance(trainable, AlignedPlanner):
             trainable.strength = reversal_strength(step / cfg.train.max_steps)
         with torch.autocast(device.type, enabled=use_amp):
-            loss, parts = compute_loss(ddp, batch, cfg, sampling, align=True)
+            loss, parts = compute_loss(ddp, batch, cfg, sampling, align=True, scorer_pool=pool)
         loss_value = float(loss.detach())
         if distributed:
             t = torch.tensor([loss_value], device=device)
@@ -405,7 +412,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: int, world: int, on_
                 on_log(row)
         if step % cfg.train.val_every == 0 or step == cfg.train.max_steps:
             if rank == 0 and val_batches:
-                val_loss = _validate(model, val_set, val_batches, cfg, sampling, device)
+                val_loss = _validate(model, val_set, val_batches, cfg, sampling, device, pool)
                 ddp.train()
                 improved = val_loss < best_val
                 best_val = min(best_val, val_loss)
@@ -457,12 +464,12 @@ def _val_batches(index: TrainingIndex, cfg: TrainConfig) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _validate(model: torch.nn.Module, val_set: SampleDataset, batches: list[list[int]], cfg: TrainConfig, sampling, device: torch.device) -> float:
+def _validate(model: torch.nn.Module, val_set: SampleDataset, batches: list[list[int]], cfg: TrainConfig, sampling, device: torch.device, pool: ScorerPool | None = None) -> float:
     model.eval()
     total, count = 0.0, 0
     for idx in batches:
         batch = _batch_to(collate_samples([val_set[i] for i in idx]), device)
-        loss, _ = compute_loss(model, batch, cfg, sampling)
+        loss, _ = compute_loss(model, batch, cfg, sampling, scorer_pool=pool)
         total += float(loss) * len(idx)
         count += len(idx)
     return total / max(count, 1)

@@ -399,6 +399,7 @@ def train(
     import time as _time
 
     from planners.config import TrainConfig
+    from planners.scoring import ScorerPoolError
     from planners.train import CONFIG_FILE, TrainDiverged
     from planners.train import train as run_train
     from rap.config import ConfigError, load_config
@@ -465,6 +466,8 @@ def train(
                 progress.stop()
     except TrainDiverged as exc:
         raise _fail(str(exc), exit_diverged) from None
+    except ScorerPoolError as exc:
+        raise _fail(f"{exc}; the last checkpoint is in {out}, continue with --resume", 1) from None
     except ValueError as exc:  # TrainError, DataError, BackboneWeightsError, CheckpointError
         raise _fail(str(exc)) from None
     if rank0:

@@ -260,6 +260,7 @@ def comfort_checks(
     filters: ComfortFilters,
     bounds: ComfortBounds | None = None,
     vehicle: VehicleParameters = PACIFICA,
+    all_only: bool = False,
 ) -> np.ndarray:
     """Whether each comfort signal stays strictly within its bounds at every step.
 
@@ -269,6 +270,8 @@ def comfort_checks(
         filters: Window settings.
         bounds: Limits; ``None`` means ``ComfortBounds()``.
         vehicle: Footprint.
+        all_only: Stop a row's checks at its first failure (its later columns are then False):
+            what :func:`is_comfortable` needs, at less cost.
 
     Returns:
         (K, 6) bool, columns :class:`ComfortIndex`.
@@ -292,7 +295,7 @@ def comfort_checks(
         _kernel_plan(n, _window(filters.jerk_window, n), 2, 1, dt),
         _kernel_plan(n, w_yaw, 3, 2, dt),
         _kernel_plan(n, w_yaw, 2, 1, dt),
-        lo, hi,
+        lo, hi, all_only,
     )  # fmt: skip
 
 
@@ -304,7 +307,7 @@ def is_comfortable(
     vehicle: VehicleParameters = PACIFICA,
 ) -> np.ndarray:
     """(K,) float64 comfort score: 1 if every check of :func:`comfort_checks` passes, else 0."""
-    return comfort_checks(states, dt, filters, bounds, vehicle).all(axis=-1).astype(np.float64)
+    return comfort_checks(states, dt, filters, bounds, vehicle, all_only=True).all(axis=-1).astype(np.float64)
 
 
 def _extended_features(states: np.ndarray, dt: float) -> np.ndarray:

@@ -359,13 +359,15 @@ def _within(sig, lo, hi):
 
 
 @numba.njit(**_JIT)
-def comfort_rows(ax, ay, mag, heading, acc, smooth, jerk, yaw_accel, yaw_rate, lo, hi):
+def comfort_rows(ax, ay, mag, heading, acc, smooth, jerk, yaw_accel, yaw_rate, lo, hi, all_only=False):
     """nuPlan's six comfort checks of every row (``comfort.comfort_checks``): per row the smoothed
     lon / lat accelerations (``acc`` plan), the jerk of the smoothed acceleration magnitude and of
     the smoothed lon acceleration (``smooth`` then ``jerk``), the yaw acceleration and rate of the
     unwrapped heading (``yaw_accel``, ``yaw_rate``), each rounded to 1e-8 like the array code, then
     strictly within (lo[i], hi[i]) at every step. Plans are (coeffs, i0, i1, head, tail, fit,
-    evaluate) tuples of ``comfort._savgol_plan``. Returns (R, 6) bool, columns ``ComfortIndex``."""
+    evaluate) tuples of ``comfort._savgol_plan``. Returns (R, 6) bool, columns ``ComfortIndex``;
+    with ``all_only`` a row's checks stop at its first failure (the later columns stay False:
+    only "every check passes" is then meaningful, and it is exact)."""
     rows, n = ax.shape
     out = np.zeros((rows, 6), dtype=np.bool_)
     a = np.empty(n)
@@ -374,16 +376,26 @@ def comfort_rows(ax, ay, mag, heading, acc, smooth, jerk, yaw_accel, yaw_rate, l
     for r in range(rows):
         _filtered(ax[r], a, acc, poly)
         out[r, 0] = _within(a, lo[0], hi[0])
+        if all_only and not out[r, 0]:
+            continue
         _filtered(ay[r], a, acc, poly)
         out[r, 1] = _within(a, lo[1], hi[1])
+        if all_only and not out[r, 1]:
+            continue
         _filtered(mag[r], a, smooth, poly)
         _filtered(a, b, jerk, poly)
         out[r, 2] = _within(b, lo[2], hi[2])
+        if all_only and not out[r, 2]:
+            continue
         _filtered(ax[r], a, smooth, poly)
         _filtered(a, b, jerk, poly)
         out[r, 3] = _within(b, lo[3], hi[3])
+        if all_only and not out[r, 3]:
+            continue
         _filtered(heading[r], a, yaw_accel, poly)
         out[r, 4] = _within(a, lo[4], hi[4])
+        if all_only and not out[r, 4]:
+            continue
         _filtered(heading[r], a, yaw_rate, poly)
         out[r, 5] = _within(a, lo[5], hi[5])
     return out

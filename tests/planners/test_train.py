@@ -57,12 +57,16 @@ def test_train_writes_checkpoints_metrics_tensorboard_and_loss_picture_and_is_de
     payload = load_checkpoint(run / "last.pt")
     assert payload["step"] == 4 and payload["data"]["cameras"] == ["CAM_L0", "CAM_F0", "CAM_R0"]
     assert payload["data"]["source_size"] == [64, 32] and payload["data"]["rig"] == "front3"
-    train(cfg, tmp_path / "b")
-    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")  # same seed, same loss curve
+    # Same seed, same loss curve and weights, also with the scorer targets scored in a worker
+    # process beside this one.
+    pooled = tiny_config(tiny_dataset, "train.scorer_workers=1")
+    train(pooled, tmp_path / "b")
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
     _assert_same_weights(run / "last.pt", tmp_path / "b" / "last.pt")
-    # Resuming a finished run trains nothing, changes nothing and reports the run's last loss.
+    # Resuming a finished run trains nothing, changes nothing and reports the run's last loss
+    # (how many processes score is free to change on resume).
     before = (run / "last.pt").read_bytes()
-    again = train(cfg, run, resume=True)
+    again = train(pooled, run, resume=True)
     assert again["steps"] == 4 and again["final_loss"] == result["final_loss"] and again["val_loss"] == result["val_loss"]
     assert (run / "last.pt").read_bytes() == before
 
