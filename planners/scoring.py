@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,8 +33,10 @@ class ScorerPool:
 
     A batch of B scenes is cut into ``workers + 1`` contiguous parts of near-equal size; the
     workers score all but the last, this process scores the last meanwhile, and the parts are
-    joined in order. The workers are spawned (safe beside CUDA) on first use and stop with
-    :meth:`close` (or the ``with`` block).
+    joined in order. The workers start with the ``with`` block (or :meth:`start`, else on first
+    use), forked where that is safe (:func:`rap.generate.worker_start_method`: start the pool
+    before any other thread or GL context exists, as `rap train` does), else spawned; they
+    stop with :meth:`close` (or the end of the ``with`` block).
 
     Args:
         workers: worker processes (0: score everything here, as without a pool).
@@ -46,7 +49,28 @@ class ScorerPool:
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ScorerPool:
+        self.start()
         return self
+
+    def start(self) -> None:
+        """Starts the worker processes now (no-op without workers or when started)."""
+        if self.workers == 0 or self._executor is not None:
+            return
+        from rap.generate import worker_start_method  # noqa: PLC0415  (fork only where safe)
+
+        self._executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(worker_start_method()))
+        try:
+            for f in [self._executor.submit(os.getpid) for _ in range(self.workers)]:
+                f.result()
+        except concurrent.futures.process.BrokenProcessPool:
+            self.close()
+            raise ScorerPoolError(self._died()) from None
+
+    def _died(self) -> str:
+        return (
+            f"a scorer worker process died or could not start (train.scorer_workers={self.workers}): killed, out of memory, "
+            "or spawned from a script that calls train() outside `if __name__ == \"__main__\":`; lower train.scorer_workers or set it to 0"
+        )
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -73,8 +97,7 @@ class ScorerPool:
             if not isinstance(ctx, ScoringContext):
                 raise ValueError(f"score_batch: contexts[{i}] is {type(ctx).__name__}, not a ScoringContext (a sample written without one?)")
         proposals = np.asarray(proposals, dtype=np.float64)
-        if self._executor is None:
-            self._executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self.start()
         cuts = np.linspace(0, b, parts + 1).round().astype(int)
         futures: list[concurrent.futures.Future] = []
         try:
@@ -84,7 +107,7 @@ class ScorerPool:
             results = [f.result() for f in futures] + [mine]
         except concurrent.futures.process.BrokenProcessPool:
             self.close()
-            raise ScorerPoolError(f"a scorer worker process died (train.scorer_workers={self.workers}); out of memory? lower train.scorer_workers or set it to 0") from None
+            raise ScorerPoolError(self._died()) from None
         finally:
             for f in futures:
                 f.cancel()

@@ -70,7 +70,7 @@ def test_a_killed_worker_is_a_clear_error(scored_batch):
         for pid in list(pool._executor._processes):
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
-        with pytest.raises(ScorerPoolError, match=r"a scorer worker process died \(train.scorer_workers=1\)"):
+        with pytest.raises(ScorerPoolError, match=r"a scorer worker process died or could not start \(train.scorer_workers=1\)"):
             pool.score(batch["scoring"], p, sampling)
     finally:
         pool.close()
