@@ -149,6 +149,14 @@ def box_contacts(
         t, n = ta[a], na[a]
         g = obj_scene[n]
         reach_o = obj_r[t, n]
+        # Room for every hit of this pair before its loops: an array reassigned inside the hot
+        # loop costs numba reference counting on every access there (2x this kernel's time).
+        need = count + (row_starts[g + 1] - row_starts[g]) * n_looks
+        if need > cap:
+            cap = max(2 * cap, need)
+            grown = np.empty((4, cap), np.int64)
+            grown[:, :count] = hits[:, :count]
+            hits = grown
         for k in range(row_starts[g], row_starts[g + 1]):
             # Swept circles (conservative: every look-ahead contact lies inside them).
             ddx = mx[t, k] - ocx[t, n]
@@ -178,11 +186,6 @@ def box_contacts(
                     and abs(dx * c2 + dy * s2) <= hl * cd + hw * sd + a2
                     and abs(dy * c2 - dx * s2) <= hl * sd + hw * cd + b2
                 ):
-                    if count == cap:
-                        cap *= 2
-                        grown = np.empty((4, cap), np.int64)
-                        grown[:, :count] = hits[:, :count]
-                        hits = grown
                     hits[0, count] = j
                     hits[1, count] = k
                     hits[2, count] = t
