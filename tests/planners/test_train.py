@@ -108,7 +108,8 @@ def test_resume_after_kill_9_ends_with_the_weights_of_an_uninterrupted_run(tiny_
 def _ddp_worker(rank: int, world: int, port: int, dataset: str, out: str) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    cfg = tiny_config(Path(dataset), "model.backbone.frozen=true", "train.max_steps=3", "train.val_every=100")
+    # each rank also scores its scorer targets with a worker process of its own
+    cfg = tiny_config(Path(dataset), "model.backbone.frozen=true", "train.max_steps=3", "train.val_every=100", "train.scorer_workers=1")
     train(cfg, out)
     torch.distributed.destroy_process_group()
 
