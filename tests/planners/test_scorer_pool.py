@@ -74,3 +74,14 @@ def test_a_killed_worker_is_a_clear_error(scored_batch):
             pool.score(batch["scoring"], p, sampling)
     finally:
         pool.close()
+
+
+def test_shipped_train_configs_load_and_only_the_gpu_scale_ones_score_in_workers():
+    from pathlib import Path
+
+    from planners.config import TrainConfig
+    from rap.config import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "train"
+    workers = {p.name: load_config(TrainConfig, p, []).train.scorer_workers for p in sorted(configs.glob("*.yaml"))}
+    assert workers == {"rap_resnet34.yaml": 4, "rap_vit.yaml": 4, "tiny.yaml": 0}
