@@ -46,7 +46,7 @@ from planners.features import SCORE_NAMES
 from planners.align import AlignedPlanner, DomainClassifier, domain_bce, reversal_strength, spatial_alignment_loss
 from planners.losses import imitation_ce, imitation_targets, ranking_ce, scorer_bce, wta_l1
 from planners.model import build_model
-from planners.scoring import ScorerPool, scorer_targets
+from planners.scoring import ScorerPool, ScorerPoolError, scorer_targets
 from rap.config import config_to_dict
 from rap.fileio import LockHeldError, exclusive_lock, write_bytes_atomic
 
@@ -261,11 +261,12 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     lock = exclusive_lock(out / LOCK_FILE) if rank == 0 else contextlib.nullcontext()
     try:
-        with lock, ScorerPool(config.train.scorer_workers) as pool:
+        scores = config.model.type == "rap" and (config.loss.scorer_weight > 0 or config.loss.rank_weight > 0)
+        with lock, ScorerPool(config.train.scorer_workers if scores else 0) as pool:  # no workers for a model without a scorer loss
             return _train(config, out, resume, rank, world, on_log, on_start, on_plan, pool)
     except LockHeldError:
         raise TrainError(f"--out {out}: another rap train is writing this folder") from None
-    except ValueError:
+    except (ValueError, ScorerPoolError):
         if rank == 0 and created:  # refused before training: leave no trace of this run
             (out / LOCK_FILE).unlink(missing_ok=True)
             if out.is_dir() and not any(out.iterdir()):

@@ -467,7 +467,8 @@ def train(
     except TrainDiverged as exc:
         raise _fail(str(exc), exit_diverged) from None
     except ScorerPoolError as exc:
-        raise _fail(f"{exc}; the last checkpoint is in {out}, continue with --resume", 1) from None
+        hint = f"; the last checkpoint is {out / 'last.pt'}: continue with --resume" if (out / "last.pt").is_file() else ""
+        raise _fail(f"{exc}{hint}", 1) from None
     except ValueError as exc:  # TrainError, DataError, BackboneWeightsError, CheckpointError
         raise _fail(str(exc)) from None
     if rank0:

@@ -85,3 +85,19 @@ def test_shipped_train_configs_load_and_only_the_gpu_scale_ones_score_in_workers
     configs = Path(__file__).resolve().parents[2] / "configs" / "train"
     workers = {p.name: load_config(TrainConfig, p, []).train.scorer_workers for p in sorted(configs.glob("*.yaml"))}
     assert workers == {"rap_resnet34.yaml": 4, "rap_vit.yaml": 4, "tiny.yaml": 0}
+
+
+def test_rap_train_reports_scorer_workers_that_cannot_start_and_leaves_no_run_folder(tiny_dataset, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from rap.cli import app
+
+    def broken(self):
+        raise ScorerPoolError(self._died())
+
+    monkeypatch.setattr(ScorerPool, "start", broken)
+    args = ["train", "configs/train/tiny.yaml", f"data.datasets=[{tiny_dataset}]", "data.image_size=[64,32]", "train.max_steps=1", "train.scorer_workers=2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "a scorer worker process died or could not start (train.scorer_workers=2)" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
