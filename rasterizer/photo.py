@@ -39,6 +39,10 @@ class Material:
     PAINT = 2  # road paint: its colour, slightly worn, lit
     BODY = 3  # vehicle-like bodies: a paint colour per instance, glass band, specular
     EMISSIVE = 4  # lights: its colour, unlit, no haze
+    # Static-mesh surfaces kept out of the picture: what was drawn before them shows through
+    # (their class ids, instance ids and depth are drawn as in any style). For marks a raster
+    # draws that a camera would not see, e.g. lane centrelines. Boxes of such a class are matte.
+    HIDDEN = 5
 
 
 # Car paints (white, silver, black, grey, dark blue, red, beige, dark green), linear RGB in [0, 1].
@@ -81,8 +85,8 @@ class PhotoLook:
 
     def __post_init__(self) -> None:
         materials = np.asarray(self.materials, dtype=np.int64).reshape(-1)
-        if materials.size == 0 or materials.min() < 0 or materials.max() > Material.EMISSIVE:
-            raise ValueError(f"PhotoLook: materials must be ids 0..{Material.EMISSIVE}, got {np.unique(materials).tolist()}")
+        if materials.size == 0 or materials.min() < 0 or materials.max() > Material.HIDDEN:
+            raise ValueError(f"PhotoLook: materials must be ids 0..{Material.HIDDEN}, got {np.unique(materials).tolist()}")
         sun = np.asarray(self.sun_direction, dtype=np.float64)
         if sun.shape != (3,) or not np.all(np.isfinite(sun)) or np.linalg.norm(sun) == 0:
             raise ValueError(f"PhotoLook: sun_direction must be a finite non-zero 3-vector, got {self.sun_direction}")
@@ -198,7 +202,7 @@ def grain_texture(seed: int, size: int = 2048) -> np.ndarray:
 # Per material (Material ids) of the static surfaces: shade = GRAIN[0] + GRAIN[1] * grain (the grain
 # texture's value, mean 0.5, standard deviation 0.25), then lit (unless emissive), hazed (unless
 # emissive). Rough surfaces: blotches and grain, 0.96 +- 0.07; paint: slightly worn, 0.92 +- 0.03.
-_GRAIN = ((1.0, 0.0), (0.82, 0.28), (0.86, 0.12), (1.0, 0.0), (1.0, 0.0))
+_GRAIN = ((1.0, 0.0), (0.82, 0.28), (0.86, 0.12), (1.0, 0.0), (1.0, 0.0), (1.0, 0.0))
 _MATERIAL_GLSL = """
 int material_of(uint cls) { return int(texelFetch(u_material, ivec2(0, int(cls)), 0).r * 255.0 + 0.5); }
 """

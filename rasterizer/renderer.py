@@ -432,6 +432,7 @@ class Renderer:
         self._cube = self._own(ctx.buffer(unit_cube().tobytes()))
         self._static_vbo = None
         self._static_count = 0
+        self._static_runs: np.ndarray | None = None  # hidden / shown runs of the static mesh (photo look)
         self._static_layered = True
         self.static_mesh: TriangleMesh | None = None  # the mesh last given to set_static
         self._box_vbo = None
@@ -520,6 +521,8 @@ class Renderer:
             tex = self.ctx.texture((1, table.shape[0]), 4, table.tobytes(), dtype="f4")
             tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
             self._static_table_tex = self._own(tex)
+        mesh = getattr(self, "static_mesh", None)  # (not yet set while the renderer is built)
+        self._static_runs = self._hidden_runs(mesh) if mesh is not None else None
 
     def set_static(self, mesh: TriangleMesh, layered: bool = True) -> None:
         """Upload the static geometry. Replaces any earlier mesh.
@@ -540,8 +543,27 @@ class Renderer:
         self._free(self._static_vbo)
         self._static_vbo = None
         self._static_count = len(mesh.positions)
+        self._static_runs = self._hidden_runs(mesh)
         if self._static_count:
             self._static_vbo = self._own(self.ctx.buffer(mesh.interleaved().tobytes()))
+
+    def _hidden_runs(self, mesh: TriangleMesh) -> np.ndarray | None:
+        """(R, 3) int64 runs (first vertex, vertex count, hidden 0/1) covering the mesh in order,
+        hidden where the photo look's material of the triangles' class is HIDDEN; ``None`` when
+        nothing is hidden (the mesh is then drawn in one call)."""
+        look = self.style.photo
+        if look is None or not len(mesh.class_ids):
+            return None
+        hidden_classes = np.asarray(look.materials) == _photo.Material.HIDDEN
+        if not hidden_classes.any():
+            return None
+        hidden = hidden_classes[np.minimum(mesh.class_ids[::3], len(hidden_classes) - 1)]  # one class per triangle
+        if not hidden.any():
+            return None
+        cuts = np.flatnonzero(hidden[1:] != hidden[:-1]) + 1
+        starts = np.concatenate([[0], cuts]) * 3
+        ends = np.append(cuts * 3, len(mesh.class_ids))
+        return np.stack([starts, ends - starts, hidden[starts // 3].astype(np.int64)], axis=1)
 
     def set_boxes(self, boxes: Boxes) -> None:
         """Upload this frame's boxes; the buffer is rewritten in place while it is big enough."""
@@ -725,7 +747,28 @@ class Renderer:
         return self._targets[key]
 
     # -- drawing -----------------------------------------------------------------------------
-    def _draw(self, view: View, camera: Camera, viewport: tuple[int, int, int, int], programs) -> None:
+    def _draw_static_runs(self, vao, first: int, outputs: tuple[str, ...]) -> None:
+        """The static mesh from vertex ``first`` in its runs: hidden runs (photo material HIDDEN)
+        with the rgb attachment masked, so the picture keeps what was drawn before them while ids
+        and depth are drawn as ever; skipped when rgb is the only output of a layered mesh (they
+        would change nothing)."""
+        fbo = self.ctx.fbo
+        rgb_only = outputs == ("rgb",)
+        for start, count, hidden in self._static_runs:
+            lo, hi = max(int(start), first), int(start + count)
+            if hi <= lo:
+                continue
+            if not hidden:
+                vao.render(moderngl.TRIANGLES, vertices=hi - lo, first=lo)
+                continue
+            if rgb_only and self._static_layered:
+                continue
+            masks = [(name != "rgb",) * 4 for name in outputs]
+            fbo.color_mask = masks[0] if len(masks) == 1 else tuple(masks)  # type: ignore[assignment]
+            vao.render(moderngl.TRIANGLES, vertices=hi - lo, first=lo)
+            fbo.color_mask = (True,) * 4 if len(outputs) == 1 else tuple((True,) * 4 for _ in outputs)  # type: ignore[assignment]
+
+    def _draw(self, view: View, camera: Camera, viewport: tuple[int, int, int, int], programs, outputs: tuple[str, ...] = ("rgb",)) -> None:
         static_prog, box_prog, static_vao, box_vao = programs
         proj = ortho_projection(camera) if isinstance(camera, OrthoCamera) else pinhole_projection(camera)
         world_to_cam = np.linalg.inv(np.asarray(view.body_to_world, dtype=np.float64) @ camera.cam_to_body)
@@ -754,7 +797,10 @@ class Renderer:
                     continue
                 fbo = self.ctx.fbo
                 fbo.depth_mask = not self._static_layered
-                vao.render(moderngl.TRIANGLES, vertices=self._static_count - first, first=first)
+                if self._static_runs is None:
+                    vao.render(moderngl.TRIANGLES, vertices=self._static_count - first, first=first)
+                else:
+                    self._draw_static_runs(vao, first, outputs)
                 fbo.depth_mask = True
             else:
                 # Boxes are closed: cull faces turned away from the camera (half the box
@@ -903,7 +949,7 @@ class Renderer:
                 x, y = src_origins[j]
                 if photo_bg:
                     self._draw_background(views[i], inter, (x, y, inter.width, inter.height), outputs)
-                self._draw(views[i], inter, (x, y, inter.width, inter.height), programs)
+                self._draw(views[i], inter, (x, y, inter.width, inter.height), programs, outputs)
 
         fbo.use()
         self._clear(fbo, outputs, bg)
@@ -913,7 +959,7 @@ class Renderer:
             x, y = origins[i]
             if photo_bg:
                 self._draw_background(view, view.camera, (x, y, view.camera.width, view.camera.height), outputs)
-            self._draw(view, view.camera, (x, y, view.camera.width, view.camera.height), programs)
+            self._draw(view, view.camera, (x, y, view.camera.width, view.camera.height), programs, outputs)
 
         if distorted:
             ctx.disable(moderngl.DEPTH_TEST)

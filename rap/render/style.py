@@ -98,7 +98,7 @@ PHOTO_TABLE: tuple[tuple[RasterClass, tuple[int, int, int], int], ...] = (
     (RasterClass.DRIVEWAY, (112, 108, 102), Material.ROUGH),  # concrete
     (RasterClass.CROSSWALK, (214, 214, 208), Material.PAINT),
     (RasterClass.SPEED_BUMP, (196, 170, 70), Material.PAINT),
-    (RasterClass.LANE_CENTERLINE, (66, 66, 68), Material.ROUGH),  # not painted on real roads: asphalt
+    (RasterClass.LANE_CENTERLINE, (66, 66, 68), Material.HIDDEN),  # not painted on real roads: not in the picture
     (RasterClass.ROAD_LINE_WHITE, (222, 222, 216), Material.PAINT),
     (RasterClass.ROAD_LINE_YELLOW, (214, 176, 44), Material.PAINT),
     (RasterClass.ROAD_EDGE, (150, 148, 140), Material.MATTE),  # kerb

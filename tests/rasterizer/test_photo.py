@@ -10,7 +10,7 @@ import pytest
 
 from rasterizer.camera import PinholeCamera, look_at_flu
 from rasterizer.photo import Material, PhotoLook
-from rasterizer.primitives import Boxes, TriangleMesh, polygons
+from rasterizer.primitives import Boxes, TriangleMesh, concat_meshes, polygons, ribbons
 from rasterizer.renderer import Renderer, Style, View
 
 # Classes of these tests: 0 background, 1 ground (rough), 2 a matte box.
@@ -129,7 +129,7 @@ def test_vignetting_darkens_the_corners(ctx):
 
 
 def test_bad_looks_are_refused():
-    with pytest.raises(ValueError, match="materials must be ids 0..4"):
+    with pytest.raises(ValueError, match="materials must be ids 0..5"):
         PhotoLook(materials=[0, 9])
     with pytest.raises(ValueError, match="sun_direction"):
         PhotoLook(materials=[0], sun_direction=(0.0, 0.0, 0.0))
@@ -137,3 +137,28 @@ def test_bad_looks_are_refused():
         PhotoLook(materials=[0], noise=float("nan"))
     with pytest.raises(ValueError, match="2 materials for a style of 3 classes"):
         dataclasses.replace(FLAT, photo=PhotoLook(materials=[0, 1]))
+
+
+def test_hidden_surfaces_keep_the_paint_below_them_in_the_picture_and_their_ids(ctx):
+    """A HIDDEN class (lane centrelines: a raster's mark, not a camera's) is left out of the
+    picture, where the crosswalk-like paint under it shows, while its class ids, instances and
+    depth are drawn as in the flat style; with rgb alone the same picture."""
+    colors = [(0, 0, 0), (80, 80, 80), (230, 230, 230), (80, 80, 80)]
+    flat = Style(colors=colors, face_colors=[[c] * 6 for c in colors])
+    look = PhotoLook(materials=[Material.MATTE, Material.ROUGH, Material.PAINT, Material.HIDDEN], sun_direction=(0.0, 0.0, 1.0), seed=7, blur_px=0.0, noise=0.0, vignette=0.0)
+    photo = dataclasses.replace(flat, photo=look)
+    paint = np.array([[[4.0, -3.0, 0.03], [9.0, -3.0, 0.03], [9.0, 3.0, 0.03], [4.0, 3.0, 0.03]]])
+    line = np.array([[2.0, 0.0, 0.06], [12.0, 0.0, 0.06]])
+    below = concat_meshes([ground(), polygons([paint], 2, 2)])
+    mesh = concat_meshes([below, ribbons(line, np.array([0, 2]), 0.8, 3, 3)])
+    view = [View(camera(pitch=0.35))]
+    shown, flat_out = render(ctx, photo, view, mesh)[0], render(ctx, flat, view, mesh)[0]
+    for name in ("class_id", "instance", "depth"):
+        assert np.array_equal(getattr(shown, name), getattr(flat_out, name)), name
+    on_line = shown.class_id == 3
+    assert on_line.sum() > 30  # the hidden line is in view, over the paint and the ground
+    without = render(ctx, photo, view, below)[0]
+    assert np.array_equal(shown.rgb, without.rgb)  # as if the line were not there
+    over_paint = on_line & (without.class_id == 2)
+    assert over_paint.sum() > 10 and shown.rgb[over_paint].mean() > 150  # bright paint, not asphalt
+    assert np.array_equal(render(ctx, photo, view, mesh, outputs=("rgb",))[0].rgb, shown.rgb)
