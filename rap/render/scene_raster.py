@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import shapely
 
+from rap.geometry import wrap_angle
 from rap.scene import AgentType, LightColor, MapElements, Polylines, RoadLineType, Scene
 from rap.render.style import RasterClass
 from rasterizer.camera import OrthoCamera, Rig
@@ -186,11 +187,18 @@ def drivable_area_vertices(mesh: TriangleMesh) -> int:
     return int(not_area[0]) if len(not_area) else len(kinds)
 
 
-def _light_headings_and_widths(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-    """(K,) heading [rad] of each light's lane at its stop point and (K,) lane width [m]."""
+def _light_headings_and_widths(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(K,) heading [rad] of each light's lane at its stop point, (K,) width [m] of its box
+    across the lane and (K, 2) xy shift [m] of its box from the stop point.
+
+    A light alone spans its lane's width. Lights that share a stop point (the signals of the
+    left, through and right connectors leaving one lane) split that width side by side, the
+    sharpest left turn leftmost, instead of coinciding (coinciding boxes of different states
+    z-fight into stripes of both colours)."""
     lights, lanes = scene.traffic_lights, scene.map.lanes
     headings = np.zeros(len(lights))
     widths = np.full(len(lights), 3.7)
+    turns = np.zeros(len(lights))  # heading change along the light's lane [rad], left positive
     for k, lane_id in enumerate(lights.lane_ids):
         try:
             li = lanes.index_of(int(lane_id))
@@ -204,7 +212,26 @@ def _light_headings_and_widths(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         j = min(j, len(pts) - 2)
         d = pts[j + 1, :2] - pts[j, :2]
         headings[k] = np.arctan2(d[1], d[0])
-    return headings, widths
+        end = pts[-1, :2] - pts[-2, :2]
+        turns[k] = float(wrap_angle(np.arctan2(end[1], end[0]) - headings[k]))
+    shifts = np.zeros((len(lights), 2))
+    if len(lights):
+        key = np.round(np.asarray(lights.stop_points, dtype=np.float64)[:, :2] / _LIGHT_SHARED_M)
+        _, group = np.unique(key, axis=0, return_inverse=True)
+        for g in np.flatnonzero(np.bincount(group.ravel()) > 1):
+            members = np.flatnonzero(group.ravel() == g)
+            members = members[np.lexsort((members, -turns[members]))]  # leftmost first
+            n = len(members)
+            span = float(widths[members].max())
+            h = float(headings[members[0]])
+            left = np.array([-np.sin(h), np.cos(h)])
+            for slot, k in enumerate(members):
+                shifts[k] = left * span * ((n - 1) / 2 - slot) / n
+                widths[k] = span / n
+    return headings, widths, shifts
+
+
+_LIGHT_SHARED_M = 0.05  # [m] stop points this close (on one grid) share a place
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,12 +280,12 @@ class SceneRasterizer:
             self.origin = _map_from.origin
             self.mesh = _map_from.mesh
             self._area_vertices = _map_from._area_vertices
-            self._light_heading, self._light_width = _map_from._light_heading, _map_from._light_width
+            self._light_heading, self._light_width, self._light_shift = _map_from._light_heading, _map_from._light_width, _map_from._light_shift
             self._ensure_map()
             return
         pose = scene.ego_pose(scene.current_index)
         self.origin = pose[:3].copy()
-        self._light_heading, self._light_width = _light_headings_and_widths(scene)
+        self._light_heading, self._light_width, self._light_shift = _light_headings_and_widths(scene)
         self.mesh = map_mesh(scene.map, self.origin, config)
         self._area_vertices = drivable_area_vertices(self.mesh)
         renderer.set_static(self.mesh)
@@ -311,6 +338,7 @@ class SceneRasterizer:
         colors = light_colors[lrows] if len(lrows) else np.zeros(0, dtype=np.int64)
         lcls = _LIGHT_CLASS_LOOKUP[np.asarray(colors, dtype=np.int64)]
         stop = self.scene.traffic_lights.stop_points[lrows] - self.origin
+        stop[:, :2] += self._light_shift[lrows]
         stop[:, 2] += cfg.light_height / 2
         lsize = np.stack(
             [np.full(len(lrows), cfg.light_length), self._light_width[lrows] * cfg.light_width_fraction, np.full(len(lrows), cfg.light_height)],

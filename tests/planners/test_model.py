@@ -210,7 +210,7 @@ def test_imitation_head_learns_which_proposal_is_closest(tiny_dataset):
     model = build_model(cfg.model, num_cameras=3, image_size=(64, 32), history_len=3, num_poses=index.sampling.num_poses)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = last = None
-    for _ in range(60):
+    for _ in range(120):
         loss, parts = compute_loss(model, batch, cfg, index.sampling)
         optimizer.zero_grad()
         loss.backward()

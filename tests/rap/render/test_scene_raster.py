@@ -567,3 +567,37 @@ def test_render_state_draws_moved_agents_and_new_light_colours(ctx, womd_scene):
         assert not (tick.instance == follower).any()
         assert (tick.class_id == RasterClass.LIGHT_GREEN).any() and not (tick.class_id == RasterClass.LIGHT_RED).any()
         assert (logged.class_id == RasterClass.LIGHT_RED).any()
+
+
+def test_lights_sharing_a_stop_point_stand_side_by_side_not_inside_each_other(ctx):
+    """Synthetic towns give the left, through and right connectors of one lane a light each at
+    the same stop point: their boxes split the lane's width side by side (each keeps its own
+    colour's class in the picture) instead of coinciding and z-fighting into stripes."""
+    from rap.sources.registry import list_units, load_unit
+
+    scene = load_unit(list_units("synthetic:1")[0])
+    lights = scene.traffic_lights
+    key = np.round(lights.stop_points[:, :2], 2)
+    _, group, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    group = group.ravel()
+    assert (counts > 1).sum() > 5  # the town has shared stop points
+    with Renderer(ctx, default_style()) as renderer:
+        boxes = SceneRasterizer(renderer, scene).frame_boxes(0, None)
+    kind, index = decode(boxes.instance_ids)
+    rows = {int(k): i for i, k in enumerate(index) if kind[i] == InstanceKind.TRAFFIC_LIGHT}
+    assert set(rows) == set(np.flatnonzero(lights.valid[:, 0]).tolist())
+
+    def footprint(i):
+        c, (length, width, _), h = boxes.centers[i], boxes.sizes[i], boxes.yaws[i]
+        corners = np.array([[length, width], [length, -width], [-length, -width], [-length, width]]) / 2
+        rot = np.array([[np.cos(h), -np.sin(h)], [np.sin(h), np.cos(h)]])
+        return shapely.Polygon(corners @ rot.T + c[:2])
+
+    for g in np.flatnonzero(counts > 1):
+        members = [rows[int(k)] for k in np.flatnonzero(group == g) if int(k) in rows]
+        shapes = [footprint(i) for i in members]
+        for a in range(len(shapes)):
+            for b in range(a + 1, len(shapes)):
+                assert shapes[a].intersection(shapes[b]).area < 1e-6, (g, members)
+        lane_width = max(float(scene.map.lanes.width[scene.map.lanes.index_of(int(lights.lane_ids[k]))]) for k in np.flatnonzero(group == g))
+        assert sum(float(boxes.sizes[i][1]) for i in members) <= lane_width + 1e-9
